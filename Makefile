@@ -1,0 +1,57 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   create .venv with the serving dependencies only (no torch) and serve the bundled models
+#   make test    create .venv with training + dev dependencies and run lint + the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint soak image-test bench clean help
+
+help:
+	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
+	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
+	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
+	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
+	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+
+# serving-only install: numpy, onnxruntime(-gpu), fastapi, uvicorn, pydantic(-settings), prometheus-client
+$(VENV)/.serve-stamp: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	@touch $@
+
+# torch is pinned to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA)
+$(VENV)/.dev-stamp: pyproject.toml | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[train,dev]"
+	@touch $(VENV)/.serve-stamp $@
+
+serve: $(VENV)/.serve-stamp
+	$(VENV)/bin/psn serve --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.dev-stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+soak: $(VENV)/.dev-stamp
+	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-stamp
+	$(VENV)/bin/psn bench all
+
+image-test: $(VENV)/.dev-stamp
+	bash docker/image-test.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,105 @@
+"""The model-directory manifest: the one schema that exporters write and the runtime reads.
+
+A model directory holds ``manifest.json``, ``full.onnx`` and (for kinds that can stream) ``step.onnx``.
+The runtime treats every model generically from this file: it has no code per neuron kind.
+
+Graph contracts (names are fixed here so both sides agree):
+
+``full.onnx``
+    inputs:  ``x``            float32 [N, T, F]   (batch first)
+    outputs: ``logits``       float32 [N, C]      (mean over time of the per-step logits)
+             ``step_logits``  float32 [N, T, C]
+
+``step.onnx``
+    inputs:  ``x``            float32 [N, F]
+             one input per entry of ``states`` (``StateSpec.input``), shape [N, *StateSpec.shape]
+    outputs: ``logits``       float32 [N, C]      (this step's logits)
+             one output per entry of ``states`` (``StateSpec.output``), same shape as its input
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "manifest.json"
+FULL_GRAPH = "full.onnx"
+STEP_GRAPH = "step.onnx"
+SCHEMA_VERSION = 1
+
+INPUT_NAME = "x"
+LOGITS_NAME = "logits"
+STEP_LOGITS_NAME = "step_logits"
+
+
+class NeuronKind(StrEnum):
+    PSN = "psn"
+    MASKED_PSN = "masked_psn"
+    SLIDING_PSN = "sliding_psn"
+    LIF = "lif"
+
+
+class StateSpec(BaseModel):
+    """One state tensor of the step graph, per sample (the batch axis is not part of ``shape``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(description="name of the step graph's input for this state")
+    output: str = Field(description="name of the step graph's output carrying the new state")
+    shape: tuple[int, ...] = Field(description="per-sample shape, without the batch axis")
+    dtype: Literal["float32", "int64"]
+    init: float = Field(0.0, description="value every element starts at for a new stream")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    version: str = "1"
+    kind: NeuronKind
+    T: int = Field(gt=0, description="trained sequence length; the longest accepted when variable_length")
+    k: int | None = Field(None, gt=0, description="order of a masked or sliding PSN")
+    features: int = Field(gt=0, description="F: input features per timestep")
+    labels: list[str] = Field(min_length=2)
+    variable_length: bool = Field(description="full.onnx accepts any 1 <= T' <= T (sliding PSN, LIF)")
+    streams: bool = Field(description="a step graph exists: the model answers after every step")
+    max_steps: int | None = Field(
+        None, gt=0, description="most steps one stream may take (masked PSN: T); None = unbounded"
+    )
+    states: list[StateSpec] = Field(default_factory=list)
+    opset: int
+    sha256: dict[str, str] = Field(description="file name -> hex sha256 of every ONNX file")
+    dataset: str
+    test_accuracy: float = Field(ge=0.0, le=1.0)
+    parameters: int = Field(ge=0)
+    command: str = Field(description="the command line that produced the checkpoint and the export")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.streams and not self.states:
+            raise ValueError("a streaming model needs at least one state")
+        if self.streams and STEP_GRAPH not in self.sha256:
+            raise ValueError(f"a streaming model must list {STEP_GRAPH} in sha256")
+        if FULL_GRAPH not in self.sha256:
+            raise ValueError(f"sha256 must list {FULL_GRAPH}")
+        if self.max_steps is not None and not self.streams:
+            raise ValueError("max_steps only applies to streaming models")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        return cls.model_validate_json((Path(directory) / MANIFEST_FILE).read_text())
+
+    def dump(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
