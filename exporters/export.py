@@ -1,0 +1,157 @@
+"""Export a model or checkpoint to a model directory: ``full.onnx``, ``step.onnx`` (streaming kinds) and
+``manifest.json``. Everything is written to a temporary directory and checked there; only when every
+check passes are the files moved into the model directory (anything else in it, such as a bundled
+``checkpoint/``, is left alone)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import pydantic
+
+from exporters.checks import CheckReport, check_onnx, check_parity
+from exporters.errors import ExportCheckFailed, ExportError
+from exporters.graph import OPSET
+from exporters.graphs import build_full, build_step, neuron_kind
+from psn.checkpoint import load_checkpoint
+from psn.network import SeqClassifier, count_parameters
+from psn_runtime.manifest import FULL_GRAPH, MANIFEST_FILE, STEP_GRAPH, Manifest, NeuronKind
+
+STREAMING = (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN, NeuronKind.LIF)
+VARIABLE_LENGTH = (NeuronKind.SLIDING_PSN, NeuronKind.LIF)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_sha256(directory: Path, manifest: Manifest) -> None:
+    for name, digest in manifest.sha256.items():
+        path = Path(directory) / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ExportCheckFailed("sha256", f"{name} does not match the sha256 in the manifest")
+
+
+def _install(staged: Path, out_dir: Path, graphs: list[str]) -> None:
+    """Move the checked files into out_dir, each by an atomic rename; the manifest goes last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in [*graphs, MANIFEST_FILE]:
+        partial = out_dir / f".{name}.partial"
+        shutil.copyfile(staged / name, partial)
+        os.replace(partial, out_dir / name)
+    if STEP_GRAPH not in graphs:  # a re-export as a full-only model: drop a stale step graph
+        (out_dir / STEP_GRAPH).unlink(missing_ok=True)
+
+
+def export_model(
+    model: SeqClassifier,
+    out_dir: Path | str,
+    *,
+    name: str,
+    dataset: str,
+    test_accuracy: float,
+    command: str,
+    check: bool = True,
+    report: CheckReport | None = None,
+) -> Manifest:
+    """Export ``model`` to ``out_dir``; returns the manifest written there.
+
+    With ``check`` (the default) nothing is written unless the ONNX checker and the parity checks pass
+    (``ExportCheckFailed`` names the check that failed). ``report``, when given, receives the parity
+    numbers. Raises ``ExportError`` for a model that cannot be exported (e.g. a masked PSN at λ < 1).
+    """
+    out_dir = Path(out_dir)
+    cfg = model.cfg
+    kind = neuron_kind(model)
+    streams = kind in STREAMING
+    was_training = model.training
+    model.eval()
+    try:
+        full = build_full(model)
+        step = build_step(model) if streams else None
+        graphs = {FULL_GRAPH: full} | ({STEP_GRAPH: step.model} if step else {})
+        with tempfile.TemporaryDirectory(prefix="psn-export-") as tmp:
+            staged = Path(tmp)
+            for file_name, proto in graphs.items():
+                onnx.save(proto, str(staged / file_name))
+            try:
+                manifest = Manifest(
+                    name=name,
+                    kind=kind,
+                    T=cfg.T,
+                    k=cfg.k if kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN) else None,
+                    features=cfg.features,
+                    labels=list(cfg.labels),
+                    variable_length=kind in VARIABLE_LENGTH,
+                    streams=streams,
+                    max_steps=cfg.T if kind is NeuronKind.MASKED_PSN else None,
+                    states=step.states if step else [],
+                    opset=OPSET,
+                    sha256={f: sha256_file(staged / f) for f in graphs},
+                    dataset=dataset,
+                    test_accuracy=test_accuracy,
+                    parameters=count_parameters(model),
+                    command=command,
+                )
+            except pydantic.ValidationError as exc:
+                raise ExportError(f"invalid manifest: {exc}") from exc
+            manifest.dump(staged)
+            if check:
+                check_onnx([staged / f for f in graphs])
+                found = check_parity(
+                    model,
+                    staged / FULL_GRAPH,
+                    staged / STEP_GRAPH if step else None,
+                    manifest.states,
+                )
+                if report is not None:
+                    report.results.extend(found.results)
+                check_sha256(staged, Manifest.load(staged))
+            _install(staged, out_dir, list(graphs))
+    finally:
+        model.train(was_training)
+    return manifest
+
+
+def export_command(ckpt_dir: Path | str, out_dir: Path | str, name: str | None) -> str:
+    args = ["psn", "export", str(ckpt_dir), "--out", str(out_dir)]
+    if name is not None:
+        args += ["--name", name]
+    return shlex.join(args)
+
+
+def export_checkpoint(
+    ckpt_dir: Path | str,
+    out_dir: Path | str,
+    name: str | None = None,
+    *,
+    report: CheckReport | None = None,
+) -> Manifest:
+    """Export a training checkpoint (psn.checkpoint) to ``out_dir`` (name: the directory's name)."""
+    model, metrics = load_checkpoint(Path(ckpt_dir))  # CheckpointError (a ValueError) if missing/bad
+    for key in ("dataset", "test_accuracy"):
+        if key not in metrics:
+            raise ExportError(f"{Path(ckpt_dir) / 'metrics.json'} has no {key!r}")
+    train_cmd = metrics.get("command") or "unknown training command"
+    if isinstance(train_cmd, list):
+        train_cmd = shlex.join(str(a) for a in train_cmd)
+    model_name = name if name is not None else Path(out_dir).resolve().name
+    return export_model(
+        model,
+        out_dir,
+        name=model_name,
+        dataset=str(metrics["dataset"]),
+        test_accuracy=float(metrics["test_accuracy"]),
+        command=f"{train_cmd} && {export_command(ckpt_dir, out_dir, name)}",
+        report=report,
+    )
