@@ -73,3 +73,9 @@ class ModelLoadError(RuntimeErrorBase):
     """A model directory could not be loaded (bad manifest, missing file, sha256 mismatch, bad ONNX)."""
 
     code = "model_load_error"
+
+
+class InferenceError(RuntimeErrorBase):
+    """onnxruntime failed while running a loaded model (not the client's fault: a server-side error)."""
+
+    code = "inference_error"

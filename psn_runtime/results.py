@@ -1,0 +1,66 @@
+"""The runtime's public result and status types, and the observer hooks (metrics without imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from psn_runtime.manifest import Manifest
+
+
+class ModelStatus(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    status: ModelStatus
+    directory: Path
+    manifest: Manifest | None  # None if the manifest itself failed
+    providers: dict[str, list[str]] = field(default_factory=dict)  # graph file -> providers it got
+    error: str | None = None  # the reason, when FAILED
+    warnings: list[str] = field(default_factory=list)  # e.g. CUDA asked for but the session got CPU
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    logits: np.ndarray  # [B, C] float32 (mean over time)
+    probabilities: np.ndarray  # [B, C] softmax of logits
+    label_index: np.ndarray  # [B] int
+    labels: list[str]  # [B] label names
+
+
+@dataclass(frozen=True)
+class StepResult:
+    stream_id: str
+    t: int  # index of the step just taken (0-based)
+    ready: bool  # False while a full-only (PSN) model still waits for T steps
+    label: str | None  # argmax of the mean of the logits of steps 0..t
+    probabilities: np.ndarray | None  # [C]
+    logits: np.ndarray | None  # [C] the running mean logits
+    done: bool  # the stream can take no more steps until it is reset
+
+
+class RuntimeObserver(Protocol):
+    """Optional metric hooks. Exceptions raised by a hook are logged and ignored."""
+
+    def on_step_batch(self, model: str, size: int, seconds: float) -> None: ...
+
+    def on_stream_open(self, model: str) -> None: ...
+
+    def on_stream_close(self, model: str, reason: str) -> None: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [B, C] float32 logits."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e

@@ -1,0 +1,306 @@
+"""Streams of one model and its cross-stream step batcher.
+
+Steps from different streams that are queued together run as ONE ORT call: the batcher awaits the first
+queued step, takes everything already queued (up to max_batch), optionally waits max_wait for more, and
+runs the session in a worker thread while new steps queue up for the next batch.
+
+Invariants that keep streams from corrupting each other:
+- a stream has at most one step queued or in flight (a per-stream lock serialises its steps);
+- a slot goes back to the pool only when its stream is closed AND has no step pending, and a reset
+  requested while a step is pending is applied right after that step; so a batch never writes a slot
+  that another stream has meanwhile taken over;
+- a step whose caller was cancelled, or whose stream was closed, writes no state back.
+
+Full-only models (no step graph, e.g. PSN) keep a [T, F] input buffer per slot: steps 0..T-2 only write
+it and answer ``ready=False`` at once; step T-1 is batched like any step and runs full.onnx on [B, T, F].
+
+Stream methods are called from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from psn_runtime.config import RuntimeConfig
+from psn_runtime.errors import InferenceError, Overloaded, RuntimeClosed, StreamOver, UnknownStream
+from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
+from psn_runtime.pool import ArraySpec, SlotPool
+from psn_runtime.registry import LoadedModel
+from psn_runtime.results import StepResult, softmax
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[str, int, float], None]
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    id: str
+    model: str
+    slot: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    t: int = 0  # steps taken in the current sequence (= index of the next step)
+    pending: int = 0  # steps queued or in flight
+    closed: bool = False
+    released: bool = False  # the slot went back to the pool
+    reset_requested: bool = False
+    last_active: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    stream: Stream
+    x: np.ndarray  # [F] float32
+    future: asyncio.Future
+
+
+def _wake(fut: asyncio.Future | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class ModelStreams:
+    """The streams of one READY model: state pool, step queue and batcher task."""
+
+    def __init__(
+        self, model: LoadedModel, config: RuntimeConfig, executor: Executor, on_batch: BatchHook
+    ) -> None:
+        m = model.manifest
+        self.name = model.name
+        self.labels = m.labels
+        self.features = m.features
+        self.open_streams = 0
+        self.full_only = not m.streams
+        if self.full_only:
+            specs = [ArraySpec(None, None, (m.T, m.features), np.dtype(np.float32), 0.0)]  # input buffer
+            self.session = model.full
+            self.output_names = [LOGITS_NAME]
+            self.limit = m.T
+            self.limit_reason = f"a full-sequence model answers once, after its T={m.T} steps"
+        else:
+            if model.step is None:
+                raise ValueError(f"model {model.name!r} streams but has no step session")
+            specs = [ArraySpec(s.input, s.output, s.shape, np.dtype(s.dtype), s.init) for s in m.states]
+            self.session = model.step
+            self.output_names = [LOGITS_NAME] + [s.output for s in m.states]
+            self.limit = config.max_stream_steps
+            self.limit_reason = "the runtime's max_stream_steps"
+            if m.max_steps is not None and m.max_steps <= self.limit:
+                self.limit = m.max_steps
+                self.limit_reason = f"the model's max_steps (kind {m.kind}, T={m.T})"
+        self.input_names = [s.input for s in specs]
+        self.pool = SlotPool(specs, m.num_classes)
+        self.max_batch = config.max_batch if config.batching else 1
+        self.max_wait = config.max_wait_ms / 1000.0 if config.batching else 0.0
+        self.max_queue = config.max_queue
+        self._executor = executor
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._inflight: list[_Item] = []
+        self._wakeup: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self.steps = 0
+        self.batches = 0
+
+    # -- stream lifecycle --------------------------------------------------------------------------------
+    def open(self, stream_id: str) -> Stream:
+        stream = Stream(stream_id, self.name, self.pool.acquire())
+        self.open_streams += 1
+        return stream
+
+    def reset(self, stream: Stream) -> None:
+        if stream.pending:
+            stream.reset_requested = True  # applied as soon as the pending step is answered
+        else:
+            self._reset_now(stream)
+
+    def close(self, stream: Stream) -> None:
+        if stream.closed:
+            return
+        stream.closed = True
+        self.open_streams -= 1
+        if not stream.pending:
+            self._release(stream)
+
+    def _reset_now(self, stream: Stream) -> None:
+        stream.t = 0
+        stream.reset_requested = False
+        self.pool.init_slot(stream.slot)
+
+    def _release(self, stream: Stream) -> None:
+        if not stream.released:
+            stream.released = True
+            self.pool.release(stream.slot)
+
+    def _finish(self, item: _Item) -> None:
+        s = item.stream
+        s.pending -= 1
+        s.last_active = time.monotonic()
+        if s.pending == 0:
+            if s.closed:
+                self._release(s)
+            elif s.reset_requested:
+                self._reset_now(s)
+
+    # -- stepping ----------------------------------------------------------------------------------------
+    async def step(self, stream: Stream, x: np.ndarray) -> StepResult:
+        """x: a validated [F] float32 timestep."""
+        async with stream.lock:
+            if stream.closed:
+                raise UnknownStream(f"stream {stream.id!r} is closed")
+            t = stream.t
+            if t >= self.limit:
+                raise StreamOver(
+                    f"stream {stream.id!r} of model {self.name!r} has taken all {self.limit} steps it may "
+                    f"({self.limit_reason}); reset it or open a new stream"
+                )
+            stream.last_active = time.monotonic()
+            if self.full_only:
+                self.pool.arrays[0][stream.slot, t] = x  # buffer[slot, t, :] = x
+                if t < self.limit - 1:
+                    stream.t = t + 1
+                    self.steps += 1
+                    return StepResult(stream.id, t, False, None, None, None, False)
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(f"model {self.name!r}: {len(self._queue)} steps already queued; retry later")
+            loop = asyncio.get_running_loop()
+            item = _Item(stream, x, loop.create_future())
+            self._queue.append(item)
+            stream.pending += 1
+            if self._task is None or self._task.done():
+                self._task = loop.create_task(self._run(), name=f"psn-batcher-{self.name}")
+                self._task.add_done_callback(self._task_done)
+            _wake(self._wakeup)
+            return await item.future
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batcher of model %s died", self.name, exc_info=task.exception())
+            self.fail_pending(InferenceError(f"model {self.name!r}: step batcher failed: {task.exception()}"))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            batch = self._take([])
+            if self.max_wait > 0:
+                deadline = loop.time() + self.max_wait
+                while len(batch) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+                    self._wakeup = fut = loop.create_future()
+                    handle = loop.call_later(remaining, _wake, fut)
+                    await fut
+                    handle.cancel()
+                    self._take(batch)
+            if batch:
+                await self._run_batch(batch, loop)
+
+    def _take(self, batch: list[_Item]) -> list[_Item]:
+        """Move queued steps into batch (up to max_batch), answering those that may no longer run."""
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            if item.future.done():  # the caller was cancelled
+                self._finish(item)
+            elif item.stream.closed:
+                item.future.set_exception(UnknownStream(f"stream {item.stream.id!r} was closed"))
+                self._finish(item)
+            else:
+                batch.append(item)
+        return batch
+
+    async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        n = len(batch)
+        idx = np.fromiter((it.stream.slot for it in batch), dtype=np.intp, count=n)  # [B]
+        gathered = self.pool.gather(idx)  # copies: the worker thread never reads the live pool
+        if self.full_only:
+            feed = {INPUT_NAME: gathered[0]}  # [B, T, F]
+        else:
+            feed = dict(zip(self.input_names, gathered, strict=True))
+            feed[INPUT_NAME] = np.stack([it.x for it in batch])  # [B, F]
+        self._inflight = batch
+        t0 = time.perf_counter()
+        try:
+            outs = await loop.run_in_executor(self._executor, self.session.run, self.output_names, feed)
+        except asyncio.CancelledError:
+            raise  # the runtime is closing: close() answers the in-flight steps
+        except Exception as e:  # an ORT failure: answer every step of the batch, keep serving
+            self._inflight = []
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(InferenceError(f"model {self.name!r}: onnxruntime failed: {e}"))
+                self._finish(it)
+            return
+        self._inflight = []
+        self._on_batch(self.name, n, time.perf_counter() - t0)
+        self.batches += 1
+        self._deliver(batch, idx, outs)
+
+    def _deliver(self, batch: list[_Item], idx: np.ndarray, outs: list[np.ndarray]) -> None:
+        n = len(batch)
+        logits = outs[0]  # [B, C] float32
+        live = np.fromiter((not it.future.done() and not it.stream.closed for it in batch), bool, count=n)
+        if self.full_only:
+            means = logits  # full.onnx's logits are already the mean over the T steps
+        else:
+            sums = self.pool.sums[idx] + logits  # [B, C] float64
+            counts = self.pool.counts[idx] + 1  # [B]
+            means = (sums / counts[:, None]).astype(np.float32)  # [B, C]
+            rows = slice(None) if live.all() else live
+            sel = idx[rows]
+            self.pool.scatter(sel, [o[rows] for o in outs[1:]])
+            self.pool.sums[sel] = sums[rows]
+            self.pool.counts[sel] = counts[rows]
+        probs = softmax(means)
+        best = means.argmax(axis=1).tolist()
+        labels = self.labels
+        limit = self.limit
+        for i, it in enumerate(batch):
+            s = it.stream
+            t = s.t
+            if live[i]:
+                s.t = t + 1
+                self.steps += 1
+            if not it.future.done():
+                it.future.set_result(
+                    StepResult(s.id, t, True, labels[best[i]], probs[i], means[i], t + 1 >= limit)
+                )
+            self._finish(it)
+
+    # -- shutdown and stats ------------------------------------------------------------------------------
+    def fail_pending(self, error: Exception) -> None:
+        """Answer every queued and in-flight step with error (used when the runtime closes)."""
+        items = self._inflight + list(self._queue)
+        self._inflight = []
+        self._queue.clear()
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(error)
+            self._finish(it)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a dead batcher was logged
+                await self._task
+            self._task = None
+        self.fail_pending(RuntimeClosed("the runtime is closed"))
+
+    def stats(self) -> dict:
+        return {
+            "queued": len(self._queue),
+            "steps": self.steps,
+            "batches": self.batches,
+            "pool_capacity": self.pool.capacity,
+            "pool_in_use": self.pool.in_use,
+            "max_steps_per_stream": self.limit,
+        }
