@@ -1,0 +1,1 @@
+"""HTTP + WebSocket serving of psn_runtime (FastAPI). Translation only: no model logic lives here."""

@@ -1,0 +1,118 @@
+"""The FastAPI application. Nothing is created at import: ``build_app(settings)`` makes an app whose lifespan
+builds the runtime, loads every model directory, and closes it all on shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from psn_runtime import ModelStatus, Runtime, RuntimeConfig
+from server import errors, routes_health, routes_stream, routes_v1, routes_v2
+from server.jsonio import JSONBytesResponse
+from server.metrics import Metrics, MetricsMiddleware
+from server.settings import Settings
+from server.state import AppState, app_state
+from server.views import primary_provider
+
+log = logging.getLogger("psn.server")
+
+RuntimeFactory = Callable[[RuntimeConfig, Metrics], Runtime]
+
+
+def runtime_config(settings: Settings) -> RuntimeConfig:
+    return RuntimeConfig(
+        models_dir=settings.models_dir,
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        batching=settings.batching,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        max_streams=settings.max_streams,
+        idle_timeout_s=settings.idle_timeout_s,
+        max_stream_steps=settings.max_stream_steps,
+        max_classify_batch=settings.max_classify_batch,
+        warmup=settings.warmup,
+    )
+
+
+def _default_runtime(config: RuntimeConfig, metrics: Metrics) -> Runtime:
+    return Runtime(config, observer=metrics)
+
+
+def _log_models(state: AppState) -> None:
+    assert state.runtime is not None
+    infos = state.runtime.models()
+    if not infos:
+        log.warning("no model directories in %s", state.settings.models_dir)
+    for info in infos:
+        provider = primary_provider(info)
+        if info.status is ModelStatus.READY:
+            log.info("model %s: ready on %s (sessions: %s)", info.name, provider, info.providers)
+            state.metrics.model_ready.labels(info.name, provider or "").set(1)
+        else:
+            log.error("model %s: %s: %s", info.name, info.status, info.error)
+            state.metrics.model_ready.labels(info.name, provider or "").set(0)
+        for warning in info.warnings:
+            log.warning("model %s: %s", info.name, warning)
+
+
+def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+    """A new app serving ``settings.models_dir``; the runtime starts with the app's lifespan."""
+    metrics = Metrics()
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    state = AppState(settings=settings, metrics=metrics, api_key=api_key)
+    make_runtime = runtime_factory or _default_runtime
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = make_runtime(runtime_config(settings), metrics)
+        try:
+            await runtime.start()
+            state.runtime = runtime
+            state.model_names = frozenset(info.name for info in runtime.models())
+            _log_models(state)
+            yield
+        finally:
+            state.runtime = None
+            await runtime.close()
+
+    docs = api_key is None  # with a key, no route but the probes answers without it (docs included)
+    app = FastAPI(
+        title="psn-serve",
+        summary="Parallel Spiking Neuron networks on ONNX Runtime: classify sequences, stream timesteps",
+        lifespan=lifespan,
+        default_response_class=JSONBytesResponse,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.psn = state
+    errors.install(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_v2.health)
+    app.include_router(routes_v1.router)
+    app.include_router(routes_stream.router)
+    app.include_router(routes_v2.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", routes_v2.HEADER_LENGTH],
+            expose_headers=[routes_v2.HEADER_LENGTH],
+        )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from ``PSN_*`` variables."""
+    return build_app(Settings())
+
+
+__all__ = ["app_state", "build_app", "create_app_from_env", "runtime_config"]

@@ -1,0 +1,121 @@
+"""``psn serve``: serve model directories over HTTP and WebSocket with uvicorn.
+
+Every setting has a flag (``--max-streams``) and an environment variable (``PSN_MAX_STREAMS``); a flag
+overrides the variable. A bad value ends the command with a message naming it and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+from functools import partial
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.settings import Settings
+
+log = logging.getLogger("psn.server")
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psn serve",
+        description="Serve PSN model directories (HTTP, WebSocket, KServe V2, Prometheus metrics). "
+        "Each flag also reads from the environment variable PSN_<NAME>; the flag wins.",
+    )
+    for name, field in Settings.model_fields.items():
+        env = f"PSN_{name.upper()}"
+        help_ = f"{field.description} [env {env}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+        else:
+            parser.add_argument(_flag(name), dest=name, default=None, metavar=name.upper(), help=help_)
+    return parser
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Flags (strings, validated by Settings) over ``PSN_*`` variables over defaults.
+
+    SystemExit(2) from argparse on an unknown flag; ValidationError on a bad value."""
+    args = vars(_parser().parse_args(argv))
+    overrides: dict[str, Any] = {name: value for name, value in args.items() if value is not None}
+    return Settings(**overrides)
+
+
+def _explain(exc: ValidationError, argv: list[str]) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        flag = _flag(name)
+        source = flag if any(a == flag or a.startswith(flag + "=") for a in argv) else f"PSN_{name.upper()}"
+        given = error.get("input")
+        shown = "" if name == "api_key" or isinstance(given, dict) else f" (got {given!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"psn serve: {source}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("psn")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings = parse_settings(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), message already printed
+        return int(exc.code or 0)
+    except ValidationError as exc:
+        print(_explain(exc, argv), file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("psn serve: needs uvicorn (pip install -e .)", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    fast_loop = importlib.util.find_spec("uvloop") is not None
+    fast_http = importlib.util.find_spec("httptools") is not None
+    log.info(
+        "serving %s on http://%s:%d (event loop %s, HTTP parser %s, %d worker(s))",
+        settings.models_dir, settings.host, settings.port,
+        "uvloop" if fast_loop else "asyncio", "httptools" if fast_http else "h11", settings.workers,
+    )  # fmt: skip
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.value,
+        "access_log": settings.access_log,
+        "ws_max_size": settings.max_ws_message_bytes,
+        "server_header": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
+    if settings.workers > 1:  # worker processes rebuild the settings from the environment
+        os.environ.update(settings.env())
+        uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **options)
+        return 0
+    from server.app import build_app
+
+    server = uvicorn.Server(uvicorn.Config(partial(build_app, settings), factory=True, **options))
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

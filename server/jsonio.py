@@ -1,0 +1,152 @@
+"""JSON in and out, fast (orjson when installed, else the standard library), and strict conversion of
+JSON arrays to float32 tensors: ragged rows, strings, booleans, nulls, NaN/Infinity and too deep nesting
+are rejected with the path of the first offending element (``inputs[0][3][2]``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from typing import Any
+
+import numpy as np
+from fastapi.responses import Response
+
+from psn_runtime.errors import BadInput
+from server.errors import InvalidJSON
+
+try:  # optional speed-up: several times faster than json on both sides, and numpy-aware
+    import orjson
+except ImportError:  # pragma: no cover - exercised only where orjson is missing
+    orjson = None  # type: ignore[assignment]
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _numpy_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse a JSON document; InvalidJSON (400) on a syntax error, NaN/Infinity, or too deep nesting
+    (orjson refuses more than 1024 levels; the standard library hits RecursionError)."""
+    try:
+        if orjson is not None:
+            return orjson.loads(data)
+        return json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise InvalidJSON(f"invalid JSON: {exc}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize to JSON bytes; numpy arrays and scalars are written as lists and numbers."""
+    if orjson is not None:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps(obj, default=_numpy_default, allow_nan=False, separators=(",", ":")).encode()
+
+
+def dumps_text(obj: Any) -> str:
+    return dumps(obj).decode()
+
+
+class JSONBytesResponse(Response):
+    """A JSON response rendered with :func:`dumps` (orjson when available)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return type(value).__name__
+
+
+def _shape_text(ranks: tuple[int, ...], dims: tuple[str, ...]) -> str:
+    return " or ".join("×".join(dims[len(dims) - r :]) for r in ranks)
+
+
+def _find_problem(value: Any, param: str, ranks: tuple[int, ...], dims: tuple[str, ...]) -> BadInput:
+    """Walk a nested list that numpy refused (or that holds non-numbers) and name its first bad element."""
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list) and len(shape) <= max(ranks):
+        shape.append(len(probe))
+        if not probe:
+            break
+        probe = probe[0]
+    ndim = len(shape)
+    if ndim > max(ranks):
+        return BadInput(param, f"nested too deep: expected {_shape_text(ranks, dims)} numbers")
+
+    def walk(item: Any, path: str, level: int) -> BadInput | None:
+        if level == ndim:
+            if type(item) is int or (type(item) is float and math.isfinite(item)):
+                return None
+            return BadInput(path, f"expected a number, got {_describe(item)}", item if item is None else None)
+        if not isinstance(item, list):
+            return BadInput(path, f"expected an array of {shape[level]} values, got {_describe(item)}")
+        if len(item) != shape[level]:
+            return BadInput(path, f"ragged array: {len(item)} values where the first row has {shape[level]}")
+        for i, sub in enumerate(item):
+            problem = walk(sub, f"{path}[{i}]", level + 1)
+            if problem is not None:
+                return problem
+        return None
+
+    found = walk(value, param, 0)
+    return found or BadInput(param, f"expected {_shape_text(ranks, dims)} numbers")
+
+
+def _has_bool(value: list, ndim: int) -> bool:
+    flat: Any = value
+    for _ in range(ndim - 1):
+        flat = itertools.chain.from_iterable(flat)
+    return bool in set(map(type, flat))
+
+
+def to_float32(
+    value: Any, param: str, ranks: tuple[int, ...] = (2, 3), dims: tuple[str, ...] = ("B", "T", "F")
+) -> np.ndarray:
+    """A JSON value (nested lists of numbers) -> a float32 array of one of ``ranks`` dimensions.
+
+    BadInput names the first offending element: ``inputs[1][3]: ragged array ...``.
+    """
+    if not isinstance(value, list):
+        raise BadInput(
+            param, f"expected an array of {_shape_text(ranks, dims)} numbers, got {_describe(value)}"
+        )
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _find_problem(value, param, ranks, dims) from None
+    if array.dtype.kind not in "fiu" or array.ndim not in ranks or _has_bool(value, array.ndim):
+        if array.dtype.kind in "fiu" and array.ndim not in ranks and array.size:
+            raise BadInput(param, f"expected {_shape_text(ranks, dims)} numbers, got {array.ndim} dimensions")
+        raise _find_problem(value, param, ranks, dims)
+    if array.size == 0:
+        raise BadInput(param, "empty array")
+    out = array.astype(np.float32)
+    if not np.isfinite(out).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        where = param + "".join(f"[{i}]" for i in index)
+        raise BadInput(where, f"{array[index]!r} is out of the float32 range (numbers must be finite)")
+    return out

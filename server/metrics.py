@@ -1,0 +1,111 @@
+"""Prometheus metrics, in a registry of each app's own (several apps in one process do not clash).
+
+``Metrics`` is also the runtime's observer: the runtime calls ``on_step_batch``, ``on_stream_open`` and
+``on_stream_close`` and never imports prometheus itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+UNKNOWN_MODEL = "<unknown>"  # keeps label cardinality bounded: names that are not served share one label
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "psn_http_requests", "HTTP requests by route template, model and status",
+            ["method", "route", "model", "status"], registry=reg,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "psn_http_request_duration_seconds", "server-side HTTP request latency",
+            ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.streams_open = Gauge("psn_streams_open", "open streams", ["model"], registry=reg)
+        self.streams_closed = Counter(
+            "psn_streams_closed", "closed streams by reason", ["model", "reason"], registry=reg
+        )
+        self.steps = Counter("psn_stream_steps", "stream steps answered", ["model"], registry=reg)
+        self.step_batch = Histogram(
+            "psn_step_batch_size", "steps run in one ONNX Runtime call", ["model"],
+            buckets=BATCH_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.step_batch_seconds = Histogram(
+            "psn_step_batch_duration_seconds", "time of one batched step call", ["model"],
+            buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.sequences = Counter(
+            "psn_classified_sequences",
+            "sequences classified (v1 classify and v2 infer)",
+            ["model"],
+            registry=reg,
+        )
+        self.errors = Counter(
+            "psn_errors", "errors answered, by kind and transport", ["kind", "transport"], registry=reg
+        )
+        self.model_ready = Gauge(
+            "psn_model_ready", "1 if the model is READY, by execution provider", ["model", "provider"],
+            registry=reg,
+        )  # fmt: skip
+
+    # RuntimeObserver ---------------------------------------------------------------------------------
+    def on_step_batch(self, model: str, size: int, seconds: float) -> None:
+        self.step_batch.labels(model).observe(size)
+        self.step_batch_seconds.labels(model).observe(seconds)
+
+    def on_stream_open(self, model: str) -> None:
+        self.streams_open.labels(model).inc()
+
+    def on_stream_close(self, model: str, reason: str) -> None:
+        self.streams_open.labels(model).dec()
+        self.streams_closed.labels(model, reason).inc()
+
+    # server side -------------------------------------------------------------------------------------
+    def count_error(self, kind: str, transport: str) -> None:
+        self.errors.labels(kind, transport).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (``/v1/models/{name}/classify``) and model."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, served: Callable[[], set[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.served = served
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            name = scope.get("path_params", {}).get("name")
+            model = "" if name is None else (name if name in self.served() else UNKNOWN_MODEL)
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, model, str(status)).inc()
+            self.metrics.latency.labels(method, template, model).observe(time.perf_counter() - start)

@@ -1,0 +1,254 @@
+"""WebSocket streaming: one timestep per message, an answer after every step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from psn_runtime import Runtime, StepResult
+from psn_runtime.errors import BadInput
+from psn_runtime.manifest import Manifest
+from server import auth
+from server.errors import (
+    WS_GOING_AWAY,
+    WS_POLICY_VIOLATION,
+    BodyTooLarge,
+    InvalidRequest,
+    error_code,
+    error_payload,
+    is_known,
+    spec_for,
+    ws_reason,
+)
+from server.jsonio import dumps_text, loads, to_float32
+from server.state import AppState, app_state
+from server.views import primary_provider
+
+log = logging.getLogger("psn.server")
+router = APIRouter()
+
+STEP_FIELDS = frozenset({"x", "logits"})
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+
+def _flag(websocket: WebSocket, name: str) -> bool:
+    raw = websocket.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in TRUE_WORDS:
+        return True
+    if raw.lower() in FALSE_WORDS:
+        return False
+    raise InvalidRequest(f"query parameter {name}: expected true or false, got {raw!r}", name)
+
+
+def _max_steps(manifest: Manifest, state: AppState) -> int:
+    if manifest.max_steps is not None:
+        return manifest.max_steps
+    if not manifest.streams:  # full-only PSN: the runtime gathers T steps, then answers
+        return manifest.T
+    return state.settings.max_stream_steps
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close unless the client is already gone."""
+    if websocket.application_state is not WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await websocket.close(code, reason)
+
+
+def _answer(result: StepResult, with_logits: bool) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "t": result.t,
+        "ready": result.ready,
+        "label": result.label,
+        "probabilities": result.probabilities,
+        "done": result.done,
+    }
+    if with_logits:
+        answer["logits"] = result.logits
+    return answer
+
+
+class _Session:
+    """One socket: parses frames, steps the runtime, answers. Errors that leave the stream usable become
+    error events; the others close the socket (``server.errors.ERROR_TABLE`` decides which)."""
+
+    def __init__(self, websocket: WebSocket, state: AppState, runtime: Runtime, name: str, logits: bool):
+        self.ws = websocket
+        self.state = state
+        self.runtime = runtime
+        self.name = name
+        self.logits = logits
+        self.stream_id: str | None = None
+        self.features = 0
+        self.limit = state.settings.max_ws_message_bytes
+
+    async def open(self) -> dict[str, Any]:
+        info = self.runtime.model(self.name)
+        self.stream_id = await self.runtime.open_stream(self.name)
+        manifest = info.manifest
+        assert manifest is not None  # open_stream succeeded, so the model is READY
+        self.features = manifest.features
+        return {
+            "model": self.name,
+            "kind": str(manifest.kind),
+            "T": manifest.T,
+            "k": manifest.k,
+            "features": manifest.features,
+            "labels": manifest.labels,
+            "streams": manifest.streams,
+            "max_steps": _max_steps(manifest, self.state),
+            "provider": primary_provider(info),
+            "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes)",
+        }
+
+    def parse(self, message: dict[str, Any]) -> tuple[np.ndarray | None, bool]:
+        """A frame -> (x [F] float32, logits wanted); x is None for a reset."""
+        data = message.get("bytes")
+        if data is not None:
+            if len(data) > self.limit:
+                raise BodyTooLarge(f"message of {len(data)} bytes is over the limit of {self.limit}")
+            if len(data) != 4 * self.features:
+                raise BadInput(
+                    "x", f"a binary frame must hold {self.features} float32 ({4 * self.features} bytes), "
+                    f"got {len(data)} bytes",
+                )  # fmt: skip
+            x = np.frombuffer(data, dtype="<f4")  # [F]
+            if not np.isfinite(x).all():
+                index = int(np.argwhere(~np.isfinite(x))[0][0])
+                raise BadInput(f"x[{index}]", f"{x[index]!r} is not a finite number")
+            return x, self.logits
+        text = message.get("text") or ""
+        if len(text) > self.limit:
+            raise BodyTooLarge(f"message of {len(text)} characters is over the limit of {self.limit}")
+        doc = loads(text)
+        if not isinstance(doc, dict):
+            raise InvalidRequest('a text frame must be a JSON object: {"x": [...]} or {"reset": true}')
+        if "reset" in doc:
+            if doc.get("reset") is not True or len(doc) != 1:
+                raise InvalidRequest('reset: send exactly {"reset": true}', "reset")
+            return None, False
+        for key in doc:
+            if key not in STEP_FIELDS:
+                raise InvalidRequest(f"unknown field {key!r}; expected 'x', 'logits' or 'reset'", key)
+        if "x" not in doc:
+            raise InvalidRequest("x: required (the F features of one timestep)", "x")
+        logits = doc.get("logits", self.logits)
+        if not isinstance(logits, bool):
+            raise InvalidRequest("logits: expected true or false", "logits")
+        return to_float32(doc["x"], "x", ranks=(1,), dims=("F",)), logits
+
+    async def run(self) -> None:
+        idle = self.state.settings.idle_timeout_s
+        metrics = self.state.metrics
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                await _close(self.ws, WS_GOING_AWAY, f"idle for {idle:g} s")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                x, with_logits = self.parse(message)
+                assert self.stream_id is not None
+                if x is None:
+                    self.runtime.reset_stream(self.stream_id)
+                    await self.ws.send_text('{"reset":true,"t":-1}')
+                    continue
+                result = await self.runtime.step(self.stream_id, x)
+                metrics.steps.labels(self.name).inc()
+                await self.ws.send_text(dumps_text(_answer(result, with_logits)))
+            except WebSocketDisconnect:
+                return
+            except Exception as exc:
+                try:
+                    if not await self.fail(exc):
+                        return
+                except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
+                    return
+
+    async def fail(self, exc: Exception) -> bool:
+        """Answer an error: an error event (True: keep reading) or a close with a code (False)."""
+        spec = spec_for(exc)
+        self.state.metrics.count_error(error_code(exc), "ws")
+        if not is_known(exc):
+            log.error("unhandled error on stream %s of %s", self.stream_id, self.name, exc_info=exc)
+        if spec.ws_close is None:
+            await self.ws.send_text(dumps_text(error_payload(exc)))
+            return True
+        await _close(self.ws, spec.ws_close, ws_reason(exc))
+        return False
+
+
+@router.websocket("/v1/models/{name}/stream")
+async def stream(websocket: WebSocket, name: str) -> None:
+    """Stream one timestep per message; get an answer after every step.
+
+    Connect: ``ws://HOST/v1/models/{name}/stream`` (``?logits=true`` adds the running mean logits to every
+    answer; ``?api_key=KEY`` when the server needs a key and the client cannot send headers).
+
+    Server -> client, first message (hello)::
+
+        {"model", "kind", "T", "k", "features", "labels", "streams", "max_steps", "provider", "binary"}
+
+    Client -> server, one timestep per message, either
+      * a binary frame of ``features`` little-endian float32 (4·F bytes), or
+      * a text frame ``{"x": [f, ...]}`` (F numbers), optionally with ``"logits": true``;
+      * ``{"reset": true}`` starts a new sequence on the same socket (answer ``{"reset": true, "t": -1}``).
+
+    Server -> client, after every step::
+
+        {"t": 0-based step index, "ready": bool, "label": str | null, "probabilities": [C] | null,
+         "done": bool, "logits": [C] (when asked)}
+
+    ``label`` and ``probabilities`` are the prediction from the mean logits of steps 0..t. A PSN (full-only)
+    model answers ``ready: false`` (label null) for its first T-1 steps and gives the result at step T-1;
+    masked and sliding PSN and LIF models answer every step. ``done: true`` means the stream takes no more
+    steps (PSN and masked PSN after T steps, any model after ``max_steps``): send ``{"reset": true}``.
+
+    Errors: a recoverable one (bad frame: wrong size, NaN/Inf, not a number, malformed JSON; a step after
+    ``done``; server overloaded, retry the step) is answered with ``{"error": {"code", "message", "param"?}}``
+    and the socket, with the stream's state untouched, stays open. Otherwise the server closes the socket with
+    a code and a reason: 4404 unknown model, 1008 missing/invalid API key, 1009 message too big,
+    1013 model not ready or too many streams (retry later), 4410 stream closed by the server (idle),
+    1001 idle socket, 1012 server shutting down, 1011 internal error. One socket's errors never touch
+    another's stream.
+    """
+    state = app_state(websocket.app)
+    await websocket.accept()
+    session: _Session | None = None
+    try:
+        auth.check_websocket(websocket)
+        runtime = state.require_runtime()
+        session = _Session(websocket, state, runtime, name, _flag(websocket, "logits"))
+        hello = await session.open()
+        await websocket.send_text(dumps_text(hello))
+    except WebSocketDisconnect:
+        return
+    except Exception as exc:
+        spec = spec_for(exc)
+        state.metrics.count_error(error_code(exc), "ws")
+        if not is_known(exc):
+            log.error("unhandled error opening a stream of %s", name, exc_info=exc)
+        if session is not None and session.stream_id is not None:
+            session.runtime.close_stream(session.stream_id)
+        await _close(websocket, spec.ws_close or WS_POLICY_VIOLATION, ws_reason(exc))
+        return
+    try:
+        await session.run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if session.stream_id is not None:
+            session.runtime.close_stream(session.stream_id)

@@ -1,0 +1,238 @@
+"""Open Inference Protocol (KServe V2) for full-sequence inference, with the binary tensor data extension,
+so that standard clients (``tritonclient.http``, KServe) work unmodified.
+
+Input ``x`` FP32 [-1, T, F] (T is -1 for variable-length models); outputs ``logits`` FP32 [-1, C],
+``probabilities`` FP32 [-1, C], ``label_index`` INT64 [-1]. Errors are ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from psn_runtime import ClassifyResult, ModelInfo, ModelStatus
+from psn_runtime.errors import BadInput, ModelNotReady, UnknownModel
+from server.auth import require_key
+from server.body import read_body, require_media_type
+from server.errors import ErrorRoute, InvalidRequest
+from server.jsonio import JSONBytesResponse, dumps, loads, to_float32
+from server.routes_health import readiness
+from server.state import app_state
+from server.views import primary_provider
+
+PLATFORM = "onnxruntime_onnx"
+INPUT = "x"
+OUTPUTS = ("logits", "probabilities", "label_index")
+DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+health = APIRouter(prefix="/v2", route_class=ErrorRoute)  # no key: probes
+router = APIRouter(prefix="/v2", route_class=ErrorRoute, dependencies=[Depends(require_key)])
+
+
+def _version() -> str:
+    try:
+        return metadata.version("psn-serve")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+@health.get("/health/live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@health.get("/health/ready")
+async def ready(request: Request) -> Response:
+    ok, _ = readiness(request)
+    return JSONBytesResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    return {"name": "psn-serve", "version": _version(), "extensions": ["binary_tensor_data"]}
+
+
+def _model(request: Request, name: str, version: str | None) -> ModelInfo:
+    info = app_state(request.app).require_runtime().model(name)
+    if version is not None and (info.manifest is None or info.manifest.version != version):
+        raise UnknownModel(f"{name}/versions/{version}")
+    return info
+
+
+def _metadata(info: ModelInfo) -> dict[str, Any]:
+    manifest = info.manifest
+    if manifest is None:
+        raise ModelNotReady(f"model {info.name!r} failed to load: {info.error}")
+    T = -1 if manifest.variable_length else manifest.T
+    C = manifest.num_classes
+    return {
+        "name": info.name,
+        "versions": [manifest.version],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, T, manifest.features]}],
+        "outputs": [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, C]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, C]},
+            {"name": "label_index", "datatype": "INT64", "shape": [-1]},
+        ],
+        "parameters": {
+            "labels": manifest.labels,
+            "kind": str(manifest.kind),
+            "provider": primary_provider(info),
+        },
+    }
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(name: str, request: Request, version: str | None = None) -> dict:
+    return _metadata(_model(request, name, version))
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+    ok = _model(request, name, version).status is ModelStatus.READY
+    return JSONBytesResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+def _header_length(request: Request, body: bytes) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) > len(body):
+        raise InvalidRequest(
+            f"{HEADER_LENGTH} {raw!r} does not fit a body of {len(body)} bytes", HEADER_LENGTH
+        )
+    return int(raw)
+
+
+def _input_tensor(doc: dict, binary: memoryview) -> np.ndarray:
+    """The request's one input ``x`` as float32 [B, T, F], from JSON ``data`` or the binary section."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidRequest(f"inputs: expected exactly one input tensor named {INPUT!r}", "inputs")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT:
+        raise InvalidRequest(
+            f"inputs[0].name: expected {INPUT!r}, got {tensor.get('name')!r}", "inputs[0].name"
+        )
+    datatype = tensor.get("datatype")
+    if datatype not in DTYPES:
+        raise InvalidRequest(f"inputs[0].datatype: expected FP32, got {datatype!r}", "inputs[0].datatype")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(type(d) is int and d > 0 for d in shape):
+        raise BadInput("inputs[0].shape", f"expected [B, T, F] positive integers, got {shape!r}")
+    count = math.prod(shape)
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("inputs[0].parameters: expected an object", "inputs[0].parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        dtype = DTYPES[datatype]
+        if type(size) is not int or size != count * dtype.itemsize or size > len(binary):
+            raise BadInput(
+                "inputs[0].parameters.binary_data_size",
+                f"{size!r} bytes does not match shape {shape} of {datatype} ({count * dtype.itemsize} bytes) "
+                f"or the {len(binary)} bytes sent",
+            )
+        if size != len(binary):
+            raise BadInput("inputs[0]", f"{len(binary) - size} bytes of binary data follow the tensor")
+        x = np.frombuffer(binary[:size], dtype=dtype).reshape(shape).astype(np.float32)  # [B, T, F]
+        if not np.isfinite(x).all():
+            raise BadInput("inputs[0]", "binary data holds NaN or Inf (numbers must be finite)")
+        return x
+    if len(binary):
+        raise BadInput("inputs[0]", "binary data sent, but the input has no binary_data_size parameter")
+    data = tensor.get("data")
+    if data is None:
+        raise InvalidRequest(
+            "inputs[0].data: required (or binary data with binary_data_size)", "inputs[0].data"
+        )
+    flat = to_float32(data, "inputs[0].data", ranks=(1, 2, 3), dims=("B", "T", "F")).reshape(-1)
+    if flat.size != count:
+        raise BadInput("inputs[0].data", f"{flat.size} values for shape {shape} ({count} values)")
+    return flat.reshape(shape)  # [B, T, F]
+
+
+def _wanted_outputs(doc: dict) -> list[tuple[str, bool]]:
+    """[(output name, binary?)] in the order asked for (all three when the request names none)."""
+    params = doc.get("parameters") or {}
+    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    asked = doc.get("outputs")
+    if asked is None:
+        return [(name, default_binary) for name in OUTPUTS]
+    if not isinstance(asked, list) or not asked:
+        raise InvalidRequest("outputs: expected a non-empty list", "outputs")
+    wanted = []
+    for i, out in enumerate(asked):
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in OUTPUTS:
+            raise InvalidRequest(
+                f"outputs[{i}].name: expected one of {list(OUTPUTS)}, got {name!r}", "outputs"
+            )
+        out_params = out.get("parameters") or {}
+        if "classification" in out_params:
+            raise InvalidRequest("the classification extension is not supported", f"outputs[{i}].parameters")
+        wanted.append((name, bool(out_params.get("binary_data", default_binary))))
+    return wanted
+
+
+def _response(doc: dict, info: ModelInfo, result: ClassifyResult, wanted: list[tuple[str, bool]]) -> Response:
+    arrays = {
+        "logits": ("FP32", np.ascontiguousarray(result.logits, dtype="<f4")),  # [B, C]
+        "probabilities": ("FP32", np.ascontiguousarray(result.probabilities, dtype="<f4")),  # [B, C]
+        "label_index": ("INT64", np.ascontiguousarray(result.label_index, dtype="<i8")),  # [B]
+    }
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in wanted:
+        datatype, array = arrays[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            data = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    body: dict[str, Any] = {
+        "model_name": info.name,
+        "model_version": info.manifest.version,
+        "outputs": outputs,
+    }
+    if "id" in doc:
+        body["id"] = doc["id"]
+    header = dumps(body)
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *blobs]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    state = app_state(request.app)
+    info = _model(request, name, version)
+    require_media_type(request, ("application/json", "application/octet-stream"))
+    body = await read_body(request, state.settings.max_body_bytes)
+    split = _header_length(request, body)
+    view = memoryview(body)
+    doc = loads(bytes(view[:split]) if split is not None else body)
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the inference request must be a JSON object")
+    x = _input_tensor(doc, view[split:] if split is not None else memoryview(b""))  # [B, T, F]
+    wanted = _wanted_outputs(doc)
+    result = await state.require_runtime().classify_async(name, x)
+    state.metrics.sequences.labels(name).inc(len(result.labels))
+    return _response(doc, info, result, wanted)
