@@ -1,0 +1,261 @@
+"""Exporter: graph structure (node counts independent of T), variable length, manifest, atomic writes,
+refusals, and the ``psn export`` command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from exporters import ExportCheckFailed, ExportError, export_checkpoint, export_model
+from exporters import cli as export_cli
+from exporters.checks import session
+from exporters.graph import OPSET, count_nodes
+from exporters.graphs import build_full, build_step
+from exporters.testing import tiny_model
+from psn.checkpoint import save_checkpoint
+from psn.network import SeqClassifier, count_parameters
+from psn_runtime.manifest import Manifest
+
+KINDS = [("psn", None), ("masked_psn", 3), ("sliding_psn", 3), ("lif", None)]
+META = {"name": "tiny", "dataset": "smnist", "test_accuracy": 0.5, "command": "psn train --dataset smnist"}
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+@pytest.mark.parametrize("kind,k", KINDS)
+def test_node_count_does_not_grow_with_T(kind: str, k: int | None, arch: str) -> None:
+    counts = []
+    for T in (6, 28):
+        model = tiny_model(kind, T, k, arch)
+        full = build_full(model)
+        step = build_step(model).model if kind != "psn" else None
+        counts.append((count_nodes(full.graph), count_nodes(step.graph) if step else 0))
+        ops = _ops(full)
+        layers = len(model.neurons())
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.layers)
+        assert "Loop" not in ops and "BatchNormalization" not in ops and "Einsum" not in ops
+        if kind == "lif":
+            assert ops["Scan"] == layers and ops["MatMul"] == linears
+        else:  # one MatMul per neuron layer (plus the Linear layers), nothing per step
+            assert ops["MatMul"] == layers + linears
+    assert counts[0] == counts[1]
+    assert counts[0][0] <= 45 and counts[0][1] <= 40  # small graphs (see the report for exact counts)
+
+
+def test_node_counts_exact() -> None:
+    """The counts documented for the runtime author (mlp, 2 blocks); a change here is deliberate."""
+    got = {}
+    for kind, k in KINDS:
+        model = tiny_model(kind, 12, k, "mlp")
+        step = count_nodes(build_step(model).model.graph) if kind != "psn" else None
+        got[kind] = (count_nodes(build_full(model).graph), step)
+    assert got == {"psn": (13, None), "masked_psn": (13, 23), "sliding_psn": (17, 18), "lif": (25, 18)}
+
+
+@pytest.mark.parametrize("kind,k", [("sliding_psn", 3), ("lif", None)])
+def test_variable_length_full_graph(kind: str, k: int | None) -> None:
+    T = 10
+    model = tiny_model(kind, T, k, "conv")
+    sess = session(build_full(model))
+    rng = np.random.default_rng(0)
+    for steps in (1, 3, 7, T):
+        x = rng.standard_normal((3, steps, model.cfg.features)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x).transpose(0, 1)).transpose(0, 1).numpy()
+        logits, step_logits = sess.run(None, {"x": x})
+        assert step_logits.shape == (3, steps, model.cfg.classes)
+        np.testing.assert_allclose(step_logits, ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(logits, ref.mean(1), rtol=1e-4, atol=1e-4)
+    if kind == "sliding_psn":  # the Toeplitz matrix is built for T: a longer input is refused
+        with pytest.raises(Exception, match="MatMul"):
+            sess.run(None, {"x": np.zeros((1, T + 1, model.cfg.features), np.float32)})
+
+
+def test_fixed_length_full_graph_refuses_other_T() -> None:
+    model = tiny_model("psn", 8, None, "conv")
+    sess = session(build_full(model))
+    with pytest.raises(Exception, match="dimensions"):
+        sess.run(None, {"x": np.zeros((2, 4, model.cfg.features), np.float32)})
+
+
+def test_graph_io() -> None:
+    model = tiny_model("masked_psn", 8, 3, "conv")
+    full, step = build_full(model), build_step(model)
+
+    def io(values) -> dict:
+        return {
+            v.name: (
+                v.type.tensor_type.elem_type,
+                [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values
+        }
+
+    f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    assert io(full.graph.input) == {"x": (f, ["N", 8, 8])}
+    assert io(full.graph.output) == {"logits": (f, ["N", 5]), "step_logits": (f, ["N", 8, 5])}
+    assert io(step.model.graph.input) == {
+        "x": (f, ["N", 8]),
+        "state_0": (f, ["N", 2, 32]),
+        "state_1": (f, ["N", 2, 16]),
+        "state_2": (f, ["N", 2, 16]),
+        "t": (i64, ["N"]),
+    }
+    assert list(io(step.model.graph.output)) == [
+        "logits",
+        "state_0_out",
+        "state_1_out",
+        "state_2_out",
+        "t_out",
+    ]
+    assert [(s.input, s.output, s.shape, s.dtype) for s in step.states] == [
+        ("state_0", "state_0_out", (2, 32), "float32"),
+        ("state_1", "state_1_out", (2, 16), "float32"),
+        ("state_2", "state_2_out", (2, 16), "float32"),
+        ("t", "t_out", (), "int64"),
+    ]
+    assert full.opset_import[0].version == OPSET
+    lif_step = build_step(tiny_model("lif", 8, None, "mlp"))
+    assert [(s.input, s.shape) for s in lif_step.states] == [("state_0", (16,)), ("state_1", (16,))]
+
+
+def test_masked_psn_below_lambda_one_is_refused(tmp_path: Path) -> None:
+    model = tiny_model("masked_psn", 6, 2, "mlp")
+    model.set_lambda(0.5)
+    with pytest.raises(ExportError, match=r"λ = 0\.5"):
+        export_model(model, tmp_path / "m", **META)
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+@pytest.mark.parametrize("kind,k", KINDS)
+def test_manifest(tmp_path: Path, kind: str, k: int | None) -> None:
+    model = tiny_model(kind, 6, k, "mlp")
+    out = tmp_path / "model"
+    written = export_model(model, out, **META)
+    manifest = Manifest.load(out)
+    assert manifest == written
+    streams = kind != "psn"
+    files = {"full.onnx", "step.onnx"} if streams else {"full.onnx"}
+    assert set(manifest.sha256) == files
+    assert {p.name for p in out.iterdir()} == files | {"manifest.json"}
+    for name, digest in manifest.sha256.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    assert (manifest.name, manifest.kind.value, manifest.T, manifest.k) == ("tiny", kind, 6, k)
+    assert (manifest.features, manifest.labels) == (8, ["0", "1", "2", "3", "4"])
+    assert manifest.streams is streams
+    assert manifest.variable_length is (kind in ("sliding_psn", "lif"))
+    assert manifest.max_steps == (6 if kind == "masked_psn" else None)
+    assert (manifest.opset, manifest.dataset, manifest.test_accuracy) == (OPSET, "smnist", 0.5)
+    assert manifest.parameters == count_parameters(model)
+    assert manifest.command == META["command"]
+    assert len(manifest.states) == (0 if not streams else 2 + (kind == "masked_psn"))
+    if streams:  # the states declared in the manifest are exactly the step graph's extra inputs/outputs
+        step = onnx.load(str(out / "step.onnx"))
+        assert [i.name for i in step.graph.input][1:] == [s.input for s in manifest.states]
+        assert [o.name for o in step.graph.output][1:] == [s.output for s in manifest.states]
+
+
+def _checkpoint(tmp_path: Path, model: SeqClassifier, **metrics) -> Path:
+    metrics = {"dataset": "smnist", "test_accuracy": 0.75, "command": "psn train --dataset smnist"} | metrics
+    return save_checkpoint(model, tmp_path / "models" / "tiny-sliding" / "checkpoint", metrics)
+
+
+def test_export_checkpoint_into_its_model_dir(tmp_path: Path) -> None:
+    model = tiny_model("sliding_psn", 6, 3, "conv")
+    ckpt = _checkpoint(tmp_path, model)
+    out = ckpt.parent
+    (out / "step.onnx").write_bytes(b"stale")
+    manifest = export_checkpoint(ckpt, out)
+    assert manifest.name == "tiny-sliding"
+    assert manifest.test_accuracy == 0.75
+    assert manifest.command == f"psn train --dataset smnist && psn export {ckpt} --out {out}"
+    assert {p.name for p in out.iterdir()} == {"checkpoint", "manifest.json", "full.onnx", "step.onnx"}
+    assert {p.name for p in ckpt.iterdir()} == {"weights.safetensors", "config.json", "metrics.json"}
+    assert hashlib.sha256((out / "step.onnx").read_bytes()).hexdigest() == manifest.sha256["step.onnx"]
+
+
+def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("lif", 6, None, "mlp")
+    out = tmp_path / "model"
+    original = SeqClassifier.forward
+    monkeypatch.setattr(SeqClassifier, "forward", lambda self, x: original(self, x) + 0.01)
+    with pytest.raises(ExportCheckFailed, match="'full_vs_torch' failed: logits differ") as exc:
+        export_model(model, out, **META)
+    assert exc.value.check == "full_vs_torch"
+    assert not out.exists()
+
+    # an existing model directory is left exactly as it was
+    monkeypatch.setattr(SeqClassifier, "forward", original)
+    export_model(model, out, **META)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(SeqClassifier, "forward", lambda self, x: original(self, x) + 0.01)
+    with pytest.raises(ExportCheckFailed):
+        export_model(tiny_model("lif", 6, None, "mlp", seed=1), out, **META)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_bad_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="invalid manifest"):
+        export_model(tiny_model("psn", 4, None, "mlp"), tmp_path / "m", **(META | {"name": "no spaces"}))
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_exports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = _checkpoint(tmp_path, tiny_model("masked_psn", 6, 3, "mlp"))
+    out = tmp_path / "out"
+    assert export_cli.main([str(ckpt), "--out", str(out), "--name", "renamed"]) == 0
+    printed = capsys.readouterr().out
+    assert "step_vs_full" in printed and "renamed (masked_psn, T=6, k=3" in printed
+    manifest = Manifest.load(out)
+    assert manifest.name == "renamed"
+    assert manifest.command.endswith(f"psn export {ckpt} --out {out} --name renamed")
+
+
+def test_cli_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = export_cli.main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_failed_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = _checkpoint(tmp_path, tiny_model("psn", 6, None, "mlp"))
+    original = SeqClassifier.forward
+    monkeypatch.setattr(SeqClassifier, "forward", lambda self, x: original(self, x) * 1.5)
+    code = export_cli.main([str(ckpt), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "export check 'full_vs_torch' failed" in err and "nothing was written" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_metrics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = _checkpoint(tmp_path, tiny_model("psn", 6, None, "mlp"))
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    del metrics["dataset"]
+    (ckpt / "metrics.json").write_text(json.dumps(metrics))
+    assert export_cli.main([str(ckpt), "--out", str(tmp_path / "out")]) == 2
+    assert "has no 'dataset'" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""PyTorch == full.onnx == a loop over step.onnx, over kind, T, k, architecture and batch size."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from exporters import checks
+from exporters.checks import Trace, compare
+from exporters.errors import ExportCheckFailed
+from exporters.graphs import StepGraph, build_full, build_step
+from exporters.neuron_ops import spikes_name
+from exporters.testing import tiny_model
+from psn.network import SeqClassifier
+
+KINDS = [
+    ("psn", None),
+    ("masked_psn", 2),
+    ("masked_psn", 5),
+    ("sliding_psn", 2),
+    ("sliding_psn", 5),
+    ("lif", None),
+]
+CASES = [(kind, k, arch, T) for kind, k in KINDS for arch in ("conv", "mlp") for T in (6, 12)]
+
+
+def _id(case: tuple) -> str:
+    kind, k, arch, T = case
+    return f"{kind}-k{k}-{arch}-T{T}" if k else f"{kind}-{arch}-T{T}"
+
+
+@functools.cache
+def exported(kind: str, k: int | None, arch: str, T: int):
+    """(model, full session, step session or None, step graph or None), built once per case."""
+    model = tiny_model(kind, T, k, arch, seed=T)
+    spikes = [spikes_name(i) for i in range(len(model.neurons()))]
+    full = checks.session(build_full(model), spikes)
+    step: StepGraph | None = build_step(model) if kind != "psn" else None
+    step_sess = checks.session(step.model, spikes) if step else None
+    return model, full, step_sess, step
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_torch_full_step_agree(case: tuple, batch: int) -> None:
+    T = case[3]
+    model, full, step_sess, step = exported(*case)
+    layers = len(model.neurons())
+    x = (
+        np.random.default_rng(batch * 100 + T)
+        .standard_normal((batch, T, model.cfg.features))
+        .astype(np.float32)
+    )
+
+    ref = checks.torch_trace(model, x)
+    logits, got = checks.full_trace(full, x, layers)
+    p = compare("full_vs_torch", ref, got, ref.margins)
+    assert p.spikes == sum(s.size for s in ref.spikes) > 0
+    assert p.spike_mismatch == p.tie_mismatch == 0
+    assert p.excused == 0
+    assert p.max_abs_err < 1e-4
+    np.testing.assert_allclose(logits, ref.step_logits.mean(1), rtol=1e-4, atol=1e-4)
+    assert np.mean(p.spike_rate) > 0.05  # the comparison is not vacuous: the layers fire
+
+    if step is None:
+        return
+    stepped = checks.step_trace(step_sess, step.states, x, layers)
+    q = compare("step_vs_full", got, stepped, ref.margins)
+    assert q.spike_mismatch == q.tie_mismatch == 0
+    assert q.max_abs_err < 1e-4
+    np.testing.assert_allclose(stepped.step_logits, ref.step_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,k", KINDS, ids=[f"{a}-{b}" for a, b in KINDS])
+def test_plain_forward_matches(kind: str, k: int | None) -> None:
+    """The same, with nothing but model(x) and session.run (no helper of the checks module)."""
+    model, full, _, _ = exported(kind, k, "conv", 12)
+    x = np.random.default_rng(7).standard_normal((5, 12, model.cfg.features)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).transpose(0, 1)).transpose(0, 1).numpy()  # [N, T, C]
+    logits, step_logits = full.run(["logits", "step_logits"], {"x": x})
+    np.testing.assert_allclose(step_logits, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, ref.mean(1), rtol=1e-4, atol=1e-4)
+    assert np.abs(ref - ref.mean(1, keepdims=True)).max() > 1e-3  # the logits do depend on the input
+
+
+@pytest.mark.parametrize("kind,k", [("masked_psn", 3), ("sliding_psn", 3), ("lif", None)])
+def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> None:
+    """Two streams, the second 4 steps behind, stepped in one batch: each equals its own full run."""
+    T, lag = 12, 4
+    model, full, step_sess, step = exported(kind, k, "mlp", T)
+    x = np.random.default_rng(3).standard_normal((2, T, model.cfg.features)).astype(np.float32)
+    _, ref = full.run(["logits", "step_logits"], {"x": x})  # [2, T, C]
+    names = ["logits"] + [s.output for s in step.states]
+    a = checks.initial_states(step.states, 1)
+    for t in range(lag):  # stream 0 alone for the first steps
+        out = step_sess.run(names, {"x": x[:1, t], **a})
+        np.testing.assert_allclose(out[0][0], ref[0, t], rtol=1e-4, atol=1e-4)
+        a = {s.input: v for s, v in zip(step.states, out[1:], strict=True)}
+    b = checks.initial_states(step.states, 1)
+    for t in range(lag, T):  # then both together, at steps t and t - lag
+        feeds = {s.input: np.concatenate([a[s.input], b[s.input]]) for s in step.states}
+        out = step_sess.run(names, {"x": np.stack([x[0, t], x[1, t - lag]]), **feeds})
+        np.testing.assert_allclose(out[0][0], ref[0, t], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out[0][1], ref[1, t - lag], rtol=1e-4, atol=1e-4)
+        a = {s.input: v[:1] for s, v in zip(step.states, out[1:], strict=True)}
+        b = {s.input: v[1:] for s, v in zip(step.states, out[1:], strict=True)}
+    if kind == "masked_psn":
+        assert int(a["t"][0]) == T and int(b["t"][0]) == T - lag
+
+
+def test_check_parity_report() -> None:
+    model = tiny_model("sliding_psn", 8, 3, "mlp")
+    step = build_step(model)
+    report = checks.check_parity(model, build_full(model), step.model, step.states)
+    names = [r.check for r in report.results]
+    assert names == ["full_vs_torch", "step_vs_full"] * 3 + ["full_vs_torch@T=4", "step_vs_full@T=4"] * 3
+    assert [r.batch for r in report.results] == [1, 1, 3, 3, 64, 64] * 2
+    assert all(r.max_abs_err < 1e-4 and r.spike_mismatch == 0 for r in report.results)
+    assert "full_vs_torch" in report.summary()
+
+
+def _trace(spikes: np.ndarray, logits: np.ndarray) -> Trace:
+    return Trace(logits, [spikes])
+
+
+def test_compare_tolerates_flips_only_at_ties() -> None:
+    n, t, d = 3, 4, 5
+    spikes = np.zeros((n, t, d), np.float32)
+    logits = np.zeros((n, t, 2), np.float32)
+    margins = [np.full((n, t, d), -0.5, np.float32)]
+    margins[0][1, 2, 3] = -3e-6  # sample 1 sits on the threshold here
+    flipped, off = spikes.copy(), logits.copy()
+    flipped[1, 2, 3] = 1.0
+    off[1] += 0.5  # sample 1's logits follow the flip
+    p = compare("t", _trace(spikes, logits), _trace(flipped, off), margins)
+    assert (p.spike_mismatch, p.tie_mismatch, p.excused, p.max_abs_err) == (1, 1, 1, 0.0)
+
+    flipped[0, 0, 0] = 1.0  # a flip far from the threshold is an error
+    with pytest.raises(ExportCheckFailed, match="1 of 60 spikes differ away from the threshold") as e:
+        compare("t", _trace(spikes, logits), _trace(flipped, off), margins)
+    assert e.value.check == "t"
+
+    off = logits.copy()
+    off[2, 3, 1] = 1e-3  # no flip, but the logits differ
+    with pytest.raises(ExportCheckFailed, match="logits differ"):
+        compare("t", _trace(spikes, logits), _trace(spikes, off), margins)
+
+
+def test_model_is_left_in_its_mode() -> None:
+    model: SeqClassifier = tiny_model("psn", 6, None, "mlp").train()
+    checks.check_parity(model, build_full(model), None, [], batches=(2,))
+    assert model.training
