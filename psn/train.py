@@ -1,0 +1,216 @@
+"""``psn train``: train a PSN-family sequence classifier on a bundled data set and write a checkpoint.
+
+Example (the bundled sequential-MNIST masked PSN)::
+
+    psn train --dataset smnist --kind masked_psn --k 8 --epochs 30 --out models/smnist-masked-psn/checkpoint
+
+Bad usage (an unknown data set or neuron kind, k > T, k given for psn/lif, a missing parent directory
+for --out...) prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from psn.data import UnknownDataset, dataset_info, parse_dataset_name
+
+EXIT_USAGE = 2
+PROG = "psn train"
+
+
+class UsageError(Exception):
+    """Bad command-line usage: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train a PSN-family sequence classifier and save a checkpoint.")
+    p.add_argument("--dataset", required=True, help="smnist (T=28, F=28) or mnist1d (T=40, F=1)")
+    p.add_argument("--kind", required=True, help="psn, masked_psn, sliding_psn or lif")
+    p.add_argument("--k", type=int, default=None, help="order of a masked or sliding PSN (2 <= k <= T)")
+    p.add_argument("--arch", choices=["conv", "mlp"], default=None, help="default: conv if F > 1, else mlp")
+    p.add_argument("--channels", type=int, default=32, help="conv channels (conv arch)")
+    p.add_argument("--depth", type=int, default=2, help="conv blocks (conv) or hidden layers (mlp)")
+    p.add_argument("--hidden", type=int, default=128, help="width of the last hidden layer(s)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to 0)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="on matrices and kernels only")
+    p.add_argument("--warmup", type=float, default=0.0, help="epochs of linear learning-rate warmup")
+    p.add_argument("--shift", type=int, default=0, help="random shift augmentation of up to this many steps")
+    p.add_argument(
+        "--stream-loss", type=float, default=0.0, help="weight of the per-step (running mean) loss term"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="checkpoint directory (default runs/<data>-<kind>)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N training samples only")
+    p.add_argument("--eval-every", type=int, default=0, help="print test accuracy every N epochs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Validate everything that does not need the data; raises UsageError."""
+    from psn.neurons import NeuronKind
+
+    try:
+        args.dataset = parse_dataset_name(args.dataset)
+    except UnknownDataset as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        args.kind = NeuronKind(args.kind)
+    except ValueError:
+        raise UsageError(
+            f"unknown neuron kind {args.kind!r} (choose from {', '.join(k.value for k in NeuronKind)})"
+        ) from None
+    info = dataset_info(args.dataset)
+    if args.kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN):
+        if args.k is None:
+            raise UsageError(f"--k is required for {args.kind.value} (2 <= k <= T={info.T})")
+        if not 2 <= args.k <= info.T:
+            raise UsageError(
+                f"--k {args.k} is out of range for {args.dataset.value}: need 2 <= k <= T={info.T}"
+            )
+    elif args.k is not None:
+        raise UsageError(f"--k applies to masked_psn and sliding_psn only, not {args.kind.value}")
+    for name in ("channels", "depth", "hidden", "epochs", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    for name in ("weight_decay", "warmup", "shift", "stream_loss", "eval_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.out is None:
+        args.out = Path("runs") / f"{args.dataset.value}-{args.kind.value.replace('_', '-')}"
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {str(args.out)!r} exists and is not a directory")
+    parent = args.out.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {str(args.out)!r}: parent directory {str(parent)!r} does not exist")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["psn", "train", *(shlex.quote(a) for a in argv)])
+    try:
+        args = build_parser().parse_args(argv)
+        _check(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(args, command)
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    import torch
+
+    # process-wide torch settings: set for the run, restored after (main may be called in-process)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(args, command)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(args: argparse.Namespace, command: str) -> int:
+    import torch
+
+    from psn.checkpoint import save_checkpoint
+    from psn.data import load_dataset
+    from psn.network import Arch, NetConfig, SeqClassifier, count_parameters
+    from psn.trainer import OptimizerName, TrainConfig, fit, seed_everything
+
+    started = time.perf_counter()
+    generator = seed_everything(args.seed)
+    data = load_dataset(args.dataset)
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    if args.limit is not None:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    _, T, features = x_train.shape
+    arch = Arch(args.arch) if args.arch else (Arch.CONV if features > 1 else Arch.MLP)
+    cfg = NetConfig(
+        T=T,
+        features=features,
+        classes=len(data.labels),
+        kind=args.kind,
+        k=args.k,
+        arch=arch,
+        channels=args.channels,
+        depth=args.depth,
+        hidden=args.hidden,
+        labels=data.labels,
+    )
+    model = SeqClassifier(cfg)
+    train_cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=OptimizerName(args.optimizer),
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        shift=args.shift,
+        stream_loss=args.stream_loss,
+        warmup_epochs=args.warmup,
+        eval_every=args.eval_every,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(
+            f"{PROG}: {args.dataset.value} {args.kind.value} k={args.k} {arch.value} "
+            f"{count_parameters(model):,} parameters, {len(y_train)} training samples",
+            file=sys.stderr,
+        )
+    result = fit(model, x_train, y_train, x_test, y_test, train_cfg, generator)
+    metrics = {
+        "dataset": args.dataset.value,
+        "kind": args.kind.value,
+        "k": args.k,
+        "arch": arch.value,
+        "test_accuracy": result.test_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "test_loss": result.test_loss,
+        "train_loss": result.train_loss,
+        "epoch_losses": result.epoch_losses,
+        "epochs": args.epochs,
+        "train_samples": len(y_train),
+        "test_samples": len(y_test),
+        "parameters": count_parameters(model),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(result.wall_time_s, 2),
+        "threads": args.threads,
+        "seed": args.seed,
+        "command": command,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+    }
+    save_checkpoint(model, args.out, metrics)
+    print(
+        f"{PROG}: test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}), "
+        f"{metrics['wall_time_s']:.0f}s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
