@@ -153,7 +153,7 @@ class SeqClassifier(nn.Module):
                     # the PSN layer answered all T steps at once: finish the net over [T, N, *]
                     T, N = out.shape[:2]
                     rest = nn.Sequential(*list(self.layers)[idx + 1 :])
-                    return self._finish(rest, out.reshape(T * N, *out.shape[2:]), T, N), new_states
+                    return self._finish(rest, out.reshape(T * N, *out.shape[2:]), T, N), new_states + list(it)
                 h = out
             else:
                 h = layer(h)
