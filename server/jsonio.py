@@ -138,13 +138,17 @@ def to_float32(
         array = np.array(value)
     except (ValueError, TypeError, OverflowError):
         raise _find_problem(value, param, ranks, dims) from None
-    if array.dtype.kind not in "fiu" or array.ndim not in ranks or _has_bool(value, array.ndim):
-        if array.dtype.kind in "fiu" and array.ndim not in ranks and array.size:
-            raise BadInput(param, f"expected {_shape_text(ranks, dims)} numbers, got {array.ndim} dimensions")
-        raise _find_problem(value, param, ranks, dims)
     if array.size == 0:
-        raise BadInput(param, "empty array")
-    out = array.astype(np.float32)
+        raise BadInput(param, f"empty array: expected {_shape_text(ranks, dims)} numbers")
+    if array.dtype.kind not in "fiu" or array.ndim not in ranks or _has_bool(value, array.ndim):
+        if array.dtype.kind in "fiu" and array.ndim not in ranks:
+            deep = "nested too deep: " if array.ndim > max(ranks) else ""
+            raise BadInput(
+                param, f"{deep}expected {_shape_text(ranks, dims)} numbers, got {array.ndim} dimensions"
+            )
+        raise _find_problem(value, param, ranks, dims)
+    with np.errstate(over="ignore"):  # an out-of-range value becomes inf, refused just below
+        out = array.astype(np.float32)
     if not np.isfinite(out).all():
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
         where = param + "".join(f"[{i}]" for i in index)

@@ -1,0 +1,110 @@
+"""Helpers for the server tests (no tests here): the model directories to serve, apps, a live server.
+
+Model directories: the bundled ``models/`` when it holds a PSN, a masked PSN and a sliding PSN model (the
+real trained ones), else the tiny exported models of ``tests/fixtures.py`` (one per kind). Tests read T,
+F and the labels from the manifests, so they hold for either.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from psn_runtime.manifest import MANIFEST_FILE, Manifest, NeuronKind
+from server.app import build_app
+from server.settings import BUNDLED_MODELS_DIR, Settings
+
+NEEDED = (NeuronKind.PSN, NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN)
+
+
+@dataclass(frozen=True)
+class Served:
+    models_dir: Path
+    by_kind: dict[NeuronKind, Manifest]  # one model of each kind found
+
+    def name(self, kind: NeuronKind) -> str:
+        return self.by_kind[kind].name
+
+    def manifest(self, kind: NeuronKind) -> Manifest:
+        return self.by_kind[kind]
+
+
+def _scan(root: Path) -> dict[NeuronKind, Manifest]:
+    found: dict[NeuronKind, Manifest] = {}
+    if not root.is_dir():
+        return found
+    for directory in sorted(root.iterdir()):
+        if (directory / MANIFEST_FILE).is_file():
+            try:
+                manifest = Manifest.load(directory)
+            except ValueError:
+                continue
+            found.setdefault(manifest.kind, manifest)
+    return found
+
+
+@functools.cache
+def served() -> Served:
+    bundled = _scan(BUNDLED_MODELS_DIR)
+    if all(kind in bundled for kind in NEEDED):
+        return Served(BUNDLED_MODELS_DIR, bundled)
+    from fixtures import exported_models  # tiny untrained models, exported once per session
+
+    root = exported_models()
+    return Served(root, _scan(root))
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"models_dir": served().models_dir, "providers": ["CPUExecutionProvider"]}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def sequence(manifest: Manifest, batch: int | None = None, seed: int = 0) -> np.ndarray:
+    """Random input [T, F] (or [batch, T, F]) float32 for the model."""
+    shape = (manifest.T, manifest.features) if batch is None else (batch, manifest.T, manifest.features)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def live_server(app_settings: Settings) -> Iterator[str]:
+    """A real uvicorn server (in a thread, on a free loopback port) for clients that need a socket."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        build_app(app_settings),
+        log_level="warning",
+        lifespan="on",
+        ws_max_size=app_settings.max_ws_message_bytes,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
