@@ -144,6 +144,11 @@ def test_compare_tolerates_flips_only_at_ties() -> None:
         compare("t", _trace(spikes, logits), _trace(flipped, off), margins)
     assert e.value.check == "t"
 
+    big = [margins[0] * 2000]  # potentials up to 1000: the tolerance scales to 1e-2
+    big[0][0, 0, 0] = 5e-3
+    p = compare("t", _trace(spikes, logits), _trace(flipped, off), big)
+    assert (p.spike_mismatch, p.tie_mismatch, p.excused) == (2, 2, 2)
+
     off = logits.copy()
     off[2, 3, 1] = 1e-3  # no flip, but the logits differ
     with pytest.raises(ExportCheckFailed, match="logits differ"):
