@@ -25,19 +25,18 @@ def as_float32(x: object, param: str) -> np.ndarray:
             raise BadInput(param, f"not a rectangular array of numbers ({e})") from None
     if arr.dtype.kind not in _NUMERIC_KINDS:
         raise BadInput(param, f"must hold numbers, got dtype {arr.dtype}", str(arr.dtype))
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf: refused below
+        return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def check_finite(arr: np.ndarray, param: str) -> None:
-    """Refuse NaN and Inf. A finite sum proves every element finite (NaN and Inf propagate through a sum);
-    only when the sum is not finite (or overflows) is each element looked at."""
-    if np.isfinite(np.add.reduce(arr, axis=None)):
+    """Refuse NaN and Inf, naming the first offending element."""
+    finite = np.isfinite(arr)
+    if finite.all():
         return
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        value = float(arr[where])
-        raise BadInput(param, f"contains NaN or Inf (first at index {list(where)}: {value})", value)
+    where = tuple(int(i) for i in np.argwhere(~finite)[0])
+    value = float(arr[where])
+    raise BadInput(param, f"contains NaN or Inf (first at index {list(where)}: {value})", value)
 
 
 def classify_input(

@@ -91,3 +91,19 @@ def run_full(models_dir: Path, kind: str, x: np.ndarray) -> tuple[np.ndarray, np
 def sequences(n: int, seed: int = 0, length: int = T) -> np.ndarray:
     """n random input sequences [n, length, F] float32."""
     return np.random.default_rng(seed).standard_normal((n, length, F)).astype(np.float32)
+
+
+def make_runtime(models_dir: Path, **config):
+    """A loaded Runtime over models_dir (CPU provider unless config says otherwise)."""
+    from psn_runtime import Runtime, RuntimeConfig
+
+    config.setdefault("providers", ["CPUExecutionProvider"])
+    runtime = Runtime(RuntimeConfig(models_dir=models_dir, **config))
+    runtime.load()
+    return runtime
+
+
+def running_means(step_logits: np.ndarray) -> np.ndarray:
+    """[B, T, C] step logits -> [B, T, C] mean of the logits of steps 0..t."""
+    counts = np.arange(1, step_logits.shape[1] + 1, dtype=np.float64)[None, :, None]
+    return np.cumsum(step_logits.astype(np.float64), axis=1) / counts
