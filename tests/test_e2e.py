@@ -1,0 +1,115 @@
+"""End to end: a real ``psn serve`` process on loopback, probed, streamed to with the ``websockets`` client
+and classified with the project's client, then terminated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_server_support import free_socket, sequence, served
+from websockets.sync.client import connect
+
+from psn_runtime.manifest import NeuronKind
+from server.client import PSNClient
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    log = tmp_path_factory.mktemp("e2e") / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_LOG_LEVEL": "info"}
+    command = [
+        sys.executable,
+        "-m",
+        "psn.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--models-dir",
+        str(served().models_dir),
+    ]
+    command += ["--providers", "CPUExecutionProvider"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"psn serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"psn serve was not ready in 90 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield base, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise
+    assert code in (0, -signal.SIGTERM), (
+        log.read_text()
+    )  # uvicorn re-raises the signal after a clean shutdown
+    assert "Application shutdown complete" in log.read_text()
+
+
+def test_stream_with_websockets(server: tuple[str, Path]) -> None:
+    base, _ = server
+    for kind in (NeuronKind.PSN, NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN):
+        m = served().manifest(kind)
+        x = sequence(m, seed=30)
+        url = base.replace("http://", "ws://") + f"/v1/models/{m.name}/stream"
+        with connect(url, compression=None) as ws:
+            hello = json.loads(ws.recv())
+            assert (hello["model"], hello["T"], hello["features"]) == (m.name, m.T, m.features)
+            answers = []
+            for row in x:
+                ws.send(row.astype("<f4").tobytes())
+                answers.append(json.loads(ws.recv()))
+            ws.send(json.dumps({"x": [float("inf")] * m.features}))  # not JSON: an error event, socket open
+            assert json.loads(ws.recv())["error"]["code"] == "invalid_json"
+        assert [a["t"] for a in answers] == list(range(m.T))
+        ready = [a["ready"] for a in answers]
+        if kind is NeuronKind.PSN:
+            assert ready == [False] * (m.T - 1) + [True]
+        else:
+            assert all(ready)
+        with PSNClient(base) as client:
+            result = client.classify(m.name, x)
+        assert answers[-1]["label"] == result.predictions[0].label
+        np.testing.assert_allclose(
+            answers[-1]["probabilities"], result.predictions[0].probabilities, rtol=1e-4
+        )
+
+
+def test_service_reports_providers_and_metrics(server: tuple[str, Path]) -> None:
+    base, log = server
+    with PSNClient(base) as client:
+        assert all(m["provider"] == "CPUExecutionProvider" for m in client.models() if m["status"] == "ready")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert "psn_stream_steps_total" in metrics and "psn_http_requests_total" in metrics
+    text = log.read_text()
+    name = served().name(NeuronKind.SLIDING_PSN)
+    assert f"model {name}: ready on CPUExecutionProvider" in text
+    assert "event loop uvloop" in text and "HTTP parser httptools" in text
