@@ -60,7 +60,7 @@ class RuntimeObserver(Protocol):
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of [B, C] float32 logits."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    e = logits - logits.max(axis=-1, keepdims=True)  # a new array: exp and divide in place
+    np.exp(e, out=e)
     e /= e.sum(axis=-1, keepdims=True)
     return e
