@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
     orjson = None  # type: ignore[assignment]
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
 
@@ -147,10 +150,9 @@ def to_float32(
                 param, f"{deep}expected {_shape_text(ranks, dims)} numbers, got {array.ndim} dimensions"
             )
         raise _find_problem(value, param, ranks, dims)
-    with np.errstate(over="ignore"):  # an out-of-range value becomes inf, refused just below
-        out = array.astype(np.float32)
-    if not np.isfinite(out).all():
-        index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+    if array.dtype.kind == "f" and not np.abs(array).max() <= F32_MAX:  # inf (stdlib json), or too big
+        index = tuple(int(i) for i in np.argwhere(~(np.abs(array) <= F32_MAX))[0])
         where = param + "".join(f"[{i}]" for i in index)
         raise BadInput(where, f"{array[index]!r} is out of the float32 range (numbers must be finite)")
+    out = array.astype(np.float32)
     return out

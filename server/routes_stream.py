@@ -95,6 +95,7 @@ class _Session:
     async def open(self) -> dict[str, Any]:
         info = self.runtime.model(self.name)
         self.stream_id = await self.runtime.open_stream(self.name)
+        self.steps = self.state.metrics.steps.labels(self.name)  # a served name: resolved once, not per step
         manifest = info.manifest
         assert manifest is not None  # open_stream succeeded, so the model is READY
         self.features = manifest.features
@@ -149,7 +150,6 @@ class _Session:
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
-        metrics = self.state.metrics
         while True:
             try:
                 async with asyncio.timeout(idle):
@@ -167,7 +167,7 @@ class _Session:
                     await self.ws.send_text('{"reset":true,"t":-1}')
                     continue
                 result = await self.runtime.step(self.stream_id, x)
-                metrics.steps.labels(self.name).inc()
+                self.steps.inc()
                 await self.ws.send_text(dumps_text(_answer(result, with_logits)))
             except WebSocketDisconnect:
                 return

@@ -290,6 +290,8 @@ def test_metrics(client: TestClient) -> None:
     m = served().manifest(SLIDING)
     classify(client, m.name, {"inputs": sequence(m, batch=2).tolist()})
     classify(client, "not-served-1", {"inputs": [[1.0]]})
+    with client.websocket_connect("/v1/models/not-served-2/stream") as ws:
+        ws.receive()  # closed 4404
     with client.websocket_connect(f"/v1/models/{m.name}/stream") as ws:
         ws.receive_json()
         for _ in range(3):
@@ -308,6 +310,7 @@ def test_metrics(client: TestClient) -> None:
     assert f'psn_classified_sequences_total{{model="{m.name}"}}' in text
     assert 'psn_errors_total{kind="unknown_model",transport="http"}' in text
     assert f'psn_model_ready{{model="{m.name}",provider="CPUExecutionProvider"}} 1.0' in text
+    assert "not-served" not in text  # unknown names never become label values
     closed = client.get("/metrics").text
     assert f'psn_streams_open{{model="{m.name}"}} 0.0' in closed
 
