@@ -233,7 +233,7 @@ def test_max_wait_gathers_late_steps():
     rec = Recorder()
 
     async def main():
-        rt = make_runtime(exported_models(), max_wait_ms=100)
+        rt = make_runtime(exported_models(), max_wait_ms=300)
         rt._observer = rec
         a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
         first = asyncio.ensure_future(rt.step(a, np.zeros(5, np.float32)))
@@ -245,3 +245,32 @@ def test_max_wait_gathers_late_steps():
 
     asyncio.run(main())
     assert rec.batches == [("lif", 2)]
+
+
+def test_pool_grows_by_doubling_and_keeps_slots():
+    from psn_runtime.pool import ArraySpec, SlotPool
+
+    pool = SlotPool(
+        [
+            ArraySpec("s", "s_out", (2,), np.dtype(np.float32), 0.5),
+            ArraySpec("t", "t_out", (), np.dtype(np.int64), 0),
+        ],
+        3,
+        capacity=2,
+    )
+    slots = [pool.acquire() for _ in range(5)]
+    assert slots == [0, 1, 2, 3, 4] and pool.capacity == 8 and pool.in_use == 5
+    idx = np.array(slots)
+    pool.scatter(idx, [np.arange(10, dtype=np.float32).reshape(5, 2), np.arange(5)])
+    pool.sums[idx] = 1.0
+    pool.acquire(), pool.acquire(), pool.acquire()
+    pool.acquire()  # grows to 16
+    assert pool.capacity == 16
+    s, t = pool.gather(idx)
+    np.testing.assert_array_equal(s, np.arange(10).reshape(5, 2))
+    np.testing.assert_array_equal(t, np.arange(5))
+    pool.release(3)
+    assert pool.acquire() == 3  # reused, and starts from init
+    s, t = pool.gather(np.array([3]))
+    np.testing.assert_array_equal(s, [[0.5, 0.5]])
+    assert t.tolist() == [0] and pool.sums[3].tolist() == [0, 0, 0] and pool.counts[3] == 0

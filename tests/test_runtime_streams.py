@@ -250,12 +250,12 @@ def test_idle_streams_are_reaped():
     rec = Recorder()
 
     async def main():
-        rt = make_runtime(exported_models(), idle_timeout_s=0.25)
+        rt = make_runtime(exported_models(), idle_timeout_s=0.4)
         rt._observer = rec
         await rt.start()  # starts the reaper (load() already ran: start loads nothing twice)
         idle = await rt.open_stream("lif")
         busy = await rt.open_stream("lif")
-        for _ in range(8):  # 0.4 s in all: the idle stream is reaped, the busy one is not
+        for _ in range(14):  # 0.7 s in all: the idle stream is reaped, the busy one is not
             await rt.step(busy, np.zeros(5, np.float32))
             await asyncio.sleep(0.05)
         assert rt.stream_count() == 1
