@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from test_server_support import free_socket, sequence, served
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from psn_runtime.manifest import NeuronKind
@@ -101,6 +102,17 @@ def test_stream_with_websockets(server: tuple[str, Path]) -> None:
         np.testing.assert_allclose(
             answers[-1]["probabilities"], result.predictions[0].probabilities, rtol=1e-4
         )
+
+
+def test_oversized_frame_is_closed_by_the_server(server: tuple[str, Path]) -> None:
+    base, _ = server
+    url = base.replace("http://", "ws://") + f"/v1/models/{served().name(NeuronKind.SLIDING_PSN)}/stream"
+    with connect(url, compression=None) as ws:
+        ws.recv()
+        ws.send(b"\x00" * (300 * 1024))  # over the default max_ws_message_bytes (256 KiB)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
 
 
 def test_service_reports_providers_and_metrics(server: tuple[str, Path]) -> None:
