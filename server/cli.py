@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("psn serve: needs uvicorn (pip install -e .)", file=sys.stderr)
         return 2
+    from server.app import build_app, runtime_config
+
+    try:
+        runtime_config(settings)  # the runtime's own checks (e.g. providers this onnxruntime knows), up front
+    except ValidationError as exc:
+        print(_explain(exc, argv), file=sys.stderr)
+        return 2
     _configure_logging(settings.log_level)
     fast_loop = importlib.util.find_spec("uvloop") is not None
     fast_http = importlib.util.find_spec("httptools") is not None
@@ -110,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(settings.env())
         uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **options)
         return 0
-    from server.app import build_app
-
     server = uvicorn.Server(uvicorn.Config(partial(build_app, settings), factory=True, **options))
     server.run()
     return 0 if server.started else 1

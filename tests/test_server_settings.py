@@ -113,6 +113,11 @@ def test_bad_values_exit_2_naming_the_flag_or_variable(
     assert cli.main(["--api-key", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "--api-key" in err and "tiny" not in err  # a secret is never echoed
+    assert cli.main(["--providers", "MadeUpExecutionProvider"]) == 2  # refused by the runtime's config
+    assert (
+        "psn serve: --providers: unknown execution providers ['MadeUpExecutionProvider']"
+        in capsys.readouterr().err
+    )
     assert cli.main(["--no-such-flag"]) == 2
     assert "unrecognized arguments" in capsys.readouterr().err
     assert cli.main(["--help"]) == 0
