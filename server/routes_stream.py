@@ -91,6 +91,7 @@ class _Session:
         self.stream_id: str | None = None
         self.features = 0
         self.limit = state.settings.max_ws_message_bytes
+        self.steps: Any = None  # the model's step counter, once the stream is open
 
     async def open(self) -> dict[str, Any]:
         info = self.runtime.model(self.name)
