@@ -358,3 +358,19 @@ def test_cors_off_by_default_and_on_when_configured(client: TestClient) -> None:
         assert response.headers["access-control-allow-origin"] == "https://ui.example"
         other = c.options("/v1/models", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard-library fallback (no orjson installed) is as strict and writes numpy the same way."""
+    from server import jsonio
+    from server.errors import InvalidJSON
+
+    monkeypatch.setattr(jsonio, "orjson", None)
+    assert jsonio.loads(b'{"inputs": [[1, 2.5]]}') == {"inputs": [[1, 2.5]]}
+    for bad in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"[1,", b"[" * 100_000):
+        with pytest.raises(InvalidJSON):
+            jsonio.loads(bad)
+    out = json.loads(jsonio.dumps({"p": np.array([0.25, 0.75], dtype=np.float32), "t": np.int64(3)}))
+    assert out == {"p": [0.25, 0.75], "t": 3}
+    with pytest.raises(Exception, match="inputs\\[0\\]\\[0\\]"):
+        jsonio.to_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs")  # inf from the stdlib parser
