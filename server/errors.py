@@ -95,6 +95,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     rt.StreamOver: ErrorSpec(409, None),
     rt.Overloaded: ErrorSpec(429, None, retry_after_s=1),
     rt.RuntimeClosed: ErrorSpec(503, WS_SERVICE_RESTART),
+    rt.InferenceError: INTERNAL,
     rt.RuntimeErrorBase: INTERNAL,
     InvalidJSON: ErrorSpec(400, None),
     InvalidRequest: ErrorSpec(422, None),
@@ -120,10 +121,15 @@ def error_code(exc: BaseException) -> str:
     return exc.code if is_known(exc) else "internal_error"  # type: ignore[attr-defined]
 
 
+def is_internal(exc: BaseException) -> bool:
+    """A server-side failure (500): logged with its details, answered with a generic message."""
+    return spec_for(exc).status == 500
+
+
 def error_payload(exc: BaseException) -> dict:
-    """``{"error": {"code", "message", "param"?}}``; unknown exceptions get a generic message."""
-    if not is_known(exc):
-        return {"error": {"code": "internal_error", "message": "internal server error"}}
+    """``{"error": {"code", "message", "param"?}}``; internal errors get a generic message."""
+    if is_internal(exc):
+        return {"error": {"code": error_code(exc), "message": "internal server error"}}
     body: dict = {"code": exc.code, "message": exc.message}  # type: ignore[attr-defined]
     param = getattr(exc, "param", None)
     if param is not None:
@@ -133,7 +139,7 @@ def error_payload(exc: BaseException) -> dict:
 
 def ws_reason(exc: BaseException) -> str:
     """A close reason must fit in 123 bytes of UTF-8."""
-    text = exc.message if is_known(exc) else "internal server error"  # type: ignore[attr-defined]
+    text = error_payload(exc)["error"]["message"]
     data = text.encode()
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
@@ -146,8 +152,8 @@ def _count(request: Request, kind: str) -> None:
 
 def error_response(request: Request, exc: BaseException) -> Response:
     spec = spec_for(exc)
-    if spec.status >= 500 and not is_known(exc):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    if is_internal(exc):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     _count(request, error_code(exc))
     payload = error_payload(exc)
     if request.url.path.startswith("/v2"):

@@ -22,7 +22,7 @@ from server.errors import (
     InvalidRequest,
     error_code,
     error_payload,
-    is_known,
+    is_internal,
     spec_for,
     ws_reason,
 )
@@ -183,8 +183,8 @@ class _Session:
         """Answer an error: an error event (True: keep reading) or a close with a code (False)."""
         spec = spec_for(exc)
         self.state.metrics.count_error(error_code(exc), "ws")
-        if not is_known(exc):
-            log.error("unhandled error on stream %s of %s", self.stream_id, self.name, exc_info=exc)
+        if is_internal(exc):
+            log.error("internal error on stream %s of %s", self.stream_id, self.name, exc_info=exc)
         if spec.ws_close is None:
             await self.ws.send_text(dumps_text(error_payload(exc)))
             return True
@@ -240,8 +240,8 @@ async def stream(websocket: WebSocket, name: str) -> None:
     except Exception as exc:
         spec = spec_for(exc)
         state.metrics.count_error(error_code(exc), "ws")
-        if not is_known(exc):
-            log.error("unhandled error opening a stream of %s", name, exc_info=exc)
+        if is_internal(exc):
+            log.error("internal error opening a stream of %s", name, exc_info=exc)
         if session is not None and session.stream_id is not None:
             session.runtime.close_stream(session.stream_id)
         await _close(websocket, spec.ws_close or WS_POLICY_VIOLATION, ws_reason(exc))

@@ -374,3 +374,18 @@ def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out == {"p": [0.25, 0.75], "t": 3}
     with pytest.raises(Exception, match="inputs\\[0\\]\\[0\\]"):
         jsonio.to_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs")  # inf from the stdlib parser
+
+
+def test_inference_failure_is_a_500_without_details(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psn_runtime.errors import InferenceError
+
+    async def failing(name: str, x: np.ndarray) -> None:
+        raise InferenceError("model 'x': onnxruntime failed: [ONNXRuntimeError] node /layers.3/MatMul")
+
+    monkeypatch.setattr(app_state(client.app).runtime, "classify_async", failing)
+    m = served().manifest(PSN)
+    response = classify(client, m.name, {"inputs": sequence(m).tolist()})
+    assert response.status_code == 500
+    assert error_of(response) == {"code": "inference_error", "message": "internal server error"}
