@@ -140,17 +140,17 @@ async def _closed_loop(rt: Runtime, name: str, streams: int, budget: float) -> d
     limit = rt.stats()["models"][name]["max_steps_per_stream"]
     latencies: list[float] = []
     counts = [0] * streams
+    steps_taken = [0] * streams  # per stream, since its last reset
 
     async def client(i: int, deadline: float) -> None:
-        t = 0
         while time.perf_counter() < deadline:
-            if t >= limit:
+            if steps_taken[i] >= limit:
                 rt.reset_stream(ids[i])
-                t = 0
+                steps_taken[i] = 0
             t0 = time.perf_counter()
-            await rt.step(ids[i], xs[i, t % m.T])
+            await rt.step(ids[i], xs[i, steps_taken[i] % m.T])
             latencies.append(time.perf_counter() - t0)
-            t += 1
+            steps_taken[i] += 1
             counts[i] += 1
 
     await asyncio.gather(
@@ -267,7 +267,7 @@ def tables(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp: Path | None = None
     models_dir = args.models_dir
-    source = "bundled"
+    source = f"model directories under {args.models_dir}"
     if not _has_models(models_dir):
         tmp = Path(tempfile.mkdtemp(prefix="psn-bench-runtime-"))
         models_dir = export_fallback_models(tmp)
@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args([] if argv is None else list(argv))
     # the runtime warns once per session when CUDA falls back to CPU: the JSON records the providers instead
     logging.getLogger("psn_runtime").setLevel(logging.ERROR)
+    ort.set_default_logger_severity(4)  # and ORT's own log of that fallback, once per session
     result = run(args)
     print(tables(result))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -58,9 +59,19 @@ class RuntimeObserver(Protocol):
     def on_stream_close(self, model: str, reason: str) -> None: ...
 
 
+_max = np.maximum.reduce
+_sum = np.add.reduce
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of [B, C] float32 logits."""
-    e = logits - logits.max(axis=-1, keepdims=True)  # a new array: exp and divide in place
+    """Row-wise softmax of [B, C] float32 logits (float32 result)."""
+    if logits.shape[0] == 1:  # one row: plain Python floats beat five numpy calls on tiny arrays
+        row = logits.tolist()[0]
+        top = max(row)
+        e = [math.exp(v - top) for v in row]
+        total = sum(e)
+        return np.array([[v / total for v in e]], dtype=np.float32)  # [1, C]
+    e = logits - _max(logits, axis=1, keepdims=True)  # a new array: exp and divide in place
     np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
+    e /= _sum(e, axis=1, keepdims=True)
     return e

@@ -10,11 +10,13 @@ import numpy as np
 from psn_runtime.errors import BadInput
 
 _NUMERIC_KINDS = frozenset("fiu")  # float, signed int, unsigned int (bool, complex, str, object refused)
+_F32 = np.dtype(np.float32)
+_all = np.logical_and.reduce
 
 
 def as_float32(x: object, param: str) -> np.ndarray:
     """x as a C-contiguous float32 array (no copy when it already is one)."""
-    if type(x) is np.ndarray and x.dtype == np.float32:
+    if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype == _F32):
         return x if x.flags.c_contiguous else np.ascontiguousarray(x)
     if isinstance(x, np.ndarray):
         arr = x
@@ -32,7 +34,7 @@ def as_float32(x: object, param: str) -> np.ndarray:
 def check_finite(arr: np.ndarray, param: str) -> None:
     """Refuse NaN and Inf, naming the first offending element."""
     finite = np.isfinite(arr)
-    if finite.all():
+    if _all(finite, axis=None):
         return
     where = tuple(int(i) for i in np.argwhere(~finite)[0])
     value = float(arr[where])
