@@ -233,7 +233,11 @@ build_image() {
     local size
     size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
     IMAGE_MB=$((size / 1000000))
-    log "built $IMAGE in ${BUILD_S} s: ${IMAGE_MB} MB ($(grep -m1 '^ORT ' "$logfile" || echo 'ORT ?'))"
+    local ort
+    ort="$(tpodman 60 run --rm "$IMAGE" python3 -c \
+        'import onnxruntime as o; print("onnxruntime", o.__version__, ", ".join(o.get_available_providers()))')" ||
+        die "the image cannot import onnxruntime"
+    log "built $IMAGE in ${BUILD_S} s: ${IMAGE_MB} MB ($ort)"
 }
 
 # --- 6. run and probe ----------------------------------------------------------------------------------

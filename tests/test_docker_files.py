@@ -46,11 +46,6 @@ def instructions() -> list[tuple[str, str]]:
     return _instructions(DOCKERFILE)
 
 
-def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
-    return instructions[starts[-1] :]
-
-
 def _load(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
@@ -64,22 +59,42 @@ def serve_requirements() -> ModuleType:
     return _load("serve_requirements", ROOT / "docker" / "serve_requirements.py")
 
 
+def _stages(instructions: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Instructions by stage name (the FROM line's alias, or "final" for the last stage)."""
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    stages = {}
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(instructions)
+        words = instructions[start][1].split()
+        name = words[2] if len(words) == 3 and words[1].upper() == "AS" else "final"
+        stages[name] = instructions[start:end]
+    return stages
+
+
 def test_base_image_is_a_build_arg_used_by_every_stage(instructions: list[tuple[str, str]]) -> None:
     first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
     global_args = [args for keyword, args in instructions[:first_from] if keyword == "ARG"]
     assert any(re.fullmatch(r"BASE_IMAGE=\S+", args) for args in global_args), global_args
-    froms = [args for keyword, args in instructions if keyword == "FROM"]
-    assert len(froms) == 2, froms  # a build stage and a runtime stage
-    assert all(args.split()[0] == "${BASE_IMAGE}" for args in froms), froms
+    stages = _stages(instructions)
+    assert list(stages) == ["build", "runtime-gpu", "runtime-cpu", "final"], list(stages)
+    for name in ("build", "runtime-gpu", "runtime-cpu"):
+        assert stages[name][0][1].split()[0] == "${BASE_IMAGE}", stages[name][0]
+    assert stages["final"][0] == ("FROM", "runtime-${VARIANT}")
 
 
-def test_variant_arg_defaults_to_gpu(instructions: list[tuple[str, str]]) -> None:
-    assert ("ARG", "VARIANT=gpu") in instructions
-    assert any('--variant "${VARIANT}"' in args for keyword, args in instructions if keyword == "RUN")
+def test_variant_arg_defaults_to_gpu_and_picks_providers(instructions: list[tuple[str, str]]) -> None:
+    first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    assert ("ARG", "VARIANT=gpu") in instructions[:first_from]
+    stages = _stages(instructions)
+    assert ("ARG", "VARIANT") in stages["build"]
+    assert any('--variant "${VARIANT}"' in args for keyword, args in stages["build"] if keyword == "RUN")
+    envs = {name: " ".join(args for keyword, args in stages[name] if keyword == "ENV") for name in stages}
+    assert "PSN_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider" in envs["runtime-gpu"]
+    assert "PSN_PROVIDERS=CPUExecutionProvider" in envs["runtime-cpu"]
 
 
 def test_runtime_stage_runs_as_non_root(instructions: list[tuple[str, str]]) -> None:
-    users = [args for keyword, args in _final_stage(instructions) if keyword == "USER"]
+    users = [args for keyword, args in _stages(instructions)["final"] if keyword == "USER"]
     assert users, "the runtime stage has no USER"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), users[-1]
@@ -87,14 +102,14 @@ def test_runtime_stage_runs_as_non_root(instructions: list[tuple[str, str]]) -> 
 
 
 def test_healthcheck_probes_readyz_with_python(instructions: list[tuple[str, str]]) -> None:
-    checks = [args for keyword, args in _final_stage(instructions) if keyword == "HEALTHCHECK"]
+    checks = [args for keyword, args in _stages(instructions)["final"] if keyword == "HEALTHCHECK"]
     assert len(checks) == 1, checks
     assert "/readyz" in checks[0] and "urllib.request" in checks[0] and "curl" not in checks[0]
     assert re.search(r"--timeout=\d+s", checks[0]) and re.search(r"--start-period=\d+s", checks[0])
 
 
 def test_serves_bundled_models_on_port_8000(instructions: list[tuple[str, str]]) -> None:
-    final = _final_stage(instructions)
+    final = _stages(instructions)["final"]
     assert ("EXPOSE", "8000") in final
     assert ("COPY", "models /models") in final
     assert any(keyword == "ENV" and "PSN_MODELS_DIR=/models" in args for keyword, args in final)
