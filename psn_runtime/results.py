@@ -64,14 +64,21 @@ _sum = np.add.reduce
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of [B, C] float32 logits (float32 result)."""
-    if logits.shape[0] == 1:  # one row: plain Python floats beat five numpy calls on tiny arrays
-        row = logits.tolist()[0]
-        top = max(row)
-        e = [math.exp(v - top) for v in row]
-        total = sum(e)
-        return np.array([[v / total for v in e]], dtype=np.float32)  # [1, C]
+    """Row-wise softmax of [B, C] float32 logits (float32 result); each row's result depends on that row
+    alone (stream steps give the same bits whatever batch they ran in)."""
     e = logits - _max(logits, axis=1, keepdims=True)  # a new array: exp and divide in place
     np.exp(e, out=e)
     e /= _sum(e, axis=1, keepdims=True)
     return e
+
+
+def softmax_fast(logits: np.ndarray) -> np.ndarray:
+    """softmax, with a plain-Python path for a single row (five numpy calls cost more on tiny arrays);
+    that path computes in float64, so its last bit may differ from softmax's."""
+    if logits.shape[0] != 1:
+        return softmax(logits)
+    row = logits.tolist()[0]
+    top = max(row)
+    e = [math.exp(v - top) for v in row]
+    total = sum(e)
+    return np.array([[v / total for v in e]], dtype=np.float32)  # [1, C]

@@ -24,7 +24,14 @@ from psn_runtime.errors import (
 )
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
 from psn_runtime.registry import LoadedModel, load_model, model_dirs, read_manifest
-from psn_runtime.results import ClassifyResult, ModelInfo, ModelStatus, RuntimeObserver, StepResult, softmax
+from psn_runtime.results import (
+    ClassifyResult,
+    ModelInfo,
+    ModelStatus,
+    RuntimeObserver,
+    StepResult,
+    softmax_fast,
+)
 from psn_runtime.streams import ModelStreams, Stream
 from psn_runtime.validate import classify_input, step_input
 
@@ -175,7 +182,7 @@ class Runtime:
             raise InferenceError(f"model {name!r}: onnxruntime failed: {e}") from e
         best = logits.argmax(axis=1)  # [B]
         labels = m.labels
-        return ClassifyResult(logits, softmax(logits), best, [labels[i] for i in best.tolist()])
+        return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()])
 
     async def classify_async(self, name: str, x: np.ndarray) -> ClassifyResult:
         self._check_open()
