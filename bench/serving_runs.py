@@ -1,0 +1,225 @@
+"""The parts of the serving suite, each against servers that bench.serving has started: classify (wrk),
+streams (WebSocket client processes), first output (a fixed-rate stream per kind), profiles (py-spy)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import BenchError, progress
+from bench.serving_latency import LatencyJob, sample_inputs, stream_sequences, summarize
+from bench.serving_models import KINDS, ModelRef
+from bench.serving_procs import HOST, Pinning, ServerProcess, get
+from bench.serving_wrk import check_answer, classify_body, run_wrk
+from bench.serving_ws import Frames, run_in_client_process, run_streams
+
+STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
+_BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+@dataclass
+class Context:
+    plan: Any  # bench.serving.Plan
+    pinning: Pinning
+    work: Path
+    models: dict[str, ModelRef]
+    quiet: bool
+    echo: ServerProcess
+    on: ServerProcess
+    off: ServerProcess | None
+
+
+def _ms(latency: dict[str, float]) -> dict[str, float]:
+    return {f"{k}_ms": v for k, v in latency.items()}
+
+
+# ---------------------------------------------------------------------------------------------- classify
+
+
+def _classify_model(ctx: Context) -> ModelRef:
+    return ctx.models.get("psn") or next(iter(ctx.models.values()))
+
+
+def run_classify(ctx: Context) -> dict[str, Any]:
+    plan = ctx.plan
+    model = _classify_model(ctx)
+    path = f"/v1/models/{model.name}/classify"
+    targets = {"service": (ctx.on, path), "echo": (ctx.echo, "/echo")}
+    bodies: dict[int, tuple[Path, int]] = {}
+    for batch in plan.batches:
+        body = classify_body(model.T, model.features, batch)
+        file = ctx.work / f"classify-b{batch}.json"
+        file.write_bytes(body)
+        answer = check_answer(ctx.on, path, body, "predictions")
+        if len(answer["predictions"]) != batch:
+            raise BenchError(f"classify of a batch of {batch} gave {len(answer['predictions'])} predictions")
+        check_answer(ctx.echo, "/echo", body, "ok")
+        bodies[batch] = (file, len(body))
+    if plan.duration_s >= 2:  # warm both servers (first requests, allocator, caches) before counting
+        for batch in plan.batches:
+            for server, url_path in targets.values():
+                run_wrk(server, url_path, bodies[batch][0], connections=8, duration_s=1, pinning=ctx.pinning)
+    points = [(b, c, t) for b in plan.batches for c in plan.connections for t in targets]
+    rows = []
+    for batch, conns, target in progress(points, desc="classify (wrk)", quiet=ctx.quiet):
+        server, url_path = targets[target]
+        r = run_wrk(
+            server,
+            url_path,
+            bodies[batch][0],
+            connections=conns,
+            duration_s=plan.duration_s,
+            pinning=ctx.pinning,
+        )
+        errors = sum(r.errors.values())
+        if errors:
+            print(f"warning: {target} batch {batch}, {conns} connections: errors {r.errors}", file=sys.stderr)
+        rows.append({
+            "target": target, "batch": batch, "connections": conns, "rps": r.rps, "seq_per_s": r.rps * batch,
+            **_ms(r.latency_ms), "errors": errors, "error_kinds": r.errors, "requests": r.requests,
+            "duration_s": r.duration_s, "server_cpu_util": r.server_cpu_util,
+        })  # fmt: skip
+    return {
+        "model": model.name,
+        "kind": model.kind,
+        "path": path,
+        "body_bytes": {str(b): size for b, (_, size) in bodies.items()},
+        "load": "wrk -t1 -cN, keep-alive, one pre-built POST (bench/wrk/post_json.lua)",
+        "echo": "POST /echo: reads the body, answers a small JSON; no parsing, no model",
+        "rows": rows,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- streams
+
+
+def _stream_model(ctx: Context) -> ModelRef:
+    for kind in STREAM_KIND_ORDER:
+        if kind in ctx.models and ctx.models[kind].streams:
+            return ctx.models[kind]
+    raise BenchError("no streaming model (sliding_psn, lif or masked_psn) to stream to")
+
+
+def _batch_totals(server: ServerProcess, model: str) -> tuple[float, float]:
+    """(sum, count) of the server's step batch size histogram for model."""
+    status, text = get(server.port, "/metrics", timeout=10)
+    if status != 200:
+        return 0.0, 0.0
+    totals = {kind: float(v) for kind, name, v in _BATCH_METRIC.findall(text.decode()) if name == model}
+    return totals.get("sum", 0.0), totals.get("count", 0.0)
+
+
+def run_streams_part(ctx: Context) -> dict[str, Any]:
+    plan = ctx.plan
+    model = _stream_model(ctx)
+    service_path = f"/v1/models/{model.name}/stream"
+    targets = [("service", "on", ctx.on, service_path), ("echo", "-", ctx.echo, "/stream")]
+    if ctx.off is not None:
+        targets.insert(1, ("service", "off", ctx.off, service_path))
+    points = [(f, n, t) for f in plan.frames for n in plan.streams for t in targets]
+    rows = []
+    for frames, n, (target, batching, server, path) in progress(points, desc="streams", quiet=ctx.quiet):
+        before = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
+        load = run_streams(
+            f"ws://{HOST}:{server.port}{path}", streams=n, frames=Frames(frames), features=model.features,
+            duration_s=plan.duration_s, warmup_s=plan.warmup_s, client_procs=plan.client_procs,
+            pinning=ctx.pinning, server=server,
+        )  # fmt: skip
+        after = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
+        batches = after[1] - before[1]
+        rows.append({
+            "target": target, "batching": batching, "frames": frames, "streams": n,
+            "steps_per_s": load.steps_per_s, **_ms(load.rtt_ms), "steps": load.steps, "errors": load.errors,
+            "server_cpu_util": load.server_cpu_util, "client_cpu_util": load.client_cpu_util,
+            "client_procs": load.client_procs,
+            "mean_batch": (after[0] - before[0]) / batches if batches else None,
+        })  # fmt: skip
+    return {
+        "model": model.name,
+        "kind": model.kind,
+        "load": "closed-loop streams (send a step, await its answer); asyncio + websockets, client processes",
+        "echo": "WS /stream on the echo app: one small JSON text answer per message, nothing parsed",
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------ first output
+
+
+def run_first_output(ctx: Context) -> dict[str, Any]:
+    plan = ctx.plan
+    jobs, sources = [], {}
+    for kind in KINDS:
+        model = ctx.models.get(kind)
+        if model is None:
+            continue
+        inputs, sources[kind] = sample_inputs(model.dataset, model.T, model.features, plan.sequences)
+        url = f"ws://{HOST}:{ctx.on.port}/v1/models/{model.name}/stream"
+        jobs.append(LatencyJob(kind, model.name, url, inputs, plan.period_ms / 1000.0))
+    if not jobs:
+        raise BenchError("no model to stream to")
+    budget = 60.0 + sum(len(j.inputs) * (j.inputs.shape[1] * j.period_s + 0.5) for j in jobs)
+    if not ctx.quiet:
+        print(
+            f"first output: streaming {plan.sequences} sequence(s) per kind ...", file=sys.stderr, flush=True
+        )
+    raw = run_in_client_process(stream_sequences, (jobs,), ctx.pinning, timeout_s=budget)
+    kinds = [summarize(j.kind, j.model, raw[j.kind]).to_json() for j in jobs]
+    return {"period_ms": plan.period_ms, "inputs": sources, "batching": "on", "kinds": kinds, "raw": raw}
+
+
+# ---------------------------------------------------------------------------------------------- profiles
+
+
+def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str, Any]]:
+    """Extra runs under py-spy: classify at 32 connections, one JSON stream, 256 binary streams on/off."""
+    from bench.serving_profile import Recorder, py_spy_binary
+
+    if py_spy_binary() is None:
+        print("profile: py-spy is not installed (.venv/bin/pip install py-spy); skipped", file=sys.stderr)
+        return [{"name": "all", "error": "py-spy not installed"}]
+    plan = ctx.plan
+    seconds = max(2.0, plan.duration_s)
+    out: list[dict[str, Any]] = []
+
+    def record(name: str, server: ServerProcess, action) -> None:
+        holder: list[Recorder] = []
+        try:
+            action(lambda: holder.append(Recorder(server.pid, seconds, out_dir, name, ctx.pinning)))
+            out.append(holder[0].finish().to_json())
+        except Exception as exc:  # a profiler that cannot attach must not lose the measurements
+            out.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+
+    if "classify" in parts:
+        model = _classify_model(ctx)
+        body = ctx.work / "classify-b1.json"
+        body.write_bytes(classify_body(model.T, model.features, 1))
+        path = f"/v1/models/{model.name}/classify"
+
+        def wrk_action(start) -> None:
+            start()
+            run_wrk(ctx.on, path, body, connections=32, duration_s=seconds, pinning=ctx.pinning)
+
+        record("classify-b1-c32", ctx.on, wrk_action)
+    if "streams" in parts:
+        model = _stream_model(ctx)
+        scenarios = [
+            ("stream-1-json-on", ctx.on, 1, Frames.JSON),
+            ("stream-256-binary-on", ctx.on, 256, Frames.BINARY),
+        ]
+        if ctx.off is not None:
+            scenarios.append(("stream-256-binary-off", ctx.off, 256, Frames.BINARY))
+        for name, server, n, frames in progress(scenarios, desc="profiles", quiet=ctx.quiet):
+
+            def ws_action(start, server=server, n=n, frames=frames) -> None:
+                run_streams(
+                    f"ws://{HOST}:{server.port}/v1/models/{model.name}/stream", streams=n, frames=frames,
+                    features=model.features, duration_s=seconds, warmup_s=0.5, client_procs=plan.client_procs,
+                    pinning=ctx.pinning, server=server, on_window=start,
+                )  # fmt: skip
+
+            record(name, server, ws_action)
+    return out

@@ -1,0 +1,95 @@
+"""Smoke test of ``psn bench serving --quick``: real servers (psn serve and the echo app) on 127.0.0.1, wrk,
+WebSocket client processes, the fixed-rate stream of every kind; checks the JSON and the plots it writes
+and that every server it started is gone. Skipped when wrk is not installed (apt-get install -y wrk)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import exported_models
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)"),
+]
+
+
+def _children() -> set[int]:
+    """Live child processes of this process (pids), from /proc, but multiprocessing's resource tracker."""
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] != me or fields[0] == "Z":  # ppid, state
+            continue
+        cmdline = (stat.parent / "cmdline").read_bytes()
+        if b"resource_tracker" not in cmdline:  # multiprocessing's tracker lives as long as this process
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
+    from bench.serving import main
+
+    models = exported_models()  # tiny models of every kind (T=8, F=5)
+    before = _children()
+    started = time.monotonic()
+    assert main(["--quick", "--quiet", "--models-dir", str(models), "--out", str(tmp_path)]) == 0
+    elapsed = time.monotonic() - started
+
+    doc = json.loads((tmp_path / "bench-serving-quick.json").read_text())
+    assert doc["quick"] is True
+    assert "pinned" in doc["environment"]["pinning"] or "not pinned" in doc["environment"]["pinning"]
+
+    classify = doc["classify"]["rows"]
+    assert {(r["target"], r["connections"]) for r in classify} == {
+        ("service", 1), ("service", 8), ("echo", 1), ("echo", 8),
+    }  # fmt: skip
+    for r in classify:
+        assert r["errors"] == 0, r
+        assert r["requests"] > 0 and r["rps"] > 0
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+
+    streams = doc["streaming"]["rows"]
+    assert {(r["target"], r["batching"], r["streams"]) for r in streams} == {
+        (t, b, n) for t, b in (("service", "on"), ("service", "off"), ("echo", "-")) for n in (1, 8)
+    }
+    for r in streams:
+        assert r["errors"] == 0, r
+        assert r["steps"] > 0 and r["steps_per_s"] > 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["client_cpu_util"] > 0
+        assert r["server_cpu_util"] is not None and r["server_cpu_util"] > 0
+    off = [r for r in streams if r["batching"] == "off"]
+    assert all(r["mean_batch"] == 1.0 for r in off), off  # batching off: one step per ORT call
+
+    kinds = {k["kind"]: k for k in doc["first_output"]["kinds"]}
+    assert set(kinds) == {"psn", "masked_psn", "sliding_psn", "lif"}
+    T = kinds["psn"]["T"]
+    assert kinds["psn"]["first_output_step"] == T - 1  # a PSN answers only once it holds all T steps
+    for kind in ("masked_psn", "sliding_psn", "lif"):
+        assert kinds[kind]["first_output_step"] == 0
+        assert kinds[kind]["first_output_ms"] < kinds["psn"]["first_output_ms"]
+    # the inputs went out at about one step every 2 ms: the PSN's first output comes after (T-1) * 2 ms
+    assert kinds["psn"]["first_output_ms"] >= (T - 1) * 2.0 * 0.9
+
+    assert [g["goal"] for g in doc["goals"]]
+    for name in ("classify", "streams", "latency"):
+        png = tmp_path / f"bench-serving-quick-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    deadline = time.monotonic() + 10
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children() - before == set(), "a server or client process outlived the run"
+    assert elapsed < 60, f"--quick took {elapsed:.0f} s"
