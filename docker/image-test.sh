@@ -180,7 +180,7 @@ ensure_base_image() {
         log "base image: $BASE_IMAGE (given)"
         return
     fi
-    if podman image exists "$BASE_IMAGE"; then
+    if tpodman 30 image exists "$BASE_IMAGE"; then
         log "base image: $BASE_IMAGE exists"
         return
     fi
@@ -202,7 +202,7 @@ ensure_base_image() {
     write_pip_conf "$rootfs/etc/pip.conf"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar --numeric-owner -C "$rootfs" -c . |
-        timeout 300 podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" \
+        timeout 300 podman import --quiet --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" \
             >/dev/null || die "podman import of the base image failed"
     log "base image: $BASE_IMAGE built in $((SECONDS - started)) s (pip.conf: $(paste -sd' ' "$rootfs/etc/pip.conf"))"
 }
@@ -231,7 +231,7 @@ build_image() {
     }
     BUILD_S=$((SECONDS - started))
     local size
-    size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
+    size="$(tpodman 30 image inspect --format '{{.Size}}' "$IMAGE")"
     IMAGE_MB=$((size / 1000000))
     local ort
     ort="$(tpodman 60 run --rm "$IMAGE" python3 -c \
@@ -273,7 +273,7 @@ run_and_probe() {
         die "$name: probe failed"
     fi
     READY_S=$((SECONDS - started))
-    [[ "$(podman inspect --format '{{.State.Running}}' "$name")" == "true" ]] || {
+    [[ "$(tpodman 30 inspect --format '{{.State.Running}}' "$name")" == "true" ]] || {
         show_logs "$name"
         die "$name: the container stopped during the probe"
     }
@@ -284,7 +284,7 @@ check_container() {
     local uid health_cmd
     uid="$(timeout 30 podman exec "$name" id -u)" || die "$name: podman exec id -u failed"
     [[ "$uid" != "0" ]] || die "$name: the server runs as root"
-    health_cmd="$(podman image inspect --format '{{.Config.Healthcheck}}' "$IMAGE")"
+    health_cmd="$(tpodman 30 image inspect --format '{{.Config.Healthcheck}}' "$IMAGE")"
     [[ "$health_cmd" == *readyz* ]] || die "image has no HEALTHCHECK on /readyz (got: $health_cmd)"
     tpodman 30 healthcheck run "$name" >/dev/null || die "$name: HEALTHCHECK command failed"
     log "$name: runs as uid $uid, HEALTHCHECK passes"
@@ -294,7 +294,7 @@ stop_container() {
     # SIGTERM must stop the server cleanly (exit 0) well before podman's 10 s SIGKILL.
     local name="$1" started=$SECONDS code
     tpodman 60 stop --time 10 "$name" >/dev/null || die "$name: podman stop failed"
-    code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
+    code="$(tpodman 30 inspect --format '{{.State.ExitCode}}' "$name")"
     if [[ "$code" != "0" ]] || ((SECONDS - started >= 10)); then
         show_logs "$name"
         die "$name: did not stop cleanly on SIGTERM (exit $code after $((SECONDS - started)) s)"
@@ -304,6 +304,7 @@ stop_container() {
 }
 
 main() {
+    START_S=$SECONDS
     [[ "$(id -u)" == "0" ]] || die "run as root (apt-get, rootful podman)"
     [[ -x "$VENV_PY" ]] || die "no .venv: run make test (or make image-test, which creates it) first"
     [[ "$VARIANT" == "cpu" || "$VARIANT" == "gpu" ]] || die "PSN_IMAGE_VARIANT must be cpu or gpu, not $VARIANT"
@@ -334,7 +335,8 @@ main() {
     run_and_probe "$RUN_ID-volume" "$(model_names "$vol")" -v "$vol:/models:ro"
     stop_container "$RUN_ID-volume"
 
-    log "PASSED: $IMAGE ($VARIANT): ${IMAGE_MB} MB, built in ${BUILD_S} s, ready and probed in ${ready_s} s"
+    log "PASSED in $((SECONDS - START_S)) s: $IMAGE ($VARIANT): ${IMAGE_MB} MB, built in ${BUILD_S} s," \
+        "ready and probed in ${ready_s} s"
 }
 
 main "$@"
