@@ -205,6 +205,16 @@ def avgpool1d(low: Lowering, a: Act, pool: nn.AvgPool1d) -> Act:
     k = _single(pool.kernel_size, "AvgPool1d kernel")
     stride = _single(pool.stride, "AvgPool1d stride")
     pad = _single(pool.padding, "AvgPool1d padding")
+    if pad == 0 and not pool.ceil_mode:
+        # a MatMul with the pooling matrix: same values (the 1/k weights are exact for k = 2), and
+        # several times faster than onnxruntime's CPU AveragePool on these small rows
+        length = (a.row[1] - k) // stride + 1
+        pmat = np.zeros((a.row[1], length), dtype=np.float32)  # [L, L_out]
+        for j in range(length):
+            pmat[j * stride : j * stride + k, j] = 1.0 / k
+        name = low.b.op("MatMul", [a.name, low.b.const("avgpool", pmat)])  # [N*T, C, L_out]
+        row = (a.row[0], length)
+        return Act(name, Layout.ROWS, row, row)
     name = low.b.op(
         "AveragePool",
         [a.name],

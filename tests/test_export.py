@@ -45,8 +45,10 @@ def test_node_count_does_not_grow_with_T(kind: str, k: int | None, arch: str) ->
         counts.append((count_nodes(full.graph), count_nodes(step.graph) if step else 0))
         ops = _ops(full)
         layers = len(model.neurons())
-        linears = sum(isinstance(m, torch.nn.Linear) for m in model.layers)
+        # Linear layers, and average pooling (a MatMul with the pooling matrix)
+        linears = sum(isinstance(m, torch.nn.Linear | torch.nn.AvgPool1d) for m in model.layers)
         assert "Loop" not in ops and "BatchNormalization" not in ops and "Einsum" not in ops
+        assert "Transpose" not in ops and "AveragePool" not in ops
         if kind == "lif":
             assert ops["Scan"] == layers and ops["MatMul"] == linears
         else:  # one MatMul per neuron layer (plus the Linear layers), nothing per step
@@ -63,6 +65,21 @@ def test_node_counts_exact() -> None:
         step = count_nodes(build_step(model).model.graph) if kind != "psn" else None
         got[kind] = (count_nodes(build_full(model).graph), step)
     assert got == {"psn": (13, None), "masked_psn": (13, 23), "sliding_psn": (17, 18), "lif": (25, 18)}
+
+
+def test_avgpool_fallback_matches() -> None:
+    """Pooling that is not a plain matrix (ceil_mode) stays an AveragePool; both paths match torch."""
+    model = tiny_model("psn", 6, None, "conv")
+    x = np.random.default_rng(0).standard_normal((4, 6, model.cfg.features)).astype(np.float32)
+    for ceil in (False, True):
+        for i, m in enumerate(model.layers):
+            if isinstance(m, torch.nn.AvgPool1d):
+                model.layers[i] = torch.nn.AvgPool1d(2, ceil_mode=ceil)
+        full = build_full(model)
+        assert _ops(full)["AveragePool"] == (2 if ceil else 0)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x).transpose(0, 1)).transpose(0, 1).numpy()
+        np.testing.assert_allclose(session(full).run(None, {"x": x})[1], ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind,k", [("sliding_psn", 3), ("lif", None)])
