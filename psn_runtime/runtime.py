@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -51,7 +50,6 @@ class Runtime:
         self._load_lock = threading.Lock()
         self._loaded = False
         self._closed = False
-        self._executor: ThreadPoolExecutor | None = None
         self._reaper: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -107,11 +105,8 @@ class Runtime:
             self._models[model.name] = model
             self._infos[model.name] = model.info()
             log.info("model %s ready (%s, providers %s)", model.name, manifest.kind, model.providers)
-        if self._models:
-            workers = max(1, min(8, len(self._models)))
-            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="psn-ort")
-            for name, model in self._models.items():
-                self._model_streams[name] = ModelStreams(model, self.config, self._executor, self._on_batch)
+        for name, model in self._models.items():
+            self._model_streams[name] = ModelStreams(model, self.config, self._on_batch)
 
     def _record(self, info: ModelInfo, directory) -> None:
         log.error("model directory %s FAILED: %s", directory, info.error)
@@ -132,8 +127,6 @@ class Runtime:
             await ms.stop()
         for sid in list(self._streams):
             self.close_stream(sid, reason="shutdown")
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def loaded(self) -> bool:

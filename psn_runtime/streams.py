@@ -25,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +35,7 @@ from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
 from psn_runtime.pool import ArraySpec, SlotPool
 from psn_runtime.registry import LoadedModel
 from psn_runtime.results import StepResult, softmax
+from psn_runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ def _wake(fut: asyncio.Future | None) -> None:
 class ModelStreams:
     """The streams of one READY model: state pool, step queue and batcher task."""
 
-    def __init__(
-        self, model: LoadedModel, config: RuntimeConfig, executor: Executor, on_batch: BatchHook
-    ) -> None:
+    def __init__(self, model: LoadedModel, config: RuntimeConfig, on_batch: BatchHook) -> None:
         m = model.manifest
         self.name = model.name
         self.labels = m.labels
@@ -102,7 +100,7 @@ class ModelStreams:
         self.max_batch = config.max_batch if config.batching else 1
         self.max_wait = config.max_wait_ms / 1000.0 if config.batching else 0.0
         self.max_queue = config.max_queue
-        self._executor = executor
+        self._worker = Worker(model.name)
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._inflight: list[_Item] = []
@@ -220,17 +218,24 @@ class ModelStreams:
 
     async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         n = len(batch)
-        idx = np.fromiter((it.stream.slot for it in batch), dtype=np.intp, count=n)  # [B]
-        gathered = self.pool.gather(idx)  # copies: the worker thread never reads the live pool
+        if n == 1:  # views, no copies: nothing writes a slot while a step on it is pending
+            slot = batch[0].stream.slot
+            idx = None
+            gathered = [arr[slot : slot + 1] for arr in self.pool.arrays]  # each [1, *shape]
+            xb = batch[0].x[None]  # [1, F]
+        else:  # copies: the worker thread never reads the live pool
+            idx = np.fromiter((it.stream.slot for it in batch), dtype=np.intp, count=n)  # [B]
+            gathered = self.pool.gather(idx)  # each [B, *shape]
+            xb = np.stack([it.x for it in batch]) if not self.full_only else None  # [B, F]
         if self.full_only:
             feed = {INPUT_NAME: gathered[0]}  # [B, T, F]
         else:
             feed = dict(zip(self.input_names, gathered, strict=True))
-            feed[INPUT_NAME] = np.stack([it.x for it in batch])  # [B, F]
+            feed[INPUT_NAME] = xb
         self._inflight = batch
         t0 = time.perf_counter()
         try:
-            outs = await loop.run_in_executor(self._executor, self.session.run, self.output_names, feed)
+            outs = await self._worker.submit(self.session.run, self.output_names, feed)
         except asyncio.CancelledError:
             raise  # the runtime is closing: close() answers the in-flight steps
         except Exception as e:  # an ORT failure: answer every step of the batch, keep serving
@@ -245,21 +250,15 @@ class ModelStreams:
         self.batches += 1
         self._deliver(batch, idx, outs)
 
-    def _deliver(self, batch: list[_Item], idx: np.ndarray, outs: list[np.ndarray]) -> None:
-        n = len(batch)
-        logits = outs[0]  # [B, C] float32
-        live = np.fromiter((not it.future.done() and not it.stream.closed for it in batch), bool, count=n)
+    def _deliver(self, batch: list[_Item], idx: np.ndarray | None, outs: list[np.ndarray]) -> None:
+        # a step whose caller was cancelled, or whose stream was closed, writes nothing back
+        live = [not it.future.done() and not it.stream.closed for it in batch]
         if self.full_only:
-            means = logits  # full.onnx's logits are already the mean over the T steps
+            means = outs[0]  # [B, C]: full.onnx's logits are already the mean over the T steps
+        elif idx is None:
+            means = self._advance_one(batch[0].stream.slot, live[0], outs)
         else:
-            sums = self.pool.sums[idx] + logits  # [B, C] float64
-            counts = self.pool.counts[idx] + 1  # [B]
-            means = (sums / counts[:, None]).astype(np.float32)  # [B, C]
-            rows = slice(None) if live.all() else live
-            sel = idx[rows]
-            self.pool.scatter(sel, [o[rows] for o in outs[1:]])
-            self.pool.sums[sel] = sums[rows]
-            self.pool.counts[sel] = counts[rows]
+            means = self._advance(idx, live, outs)
         probs = softmax(means)
         best = means.argmax(axis=1).tolist()
         labels = self.labels
@@ -275,6 +274,30 @@ class ModelStreams:
                     StepResult(s.id, t, True, labels[best[i]], probs[i], means[i], t + 1 >= limit)
                 )
             self._finish(it)
+
+    def _advance(self, idx: np.ndarray, live: list[bool], outs: list[np.ndarray]) -> np.ndarray:
+        """Write the new states and logit sums of the live slots; the running means [B, C] float32."""
+        pool = self.pool
+        sums = pool.sums[idx] + outs[0]  # [B, C] float64
+        counts = pool.counts[idx] + 1  # [B]
+        rows = slice(None) if all(live) else np.array(live)
+        sel = idx[rows]
+        pool.scatter(sel, [o[rows] for o in outs[1:]])
+        pool.sums[sel] = sums[rows]
+        pool.counts[sel] = counts[rows]
+        return (sums / counts[:, None]).astype(np.float32)
+
+    def _advance_one(self, slot: int, live: bool, outs: list[np.ndarray]) -> np.ndarray:
+        """_advance for a batch of one, with basic indexing (the same arithmetic, so the same bits)."""
+        pool = self.pool
+        sums = pool.sums[slot] + outs[0][0]  # [C] float64
+        count = pool.counts[slot] + 1
+        if live:
+            for arr, out in zip(pool.arrays, outs[1:], strict=True):
+                arr[slot] = out[0]
+            pool.sums[slot] = sums
+            pool.counts[slot] = count
+        return (sums / count).astype(np.float32)[None]  # [1, C]
 
     # -- shutdown and stats ------------------------------------------------------------------------------
     def fail_pending(self, error: Exception) -> None:
@@ -294,6 +317,7 @@ class ModelStreams:
                 await self._task
             self._task = None
         self.fail_pending(RuntimeClosed("the runtime is closed"))
+        self._worker.stop()
 
     def stats(self) -> dict:
         return {

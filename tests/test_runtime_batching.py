@@ -274,3 +274,34 @@ def test_pool_grows_by_doubling_and_keeps_slots():
     s, t = pool.gather(np.array([3]))
     np.testing.assert_array_equal(s, [[0.5, 0.5]])
     assert t.tolist() == [0] and pool.sums[3].tolist() == [0, 0, 0] and pool.counts[3] == 0
+
+
+class FailingSession:
+    def run(self, names, feed):
+        raise RuntimeError("simulated ORT failure")
+
+
+def test_ort_failure_answers_inference_error_and_keeps_serving():
+    from psn_runtime.errors import InferenceError
+
+    x = sequences(1, seed=27)
+    ref = _reference("lif", x[0])
+
+    async def main():
+        rt = make_runtime(exported_models())
+        ms = rt._model_streams["lif"]
+        sid = await rt.open_stream("lif")
+        real, ms.session = ms.session, FailingSession()
+        with pytest.raises(InferenceError, match="simulated ORT failure"):
+            await rt.step(sid, x[0, 0])
+        ms.session = real
+        got = [await rt.step(sid, v) for v in x[0]]  # the failed step wrote nothing
+        worker = ms._worker._thread
+        await rt.close()
+        worker.join(timeout=5)
+        assert not worker.is_alive()
+        return got
+
+    got = asyncio.run(main())
+    assert [r.t for r in got] == list(range(T))
+    np.testing.assert_allclose(np.stack([r.logits for r in got]), ref, rtol=1e-5, atol=1e-6)
