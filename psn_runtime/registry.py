@@ -60,9 +60,12 @@ class LoadedModel:
 def model_dirs(models_dir: Path) -> list[Path]:
     """The direct subfolders of models_dir that hold a manifest.json, sorted by name."""
     models_dir = Path(models_dir)
-    if not models_dir.is_dir():
-        raise ModelLoadError(f"models_dir {str(models_dir)!r} is not a directory")
-    return sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file())
+    try:
+        if not models_dir.is_dir():
+            raise ModelLoadError(f"models_dir {str(models_dir)!r} is not a directory")
+        return sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file())
+    except OSError as e:
+        raise ModelLoadError(f"cannot read models_dir {str(models_dir)!r}: {e}") from e
 
 
 def read_manifest(directory: Path) -> Manifest:

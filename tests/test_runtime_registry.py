@@ -179,3 +179,16 @@ def test_without_warmup_and_empty_dir(tmp_path):
     assert np.isfinite(rt.classify("masked_psn", x).logits).all()
     empty = make_runtime(tmp_path)
     assert empty.loaded and empty.models() == []
+
+
+def test_runtime_imports_neither_torch_nor_fastapi():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, psn_runtime, psn_runtime.runtime, psn_runtime.streams; "
+        "bad = [m for m in ('torch', 'fastapi', 'onnx', 'prometheus_client') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
