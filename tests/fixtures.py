@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,9 +52,17 @@ def tiny_model(kind: str, k: int | None, seed: int = 0):
     return model.eval()
 
 
+_CACHE_ENV = (
+    "PSN_TEST_EXPORTED_MODELS"  # shared by both import names of this module (fixtures, tests.fixtures)
+)
+
+
 @functools.cache
 def exported_models() -> Path:
     """A directory holding one model directory per kind (named after the kind). Do not modify it."""
+    cached = os.environ.get(_CACHE_ENV)
+    if cached and all((Path(cached) / kind / "manifest.json").is_file() for kind in KINDS):
+        return Path(cached)
     from exporters import export_model
 
     root = Path(tempfile.mkdtemp(prefix="psn-runtime-tests-"))
@@ -67,6 +76,7 @@ def exported_models() -> Path:
             test_accuracy=0.0,
             command=f"tests/fixtures.py tiny_model({kind!r}, {k})",
         )
+    os.environ[_CACHE_ENV] = str(root)
     return root
 
 
