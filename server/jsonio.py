@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 
 from psn_runtime.errors import BadInput
 from server.errors import InvalidJSON
@@ -58,8 +58,9 @@ def dumps_text(obj: Any) -> str:
     return dumps(obj).decode()
 
 
-class JSONBytesResponse(Response):
-    """A JSON response rendered with :func:`dumps` (orjson when available)."""
+class JSONBytesResponse(JSONResponse):
+    """A JSON response rendered with :func:`dumps` (orjson when available). A JSONResponse subclass, so that
+    the OpenAPI schema takes the route's declared body for it (not a plain string)."""
 
     media_type = "application/json"
 

@@ -10,12 +10,13 @@ from server.auth import require_key
 from server.errors import ErrorRoute
 from server.jsonio import JSONBytesResponse
 from server.metrics import CONTENT_TYPE
+from server.schemas import METRICS_RESPONSE, Health, Readiness, errors, ok
 from server.state import app_state
 
 router = APIRouter(route_class=ErrorRoute)
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict:
     """Liveness: the process answers."""
     return {"status": "ok"}
@@ -36,7 +37,11 @@ def readiness(request: Request) -> tuple[bool, dict]:
     return ready, {"status": "ready" if ready else "no model ready", "models": models}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={**ok(Readiness), 503: {"model": Readiness, "description": "loading, or no model ready"}},
+)
 async def readyz(request: Request) -> Response:
     """Readiness: 200 when at least one model is READY, else 503 (still loading, or every model failed).
     The body lists every model's status, and the reason for each FAILED one."""
@@ -44,7 +49,13 @@ async def readyz(request: Request) -> Response:
     return JSONBytesResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", dependencies=[Depends(require_key)])
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_key)],
+    response_model=None,
+    response_class=Response,  # text, declared in METRICS_RESPONSE
+    responses={**METRICS_RESPONSE, **errors(401)},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics."""
     return Response(app_state(request.app).metrics.render(), media_type=CONTENT_TYPE)

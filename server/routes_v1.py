@@ -11,6 +11,7 @@ from server.auth import require_key
 from server.body import read_body, require_media_type
 from server.errors import ErrorRoute, InvalidRequest
 from server.jsonio import JSONBytesResponse, loads, to_float32
+from server.schemas import ClassifyRequest, ClassifyResponse, ModelList, ModelView, errors, ok, request_body
 from server.state import app_state
 from server.views import model_view, primary_provider
 
@@ -19,21 +20,26 @@ router = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(r
 CLASSIFY_FIELDS = frozenset({"inputs", "return_logits"})
 
 
-@router.get("/models")
+@router.get("/models", response_model=None, responses={**ok(ModelList), **errors(401, 503)})
 async def list_models(request: Request) -> Response:
     """Every model directory found: manifest, status (loading, ready, failed), error, providers in use."""
     runtime = app_state(request.app).require_runtime()
     return JSONBytesResponse({"models": [model_view(info) for info in runtime.models()]})
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", response_model=None, responses={**ok(ModelView), **errors(401, 404, 422, 503)})
 async def get_model(name: str, request: Request) -> Response:
     """One model: its manifest plus the execution providers its sessions got, its status and error."""
     runtime = app_state(request.app).require_runtime()
     return JSONBytesResponse(model_view(runtime.model(name)))
 
 
-@router.post("/models/{name}/classify")
+@router.post(
+    "/models/{name}/classify",
+    response_model=None,
+    responses={**ok(ClassifyResponse), **errors(400, 401, 404, 413, 415, 422, 429, 500, 503)},
+    openapi_extra=request_body(ClassifyRequest),
+)
 async def classify(name: str, request: Request) -> Response:
     """Classify whole sequences.
 

@@ -22,6 +22,18 @@ from server.body import read_body, require_media_type
 from server.errors import ErrorRoute, InvalidRequest
 from server.jsonio import JSONBytesResponse, dumps, loads, to_float32
 from server.routes_health import readiness
+from server.schemas import (
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+    errors,
+    ok,
+    request_body,
+)
 from server.state import app_state
 from server.views import primary_provider
 
@@ -42,18 +54,22 @@ def _version() -> str:
         return "0"
 
 
-@health.get("/health/live")
+@health.get("/health/live", response_model=V2Live)
 async def live() -> dict:
     return {"live": True}
 
 
-@health.get("/health/ready")
+@health.get(
+    "/health/ready",
+    response_model=None,
+    responses={**ok(V2Ready), 503: {"model": V2Ready, "description": "not ready"}},
+)
 async def ready(request: Request) -> Response:
     ok, _ = readiness(request)
     return JSONBytesResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("")
+@router.get("", response_model=V2ServerMetadata, responses=errors(401, v2=True))
 async def server_metadata() -> dict:
     return {"name": "psn-serve", "version": _version(), "extensions": ["binary_tensor_data"]}
 
@@ -89,17 +105,37 @@ def _metadata(info: ModelInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
-async def model_metadata(name: str, request: Request, version: str | None = None) -> dict:
-    return _metadata(_model(request, name, version))
+_METADATA = {**ok(V2ModelMetadata), **errors(401, 404, 422, 503, v2=True)}
+_READY = {
+    **ok(V2ModelReady),
+    **errors(401, 404, 422, v2=True),
+    503: {"model": V2ModelReady, "description": "the model is not ready"},
+}
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
-    ok = _model(request, name, version).status is ModelStatus.READY
-    return JSONBytesResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+@router.get("/models/{name}", response_model=None, responses=_METADATA)
+async def model_metadata(name: str, request: Request) -> Response:
+    return JSONBytesResponse(_metadata(_model(request, name, None)))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=None, responses=_METADATA)
+async def model_version_metadata(name: str, version: str, request: Request) -> Response:
+    return JSONBytesResponse(_metadata(_model(request, name, version)))
+
+
+def _ready_response(info: ModelInfo) -> Response:
+    ok = info.status is ModelStatus.READY
+    return JSONBytesResponse({"name": info.name, "ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/models/{name}/ready", response_model=None, responses=_READY)
+async def model_ready(name: str, request: Request) -> Response:
+    return _ready_response(_model(request, name, None))
+
+
+@router.get("/models/{name}/versions/{version}/ready", response_model=None, responses=_READY)
+async def model_version_ready(name: str, version: str, request: Request) -> Response:
+    return _ready_response(_model(request, name, version))
 
 
 def _header_length(request: Request, body: bytes) -> int | None:
@@ -130,9 +166,7 @@ def _input_tensor(doc: dict, binary: memoryview) -> np.ndarray:
     if not isinstance(shape, list) or len(shape) != 3 or not all(type(d) is int and d > 0 for d in shape):
         raise BadInput("inputs[0].shape", f"expected [B, T, F] positive integers, got {shape!r}")
     count = math.prod(shape)
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidRequest("inputs[0].parameters: expected an object", "inputs[0].parameters")
+    params = _parameters(tensor.get("parameters"), "inputs[0].parameters")
     size = params.get("binary_data_size")
     if size is not None:
         dtype = DTYPES[datatype]
@@ -161,10 +195,28 @@ def _input_tensor(doc: dict, binary: memoryview) -> np.ndarray:
     return flat.reshape(shape)  # [B, T, F]
 
 
+def _parameters(value: object, where: str) -> dict:
+    """A ``parameters`` field: absent/null or an object (anything else is refused, not ignored)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}: expected an object, got {type(value).__name__}", where)
+    return value
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{where}.{key}: expected true or false, got {value!r}", f"{where}.{key}")
+    return value
+
+
 def _wanted_outputs(doc: dict) -> list[tuple[str, bool]]:
     """[(output name, binary?)] in the order asked for (all three when the request names none)."""
-    params = doc.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    if "id" in doc and not isinstance(doc["id"], str):
+        raise InvalidRequest(f"id: expected a string, got {type(doc['id']).__name__}", "id")
+    params = _parameters(doc.get("parameters"), "parameters")
+    default_binary = _flag(params, "binary_data_output", False, "parameters")
     asked = doc.get("outputs")
     if asked is None:
         return [(name, default_binary) for name in OUTPUTS]
@@ -177,10 +229,10 @@ def _wanted_outputs(doc: dict) -> list[tuple[str, bool]]:
             raise InvalidRequest(
                 f"outputs[{i}].name: expected one of {list(OUTPUTS)}, got {name!r}", "outputs"
             )
-        out_params = out.get("parameters") or {}
+        out_params = _parameters(out.get("parameters"), f"outputs[{i}].parameters")
         if "classification" in out_params:
             raise InvalidRequest("the classification extension is not supported", f"outputs[{i}].parameters")
-        wanted.append((name, bool(out_params.get("binary_data", default_binary))))
+        wanted.append((name, _flag(out_params, "binary_data", default_binary, f"outputs[{i}].parameters")))
     return wanted
 
 
@@ -219,9 +271,32 @@ def _response(doc: dict, info: ModelInfo, result: ClassifyResult, wanted: list[t
     )
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
-async def infer(name: str, request: Request, version: str | None = None) -> Response:
+_INFER = {
+    "response_model": None,
+    "responses": {
+        200: {
+            "model": V2InferResponse,
+            "description": "outputs as JSON, or (binary outputs asked for) a JSON header then the tensors "
+            f"as application/octet-stream, the header's length in {HEADER_LENGTH}",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **errors(400, 401, 404, 413, 415, 422, 429, 500, 503, v2=True),
+    },
+    "openapi_extra": request_body(V2InferRequest),  # the binary extension: see the module docstring
+}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(name, None, request)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, version, request)
+
+
+async def _infer(name: str, version: str | None, request: Request) -> Response:
     state = app_state(request.app)
     info = _model(request, name, version)
     require_media_type(request, ("application/json", "application/octet-stream"))
