@@ -13,6 +13,8 @@ from psn_runtime.config import CPU, CUDA, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
 _preload_lock = threading.Lock()
 _preloaded = False
 
@@ -67,7 +69,10 @@ def make_session(
     model_bytes: bytes, config: RuntimeConfig, providers: list[str]
 ) -> tuple[ort.InferenceSession, list[str]]:
     """A session for the given serialized model; returns it with warnings about providers it did not get."""
-    session = ort.InferenceSession(model_bytes, sess_options=session_options(config), providers=providers)
+    # cuDNN's default EXHAUSTIVE search re-benchmarks convolutions for every new batch size; step batches
+    # take every size from 1 to max_batch, so a heuristic choice avoids a slow first call at each size
+    asked = [(p, CUDA_OPTIONS) if p == CUDA else p for p in providers]
+    session = ort.InferenceSession(model_bytes, sess_options=session_options(config), providers=asked)
     got = session.get_providers()
     warnings = [
         f"asked for {p} but the session runs on {got} (no GPU, or its CUDA/cuDNN libraries are missing)"
