@@ -29,6 +29,9 @@ class RuntimeConfig(BaseModel):
     idle_timeout_s: float = Field(300.0, gt=0.0, description="idle streams are closed after this long")
     max_stream_steps: int = Field(100_000, ge=1, description="cap on the steps of one stream")
     max_classify_batch: int = Field(256, ge=1, description="larger classify batches -> BadInput")
+    max_classify_pending: int = Field(
+        64, ge=1, description="classify_async calls queued or running at once; beyond -> Overloaded"
+    )
     warmup: bool = True
 
     @field_validator("providers")

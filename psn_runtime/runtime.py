@@ -16,6 +16,7 @@ from psn_runtime.errors import (
     InferenceError,
     ModelLoadError,
     ModelNotReady,
+    Overloaded,
     RuntimeClosed,
     StreamLimit,
     UnknownModel,
@@ -51,6 +52,7 @@ class Runtime:
         self._loaded = False
         self._closed = False
         self._reaper: asyncio.Task | None = None
+        self._classify_pending = 0  # classify_async calls queued or running (event-loop thread only)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,8 +180,17 @@ class Runtime:
         return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()])
 
     async def classify_async(self, name: str, x: np.ndarray) -> ClassifyResult:
+        """classify in a worker thread; at most config.max_classify_pending at once (else Overloaded), so
+        that a burst is shed instead of queueing without bound in the executor."""
         self._check_open()
-        return await asyncio.get_running_loop().run_in_executor(None, self.classify, name, x)
+        limit = self.config.max_classify_pending
+        if self._classify_pending >= limit:
+            raise Overloaded(f"{self._classify_pending} classify calls are pending (the limit); retry later")
+        self._classify_pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self.classify, name, x)
+        finally:
+            self._classify_pending -= 1
 
     # -- streams -----------------------------------------------------------------------------------------
     async def open_stream(self, name: str) -> str:
@@ -229,7 +240,12 @@ class Runtime:
             if ms is not None:
                 entry.update(streams=ms.open_streams, **ms.stats())
             models[info.name] = entry
-        return {"streams": len(self._streams), "max_streams": self.config.max_streams, "models": models}
+        return {
+            "streams": len(self._streams),
+            "max_streams": self.config.max_streams,
+            "classify_pending": self._classify_pending,
+            "models": models,
+        }
 
     def _stream(self, stream_id: str) -> Stream:
         self._check_open()
