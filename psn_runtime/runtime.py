@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -104,13 +105,13 @@ class Runtime:
                     manifest.name, ModelStatus.FAILED, d, manifest, {}, error
                 )
                 continue
+            # streams first: a model in _models is served at once, while the others still load
+            self._model_streams[model.name] = ModelStreams(model, self.config, self._on_batch)
             self._models[model.name] = model
             self._infos[model.name] = model.info()
             log.info("model %s ready (%s, providers %s)", model.name, manifest.kind, model.providers)
-        for name, model in self._models.items():
-            self._model_streams[name] = ModelStreams(model, self.config, self._on_batch)
 
-    def _record(self, info: ModelInfo, directory) -> None:
+    def _record(self, info: ModelInfo, directory: Path) -> None:
         log.error("model directory %s FAILED: %s", directory, info.error)
         if info.name in self._infos:  # the directory name is taken by a model already known
             return

@@ -266,3 +266,40 @@ def test_idle_streams_are_reaped():
 
     run(main())
     assert ("lif", "idle") in rec.closed
+
+
+def test_models_serve_as_soon_as_they_load(monkeypatch):
+    import threading
+
+    import psn_runtime.runtime as rt_module
+    from psn_runtime import ModelStatus, Runtime, RuntimeConfig
+
+    gate = threading.Event()
+    real_load = rt_module.load_model
+
+    def slow_for_sliding(directory, manifest, config):
+        if manifest.name == "sliding_psn":
+            gate.wait(10)
+        return real_load(directory, manifest, config)
+
+    monkeypatch.setattr(rt_module, "load_model", slow_for_sliding)
+
+    async def main():
+        rt = Runtime(RuntimeConfig(models_dir=exported_models(), providers=["CPUExecutionProvider"]))
+        starting = asyncio.ensure_future(rt.start())
+        for _ in range(500):  # until lif and masked_psn are READY (sorted: lif, masked_psn, psn, sliding_psn)
+            await asyncio.sleep(0.01)
+            if rt.model("psn").status is ModelStatus.READY:
+                break
+        assert not rt.loaded
+        assert rt.model("sliding_psn").status is ModelStatus.LOADING
+        with pytest.raises(ModelNotReady, match="still loading"):
+            await rt.open_stream("sliding_psn")
+        sid = await rt.open_stream("lif")
+        assert (await rt.step(sid, np.zeros(5, np.float32))).t == 0
+        gate.set()
+        await starting
+        assert rt.loaded and rt.model("sliding_psn").status is ModelStatus.READY
+        await rt.close()
+
+    run(main())
