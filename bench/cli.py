@@ -1,0 +1,100 @@
+"""``psn bench <suite> [options]``: run one benchmark suite, or ``all`` of those installed.
+
+Each suite is a module with ``main(argv) -> int``, imported only when asked for (the ``serving`` suite
+needs no torch; ``neurons`` and ``memory`` do). To add one, add a line to ``SUITES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Suite:
+    module: str
+    help: str
+
+
+SUITES: dict[str, Suite] = {
+    "neurons": Suite(
+        "bench.neurons", "simulation speed, LIF vs PSN family (paper Fig. 3), ONNX Runtime, bandwidth"
+    ),
+    "memory": Suite("bench.memory", "training memory with IF neurons vs PSN (paper Table 4)"),
+    "runtime": Suite("bench.runtime", "psn_runtime latency and throughput (ONNX Runtime sessions)"),
+    "serving": Suite("bench.serving", "the HTTP/WebSocket service under load"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: psn bench <suite> [options]   (psn bench <suite> --help for its options)", "", "suites:"]
+    lines += [f"  {name:<8} {s.help}" for name, s in SUITES.items()]
+    lines += ["  all      every suite above that is installed, with default options (--quick passes on)"]
+    return "\n".join(lines)
+
+
+class SuiteMissing(LookupError):
+    """The suite's module is not written (yet) or not installed."""
+
+
+def load(name: str):
+    suite = SUITES[name]
+    try:
+        return importlib.import_module(suite.module)
+    except ModuleNotFoundError as exc:
+        if exc.name == suite.module:
+            raise SuiteMissing(f"suite {name!r}: module {suite.module} is not present") from exc
+        raise
+
+
+def run_all(rest: list[str]) -> int:
+    passthrough = [a for a in rest if a in ("--quick", "--quiet")]
+    unknown = [a for a in rest if a not in passthrough]
+    if unknown:
+        print(
+            f"psn bench all: only --quick and --quiet pass on to every suite, not {unknown}", file=sys.stderr
+        )
+        return 2
+    worst = 0
+    for name in SUITES:
+        try:
+            module = load(name)
+        except SuiteMissing as exc:
+            print(f"psn bench all: skipping {exc}", file=sys.stderr)
+            continue
+        print(f"\n===== psn bench {name} =====", flush=True)
+        worst = max(worst, int(module.main(list(passthrough)) or 0))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.common import calm_openmp
+
+    calm_openmp()  # before any suite imports torch
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name == "all":
+        return run_all(rest)
+    if name not in SUITES:
+        print(f"psn bench: unknown suite {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = load(name)
+    except SuiteMissing as exc:
+        print(f"psn bench: {exc}", file=sys.stderr)
+        return 2
+    from bench.common import BenchError
+
+    try:
+        return int(module.main(rest) or 0)
+    except BenchError as exc:
+        print(f"psn bench {name}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
