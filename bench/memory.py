@@ -1,0 +1,296 @@
+"""``psn bench memory``: peak training memory with IF neurons vs PSN, as in the paper's Table 4.
+
+A small VGG-style network (Conv2d + BatchNorm blocks, two max-pools, a linear read-out; every layer but
+the neurons acts on each time step alone, over [T, N, C, H, W]) is trained for one step with no neurons
+(identity: synapses only), with IF neurons (V_th = 1, hard reset) or with PSN. Δ = M − M_NO estimates
+the memory of the neurons' hidden states; the paper expects Δ_IF / Δ_PSN ≈ 2 (IF keeps H and V, PSN H).
+
+Method. CPU: each configuration runs in a fresh subprocess (--quick: one for all kinds) whose glibc
+allocator returns every block above 64 KiB to the OS when freed (M_MMAP_THRESHOLD), so the resident set
+follows live tensors; after a warm-up step the kernel's peak-RSS mark is reset (/proc/self/clear_refs)
+and M is the peak RSS during one forward + backward minus the RSS just before it. CUDA:
+torch.cuda.max_memory_allocated over the step, minus memory_allocated before it. Both also count the
+bytes autograd saves for the backward (saved_tensors_hooks, unique storages): deterministic, and the
+part of M the paper's analysis is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.common import format_table
+
+FULL_CONFIGS = ((4, 16), (8, 16), (16, 8), (16, 16))  # (T, N); the paper's are (16, 16), (8, 16), (16, 8)
+QUICK_CONFIGS = ((4, 4),)
+RESULT_TAG = "MEMORY_RESULT "
+
+
+class Kind(StrEnum):
+    NONE = "none"
+    IF = "if"
+    IF_FUSED = "if_fused"
+    PSN = "psn"
+
+
+KIND_HELP = {
+    Kind.NONE: "no neurons (identity): synapses only, M_NO",
+    Kind.IF: "IF, autograd over each step like SpikingJelly's torch backend (keeps H-V_th, H, 1-S per step)",
+    Kind.IF_FUSED: "IF, one multi-step function, hand-written BPTT keeping only H (like SpikingJelly's CUDA)",
+    Kind.PSN: "PSN (psn.neurons.PSN: keeps its input X for dL/dW and H for the surrogate)",
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="psn bench memory", description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if present")
+    p.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="folder for the JSON and PNG")
+    p.add_argument("--quick", action="store_true", help="one tiny configuration (seconds; smoke test)")
+    p.add_argument("--config", nargs=2, type=int, action="append", metavar=("T", "N"), help="repeatable")
+    p.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (memory is per process)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise common.BenchError(f"/proc/self/status has no {key}: peak RSS needs Linux")
+
+
+def _return_freed_memory() -> None:
+    """Blocks above 64 KiB come from mmap and go back to the OS on free (no dynamic threshold)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold, m_trim_threshold = -3, -1
+    if not (libc.mallopt(m_mmap_threshold, 64 * 1024) and libc.mallopt(m_trim_threshold, 64 * 1024)):
+        raise common.BenchError("mallopt failed: the RSS method needs glibc")
+
+
+def measure(kind: Kind, T: int, N: int, device_name: str, quick: bool) -> dict[str, Any]:
+    """One training step's peak memory above the steady state, and autograd's saved bytes (MiB)."""
+    if device_name == "cpu":
+        _return_freed_memory()
+    import torch
+    from torch.nn import functional as F
+
+    from bench.memory_net import build_network, hidden_state_numel
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    side = 16 if quick else 32
+    channels = (8, 8) if quick else (32, 64)
+    net = build_network(kind.value, T, channels, side).to(device)
+    x = torch.randn(T, N, 3, side, side, device=device)  # [T, N, C, H, W]
+    y = torch.randint(0, 10, (N,), device=device)
+
+    def step() -> None:
+        loss = F.cross_entropy(net(x).mean(0), y)  # logits [T, N, 10] -> mean over time
+        loss.backward()
+
+    step()  # warm-up: parameter gradients, library workspaces, lazy initialisation
+    net.zero_grad(set_to_none=False)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _proc_status_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM)
+        step()
+        peak = _proc_status_kib("VmHWM") * 1024 - base
+    net.zero_grad(set_to_none=False)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    del out
+    mib = 2.0**20
+    return {
+        "kind": kind.value,
+        "T": T,
+        "N": N,
+        "peak_MiB": peak / mib,
+        "saved_MiB": sum(saved.values()) / mib,
+        "hidden_state_MiB": 4 * T * N * hidden_state_numel(channels, side) / mib,
+    }
+
+
+def worker(spec: str) -> int:
+    args = json.loads(spec)
+    for kind in args["kinds"]:
+        result = measure(Kind(kind), args["T"], args["N"], args["device"], args["quick"])
+        print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+def run_worker(kinds: list[Kind], T: int, N: int, device: str, quick: bool) -> list[dict[str, Any]]:
+    """Measure ``kinds`` in one fresh Python process, one after the other."""
+    spec = json.dumps({"kinds": [k.value for k in kinds], "T": T, "N": N, "device": device, "quick": quick})
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--worker", spec],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    results = [
+        json.loads(line[len(RESULT_TAG) :])
+        for line in proc.stdout.splitlines()
+        if line.startswith(RESULT_TAG)
+    ]
+    if proc.returncode != 0 or len(results) != len(kinds):
+        raise common.BenchError(
+            f"memory worker {kinds} T={T} N={N} failed ({proc.returncode}): {proc.stderr[-800:]}"
+        )
+    return results
+
+
+def summarize(results: list[dict[str, Any]], configs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    rows = []
+    for T, N in configs:
+        by = {r["kind"]: r for r in results if r["T"] == T and r["N"] == N}
+        row: dict[str, Any] = {"T": T, "N": N, "hidden_state_MiB": by[Kind.PSN]["hidden_state_MiB"]}
+        for metric in ("peak_MiB", "saved_MiB"):
+            m = {k: by[k][metric] for k in by}
+            delta = {k: m[k] - m[Kind.NONE] for k in m if k != Kind.NONE}
+            row[metric] = m
+            row[f"delta_{metric}"] = delta
+            row[f"ratio_{metric}"] = {
+                k: delta[k] / delta[Kind.PSN] for k in (Kind.IF, Kind.IF_FUSED) if delta[Kind.PSN] > 0
+            }
+            row[f"per_TN_KiB_{metric}"] = {
+                k: (delta[k] - delta[Kind.PSN]) * 1024 / (T * N) for k in (Kind.IF, Kind.IF_FUSED)
+            }
+        rows.append(row)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = common.resolve_device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    configs = [tuple(c) for c in (args.config or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))]
+    if any(T < 1 or N < 1 for T, N in configs):
+        raise common.BenchError("--config T N needs positive numbers")
+    if args.jobs < 1:
+        raise common.BenchError("--jobs must be >= 1")
+    env = common.environment(device)
+    # one fresh process per (kind, T, N); --quick measures all kinds of a configuration in one process
+    groups = [[k] for k in Kind] if not args.quick else [list(Kind)]
+    jobs = [(kinds, T, N) for T, N in configs for kinds in groups]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_worker, k, T, N, device.type, args.quick) for k, T, N in jobs]
+        done = common.progress(futures, total=len(futures), desc="memory (subprocesses)", quiet=args.quiet)
+        results = [r for f in done for r in f.result()]
+    env["loadavg_end"] = common.load_average()
+    return {
+        "suite": "memory",
+        "environment": env,
+        "method": (
+            __doc__.split("Method. ", 1)[1].strip().replace("\n", " ")
+            if device.type == "cpu"
+            else "torch.cuda.max_memory_allocated during one step minus memory_allocated before it"
+        ),
+        "config": {
+            "quick": bool(args.quick),
+            "network": "quick: conv 8-8, 16x16" if args.quick else "conv 32-32-pool-64-64-pool, 32x32x3",
+            "kinds": {k.value: v for k, v in KIND_HELP.items()},
+        },
+        "results": results,
+        "rows": summarize(results, configs),
+    }
+
+
+def report(result: dict[str, Any], out_dir: Path) -> None:
+    """Print the tables, write the JSON and the plot."""
+    from bench import plots
+
+    env = result["environment"]
+    device = resolve_label(env)
+    json_path, png_path = common.output_paths(out_dir, "bench-memory", device)
+    print(f"memory benchmark on {env['device_name']} (torch {env['torch']}), {env['date']}")
+    print("method:", result["method"])
+    for kind, text in result["config"]["kinds"].items():
+        print(f"  {kind:<8} {text}")
+    for metric, what in (
+        ("peak_MiB", "peak memory of one training step"),
+        ("saved_MiB", "bytes saved for backward"),
+    ):
+        headers = ["T", "N", "M_NO", "M_IF", "M_IF_fused", "M_PSN", "Δ_IF", "Δ_IF_fused", "Δ_PSN"]
+        headers += ["Δ_IF/Δ_PSN", "Δ_IF_fused/Δ_PSN", "(Δ_IF-Δ_PSN)/TN KiB", "hidden/TN KiB"]
+        rows = []
+        for r in result["rows"]:
+            m, d, q = r[metric], r[f"delta_{metric}"], r[f"ratio_{metric}"]
+            per_tn = r[f"per_TN_KiB_{metric}"]["if"]
+            hidden_per_tn = r["hidden_state_MiB"] * 1024 / (r["T"] * r["N"])
+            ms = [m[k] for k in ("none", "if", "if_fused", "psn")]
+            ds = [d[k] for k in ("if", "if_fused", "psn")]
+            rows.append([r["T"], r["N"], *ms, *ds, q.get("if"), q.get("if_fused"), per_tn, hidden_per_tn])
+        print(format_table(headers, rows, title=f"\n{what} (MiB; Δ = M - M_NO)"))
+    common.write_json(json_path, result)
+    rows = result["rows"]
+    plots.memory_bars(
+        [f"T={r['T']}, N={r['N']}" for r in rows],
+        {
+            "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
+            "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
+            "Δ PSN": [r["delta_peak_MiB"]["psn"] for r in rows],
+            "one hidden state (4 B × neurons × T × N)": [r["hidden_state_MiB"] for r in rows],
+        },
+        [r["ratio_peak_MiB"].get("if", 0.0) for r in rows],
+        title=f"Peak training memory above no-neuron network ({env['device_name']})",
+        ylabel="Δ = M - M_NO (MiB)",
+        path=png_path,
+    )
+    print("\nwrote", json_path, png_path)
+
+
+def resolve_label(env: dict[str, Any]):
+    import torch
+
+    return torch.device(env["device"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(argv or []))
+    if args.worker:
+        return worker(args.worker)
+    result = run(args)
+    report(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
