@@ -3,7 +3,9 @@ builds the runtime, loads every model directory, and closes it all on shutdown."
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -21,6 +23,7 @@ from server.views import primary_provider
 log = logging.getLogger("psn.server")
 
 RuntimeFactory = Callable[[RuntimeConfig, Metrics], Runtime]
+_APPS: weakref.WeakSet[FastAPI] = weakref.WeakSet()  # every app built in this process (for drain_all)
 
 
 def runtime_config(settings: Settings) -> RuntimeConfig:
@@ -36,6 +39,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig:
         idle_timeout_s=settings.idle_timeout_s,
         max_stream_steps=settings.max_stream_steps,
         max_classify_batch=settings.max_classify_batch,
+        max_classify_pending=settings.max_classify_pending,
         warmup=settings.warmup,
     )
 
@@ -74,10 +78,12 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
         try:
             await runtime.start()
             state.runtime = runtime
+            state.loop = asyncio.get_running_loop()
             state.model_names = frozenset(info.name for info in runtime.models())
             _log_models(state)
             yield
         finally:
+            await routes_stream.close_all(state)  # no-op when the server already drained
             state.runtime = None
             await runtime.close()
 
@@ -107,7 +113,21 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
             allow_headers=["Authorization", "X-API-Key", "Content-Type", routes_v2.HEADER_LENGTH],
             expose_headers=[routes_v2.HEADER_LENGTH],
         )
+    _APPS.add(app)
     return app
+
+
+async def drain_all() -> int:
+    """Close (1001, going away) every stream WebSocket of the apps whose lifespan runs on this event loop,
+    and refuse new ones; HTTP requests in flight are untouched. The server calls it when it starts to shut
+    down, before uvicorn would close the sockets itself (1012). Returns how many sockets were closed."""
+    loop = asyncio.get_running_loop()
+    closed = 0
+    for app in list(_APPS):
+        state = app_state(app)
+        if state.loop is loop:
+            closed += await routes_stream.close_all(state)
+    return closed
 
 
 def create_app_from_env() -> FastAPI:
@@ -115,4 +135,4 @@ def create_app_from_env() -> FastAPI:
     return build_app(Settings())
 
 
-__all__ = ["app_state", "build_app", "create_app_from_env", "runtime_config"]
+__all__ = ["app_state", "build_app", "create_app_from_env", "drain_all", "runtime_config"]

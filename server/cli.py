@@ -65,6 +65,33 @@ def _explain(exc: ValidationError, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+GRACE_S = 5  # uvicorn's timeout_graceful_shutdown: in-flight requests get this long to finish
+
+
+def server_class() -> type:
+    """uvicorn.Server that, on shutdown (SIGTERM, SIGINT), first stops accepting, then closes every stream
+    WebSocket with 1001 (going away) and a reason, then lets uvicorn finish the HTTP requests in flight
+    (up to GRACE_S) and run the app's shutdown."""
+    import uvicorn
+
+    from server.app import drain_all
+
+    class PSNServer(uvicorn.Server):
+        async def shutdown(self, sockets: list | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            try:
+                closed = await drain_all()
+            except Exception:  # never let draining stop the shutdown itself
+                log.exception("closing the stream sockets failed")
+            else:
+                if closed:
+                    log.info("closed %d stream socket(s) with 1001 (going away)", closed)
+            await super().shutdown(sockets)
+
+    return PSNServer
+
+
 def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -111,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         "ws_max_size": settings.max_ws_message_bytes,
         "server_header": False,
         "lifespan": "on",
-        "timeout_graceful_shutdown": 5,
+        "timeout_graceful_shutdown": GRACE_S,
     }
+    server_cls = server_class()
     if settings.workers > 1:  # worker processes rebuild the settings from the environment
+        # uvicorn's own Server runs in each worker: on shutdown it closes the streams with 1012
         os.environ.update(settings.env())
         uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **options)
         return 0
-    server = uvicorn.Server(uvicorn.Config(partial(build_app, settings), factory=True, **options))
+    server = server_cls(uvicorn.Config(partial(build_app, settings), factory=True, **options))
     server.run()
     return 0 if server.started else 1
 

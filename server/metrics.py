@@ -53,6 +53,14 @@ class Metrics:
         self.errors = Counter(
             "psn_errors", "errors answered, by kind and transport", ["kind", "transport"], registry=reg
         )
+        self.pool_in_use = Gauge(
+            "psn_stream_pool_in_use", "stream state slots held (open streams + steps in flight)", ["model"],
+            registry=reg,
+        )  # fmt: skip
+        self.pool_capacity = Gauge(
+            "psn_stream_pool_capacity", "stream state slots allocated", ["model"], registry=reg
+        )
+        self.step_queue = Gauge("psn_step_queue", "steps queued for the batcher", ["model"], registry=reg)
         self.model_ready = Gauge(
             "psn_model_ready", "1 if the model is READY, by execution provider", ["model", "provider"],
             registry=reg,
@@ -73,6 +81,14 @@ class Metrics:
     # server side -------------------------------------------------------------------------------------
     def count_error(self, kind: str, transport: str) -> None:
         self.errors.labels(kind, transport).inc()
+
+    def observe_runtime(self, stats: dict) -> None:
+        """Sample the runtime's pools and queues (``Runtime.stats()``) just before a scrape."""
+        for name, entry in stats.get("models", {}).items():
+            if "pool_in_use" in entry:
+                self.pool_in_use.labels(name).set(entry["pool_in_use"])
+                self.pool_capacity.labels(name).set(entry["pool_capacity"])
+                self.step_queue.labels(name).set(entry["queued"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -58,4 +58,7 @@ async def readyz(request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics."""
-    return Response(app_state(request.app).metrics.render(), media_type=CONTENT_TYPE)
+    state = app_state(request.app)
+    if state.runtime is not None:
+        state.metrics.observe_runtime(state.runtime.stats())
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -57,12 +57,26 @@ def _max_steps(manifest: Manifest, state: AppState) -> int:
     return state.settings.max_stream_steps
 
 
+CLOSE_TIMEOUT_S = 5.0  # a client that does not read cannot hold a close (or an answer) longer than this
+SHUTDOWN_REASON = "server shutting down"
+
+
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    """Close unless the client is already gone."""
+    """Close unless the client is already gone (bounded: a client that never reads cannot block it)."""
     if websocket.application_state is not WebSocketState.CONNECTED:
         return
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await websocket.close(code, reason)
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await websocket.close(code, reason)
+
+
+async def close_all(state: AppState, code: int = WS_GOING_AWAY, reason: str = SHUTDOWN_REASON) -> int:
+    """Refuse new streams and close every open one with ``code`` (shutdown: 1001 going away). Each
+    session then ends its stream. Returns how many sockets were closed."""
+    state.draining = True
+    sockets = list(state.sockets)
+    await asyncio.gather(*(_close(ws, code, reason) for ws in sockets))
+    return len(sockets)
 
 
 def _answer(result: StepResult, with_logits: bool) -> dict[str, Any]:
@@ -151,6 +165,7 @@ class _Session:
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
+        send_timeout = max(idle, CLOSE_TIMEOUT_S)
         while True:
             try:
                 async with asyncio.timeout(idle):
@@ -169,10 +184,13 @@ class _Session:
                     continue
                 result = await self.runtime.step(self.stream_id, x)
                 self.steps.inc()
-                await self.ws.send_text(dumps_text(_answer(result, with_logits)))
-            except WebSocketDisconnect:
+                async with asyncio.timeout(send_timeout):  # a client that stopped reading is dropped
+                    await self.ws.send_text(dumps_text(_answer(result, with_logits)))
+            except (WebSocketDisconnect, TimeoutError):
                 return
             except Exception as exc:
+                if self.ws.application_state is not WebSocketState.CONNECTED:
+                    return  # closed under us (server shutdown): nothing to answer
                 try:
                     if not await self.fail(exc):
                         return
@@ -223,11 +241,23 @@ async def stream(websocket: WebSocket, name: str) -> None:
     and the socket, with the stream's state untouched, stays open. Otherwise the server closes the socket with
     a code and a reason: 4404 unknown model, 1008 missing/invalid API key, 1009 message too big,
     1013 model not ready or too many streams (retry later), 4410 stream closed by the server (idle),
-    1001 idle socket, 1012 server shutting down, 1011 internal error. One socket's errors never touch
+    1001 idle socket or server shutting down (the reason says which), 1012 runtime closed, 1011 internal
+    error. One socket's errors never touch
     another's stream.
     """
     state = app_state(websocket.app)
     await websocket.accept()
+    if state.draining:
+        await _close(websocket, WS_GOING_AWAY, SHUTDOWN_REASON)
+        return
+    state.sockets.add(websocket)
+    try:
+        await _serve(websocket, state, name)
+    finally:
+        state.sockets.discard(websocket)
+
+
+async def _serve(websocket: WebSocket, state: AppState, name: str) -> None:
     session: _Session | None = None
     try:
         auth.check_websocket(websocket)

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(300.0, gt=0.0, description="close a stream idle this long (s)")
     max_stream_steps: int = Field(100_000, ge=1, description="most steps per stream of an unbounded model")
     max_classify_batch: int = Field(256, ge=1, description="most sequences in one classify request")
+    max_classify_pending: int = Field(
+        64, ge=1, description="classify requests computing or waiting at once before shedding load (429)"
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_ws_message_bytes: int = Field(256 * 1024, ge=64, description="largest WebSocket message (close 1009)")
     warmup: bool = Field(True, description="run every graph once at load")

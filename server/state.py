@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psn_runtime.errors import ModelNotReady
 
@@ -22,6 +22,9 @@ class AppState:
     api_key: str | None
     runtime: Runtime | None = None
     model_names: frozenset[str] = field(default_factory=frozenset)
+    sockets: set[Any] = field(default_factory=set)  # open stream WebSockets (closed 1001 on shutdown)
+    draining: bool = False  # shutting down: new streams are refused, open ones closed
+    loop: Any = None  # the event loop the lifespan (and so every stream) runs on
 
     def require_runtime(self) -> Runtime:
         if self.runtime is None:
