@@ -106,3 +106,20 @@ def test_closed_runtime_refuses():
     asyncio.run(rt.close())
     with pytest.raises(RuntimeClosed):
         rt.classify("psn", sequences(1))
+
+
+def test_classify_async_sheds_load_beyond_max_classify_pending():
+    from psn_runtime.errors import Overloaded
+
+    x = sequences(1)
+
+    async def main():
+        rt = make_runtime(exported_models(), max_classify_pending=1)
+        outs = await asyncio.gather(*(rt.classify_async("lif", x) for _ in range(3)), return_exceptions=True)
+        assert [type(o).__name__ for o in outs] == ["ClassifyResult", "Overloaded", "Overloaded"]
+        assert isinstance(outs[1], Overloaded) and "pending" in outs[1].message
+        assert rt.stats()["classify_pending"] == 0
+        assert (await rt.classify_async("lif", x)).labels == outs[0].labels  # the slot is free again
+        await rt.close()
+
+    asyncio.run(main())
