@@ -13,7 +13,9 @@ from psn_runtime.config import CPU, CUDA, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
-CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+# TF32 matmuls (ORT's CUDA default) round the membrane potential enough to flip spikes that sit near the
+# threshold; spiking nets are discontinuous there, so keep full fp32 to match the CPU and PyTorch answers.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 _preload_lock = threading.Lock()
 _preloaded = False
