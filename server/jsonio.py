@@ -154,6 +154,6 @@ def to_float32(
     if array.dtype.kind == "f" and not np.abs(array).max() <= F32_MAX:  # inf (stdlib json), or too big
         index = tuple(int(i) for i in np.argwhere(~(np.abs(array) <= F32_MAX))[0])
         where = param + "".join(f"[{i}]" for i in index)
-        raise BadInput(where, f"{array[index]!r} is out of the float32 range (numbers must be finite)")
+        raise BadInput(where, f"{float(array[index])!r} is out of the float32 range (numbers must be finite)")
     out = array.astype(np.float32)
     return out

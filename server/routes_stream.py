@@ -141,7 +141,7 @@ class _Session:
             x = np.frombuffer(data, dtype="<f4")  # [F]
             if not np.isfinite(x).all():
                 index = int(np.argwhere(~np.isfinite(x))[0][0])
-                raise BadInput(f"x[{index}]", f"{x[index]!r} is not a finite number")
+                raise BadInput(f"x[{index}]", f"{float(x[index])!r} is not a finite number")
             return x, self.logits
         text = message.get("text") or ""
         if len(text) > self.limit:
