@@ -1,0 +1,214 @@
+"""Helpers for the reliability suites (no tests here): a real ``psn serve`` process on loopback (always
+terminated), its RSS, its Prometheus gauges, and a raw WebSocket client that can misbehave in ways a
+polite library will not (never read, drop the TCP connection without a close frame, send odd frames)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from test_server_support import free_socket, served
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, model: str, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/models/{model}/stream" + (f"?{query}" if query else "")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.pid)
+
+    def gauge(self, name: str, **labels: str) -> float:
+        return metric(self.base, name, **labels)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the server and wait for it to exit; killed if it does not. Returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@contextmanager
+def server_process(
+    tmp: Path, *flags: str, models_dir: Path | None = None, ready_timeout: float = 90.0
+) -> Iterator[ServerProcess]:
+    """``python -m server.cli`` (what ``psn serve`` runs) on a free loopback port, CPU provider, INFO log
+    in ``tmp/server.log``; terminated (SIGTERM, then SIGKILL) whatever happens."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    log = tmp / f"server-{port}.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_LOG_LEVEL": "info"}
+    command = [sys.executable, "-m", "server.cli", "--port", str(port), "--providers", "CPUExecutionProvider"]
+    command += ["--models-dir", str(models_dir or served().models_dir), *flags]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    server = ServerProcess(proc, port, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{server.base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server was not ready in {ready_timeout} s:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, MiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels`` (0 when there is none)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def wait_until(predicate, timeout: float, period: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
+# -- a raw WebSocket client --------------------------------------------------------------------------------
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 0x1, 0x2, 0x8, 0x9
+
+
+class RawWebSocket:
+    """Just enough RFC 6455 to misbehave: frames are masked as a client must, nothing is read unless asked."""
+
+    def __init__(self, port: int, path: str, rcvbuf: int | None = None, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # a small receive buffer: a client that never reads fills it fast
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.decode(errors="replace"))
+        self.buffer = b""
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        header = bytes([(0x80 if fin else 0) | opcode])
+        n = len(payload)
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def send_text(self, text: str | bytes) -> None:
+        self.send_frame(OP_TEXT, text.encode() if isinstance(text, str) else text)
+
+    def send_binary(self, data: bytes) -> None:
+        self.send_frame(OP_BINARY, data)
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            self.buffer += chunk
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", self._read(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", self._read(8))
+        return b0 & 0x0F, self._read(n)
+
+    def recv_until_close(self, limit: int = 100_000) -> tuple[int, str, list[bytes]]:
+        """Read frames until the server's close frame: (code, reason, the data frames before it)."""
+        frames = []
+        for _ in range(limit):
+            opcode, payload = self.recv_frame()
+            if opcode == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                return code, payload[2:].decode(errors="replace"), frames
+            if opcode in (OP_TEXT, OP_BINARY):
+                frames.append(payload)
+        raise AssertionError("no close frame")
+
+    def drop(self) -> None:
+        """Vanish without a close frame: RST (SO_LINGER 0), no FIN handshake."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
