@@ -64,8 +64,18 @@ def run_all(rest: list[str]) -> int:
             print(f"psn bench all: skipping {exc}", file=sys.stderr)
             continue
         print(f"\n===== psn bench {name} =====", flush=True)
-        worst = max(worst, int(module.main(list(passthrough)) or 0))
+        worst = max(worst, _run(name, module, list(passthrough)))
     return worst
+
+
+def _run(name: str, module, rest: list[str]) -> int:
+    from bench.common import BenchError
+
+    try:
+        return int(module.main(rest) or 0)
+    except BenchError as exc:
+        print(f"psn bench {name}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,13 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except SuiteMissing as exc:
         print(f"psn bench: {exc}", file=sys.stderr)
         return 2
-    from bench.common import BenchError
-
-    try:
-        return int(module.main(rest) or 0)
-    except BenchError as exc:
-        print(f"psn bench {name}: {exc}", file=sys.stderr)
-        return 2
+    return _run(name, module, rest)
 
 
 if __name__ == "__main__":

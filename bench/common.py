@@ -65,7 +65,8 @@ def device_label(device: Any) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def cpu_model() -> str:
@@ -98,6 +99,7 @@ def environment(device: Any) -> dict[str, Any]:
         env["note"] = SHARED_MACHINE_NOTE
     else:
         env["cuda"] = torch.version.cuda
+        env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return env
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,15 @@ ALPHA = 2.0  # the arctan surrogate's α, as psn.neurons uses by default
 # ------------------------------------------------------------------------------------------ LIF inference
 
 
-@torch.jit.script
+def _script(fn: Callable[..., Any]) -> Any:
+    """torch.jit.script without its deprecation warning (torch 2.13 deprecates TorchScript; it still works,
+    and the scripted loop is one of the baseline forms on purpose)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(fn)
+
+
+@_script
 def lif_forward_script(x: Tensor, tau: Tensor, v_th: float) -> Tensor:
     """Spikes [T, N] of LIF over x [T, N]; tau is a 0-d tensor (addcdiv keeps v + (x - v)/tau exact)."""
     out = torch.empty_like(x)
@@ -60,7 +69,7 @@ def lif_forward_loop(x: Tensor, tau: float, v_th: float) -> Tensor:
 # ------------------------------------------------------------------------------------------- LIF training
 
 
-@torch.jit.script
+@_script
 def _bptt_forward(x: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
     """Spikes and membrane H [T, N]; H is all the backward needs."""
     spikes = torch.empty_like(x)
@@ -76,7 +85,7 @@ def _bptt_forward(x: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
     return spikes, h
 
 
-@torch.jit.script
+@_script
 def _bptt_backward(grad_s: Tensor, h: Tensor, tau: float, v_th: float, alpha: float) -> Tensor:
     """dL/dX from dL/dS, through H = V + (X − V)/τ, S = Θ(H − V_th), V = H (1 − S) (reset not detached)."""
     grad_x = torch.empty_like(h)

@@ -62,7 +62,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1 << 24,
         help="time the slow reference LIF forms (eager module, autograd) only up to this T*N (default 2^24)",
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch (and ONNX Runtime) CPU threads, default 1: on a busy shared machine a 2-thread parallel "
+        "region waits for a preempted peer and small products time erratically; use 2+ on an idle machine",
+    )
     p.add_argument("--no-malloc-reuse", action="store_true", help="leave glibc's allocator as it is")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,6 +82,7 @@ class Suite:
         self.device = device
         self.notes = notes
         self.compile_s: dict[str, float] = {}
+        self.compile_failed: set[str] = set()
         self.modules: dict[int, dict[str, torch.nn.Module]] = {}
         self.ort: dict[int, Any] = {}
         self.tau = torch.tensor(2.0, device=device)
@@ -109,12 +116,15 @@ class Suite:
         """Run a compiled candidate once, recording its compile time; False (and a note) if it fails."""
         if key in self.compile_s:
             return True
+        if key in self.compile_failed:
+            return False
         t0 = time.perf_counter()
         try:
             fn()
             common.synchronize(self.device)
         except Exception as exc:
             self.notes.append(f"torch.compile failed for {key}: {type(exc).__name__}: {exc}"[:300])
+            self.compile_failed.add(key)
             return False
         self.compile_s[key] = time.perf_counter() - t0
         return True
@@ -128,7 +138,8 @@ class Suite:
         if reference:
             fns["lif:eager"] = lambda: mods["lif"](x)
         loop = self.compiled_loop
-        if loop is not None and self.prime(f"lif:compile T={T}", lambda: loop(x, 2.0, 1.0)):
+        # primed under no_grad as it is timed (grad mode is part of what a compiled graph is guarded on)
+        if loop is not None and self.prime(f"lif:compile T={T}", _no_grad(lambda: loop(x, 2.0, 1.0))):
             fns["lif:compile"] = lambda: loop(x, 2.0, 1.0)
         for name in PARALLEL:
             fns[name] = (lambda m: lambda: m(x))(mods[name])
@@ -238,7 +249,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = common.resolve_device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    if args.threads:
+    if args.threads < 1:
+        raise BenchError("--threads must be >= 1")
+    if device.type == "cpu":
         torch.set_num_threads(args.threads)
     malloc_reuse = device.type == "cpu" and not args.no_malloc_reuse and common.reuse_freed_memory()
     Ts = tuple(args.T or (T_QUICK if args.quick else T_FULL))

@@ -120,11 +120,11 @@ def memory_bars(
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, values, width, label=name)
     for i, r in enumerate(ratios):
-        ax.text(i, top * 1.04, f"ΔIF/ΔPSN = {r:.2f}", ha="center", fontsize=9)
-    ax.set_ylim(0, top * 1.15)
+        ax.text(i, top * 1.03, f"ΔIF/ΔPSN = {r:.2f}", ha="center", fontsize=9)
+    ax.set_ylim(0, top * 1.45)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncols=2, loc="upper left")
     fig.savefig(path, dpi=110)
     plt.close(fig)
