@@ -157,6 +157,10 @@ class RawWebSocket:
         self.buffer = b""
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        self.sock.sendall(self._frame(opcode, payload, fin))
+
+    @staticmethod
+    def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         header = bytes([(0x80 if fin else 0) | opcode])
         n = len(payload)
         if n < 126:
@@ -167,7 +171,23 @@ class RawWebSocket:
             header += bytes([0x80 | 127]) + struct.pack("!Q", n)
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
+
+    def flood(self, opcode: int, payload: bytes, seconds: float = 20.0) -> int:
+        """Send the same frame over and over, in 64 KiB writes, until a write blocks for the socket's
+        timeout (the peer stopped reading: every buffer on the way is full) or ``seconds`` pass. Returns
+        the number of whole frames sent."""
+        frame = self._frame(opcode, payload)
+        chunk = frame * max(1, 65536 // len(frame))
+        sent_bytes = 0
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                self.sock.sendall(chunk)
+                sent_bytes += len(chunk)
+        except TimeoutError:
+            pass
+        return sent_bytes // len(frame)
 
     def send_text(self, text: str | bytes) -> None:
         self.send_frame(OP_TEXT, text.encode() if isinstance(text, str) else text)
