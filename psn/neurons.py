@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from psn.surrogate import heaviside
+from psn.surrogate import heaviside, parallel_spike
 
 
 class NeuronKind(StrEnum):
@@ -68,7 +68,9 @@ class PSN(nn.Module):
         return h.view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return heaviside(self.membrane(x), self.alpha)
+        if x.shape[0] != self.T:
+            raise ValueError(f"{type(self).__name__} expects T={self.T} steps, got {x.shape[0]}")
+        return parallel_spike(_flat(x), self.effective_weight(), self.bias, self.alpha).view(x.shape)
 
     def initial_state(self, x_t: torch.Tensor) -> PSNState:
         return PSNState(0, ())
@@ -173,7 +175,8 @@ class SlidingPSN(nn.Module):
         return torch.addmm(self.bias.expand(x.shape[0], 1), a, _flat(x)).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return heaviside(self.membrane(x), self.alpha)
+        a = sliding_toeplitz(self.weight, x.shape[0])  # [T, T]
+        return parallel_spike(_flat(x), a, self.bias.expand(x.shape[0]), self.alpha).view(x.shape)
 
     def initial_state(self, x_t: torch.Tensor) -> torch.Tensor:
         return x_t.new_zeros((self.k - 1, *x_t.shape))  # [k-1, N, *]
