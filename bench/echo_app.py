@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo_app", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--ws", default="auto", help="uvicorn WebSocket implementation (auto, as psn serve)")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level="warning",
         access_log=False,
+        ws=args.ws,
         ws_max_size=WS_MAX_SIZE,
         server_header=False,
         lifespan="on",

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -52,6 +54,7 @@ class Plan:
     sequences: int = 10
     period_ms: float = 2.0
     client_procs: int = 2
+    rounds: int = 1
 
 
 FULL = Plan()
@@ -84,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=_ints, default=None, help="concurrent stream counts (1,16,64,256)")
     p.add_argument("--frames", default=None, help="WebSocket frame kinds: binary,json")
     p.add_argument("--client-procs", type=int, default=None, help="WebSocket client processes (2)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times each load point is run, interleaved; the best is reported (1)")  # fmt: skip
     p.add_argument("--sequences", type=int, default=None, help="sequences streamed per kind (latency part)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to cores")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -110,6 +115,10 @@ def _plan(args: argparse.Namespace) -> Plan:
         if not 1 <= args.client_procs <= 16:
             raise BenchError(f"--client-procs: expected 1..16, got {args.client_procs}")
         overrides["client_procs"] = args.client_procs
+    if args.rounds is not None:
+        if not 1 <= args.rounds <= 10:
+            raise BenchError(f"--rounds: expected 1..10, got {args.rounds}")
+        overrides["rounds"] = args.rounds
     if args.sequences is not None:
         if not 1 <= args.sequences <= 100:
             raise BenchError(f"--sequences: expected 1..100, got {args.sequences}")
@@ -138,8 +147,22 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _terminate_cleanly(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds the ExitStack: every server is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _terminate_cleanly)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     parts = _parts(args.parts)
     skipped: dict[str, str] = {}
@@ -179,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         off = None
         if Part.STREAMS in parts:
             off = stack.enter_context(psn_server(models_dir, batching=False, log_dir=work, pinning=pinning))
+        results["servers"] = {s.label: " ".join(s.command()) for s in (echo, on, off) if s is not None}
         ctx = Context(plan=plan, pinning=pinning, work=work, models=models, quiet=args.quiet,
                       echo=echo, on=on, off=off)  # fmt: skip
         if Part.CLASSIFY in parts:

@@ -39,6 +39,9 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     streams = results.get("streaming", {}).get("rows", [])
     first = results.get("first_output")
     blocks = []
+    rounds = results.get("plan", {}).get("rounds", 1)
+    if rounds > 1:
+        blocks.append(f"every load point ran {rounds} times, interleaved; the tables show its fastest round")
     if classify:
         c = results["classify"]
         blocks.append(classify_table(classify) + f"\n(model {c['model']}, body bytes {c['body_bytes']})")

@@ -31,7 +31,7 @@ def classify_plot(
 ) -> None:
     """rows: {target: service|echo, batch, connections, rps, p50_ms, p99_ms}."""
     plt = _pyplot()
-    fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
+    fig, (ax_rps, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
     conns = sorted({r["connections"] for r in rows})
     styles = {"service": "-", "echo": "--"}
     colors = {1: "tab:blue", 16: "tab:orange"}
@@ -47,6 +47,8 @@ def classify_plot(
         )
         if target == "service":
             ax_lat.plot(xs, [r["p50_ms"] for r in group], ":", marker=".", color=color, label=label + " p50")
+        cpu = [_nan(r.get("server_cpu_us_per_request")) for r in group]
+        ax_cpu.plot(xs, cpu, styles[target], marker="o", color=color, label=label)
     ax_rps.axhline(
         goal_rps, color="black", linewidth=0.8, linestyle="-.", label=f"goal {goal_rps:,.0f} req/s (32)"
     )
@@ -55,6 +57,11 @@ def classify_plot(
     )
     _log2_x(ax_rps, conns, "concurrent connections (wrk)")
     _log2_x(ax_lat, conns, "concurrent connections (wrk)")
+    _log2_x(ax_cpu, conns, "concurrent connections (wrk)")
+    ax_cpu.set_ylabel("server CPU µs per request")
+    ax_cpu.set_ylim(bottom=0)
+    ax_cpu.set_title("server CPU per request (less sensitive to other load)", fontsize=10)
+    ax_cpu.legend(fontsize=7)
     ax_rps.set_ylabel("requests / s")
     ax_rps.set_ylim(bottom=0)
     ax_lat.set_yscale("log")
@@ -71,7 +78,7 @@ def classify_plot(
 def streams_plot(rows: list[dict[str, Any]], goal_steps: float, title: str, path: Path) -> None:
     """rows: {target: service|echo, batching: on|off|-, frames, streams, steps_per_s, p50_ms, p99_ms}."""
     plt = _pyplot()
-    fig, (ax_rate, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
+    fig, (ax_rate, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
     counts = sorted({r["streams"] for r in rows})
     colors = {"on": "tab:green", "off": "tab:red", "-": "black"}
     markers = {"binary": "o", "json": "s"}
@@ -83,6 +90,7 @@ def streams_plot(rows: list[dict[str, Any]], goal_steps: float, title: str, path
         label = f"{name}, {frames} frames"
         kw = {"color": colors.get(batching, "tab:purple"), "marker": markers.get(frames, "^")}
         ax_rate.plot(xs, [r["steps_per_s"] for r in group], style, label=label, **kw)
+        ax_cpu.plot(xs, [_nan(r.get("server_cpu_us_per_step")) for r in group], style, label=label, **kw)
         if target == "service":
             ax_lat.plot(xs, [r["p50_ms"] for r in group], ":", label=label + " p50", **kw)
             ax_lat.plot(xs, [r["p99_ms"] for r in group], "-", label=label + " p99", **kw)
@@ -91,6 +99,11 @@ def streams_plot(rows: list[dict[str, Any]], goal_steps: float, title: str, path
     )
     _log2_x(ax_rate, counts, "concurrent streams (closed loop)")
     _log2_x(ax_lat, counts, "concurrent streams (closed loop)")
+    _log2_x(ax_cpu, counts, "concurrent streams (closed loop)")
+    ax_cpu.set_ylabel("server CPU µs per step")
+    ax_cpu.set_ylim(bottom=0)
+    ax_cpu.set_title("server CPU per step (less sensitive to other load)", fontsize=10)
+    ax_cpu.legend(fontsize=7)
     ax_rate.set_ylabel("steps answered / s (all streams)")
     ax_rate.set_ylim(bottom=0)
     ax_lat.set_yscale("log")
@@ -134,6 +147,10 @@ def first_output_plot(kinds: list[dict[str, Any]], period_ms: float, title: str,
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _groups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:

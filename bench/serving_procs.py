@@ -7,6 +7,7 @@ the two do not compete for a core.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import os
 import shutil
@@ -25,6 +26,7 @@ HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,19 @@ def choose_pinning(enabled: bool = True) -> Pinning:
     return Pinning(cores[0], cores[1])
 
 
-def _pin_to(core: int):
-    def pin() -> None:
-        os.sched_setaffinity(0, {core})
+def _child_setup(core: int | None):
+    """In the child before exec: die with the suite (SIGTERM when its parent goes), optionally pin."""
 
-    return pin
+    def setup() -> None:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    return setup
 
 
 def free_port() -> int:
@@ -139,9 +149,8 @@ class ServerProcess:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             with self.log_path.open("ab") as log:
-                pre = None
-                if self.pinning.server is not None and not self.pinning.prefix():
-                    pre = _pin_to(self.pinning.server)
+                core = self.pinning.server if not self.pinning.prefix() else None  # else taskset pins
+                pre = _child_setup(core)
                 self.proc = subprocess.Popen(
                     self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, preexec_fn=pre,

@@ -27,6 +27,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _get(row: dict[str, Any] | None, key: str) -> Any:
+    return None if row is None else row.get(key)
+
+
 def classify_table(rows: list[dict[str, Any]]) -> str:
     out = []
     for batch in sorted({r["batch"] for r in rows}):
@@ -37,12 +41,25 @@ def classify_table(rows: list[dict[str, Any]]) -> str:
                 continue
             out.append([
                 batch, conns, round(s["rps"]), round(s["seq_per_s"]), s["p50_ms"], s["p90_ms"], s["p99_ms"],
-                s["server_cpu_util"], s["errors"], round(e["rps"]) if e else None, e["p99_ms"] if e else None,
-                _ratio(s["rps"], e["rps"] if e else None),
+                s["server_cpu_util"], _round(s.get("server_cpu_us_per_request")), s["errors"],
+                _round(_get(e, "rps")), _get(e, "p99_ms"), _round(_get(e, "server_cpu_us_per_request")),
+                _ratio(s["rps"], _get(e, "rps")),
             ])  # fmt: skip
-    headers = ["batch", "conns", "req/s", "seq/s", "p50 ms", "p90 ms", "p99 ms", "srv cpu", "errors"]
-    headers += ["echo req/s", "echo p99", "svc/echo"]
-    return format_table(headers, out, "classify (wrk, POST JSON) vs the echo app on the same stack")
+    headers = [
+        "batch",
+        "conns",
+        "req/s",
+        "seq/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "srv cpu",
+        "us/req",
+        "errors",
+    ]
+    headers += ["echo req/s", "echo p99", "us/req", "svc/echo"]
+    title = "classify (wrk, POST JSON) vs the echo app on the same stack (us/req: server CPU per request)"
+    return format_table(headers, out, title)
 
 
 def rtt_table(rows: list[dict[str, Any]]) -> str:
@@ -51,9 +68,13 @@ def rtt_table(rows: list[dict[str, Any]]) -> str:
         if r["streams"] != 1:
             continue
         name = "echo" if r["target"] == "echo" else f"psn serve, batching {r['batching']}"
-        out.append([name, r["frames"], r["p50_ms"], r["p90_ms"], r["p99_ms"], round(r["steps_per_s"]),
-                    r["server_cpu_util"], r["client_cpu_util"]])  # fmt: skip
-    headers = ["server", "frames", "p50 ms", "p90 ms", "p99 ms", "steps/s", "srv cpu", "client cpu"]
+        out.append([
+            name, r["frames"], r["p50_ms"], r["p90_ms"], r["p99_ms"], round(r["steps_per_s"]),
+            r["server_cpu_util"], _round(r.get("server_cpu_us_per_step")), r["client_cpu_util"],
+            _round(r.get("client_cpu_us_per_step")),
+        ])  # fmt: skip
+    headers = ["server", "frames", "p50 ms", "p90 ms", "p99 ms", "steps/s", "srv cpu", "srv us/step"]
+    headers += ["cli cpu", "cli us/step"]
     return format_table(headers, out, "one stream: per-step WebSocket round trip")
 
 
@@ -64,18 +85,32 @@ def streams_table(rows: list[dict[str, Any]]) -> str:
             on = _find(rows, target="service", batching="on", frames=frames, streams=n)
             off = _find(rows, target="service", batching="off", frames=frames, streams=n)
             echo = _find(rows, target="echo", frames=frames, streams=n)
-            get = lambda r, k: None if r is None else r[k]  # noqa: E731
             out.append([
-                frames, n, _round(get(on, "steps_per_s")), get(on, "p50_ms"), get(on, "p99_ms"),
-                get(on, "server_cpu_util"), get(on, "client_cpu_util"), _round(get(off, "steps_per_s")),
-                get(off, "p99_ms"), _ratio(get(on, "steps_per_s"), get(off, "steps_per_s")),
-                _round(get(echo, "steps_per_s")), _ratio(get(on, "steps_per_s"), get(echo, "steps_per_s")),
+                frames, n, _round(_get(on, "steps_per_s")), _get(on, "p50_ms"), _get(on, "p99_ms"),
+                _get(on, "server_cpu_util"), _round(_get(on, "server_cpu_us_per_step")),
+                _get(on, "mean_batch"), _round(_get(off, "steps_per_s")), _get(off, "p99_ms"),
+                _round(_get(off, "server_cpu_us_per_step")),
+                _ratio(_get(on, "steps_per_s"), _get(off, "steps_per_s")), _round(_get(echo, "steps_per_s")),
+                _round(_get(echo, "server_cpu_us_per_step")),
+                _ratio(_get(on, "steps_per_s"), _get(echo, "steps_per_s")),
+                _round(_get(on, "client_cpu_us_per_step")),
             ])  # fmt: skip
-    headers = ["frames", "streams", "on steps/s", "on p50", "on p99", "srv cpu", "cli cpu", "off steps/s"]
-    headers += ["off p99", "on/off", "echo steps/s", "on/echo"]
-    return format_table(
-        headers, out, "streams: aggregate steps/s, step batching on and off (latencies in ms)"
+    headers = ["frames", "streams", "on steps/s", "p50 ms", "p99 ms", "srv cpu", "us/step", "batch"]
+    headers += [
+        "off steps/s",
+        "p99 ms",
+        "us/step",
+        "on/off",
+        "echo steps/s",
+        "us/step",
+        "on/echo",
+        "cli us/step",
+    ]
+    title = (
+        "streams: aggregate steps/s with step batching on and off, and the echo app "
+        "(us/step: server CPU per step; batch: mean steps per ORT call)"
     )
+    return format_table(headers, out, title)
 
 
 def first_output_table(kinds: list[dict[str, Any]], period_ms: float) -> str:

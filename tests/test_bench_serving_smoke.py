@@ -69,7 +69,7 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
         assert r["steps"] > 0 and r["steps_per_s"] > 0
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert r["client_cpu_util"] > 0
-        assert r["server_cpu_util"] is not None and r["server_cpu_util"] > 0
+        assert r["server_cpu_util"] is not None and r["server_cpu_util"] >= 0  # clock ticks: 10 ms
     off = [r for r in streams if r["batching"] == "off"]
     assert all(r["mean_batch"] == 1.0 for r in off), off  # batching off: one step per ORT call
 
