@@ -19,6 +19,7 @@ from bench.serving_report import (
     profile_text,
     rtt_table,
     streams_table,
+    threads_table,
 )
 
 
@@ -49,6 +50,8 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         s = results["streaming"]
         blocks.append(rtt_table(streams) + f"\n(model {s['model']}, kind {s['kind']})")
         blocks.append(streams_table(streams))
+    if classify or streams:
+        blocks.append(threads_table(classify, streams))
     if first:
         blocks.append(
             first_output_table(first["kinds"], first["period_ms"]) + f"\n(inputs: {first['inputs']})"

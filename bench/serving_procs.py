@@ -103,6 +103,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
 
 
+@dataclass(frozen=True)
+class ThreadTimes:
+    """CPU seconds and context switches of a process, its main thread apart from the others."""
+
+    main_cpu_s: float
+    other_cpu_s: float
+    switches: int  # voluntary + involuntary, every thread
+
+    def minus(self, before: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(
+            self.main_cpu_s - before.main_cpu_s,
+            self.other_cpu_s - before.other_cpu_s,
+            self.switches - before.switches,
+        )
+
+
+def thread_times(pid: int) -> ThreadTimes | None:
+    """From /proc/<pid>/task/*/{stat,status}; None where /proc is not there. Threads that ended in between
+    drop out of the sum (the server's threads live as long as it does)."""
+    main = other = 0.0
+    switches = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        if task.name == str(pid):
+            main += cpu
+        else:
+            other += cpu
+        switches += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+    return ThreadTimes(main, other, switches)
+
+
 def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -192,6 +232,9 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
+
+    def thread_times(self) -> ThreadTimes | None:
+        return thread_times(self.pid)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -113,6 +113,28 @@ def streams_table(rows: list[dict[str, Any]]) -> str:
     return format_table(headers, out, title)
 
 
+def threads_table(classify: list[dict[str, Any]], streams: list[dict[str, Any]]) -> str:
+    """Where the server's CPU goes by thread: the event loop (main) against the others (the ORT worker or
+    executor threads), and how often its threads are switched out, per request or step."""
+    out = []
+    for r in sorted(classify, key=lambda r: (r["target"], r["batch"], r["connections"])):
+        name = "echo" if r["target"] == "echo" else "psn serve"
+        out.append([f"classify {name}", f"batch {r['batch']}, {r['connections']} conns",
+                    *_thread_cells(r, "server_cpu_us_per_request")])  # fmt: skip
+    for r in sorted(streams, key=lambda r: (r["target"], r["batching"], r["frames"], r["streams"])):
+        name = "echo" if r["target"] == "echo" else f"batching {r['batching']}"
+        out.append([f"streams {name}", f"{r['frames']}, {r['streams']} streams",
+                    *_thread_cells(r, "server_cpu_us_per_step")])  # fmt: skip
+    headers = ["server", "load", "cpu us", "main thread us", "other threads us", "switches"]
+    title = "server CPU per request or step by thread, and context switches (all threads) per request or step"
+    return format_table(headers, out, title)
+
+
+def _thread_cells(row: dict[str, Any], total_key: str) -> list[Any]:
+    keys = (total_key, "main_thread_us", "other_threads_us")
+    return [*(_round(row.get(k)) for k in keys), row.get("switches")]
+
+
 def first_output_table(kinds: list[dict[str, Any]], period_ms: float) -> str:
     out = [
         [k["kind"], k["model"], k["T"], k["first_output_ms"], k["first_output_step"], k["decision_ms"],

@@ -12,7 +12,7 @@ from typing import Any
 from bench.common import BenchError, progress
 from bench.serving_latency import LatencyJob, sample_inputs, stream_sequences, summarize
 from bench.serving_models import KINDS, ModelRef
-from bench.serving_procs import HOST, Pinning, ServerProcess, get
+from bench.serving_procs import HOST, Pinning, ServerProcess, ThreadTimes, get
 from bench.serving_wrk import check_answer, classify_body, run_wrk
 from bench.serving_ws import Frames, run_in_client_process, run_streams
 
@@ -48,6 +48,18 @@ def best_rounds(rows: list[dict[str, Any]], keys: tuple[str, ...], rate: str) ->
 def _per(cpu_s: float | None, count: int) -> float | None:
     """CPU microseconds per request or step: what a run costs, however busy the shared cores were."""
     return None if cpu_s is None or count == 0 else cpu_s * 1e6 / count
+
+
+def _threads(times: ThreadTimes | None, count: int) -> dict[str, float | None]:
+    """Per request or step: CPU us of the server's main (event loop) thread and of its other threads (ORT
+    worker, executor), and context switches of all its threads."""
+    if times is None or count == 0:
+        return {"main_thread_us": None, "other_threads_us": None, "switches": None}
+    return {
+        "main_thread_us": times.main_cpu_s * 1e6 / count,
+        "other_threads_us": times.other_cpu_s * 1e6 / count,
+        "switches": times.switches / count,
+    }
 
 
 def _ms(latency: dict[str, float]) -> dict[str, float]:
@@ -106,7 +118,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
             "seq_per_s": r.rps * batch,
             **_ms(r.latency_ms), "errors": errors, "error_kinds": r.errors, "requests": r.requests,
             "duration_s": r.duration_s, "server_cpu_util": r.server_cpu_util,
-            "server_cpu_us_per_request": _per(r.server_cpu_s, r.requests),
+            "server_cpu_us_per_request": _per(r.server_cpu_s, r.requests), **_threads(r.threads, r.requests),
         })  # fmt: skip
     return {
         "model": model.name,
@@ -167,6 +179,7 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
             "mean_batch": (after[0] - before[0]) / batches if batches else None,
             "server_cpu_us_per_step": _per(load.server_cpu_s, load.steps),
             "client_cpu_us_per_step": _per(load.client_cpu_s, load.steps),
+            **_threads(load.threads, load.steps),
         })  # fmt: skip
     return {
         "model": model.name,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving_procs import HOST, Pinning, ServerProcess, post
+from bench.serving_procs import HOST, Pinning, ServerProcess, ThreadTimes, post
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "post_json.lua"
 MARKER = "PSN_WRK_JSON "
@@ -56,6 +56,7 @@ class WrkResult:
     latency_ms: dict[str, float]  # min, mean, stdev, max, p50, p90, p99, p999
     server_cpu_s: float  # CPU seconds the server used during the run
     server_cpu_util: float  # server CPU seconds per second of the run (1.0 = one core busy)
+    threads: ThreadTimes | None = None  # the server's main thread vs the others, context switches
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,9 +91,9 @@ def run_wrk(
     cmd = [*pinning.load_prefix(), exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(LUA_SCRIPT), url]
     env = dict(os.environ, PSN_WRK_BODY=str(body_file))
-    cpu0 = server.cpu_seconds()
+    cpu0, threads0 = server.cpu_seconds(), server.thread_times()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
-    cpu1 = server.cpu_seconds()
+    cpu1, threads1 = server.cpu_seconds(), server.thread_times()
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARKER)), None)
     if out.returncode != 0 or line is None:
         raise BenchError(
@@ -110,4 +111,5 @@ def run_wrk(
         latency_ms=lat,
         server_cpu_s=cpu1 - cpu0,
         server_cpu_util=(cpu1 - cpu0) / duration,
+        threads=None if threads0 is None or threads1 is None else threads1.minus(threads0),
     )

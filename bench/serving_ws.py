@@ -15,14 +15,14 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving_procs import Pinning, ServerProcess
+from bench.serving_procs import Pinning, ServerProcess, ThreadTimes
 
 CONNECT_TIMEOUT_S = 60.0
 CONNECT_PARALLEL = 32  # connections opened at once by one client process
@@ -59,7 +59,7 @@ class StreamLoad:
     server_cpu_s: float | None
     client_cpu_s: float
     label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    threads: ThreadTimes | None = None  # the server's, over the counted window
 
     @property
     def server_cpu_util(self) -> float | None:
@@ -252,8 +252,10 @@ def run_streams(
         if on_window is not None:  # e.g. start a profiler on the server for the counted window
             on_window()
         cpu0 = server.cpu_seconds() if server else None
+        threads0 = server.thread_times() if server else None
         time.sleep(max(0.0, end_at - time.monotonic()))
         cpu1 = server.cpu_seconds() if server else None
+        threads1 = server.thread_times() if server else None
         results = [_recv(conn, 60.0, "result")[1] for _, conn in children]
     finally:
         for proc, conn in children:
@@ -275,6 +277,7 @@ def run_streams(
         server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         client_cpu_s=sum(r["client_cpu_s"] for r in results),
         label=label,
+        threads=None if threads0 is None or threads1 is None else threads1.minus(threads0),
     )
 
 
