@@ -223,6 +223,8 @@ class ModelStreams:
             idx = None
             gathered = [arr[slot : slot + 1] for arr in self.pool.arrays]  # each [1, *shape]
             xb = batch[0].x[None]  # [1, F]
+            if self.full_only:  # full.onnx's MatMuls take another kernel for one row (last bits differ):
+                gathered = [np.concatenate([g, g]) for g in gathered]  # [2, T, F], as in any larger batch
         else:  # copies: the worker thread never reads the live pool
             idx = np.fromiter((it.stream.slot for it in batch), dtype=np.intp, count=n)  # [B]
             gathered = self.pool.gather(idx)  # each [B, *shape]
@@ -254,7 +256,7 @@ class ModelStreams:
         # a step whose caller was cancelled, or whose stream was closed, writes nothing back
         live = [not it.future.done() and not it.stream.closed for it in batch]
         if self.full_only:
-            means = outs[0]  # [B, C]: full.onnx's logits are already the mean over the T steps
+            means = outs[0][: len(batch)]  # [B, C]: full.onnx's logits are already the mean over T steps
         elif idx is None:
             means = self._advance_one(batch[0].stream.slot, live[0], outs)
         else:
