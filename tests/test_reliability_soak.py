@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.soak, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
+SECONDS = float(os.environ.get("PSN_SOAK_SECONDS", "300"))
+# the run, plus server start-up and model export, within pytest-timeout's limit (300 s in pyproject)
+pytestmark = [pytest.mark.soak, pytest.mark.e2e, pytest.mark.timeout(int(SECONDS) + 300)]
 
 
 def test_soak(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from soak import SoakConfig, soak
 
-    seconds = float(os.environ.get("PSN_SOAK_SECONDS", "300"))
+    seconds = SECONDS
     out = Path(os.environ.get("PSN_SOAK_OUT", REPO / "docs" / "soak"))
     result = soak(SoakConfig(seconds=seconds), out, log_dir=tmp_path)
     print({k: result[k] for k in ("errors", "errors_by_kind", "summary", "rss_mb", "after")})
