@@ -47,7 +47,7 @@ KIND_HELP = {
     Kind.NONE: "no neurons (identity): synapses only, M_NO",
     Kind.IF: "IF, autograd over each step like SpikingJelly's torch backend (keeps H-V_th, H, 1-S per step)",
     Kind.IF_FUSED: "IF, one multi-step function, hand-written BPTT keeping only H (like SpikingJelly's CUDA)",
-    Kind.PSN: "PSN (psn.neurons.PSN: keeps its input X for dL/dW and H for the surrogate)",
+    Kind.PSN: "PSN (psn.neurons.PSN: keeps only its input X; H is recomputed in the backward)",
 }
 
 
