@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -156,6 +157,12 @@ async def stream_load(server: ServerProcess, cfg: SoakConfig, tally: Tally, dead
                 ws.transport.abort()  # vanish without a close frame
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def sampler(server: ServerProcess, tally: Tally, deadline: float) -> None:
     async with httpx.AsyncClient(base_url=server.base, timeout=10) as client:
         while time.monotonic() < deadline + 2:
@@ -171,7 +178,8 @@ async def sampler(server: ServerProcess, tally: Tally, deadline: float) -> None:
             )
             tally.samples.append(
                 {"t": round(time.monotonic() - tally.start, 2), "rss_mb": round(server.rss_mb(), 2),
-                 "streams_open": open_streams}
+                 "streams_open": open_streams, "server_cpu_s": round(cpu_seconds(server.pid), 2),
+                 "load1": float(Path("/proc/loadavg").read_text().split()[0])}
             )  # fmt: skip
             await asyncio.sleep(1.0)
 
@@ -191,7 +199,7 @@ def windows(tally: Tally, seconds: float) -> list[dict]:
     out = []
     for w in range(int(np.ceil(seconds / WINDOW_S))):
         lo, hi = w * WINDOW_S, (w + 1) * WINDOW_S
-        row: dict = {"t": hi}
+        row: dict = {"t": (lo + hi) / 2}
         for kind in ("classify", "step"):
             lat = np.array([lat for t, k, lat in tally.events if k == kind and lo <= t < hi])
             row[f"{kind}_count"] = int(lat.size)
@@ -213,6 +221,7 @@ def report(tally: Tally, cfg: SoakConfig, server_pid: int, end_gauges: dict) -> 
             "max_ms": round(float(lat.max()) * 1000, 3) if lat.size else None,
         }
     rss = [s["rss_mb"] for s in tally.samples]
+    load = [s["load1"] for s in tally.samples]
     return {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "server_pid": server_pid},
@@ -220,6 +229,8 @@ def report(tally: Tally, cfg: SoakConfig, server_pid: int, end_gauges: dict) -> 
         "errors_by_kind": dict(tally.errors),
         "error_samples": tally.error_samples,
         "summary": summary,
+        "server_cpu_s": tally.samples[-1]["server_cpu_s"] if tally.samples else None,
+        "machine_load1": {"mean": round(float(np.mean(load)), 2), "max": max(load)} if load else {},
         "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss), "growth": round(rss[-1] - rss[0], 2)}
         if rss
         else {},
@@ -244,10 +255,19 @@ def plot(result: dict, path: Path) -> None:
         axes[1].plot(t, [row[f"{kind}_count"] / WINDOW_S for row in w], "o-", color=color, label=kind)
     axes[0].set_ylabel("latency (ms)")
     axes[0].set_yscale("log")
-    axes[0].legend(loc="upper right", fontsize=8)
-    axes[1].set_ylabel(f"answered per s ({WINDOW_S:g} s windows)")
-    axes[1].legend(loc="upper right", fontsize=8)
+    axes[0].legend(loc="upper left", fontsize=8)
     s = result["samples"]
+    load = axes[0].twinx()  # the machine is shared: its load explains latency spikes the server did not cause
+    load.plot([p["t"] for p in s], [p["load1"] for p in s], color="tab:red", alpha=0.4, lw=1)
+    load.set_ylabel(f"machine load (1 min), {result['machine']['cpus']} CPUs", color="tab:red")
+    cpu = [
+        (b["server_cpu_s"] - a["server_cpu_s"]) / max(b["t"] - a["t"], 1e-9) for a, b in itertools.pairwise(s)
+    ]
+    axes[1].set_ylabel(f"answered per s ({WINDOW_S:g} s windows)")
+    axes[1].legend(loc="upper left", fontsize=8)
+    busy = axes[1].twinx()
+    busy.plot([p["t"] for p in s[1:]], [100 * c for c in cpu], color="tab:purple", alpha=0.4, lw=1)
+    busy.set_ylabel("server CPU (% of one core)", color="tab:purple")
     axes[2].plot([p["t"] for p in s], [p["rss_mb"] for p in s], color="tab:green", label="server RSS")
     axes[2].set_ylabel("RSS (MiB)")
     axes[2].set_xlabel("time (s)")
