@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.common import DEFAULT_OUT, SHARED_MACHINE_NOTE, BenchError, cpu_model, load_average
 from bench.serving_models import resolve
-from bench.serving_procs import HOST, choose_pinning, echo_server, psn_server
+from bench.serving_procs import HOST, REPO_ROOT, choose_pinning, echo_server, psn_server
 from bench.serving_runs import Context, run_classify, run_first_output, run_profiles, run_streams_part
 from bench.serving_wrk import WRK_MISSING, wrk_binary, wrk_version
 
@@ -133,6 +133,18 @@ def _parts(text: str) -> list[Part]:
         raise BenchError(f"--parts: expected a subset of {','.join(Part)}, got {text!r}") from None
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and which serving files differ from it (other people edit them meanwhile)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "server", "psn_runtime").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted": [c[3:] for c in changed]}
+
+
 def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -181,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         "loadavg_start": load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "versions": _versions(),
+        "git": _git_state(),
         "note": SHARED_MACHINE_NOTE,
     }
     results: dict[str, Any] = {
