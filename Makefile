@@ -10,6 +10,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
+PSN_SOAK_SECONDS ?= 300
+export PSN_SOAK_SECONDS
+
 .PHONY: serve test lint soak image-test bench clean help
 
 help:
