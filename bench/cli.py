@@ -24,6 +24,7 @@ SUITES: dict[str, Suite] = {
     "memory": Suite("bench.memory", "training memory with IF neurons vs PSN (paper Table 4)"),
     "runtime": Suite("bench.runtime", "psn_runtime latency and throughput (ONNX Runtime sessions)"),
     "serving": Suite("bench.serving", "the HTTP/WebSocket service under load"),
+    "transcript": Suite("bench.transcript", "one sequence streamed through each kind: when each answers"),
 }
 
 

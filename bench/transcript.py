@@ -1,0 +1,94 @@
+"""``psn bench transcript``: stream one test sequence through a PSN, a masked PSN, a sliding PSN and a LIF
+model of the same data set and print, step by step, when each one answers (a markdown table, as in the
+README). It starts its own ``psn serve`` on loopback over the bundled models and stops it afterwards.
+
+The point it shows: a PSN reads all T inputs at once, so a stream gets ``ready: false`` until the last
+one; masked and sliding PSNs (and LIF) answer from the first step on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.serving_procs import choose_pinning, psn_server
+from server.client import PSNClient
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("psn", "masked-psn", "sliding-psn", "lif")
+
+
+def sample(dataset: str, index: int) -> tuple[np.ndarray, str]:
+    """A test sequence [T, F] and its label: the real test set when the train extra is installed."""
+    try:
+        from psn.data import load_dataset
+    except ModuleNotFoundError:
+        rng = np.random.default_rng(index)
+        return rng.random((28, 28), dtype=np.float32), "?"
+    _, _, x_test, y_test, labels = load_dataset(dataset)
+    return np.asarray(x_test[index], dtype=np.float32), labels[int(y_test[index])]
+
+
+def cell(step) -> str:
+    if not step.ready:
+        return "ready=false"
+    p = float(np.max(step.probabilities))
+    return f"**{step.label}** ({p:.2f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="psn bench transcript", description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="smnist", help="model name prefix in models/ (smnist, mnist1d)")
+    ap.add_argument("--index", type=int, default=0, help="which test sequence")
+    ap.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    ap.add_argument("--every", type=int, default=3, help="print every n-th step (and the last)")
+    ap.add_argument("--quick", action="store_true", help="accepted for `psn bench all`")
+    ap.add_argument("--quiet", action="store_true", help="accepted for `psn bench all`")
+    args = ap.parse_args(argv)
+    if args.every < 1:
+        ap.error("--every must be >= 1")
+    names = [f"{args.dataset}-{kind}" for kind in KINDS]
+    missing = [n for n in names if not (args.models_dir / n / "manifest.json").is_file()]
+    if missing:
+        ap.error(f"no model directory for {missing} under {args.models_dir}")
+    x, truth = sample(args.dataset, args.index)
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pinning = choose_pinning(enabled=False)
+        with (
+            psn_server(args.models_dir, batching=True, log_dir=Path(tmp), pinning=pinning) as server,
+            PSNClient(f"http://127.0.0.1:{server.port}") as client,
+        ):
+            columns = []
+            for name in names:
+                steps, first_ready = [], None
+                with client.stream(name) as stream:
+                    t0 = time.perf_counter()
+                    for row in x:
+                        step = stream.step(row)
+                        steps.append(step)
+                        if step.ready and first_ready is None:
+                            first_ready = (step.t, (time.perf_counter() - t0) * 1e3)
+                columns.append((steps, first_ready))
+    T = len(x)
+    print(f"test sequence {args.index} of {args.dataset} (true label {truth}), T = {T}\n")
+    print("| t | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for t in range(T):
+        if t % args.every and t != T - 1 and t > 2:
+            continue
+        rows.append([str(t), *(cell(steps[t]) for steps, _ in columns)])
+        print("| " + " | ".join(rows[-1]) + " |")
+    print()
+    for name, (_, first) in zip(names, columns, strict=True):
+        when = f"step {first[0]}" if first else "never"
+        print(f"- {name}: first answer at {when}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
