@@ -127,12 +127,23 @@ def first_output_plot(kinds: list[dict[str, Any]], period_ms: float, title: str,
     for offset, k in enumerate(kinds):
         color = KIND_COLORS.get(k["kind"])
         xs, ys = k["input_ms"], k["output_ms"]
-        label = f"{k['kind']}: first output {k['first_output_ms']:.1f} ms, decision {k['decision_ms']:.1f} ms"
+        label = (
+            f"{k['kind']}: first output {k['first_output_ms']:.1f} ms, "
+            f"label settled {k['settled_ms']:.1f}, decision {k['decision_ms']:.1f}"
+        )
         ax_t.plot(
             xs, ys, "o-", color=color, linewidth=1.4, markersize=3, label=label, zorder=3 - offset * 0.1
         )
+        # the output closest in time to the moment the running label became the final one (the last of ties)
+        settled = max(range(len(ys)), key=lambda i: (-round(abs(ys[i] - k["settled_ms"]), 3), i))
+        if ys:
+            ax_t.plot([xs[settled]], [ys[settled]], "*", color=color, markersize=14, markeredgecolor="black",
+                      zorder=5)  # fmt: skip
         waits = [max(o - i, 1e-3) for i, o in zip(xs, ys, strict=True)]
         ax_d.plot(range(len(waits)), waits, "o-", color=color, markersize=3, label=k["kind"])
+    ax_t.plot(
+        [], [], "*", color="white", markeredgecolor="black", markersize=11, label="label settled (final)"
+    )
     ax_t.set_xlabel("input step sent at (ms from step 0)")
     ax_t.set_ylabel("first output that has seen it (ms)")
     ax_t.set_title(f"one step every {period_ms:g} ms: output time against input time", fontsize=10)
