@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import io
 import logging
 import threading
@@ -26,11 +28,26 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+@functools.cache
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads. onnxruntime-gpu lists CUDA as available on any machine and
+    then fails (with a page of errors per session) where there is no driver; we check once instead."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        log.warning("%s asked for but no NVIDIA driver is present: sessions run on the CPU", CUDA)
+        return False
+    return True
+
+
 def resolve_providers(wanted: list[str]) -> tuple[list[str], list[str]]:
     """(providers to ask ORT for, warnings): the wanted ones this build has, in the wanted order."""
     available = set(ort.get_available_providers())
     use = [p for p in wanted if p in available]
     warnings = [f"{p} asked for but this onnxruntime build lacks it" for p in wanted if p not in available]
+    if CUDA in use and not nvidia_driver_present():
+        use.remove(CUDA)
+        warnings.append(f"{CUDA} asked for but no NVIDIA driver is present (libcuda.so.1): using the CPU")
     if not use:
         use = [CPU]
         warnings.append(f"none of {wanted} is available; using {CPU}")
