@@ -25,31 +25,10 @@ STREAMING = ("masked_psn", "sliding_psn", "lif")
 
 
 def tiny_model(kind: str, k: int | None, seed: int = 0):
-    import torch
-    from torch import nn
+    """A tiny mlp network whose neurons all fire (see exporters.testing), in eval mode."""
+    from exporters.testing import tiny_model as randomized_tiny_model
 
-    from psn.network import NetConfig, SeqClassifier
-    from psn.neurons import PSN, SlidingPSN
-
-    torch.manual_seed(seed)
-    cfg = NetConfig(T=T, features=F, classes=C, kind=kind, k=k, arch="mlp", channels=4, depth=2, hidden=16)
-    model = SeqClassifier(cfg)
-    g = torch.Generator().manual_seed(seed)
-    lif = kind == "lif"
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.running_mean.normal_(0.0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(1.0, 2.0, generator=g) if lif else m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.8 if lif else 0.0, 0.5, generator=g)
-            elif isinstance(m, PSN):  # PSN and masked PSN
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-            elif isinstance(m, SlidingPSN):
-                m.weight.copy_(torch.randn(m.k, generator=g))
-                m.bias.uniform_(-0.3, 0.3, generator=g)
-    model.set_lambda(1.0)
-    return model.eval()
+    return randomized_tiny_model(kind, T, k, arch="mlp", features=F, classes=C, seed=seed)
 
 
 _CACHE_ENV = (
