@@ -34,7 +34,7 @@ $(VENV)/.serve-stamp: pyproject.toml | $(PY)
 # torch is pinned to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA)
 $(VENV)/.dev-stamp: pyproject.toml | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[train,dev]"
+	$(PIP) install -e ".[train,bench,dev]"
 	@touch $(VENV)/.serve-stamp $@
 
 serve: $(VENV)/.serve-stamp
@@ -51,6 +51,7 @@ soak: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-stamp
+	@command -v wrk >/dev/null || apt-get install -y -q wrk || echo "wrk missing: the serving suite skips classify load"
 	$(VENV)/bin/psn bench all
 
 image-test: $(VENV)/.dev-stamp
