@@ -49,7 +49,9 @@ def _scan(root: Path) -> dict[NeuronKind, Manifest]:
                 manifest = Manifest.load(directory)
             except ValueError:
                 continue
-            found.setdefault(manifest.kind, manifest)
+            # prefer the model with the most features per step: tests slice and corrupt rows of x
+            if manifest.kind not in found or manifest.features > found[manifest.kind].features:
+                found[manifest.kind] = manifest
     return found
 
 
