@@ -24,6 +24,12 @@ class RuntimeConfig(BaseModel):
     batching: bool = Field(True, description="cross-stream step batching on/off")
     max_batch: int = Field(64, ge=1, description="most steps in one ORT call")
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for more steps; 0 = none")
+    inline_max_rows: int = Field(
+        8,
+        ge=0,
+        description="step batches of at most this many steps, and classify calls of at most half as many "
+        "sequences, run ORT on the calling (event-loop) thread instead of the worker; 0 = always the worker",
+    )
     max_queue: int = Field(4096, ge=1, description="pending steps per model; beyond -> Overloaded")
     max_streams: int = Field(1024, ge=1, description="open streams over all models; beyond -> StreamLimit")
     idle_timeout_s: float = Field(300.0, gt=0.0, description="idle streams are closed after this long")

@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 _LOGITS_ONLY = [LOGITS_NAME]
 
 
+def _sequences(x: object) -> int:
+    """How many sequences a classify input holds ([T, F] -> 1, [B, T, F] -> B); a large number when it is
+    not an array (it then goes to the worker thread, whose validation names the problem)."""
+    ndim = getattr(x, "ndim", None)
+    if ndim == 2:
+        return 1
+    if ndim == 3:
+        return x.shape[0]  # type: ignore[attr-defined]
+    return 1 << 30
+
+
 class Runtime:
     def __init__(self, config: RuntimeConfig, observer: RuntimeObserver | None = None) -> None:
         self.config = config
@@ -181,14 +192,19 @@ class Runtime:
         return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()])
 
     async def classify_async(self, name: str, x: np.ndarray) -> ClassifyResult:
-        """classify in a worker thread; at most config.max_classify_pending at once (else Overloaded), so
-        that a burst is shed instead of queueing without bound in the executor."""
+        """classify; at most config.max_classify_pending at once (else Overloaded), so that a burst is shed
+        instead of queueing without bound in the executor. Small work (at most config.inline_max_rows // 2
+        sequences) runs on this (the event loop's) thread: a hop to a worker thread costs several context
+        switches, more than the ORT call itself; larger batches run in a worker thread."""
         self._check_open()
         limit = self.config.max_classify_pending
         if self._classify_pending >= limit:
             raise Overloaded(f"{self._classify_pending} classify calls are pending (the limit); retry later")
         self._classify_pending += 1
         try:
+            if _sequences(x) <= self.config.inline_max_rows // 2:
+                await asyncio.sleep(0)  # one turn of the loop: calls that arrive together still count
+                return self.classify(name, x)
             return await asyncio.get_running_loop().run_in_executor(None, self.classify, name, x)
         finally:
             self._classify_pending -= 1

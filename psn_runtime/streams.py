@@ -101,6 +101,11 @@ class ModelStreams:
         self.max_wait = config.max_wait_ms / 1000.0 if config.batching else 0.0
         self.max_queue = config.max_queue
         self._worker = Worker(model.name)
+        # batches of at most inline_rows steps run ORT on the event loop's thread (no hop to the worker:
+        # several context switches saved per batch); only for the session loaded (and warmed up) here, which
+        # is known to be quick on small batches: a session put in its place (a wrapper) runs in the worker
+        self.inline_rows = config.inline_max_rows
+        self._loaded_session = self.session
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._inflight: list[_Item] = []
@@ -200,8 +205,8 @@ class ModelStreams:
                     await fut
                     handle.cancel()
                     self._take(batch)
-            if batch:
-                await self._run_batch(batch, loop)
+            if batch and await self._run_batch(batch, loop):
+                await asyncio.sleep(0)  # it ran inline: let the answered callers (and others) go on
 
     def _take(self, batch: list[_Item]) -> list[_Item]:
         """Move queued steps into batch (up to max_batch), answering those that may no longer run."""
@@ -216,7 +221,8 @@ class ModelStreams:
                 batch.append(item)
         return batch
 
-    async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+    async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> bool:
+        """Run one batch and answer its steps; True when ORT ran inline (on this thread)."""
         n = len(batch)
         if n == 1:  # views, no copies: nothing writes a slot while a step on it is pending
             slot = batch[0].stream.slot
@@ -236,8 +242,13 @@ class ModelStreams:
             feed[INPUT_NAME] = xb
         self._inflight = batch
         t0 = time.perf_counter()
+        session = self.session
+        inline = n <= self.inline_rows and session is self._loaded_session
         try:
-            outs = await self._worker.submit(self.session.run, self.output_names, feed)
+            if inline:  # nothing can cancel it or close the runtime meanwhile: no await until it is done
+                outs = session.run(self.output_names, feed)
+            else:
+                outs = await self._worker.submit(session.run, self.output_names, feed)
         except asyncio.CancelledError:
             raise  # the runtime is closing: close() answers the in-flight steps
         except Exception as e:  # an ORT failure: answer every step of the batch, keep serving
@@ -246,11 +257,12 @@ class ModelStreams:
                 if not it.future.done():
                     it.future.set_exception(InferenceError(f"model {self.name!r}: onnxruntime failed: {e}"))
                 self._finish(it)
-            return
+            return inline
         self._inflight = []
         self._on_batch(self.name, n, time.perf_counter() - t0)
         self.batches += 1
         self._deliver(batch, idx, outs)
+        return inline
 
     def _deliver(self, batch: list[_Item], idx: np.ndarray | None, outs: list[np.ndarray]) -> None:
         # a step whose caller was cancelled, or whose stream was closed, writes nothing back

@@ -34,6 +34,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig:
         batching=settings.batching,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
+        inline_max_rows=settings.inline_max_rows,
         max_queue=settings.max_queue,
         max_streams=settings.max_streams,
         idle_timeout_s=settings.idle_timeout_s,

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="batch the steps of concurrent streams into one ORT call")
     max_batch: int = Field(64, ge=1, le=65536, description="most steps in one ORT call")
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait for more steps to batch (ms)")
+    inline_max_rows: int = Field(
+        8,
+        ge=0,
+        le=65536,
+        description="run ORT on the event loop for step batches of at most this many steps and classify "
+        "requests of at most half as many sequences (no thread hop); 0 = always a worker thread",
+    )
     max_queue: int = Field(4096, ge=1, description="pending steps per model before shedding load (429)")
     max_streams: int = Field(1024, ge=1, description="open streams over all models")
     idle_timeout_s: float = Field(300.0, gt=0.0, description="close a stream idle this long (s)")
