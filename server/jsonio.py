@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 
 
 F32_MAX = float(np.finfo(np.float32).max)
+SMALL = 64  # arrays of at most this many numbers are walked for booleans without the cheaper checks first
 
 
 def _reject_constant(name: str) -> float:
@@ -127,12 +128,29 @@ def _has_bool(value: list, ndim: int) -> bool:
     return bool in set(map(type, flat))
 
 
+def _may_hold_bool(array: np.ndarray, raw: bytes | str | None) -> bool:
+    """Whether numpy may have taken JSON booleans for numbers (true -> 1, false -> 0); cheap checks first:
+    the array has a 0 or a 1, and the raw JSON text (when given) spells true or false somewhere."""
+    if not ((array == 0) | (array == 1)).any():
+        return False
+    if raw is None:
+        return True
+    if isinstance(raw, str):
+        return "true" in raw or "false" in raw
+    return b"true" in raw or b"false" in raw
+
+
 def to_float32(
-    value: Any, param: str, ranks: tuple[int, ...] = (2, 3), dims: tuple[str, ...] = ("B", "T", "F")
+    value: Any,
+    param: str,
+    ranks: tuple[int, ...] = (2, 3),
+    dims: tuple[str, ...] = ("B", "T", "F"),
+    raw: bytes | str | None = None,
 ) -> np.ndarray:
     """A JSON value (nested lists of numbers) -> a float32 array of one of ``ranks`` dimensions.
 
-    BadInput names the first offending element: ``inputs[1][3]: ragged array ...``.
+    BadInput names the first offending element: ``inputs[1][3]: ragged array ...``. ``raw``, the JSON text
+    the value was parsed from, lets it skip the walk that looks for booleans when the text has none.
     """
     if not isinstance(value, list):
         raise BadInput(
@@ -144,16 +162,20 @@ def to_float32(
         raise _find_problem(value, param, ranks, dims) from None
     if array.size == 0:
         raise BadInput(param, f"empty array: expected {_shape_text(ranks, dims)} numbers")
-    if array.dtype.kind not in "fiu" or array.ndim not in ranks or _has_bool(value, array.ndim):
-        if array.dtype.kind in "fiu" and array.ndim not in ranks:
+    kind = array.dtype.kind
+    if kind not in "fiu" or array.ndim not in ranks:
+        if kind in "fiu":
             deep = "nested too deep: " if array.ndim > max(ranks) else ""
             raise BadInput(
                 param, f"{deep}expected {_shape_text(ranks, dims)} numbers, got {array.ndim} dimensions"
             )
         raise _find_problem(value, param, ranks, dims)
-    if array.dtype.kind == "f" and not np.abs(array).max() <= F32_MAX:  # inf (stdlib json), or too big
+    # a few numbers (a stream's text frame): the walk is cheaper than the checks that may skip it
+    small = array.size <= SMALL
+    if (small or _may_hold_bool(array, raw)) and _has_bool(value, array.ndim):
+        raise _find_problem(value, param, ranks, dims)
+    if kind == "f" and not np.abs(array).max() <= F32_MAX:  # inf (stdlib json), or too big
         index = tuple(int(i) for i in np.argwhere(~(np.abs(array) <= F32_MAX))[0])
         where = param + "".join(f"[{i}]" for i in index)
         raise BadInput(where, f"{float(array[index])!r} is out of the float32 range (numbers must be finite)")
-    out = array.astype(np.float32)
-    return out
+    return array.astype(np.float32)

@@ -161,7 +161,7 @@ class _Session:
         logits = doc.get("logits", self.logits)
         if not isinstance(logits, bool):
             raise InvalidRequest("logits: expected true or false", "logits")
-        return to_float32(doc["x"], "x", ranks=(1,), dims=("F",)), logits
+        return to_float32(doc["x"], "x", ranks=(1,), dims=("F",), raw=text), logits
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s

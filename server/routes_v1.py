@@ -53,7 +53,8 @@ async def classify(name: str, request: Request) -> Response:
     runtime = state.require_runtime()
     info = runtime.model(name)  # 404 before reading any body
     require_media_type(request, ("application/json",))
-    doc = loads(await read_body(request, state.settings.max_body_bytes))
+    body = await read_body(request, state.settings.max_body_bytes)
+    doc = loads(body)
     if not isinstance(doc, dict):
         raise InvalidRequest('the body must be a JSON object {"inputs": ...}')
     for key in doc:
@@ -64,7 +65,7 @@ async def classify(name: str, request: Request) -> Response:
     return_logits = doc.get("return_logits", True)
     if not isinstance(return_logits, bool):
         raise InvalidRequest("return_logits: expected true or false", "return_logits")
-    x = to_float32(doc["inputs"], "inputs")  # [T, F] or [B, T, F]
+    x = to_float32(doc["inputs"], "inputs", raw=body)  # [T, F] or [B, T, F]
     result = await runtime.classify_async(name, x)
     state.metrics.sequences.labels(name).inc(len(result.labels))
     predictions = []

@@ -149,8 +149,9 @@ def _header_length(request: Request, body: bytes) -> int | None:
     return int(raw)
 
 
-def _input_tensor(doc: dict, binary: memoryview) -> np.ndarray:
-    """The request's one input ``x`` as float32 [B, T, F], from JSON ``data`` or the binary section."""
+def _input_tensor(doc: dict, binary: memoryview, text: bytes | None = None) -> np.ndarray:
+    """The request's one input ``x`` as float32 [B, T, F], from JSON ``data`` or the binary section
+    (``text``: the JSON the doc was parsed from)."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidRequest(f"inputs: expected exactly one input tensor named {INPUT!r}", "inputs")
@@ -189,7 +190,8 @@ def _input_tensor(doc: dict, binary: memoryview) -> np.ndarray:
         raise InvalidRequest(
             "inputs[0].data: required (or binary data with binary_data_size)", "inputs[0].data"
         )
-    flat = to_float32(data, "inputs[0].data", ranks=(1, 2, 3), dims=("B", "T", "F")).reshape(-1)
+    flat = to_float32(data, "inputs[0].data", ranks=(1, 2, 3), dims=("B", "T", "F"), raw=text)
+    flat = flat.reshape(-1)  # [B*T*F]
     if flat.size != count:
         raise BadInput("inputs[0].data", f"{flat.size} values for shape {shape} ({count} values)")
     return flat.reshape(shape)  # [B, T, F]
@@ -303,10 +305,11 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     split = _header_length(request, body)
     view = memoryview(body)
-    doc = loads(bytes(view[:split]) if split is not None else body)
+    text = bytes(view[:split]) if split is not None else body
+    doc = loads(text)
     if not isinstance(doc, dict):
         raise InvalidRequest("the inference request must be a JSON object")
-    x = _input_tensor(doc, view[split:] if split is not None else memoryview(b""))  # [B, T, F]
+    x = _input_tensor(doc, view[split:] if split is not None else memoryview(b""), text)  # [B, T, F]
     wanted = _wanted_outputs(doc)
     result = await state.require_runtime().classify_async(name, x)
     state.metrics.sequences.labels(name).inc(len(result.labels))
