@@ -39,6 +39,7 @@ from psn_runtime.validate import classify_input, step_input
 log = logging.getLogger(__name__)
 
 _LOGITS_ONLY = [LOGITS_NAME]
+_F32 = np.dtype(np.float32)
 
 
 def _sequences(x: object) -> int:
@@ -228,6 +229,18 @@ class Runtime:
         stream = self._stream(stream_id)
         ms = self._model_streams[stream.model]
         return await ms.step(stream, step_input(x, features=ms.features))
+
+    async def step_checked(self, stream_id: str, x: np.ndarray) -> StepResult:
+        """step for a caller that has already refused NaN and Inf (the server's frame parser): x that is a
+        C-contiguous float32 [F] array goes to the stream as it is; anything else gets step's full checks,
+        so that bad input still never touches a stream's state."""
+        stream = self._stream(stream_id)
+        ms = self._model_streams[stream.model]
+        if not (
+            type(x) is np.ndarray and x.dtype == _F32 and x.shape == (ms.features,) and x.flags.c_contiguous
+        ):
+            x = step_input(x, features=ms.features)
+        return await ms.step(stream, x)
 
     def reset_stream(self, stream_id: str) -> None:
         stream = self._stream(stream_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,53 @@ def _answer(result: StepResult, with_logits: bool) -> dict[str, Any]:
     return answer
 
 
+class _Phase(Enum):
+    RECEIVE = "receive"  # waiting for the client's next message: the idle timeout
+    SEND = "send"  # answering: a client that stopped reading is dropped
+
+
+class _Watchdog:
+    """One timer per socket instead of an ``asyncio.timeout`` around every receive and send: ``arm`` only
+    moves a deadline; the timer, when it fires, re-arms itself for the current deadline, or cancels the
+    session's task once the deadline of the phase it is in has passed (``fired`` says which)."""
+
+    def __init__(self, task: asyncio.Task) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = task
+        self.phase: _Phase | None = None
+        self.deadline = 0.0
+        self.fired: _Phase | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, phase: _Phase, seconds: float) -> None:
+        self.phase = phase
+        self.deadline = deadline = self.loop.time() + seconds
+        handle = self._handle
+        if handle is None or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self.loop.call_at(deadline, self._check)
+
+    def disarm(self) -> None:
+        self.phase = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self.phase is None or self.fired is not None:
+            return  # nothing watched now: the next arm starts the timer again
+        if self.loop.time() >= self.deadline:
+            self.fired = self.phase
+            self.task.cancel()
+        else:
+            self._handle = self.loop.call_at(self.deadline, self._check)
+
+    def stop(self) -> None:
+        self.phase = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class _Session:
     """One socket: parses frames, steps the runtime, answers. Errors that leave the stream usable become
     error events; the others close the socket (``server.errors.ERROR_TABLE`` decides which)."""
@@ -165,30 +213,48 @@ class _Session:
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
-        send_timeout = max(idle, CLOSE_TIMEOUT_S)
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    message = await self.ws.receive()
-            except TimeoutError:
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watchdog(task)
+        try:
+            await self._serve(watch, idle, max(idle, CLOSE_TIMEOUT_S))
+        except asyncio.CancelledError:
+            if watch.fired is None or task.uncancel() > 0:
+                raise  # not the watchdog's: shutdown
+            if watch.fired is _Phase.RECEIVE:
                 await _close(self.ws, WS_GOING_AWAY, f"idle for {idle:g} s")
-                return
+            # _Phase.SEND: a client that stopped reading is dropped
+        finally:
+            watch.stop()
+
+    async def _serve(self, watch: _Watchdog, idle: float, send_timeout: float) -> None:
+        receive, send_text = self.ws.receive, self.ws.send_text
+        runtime = self.runtime
+        stream_id = self.stream_id
+        assert stream_id is not None
+        while True:
+            watch.arm(_Phase.RECEIVE, idle)
+            message = await receive()
+            watch.disarm()
             if message["type"] == "websocket.disconnect":
                 return
             try:
                 x, with_logits = self.parse(message)
-                assert self.stream_id is not None
                 if x is None:
-                    self.runtime.reset_stream(self.stream_id)
-                    await self.ws.send_text('{"reset":true,"t":-1}')
+                    runtime.reset_stream(stream_id)
+                    watch.arm(_Phase.SEND, send_timeout)
+                    await send_text('{"reset":true,"t":-1}')
                     continue
-                result = await self.runtime.step(self.stream_id, x)
+                # parse refused NaN/Inf: the runtime checks only the array's type and shape again
+                result = await runtime.step_checked(stream_id, x)
                 self.steps.inc()
-                async with asyncio.timeout(send_timeout):  # a client that stopped reading is dropped
-                    await self.ws.send_text(dumps_text(_answer(result, with_logits)))
-            except (WebSocketDisconnect, TimeoutError):
+                text = dumps_text(_answer(result, with_logits))
+                watch.arm(_Phase.SEND, send_timeout)
+                await send_text(text)
+            except WebSocketDisconnect:
                 return
             except Exception as exc:
+                watch.disarm()
                 if self.ws.application_state is not WebSocketState.CONNECTED:
                     return  # closed under us (server shutdown): nothing to answer
                 try:
