@@ -27,22 +27,8 @@ _APPS: weakref.WeakSet[FastAPI] = weakref.WeakSet()  # every app built in this p
 
 
 def runtime_config(settings: Settings) -> RuntimeConfig:
-    return RuntimeConfig(
-        models_dir=settings.models_dir,
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        batching=settings.batching,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        inline_max_rows=settings.inline_max_rows,
-        max_queue=settings.max_queue,
-        max_streams=settings.max_streams,
-        idle_timeout_s=settings.idle_timeout_s,
-        max_stream_steps=settings.max_stream_steps,
-        max_classify_batch=settings.max_classify_batch,
-        max_classify_pending=settings.max_classify_pending,
-        warmup=settings.warmup,
-    )
+    """The runtime's share of the settings: every RuntimeConfig field has a setting of the same name."""
+    return RuntimeConfig(**settings.model_dump(include=set(RuntimeConfig.model_fields)))
 
 
 def _default_runtime(config: RuntimeConfig, metrics: Metrics) -> Runtime:

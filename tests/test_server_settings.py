@@ -153,3 +153,13 @@ def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, t
     import os
 
     assert os.environ["PSN_PORT"] == "8123" and os.environ["PSN_MODELS_DIR"] == str(tmp_path.resolve())
+
+
+def test_every_runtime_config_field_is_a_setting_and_passes_through() -> None:
+    from psn_runtime import RuntimeConfig
+    from server.app import runtime_config
+    from server.settings import Settings
+
+    assert set(RuntimeConfig.model_fields) <= set(Settings.model_fields)
+    cfg = runtime_config(Settings(max_batch=7, inline_max_rows=0, providers=["CPUExecutionProvider"]))
+    assert (cfg.max_batch, cfg.inline_max_rows, cfg.providers) == (7, 0, ["CPUExecutionProvider"])
