@@ -107,22 +107,20 @@ def _plan(args: argparse.Namespace) -> Plan:
         if not frames or any(f not in ("binary", "json") for f in frames):
             raise BenchError(f"--frames: expected binary and/or json, got {args.frames!r}")
         overrides["frames"] = frames
-    if args.duration is not None:
-        if not 0.2 <= args.duration <= 120:
-            raise BenchError(f"--duration: expected 0.2..120 seconds, got {args.duration}")
-        overrides["duration_s"] = args.duration
-    if args.client_procs is not None:
-        if not 1 <= args.client_procs <= 16:
-            raise BenchError(f"--client-procs: expected 1..16, got {args.client_procs}")
-        overrides["client_procs"] = args.client_procs
-    if args.rounds is not None:
-        if not 1 <= args.rounds <= 10:
-            raise BenchError(f"--rounds: expected 1..10, got {args.rounds}")
-        overrides["rounds"] = args.rounds
-    if args.sequences is not None:
-        if not 1 <= args.sequences <= 100:
-            raise BenchError(f"--sequences: expected 1..100, got {args.sequences}")
-        overrides["sequences"] = args.sequences
+    # (flag, Plan field, lowest, highest)
+    bounded = (
+        ("duration", "duration_s", 0.2, 120),
+        ("client_procs", "client_procs", 1, 16),
+        ("rounds", "rounds", 1, 10),
+        ("sequences", "sequences", 1, 100),
+    )
+    for flag, field_name, low, high in bounded:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise BenchError(f"--{flag.replace('_', '-')}: expected {low}..{high}, got {value}")
+        overrides[field_name] = value
     return replace(plan, **overrides)
 
 
