@@ -90,7 +90,7 @@ def export_model(
                     kind=kind,
                     T=cfg.T,
                     k=cfg.k if kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN) else None,
-                    features=cfg.features,
+                    input_shape=(cfg.features,),
                     labels=list(cfg.labels),
                     variable_length=kind in VARIABLE_LENGTH,
                     streams=streams,

@@ -6,12 +6,12 @@ The runtime treats every model generically from this file: it has no code per ne
 Graph contracts (names are fixed here so both sides agree):
 
 ``full.onnx``
-    inputs:  ``x``            float32 [N, T, F]   (batch first)
+    inputs:  ``x``            float32 [N, T, *input_shape]   (batch first; input_shape is the per-step shape)
     outputs: ``logits``       float32 [N, C]      (mean over time of the per-step logits)
              ``step_logits``  float32 [N, T, C]
 
 ``step.onnx``
-    inputs:  ``x``            float32 [N, F]
+    inputs:  ``x``            float32 [N, *input_shape]
              one input per entry of ``states`` (``StateSpec.input``), shape [N, *StateSpec.shape]
     outputs: ``logits``       float32 [N, C]      (this step's logits)
              one output per entry of ``states`` (``StateSpec.output``), same shape as its input
@@ -20,16 +20,17 @@ Graph contracts (names are fixed here so both sides agree):
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, computed_field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 FULL_GRAPH = "full.onnx"
 STEP_GRAPH = "step.onnx"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: input_shape (any per-step shape); 1: features (F), still read
 
 INPUT_NAME = "x"
 LOGITS_NAME = "logits"
@@ -64,7 +65,11 @@ class Manifest(BaseModel):
     kind: NeuronKind
     T: int = Field(gt=0, description="trained sequence length; the longest accepted when variable_length")
     k: int | None = Field(None, gt=0, description="order of a masked or sliding PSN")
-    features: int = Field(gt=0, description="F: input features per timestep")
+    input_shape: tuple[PositiveInt, ...] = Field(
+        min_length=1,
+        max_length=8,
+        description="per-step input shape, without the batch and time axes: [F], [C, L], [C, H, W]",
+    )
     labels: list[str] = Field(min_length=2)
     variable_length: bool = Field(description="full.onnx accepts any 1 <= T' <= T (sliding PSN, LIF)")
     streams: bool = Field(description="a step graph exists: the model answers after every step")
@@ -78,6 +83,28 @@ class Manifest(BaseModel):
     test_accuracy: float = Field(ge=0.0, le=1.0)
     parameters: int = Field(ge=0)
     command: str = Field(description="the command line that produced the checkpoint and the export")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _features_to_shape(cls, data: Any) -> Any:
+        """Schema 1 wrote ``features: F`` (one axis); ``features`` is also written beside ``input_shape`` as
+        the per-step element count. Either way ``input_shape`` is the one source."""
+        if not isinstance(data, dict) or "features" not in data:
+            return data
+        data = dict(data)
+        features = data.pop("features")
+        if "input_shape" not in data:
+            data["input_shape"] = [features]
+        elif isinstance(data["input_shape"], list | tuple) and features != math.prod(data["input_shape"]):
+            raise ValueError(f"features={features!r} is not the product of input_shape {data['input_shape']}")
+        return data
+
+    @computed_field(
+        description="elements per step: the product of input_shape (a binary frame's float32 count)"
+    )
+    @property
+    def features(self) -> int:
+        return math.prod(self.input_shape)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

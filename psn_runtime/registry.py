@@ -179,7 +179,11 @@ def _check_io(
 def _check_full_io(session: ort.InferenceSession, m: Manifest) -> None:
     t_dim = None if m.variable_length else m.T
     _check_io(
-        FULL_GRAPH, session.get_inputs(), {INPUT_NAME: ((t_dim, m.features), "tensor(float)")}, "input", True
+        FULL_GRAPH,
+        session.get_inputs(),
+        {INPUT_NAME: ((t_dim, *m.input_shape), "tensor(float)")},
+        "input",
+        True,
     )
     outputs = {LOGITS_NAME: ((m.num_classes,), "tensor(float)")}
     if any(o.name == STEP_LOGITS_NAME for o in session.get_outputs()):
@@ -192,7 +196,7 @@ def _check_full_io(session: ort.InferenceSession, m: Manifest) -> None:
 
 
 def _check_step_io(session: ort.InferenceSession, m: Manifest) -> None:
-    inputs = {INPUT_NAME: ((m.features,), "tensor(float)")}
+    inputs = {INPUT_NAME: (tuple(m.input_shape), "tensor(float)")}
     outputs = {LOGITS_NAME: ((m.num_classes,), "tensor(float)")}
     for s in m.states:
         inputs[s.input] = (tuple(s.shape), _ORT_TYPES[s.dtype])
@@ -204,16 +208,16 @@ def _check_step_io(session: ort.InferenceSession, m: Manifest) -> None:
 def _warm_up(full: ort.InferenceSession, step: ort.InferenceSession | None, m: Manifest) -> None:
     """Run each graph once on a batch of one; check the shapes that come out."""
     try:
-        (logits,) = full.run([LOGITS_NAME], {INPUT_NAME: np.zeros((1, m.T, m.features), np.float32)})
+        (logits,) = full.run([LOGITS_NAME], {INPUT_NAME: np.zeros((1, m.T, *m.input_shape), np.float32)})
         if m.variable_length and m.T > 1:
-            (short,) = full.run([LOGITS_NAME], {INPUT_NAME: np.zeros((1, 1, m.features), np.float32)})
+            (short,) = full.run([LOGITS_NAME], {INPUT_NAME: np.zeros((1, 1, *m.input_shape), np.float32)})
             _expect(FULL_GRAPH, LOGITS_NAME + " (T=1)", short, (1, m.num_classes), np.float32)
     except Exception as e:
         raise ModelLoadError(f"warm-up run of {FULL_GRAPH} failed: {_one_line(e)}") from e
     _expect(FULL_GRAPH, LOGITS_NAME, logits, (1, m.num_classes), np.float32)
     if step is None:
         return
-    feed = {INPUT_NAME: np.zeros((1, m.features), np.float32)}
+    feed = {INPUT_NAME: np.zeros((1, *m.input_shape), np.float32)}
     for s in m.states:
         feed[s.input] = np.full((1, *s.shape), s.init, dtype=_NP_TYPES[s.dtype])
     names = [LOGITS_NAME] + [s.output for s in m.states]

@@ -174,13 +174,13 @@ class Runtime:
 
     # -- full-sequence classification --------------------------------------------------------------------
     def classify(self, name: str, x: np.ndarray) -> ClassifyResult:
-        """x [B, T, F] or [T, F] -> one prediction per sequence. Synchronous and thread-safe."""
+        """x [B, T, *shape] or [T, *shape] -> one prediction per sequence. Synchronous and thread-safe."""
         model = self._ready(name)
         m = model.manifest
         arr = classify_input(
             x,
             T=m.T,
-            features=m.features,
+            shape=m.input_shape,
             variable_length=m.variable_length,
             max_batch=self.config.max_classify_batch,
         )
@@ -225,10 +225,10 @@ class Runtime:
         return stream_id
 
     async def step(self, stream_id: str, x: np.ndarray) -> StepResult:
-        """One timestep x [F] -> the stream's result after it."""
+        """One timestep x [*shape] -> the stream's result after it."""
         stream = self._stream(stream_id)
         ms = self._model_streams[stream.model]
-        return await ms.step(stream, step_input(x, features=ms.features))
+        return await ms.step(stream, step_input(x, shape=ms.shape))
 
     async def step_checked(self, stream_id: str, x: np.ndarray) -> StepResult:
         """step for a caller that has already refused NaN and Inf (the server's frame parser): x that is a
@@ -236,10 +236,8 @@ class Runtime:
         so that bad input still never touches a stream's state."""
         stream = self._stream(stream_id)
         ms = self._model_streams[stream.model]
-        if not (
-            type(x) is np.ndarray and x.dtype == _F32 and x.shape == (ms.features,) and x.flags.c_contiguous
-        ):
-            x = step_input(x, features=ms.features)
+        if not (type(x) is np.ndarray and x.dtype == _F32 and x.shape == ms.shape and x.flags.c_contiguous):
+            x = step_input(x, shape=ms.shape)
         return await ms.step(stream, x)
 
     def reset_stream(self, stream_id: str) -> None:

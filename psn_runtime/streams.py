@@ -59,7 +59,7 @@ class Stream:
 @dataclass(eq=False, slots=True)
 class _Item:
     stream: Stream
-    x: np.ndarray  # [F] float32
+    x: np.ndarray  # [*shape] float32
     future: asyncio.Future
 
 
@@ -75,11 +75,11 @@ class ModelStreams:
         m = model.manifest
         self.name = model.name
         self.labels = m.labels
-        self.features = m.features
+        self.shape = tuple(m.input_shape)  # per-step input shape
         self.open_streams = 0
         self.full_only = not m.streams
         if self.full_only:
-            specs = [ArraySpec(None, None, (m.T, m.features), np.dtype(np.float32), 0.0)]  # input buffer
+            specs = [ArraySpec(None, None, (m.T, *m.input_shape), np.dtype(np.float32), 0.0)]  # input buffer
             self.session = model.full
             self.output_names = [LOGITS_NAME]
             self.limit = m.T

@@ -41,24 +41,38 @@ def check_finite(arr: np.ndarray, param: str) -> None:
     raise BadInput(param, f"contains NaN or Inf (first at index {list(where)}: {value})", value)
 
 
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
 def classify_input(
-    x: object, *, T: int, features: int, variable_length: bool, max_batch: int, param: str = "inputs"
+    x: object,
+    *,
+    T: int,
+    shape: tuple[int, ...],
+    variable_length: bool,
+    max_batch: int,
+    param: str = "inputs",
 ) -> np.ndarray:
-    """x [B, T, F] or [T, F] -> float32 [B, T', F] (T' == T, or 1 <= T' <= T when variable_length)."""
+    """x [B, T, *shape] or [T, *shape] -> float32 [B, T', *shape] (T' == T, or 1 <= T' <= T when
+    variable_length); ``shape`` is the model's per-step input shape."""
     arr = as_float32(x, param)
-    if arr.ndim == 2:
-        arr = arr[None]  # [T, F] -> [1, T, F]
-    elif arr.ndim != 3:
+    rank = len(shape)
+    if arr.ndim == rank + 1:
+        arr = arr[None]  # [T, *shape] -> [1, T, *shape]
+    elif arr.ndim != rank + 2:
         raise BadInput(
             param,
-            f"expected shape [B, T, F] or [T, F], got rank {arr.ndim} (shape {list(arr.shape)})",
+            f"expected [B, T, *{shape_text(shape)}] or [T, *{shape_text(shape)}] "
+            f"(rank {rank + 2} or {rank + 1}), got rank {arr.ndim} (shape {list(arr.shape)})",
             arr.ndim,
         )
-    b, t, f = arr.shape
+    b, t = arr.shape[:2]
     if arr.size == 0:
         raise BadInput(param, f"empty input (shape {list(arr.shape)})", list(arr.shape))
-    if f != features:
-        raise BadInput(param, f"expected F={features} features per step, got {f}", f)
+    if arr.shape[2:] != tuple(shape):
+        got = list(arr.shape[2:])
+        raise BadInput(param, f"expected per-step shape {shape_text(shape)}, got {got}", got)
     if variable_length:
         if t > T:
             raise BadInput(param, f"expected 1 <= T <= {T} steps, got {t}", t)
@@ -70,13 +84,13 @@ def classify_input(
     return arr
 
 
-def step_input(x: object, *, features: int, param: str = "x") -> np.ndarray:
-    """One timestep x [F] -> float32 [F]."""
+def step_input(x: object, *, shape: tuple[int, ...], param: str = "x") -> np.ndarray:
+    """One timestep x [*shape] -> float32 [*shape]."""
     arr = as_float32(x, param)
-    if arr.shape != (features,):
+    if arr.shape != tuple(shape):
         raise BadInput(
             param,
-            f"expected one timestep of shape [{features}], got shape {list(arr.shape)}",
+            f"expected one timestep of shape {shape_text(shape)}, got shape {list(arr.shape)}",
             list(arr.shape),
         )
     check_finite(arr, param)

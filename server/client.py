@@ -4,7 +4,7 @@
 
     with PSNClient("http://127.0.0.1:8000") as client:
         print([m["name"] for m in client.models()])
-        result = client.classify("smnist-psn", x)           # x: [T, F] or [B, T, F]
+        result = client.classify("smnist-psn", x)           # x: [T, *input_shape] or [B, T, *input_shape]
         print(result.predictions[0].label)
         with client.stream("smnist-sliding") as stream:     # binary float32 frames by default
             for row in x:
@@ -245,7 +245,7 @@ class PSNClient:
         return _checked(self._http.get(f"/v1/models/{name}"))
 
     def classify(self, name: str, inputs: Any, *, return_logits: bool = True) -> ClassifyResponse:
-        """inputs: [T, F] (one sequence) or [B, T, F]; a numpy array or nested lists."""
+        """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists."""
         body = _classify_body(inputs, return_logits)
         return _classify_result(_checked(self._http.post(f"/v1/models/{name}/classify", json=body)))
 

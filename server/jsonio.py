@@ -89,6 +89,15 @@ def _shape_text(ranks: tuple[int, ...], dims: tuple[str, ...]) -> str:
     return " or ".join("×".join(dims[len(dims) - r :]) for r in ranks)
 
 
+def input_dims(shape: tuple[int, ...], batch: bool = True) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(ranks, dim names) of a request tensor for a model with per-step ``shape``: [B, T, *shape] or
+    [T, *shape] (``batch``), else one timestep [*shape]; the names spell the sizes (``B×T×3×32×32``)."""
+    per_step = tuple(str(d) for d in shape)
+    if not batch:
+        return (len(shape),), per_step
+    return (len(shape) + 1, len(shape) + 2), ("B", "T", *per_step)
+
+
 def _find_problem(value: Any, param: str, ranks: tuple[int, ...], dims: tuple[str, ...]) -> BadInput:
     """Walk a nested list that numpy refused (or that holds non-numbers) and name its first bad element."""
     shape: list[int] = []

@@ -27,7 +27,7 @@ from server.errors import (
     spec_for,
     ws_reason,
 )
-from server.jsonio import dumps_text, loads, to_float32
+from server.jsonio import dumps_text, input_dims, loads, to_float32
 from server.state import AppState, app_state
 from server.views import primary_provider
 
@@ -152,6 +152,7 @@ class _Session:
         self.logits = logits
         self.stream_id: str | None = None
         self.features = 0
+        self.shape: tuple[int, ...] = ()
         self.limit = state.settings.max_ws_message_bytes
         self.steps: Any = None  # the model's step counter, once the stream is open
 
@@ -162,35 +163,39 @@ class _Session:
         manifest = info.manifest
         assert manifest is not None  # open_stream succeeded, so the model is READY
         self.features = manifest.features
+        self.shape = tuple(manifest.input_shape)
         return {
             "model": self.name,
             "kind": str(manifest.kind),
             "T": manifest.T,
             "k": manifest.k,
             "features": manifest.features,
+            "input_shape": list(manifest.input_shape),
             "labels": manifest.labels,
             "streams": manifest.streams,
             "max_steps": _max_steps(manifest, self.state),
             "provider": primary_provider(info),
-            "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes)",
+            "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes), "
+            f"C order over the per-step shape {list(manifest.input_shape)}",
         }
 
     def parse(self, message: dict[str, Any]) -> tuple[np.ndarray | None, bool]:
-        """A frame -> (x [F] float32, logits wanted); x is None for a reset."""
+        """A frame -> (x [*shape] float32, logits wanted); x is None for a reset."""
         data = message.get("bytes")
         if data is not None:
             if len(data) > self.limit:
                 raise BodyTooLarge(f"message of {len(data)} bytes is over the limit of {self.limit}")
             if len(data) != 4 * self.features:
                 raise BadInput(
-                    "x", f"a binary frame must hold {self.features} float32 ({4 * self.features} bytes), "
+                    "x", f"a binary frame must hold {self.features} float32 ({4 * self.features} bytes: one "
+                    f"timestep of shape {list(self.shape)}), "
                     f"got {len(data)} bytes",
                 )  # fmt: skip
-            x = np.frombuffer(data, dtype="<f4")  # [F]
+            x = np.frombuffer(data, dtype="<f4")  # [prod(shape)]
             if not np.isfinite(x).all():
                 index = int(np.argwhere(~np.isfinite(x))[0][0])
                 raise BadInput(f"x[{index}]", f"{float(x[index])!r} is not a finite number")
-            return x, self.logits
+            return x.reshape(self.shape), self.logits  # [*shape]
         text = message.get("text") or ""
         if len(text) > self.limit:
             raise BodyTooLarge(f"message of {len(text)} characters is over the limit of {self.limit}")
@@ -205,11 +210,12 @@ class _Session:
             if key not in STEP_FIELDS:
                 raise InvalidRequest(f"unknown field {key!r}; expected 'x', 'logits' or 'reset'", key)
         if "x" not in doc:
-            raise InvalidRequest("x: required (the F features of one timestep)", "x")
+            raise InvalidRequest(f"x: required (one timestep of shape {list(self.shape)})", "x")
         logits = doc.get("logits", self.logits)
         if not isinstance(logits, bool):
             raise InvalidRequest("logits: expected true or false", "logits")
-        return to_float32(doc["x"], "x", ranks=(1,), dims=("F",), raw=text), logits
+        ranks, dims = input_dims(self.shape, batch=False)
+        return to_float32(doc["x"], "x", ranks, dims, raw=text), logits
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
@@ -285,10 +291,11 @@ async def stream(websocket: WebSocket, name: str) -> None:
 
     Server -> client, first message (hello)::
 
-        {"model", "kind", "T", "k", "features", "labels", "streams", "max_steps", "provider", "binary"}
+        {"model", "kind", "T", "k", "features", "input_shape", "labels", "streams", "max_steps", "provider",
+         "binary"}
 
     Client -> server, one timestep per message, either
-      * a binary frame of ``features`` little-endian float32 (4·F bytes), or
+      * a binary frame of ``features`` = prod(input_shape) little-endian float32 (C order), or
       * a text frame ``{"x": [f, ...]}`` (F numbers), optionally with ``"logits": true``;
       * ``{"reset": true}`` starts a new sequence on the same socket (answer ``{"reset": true, "t": -1}``).
 

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from server.auth import require_key
 from server.body import read_body, require_media_type
 from server.errors import ErrorRoute, InvalidRequest
-from server.jsonio import JSONBytesResponse, loads, to_float32
+from server.jsonio import JSONBytesResponse, input_dims, loads, to_float32
 from server.schemas import ClassifyRequest, ClassifyResponse, ModelList, ModelView, errors, ok, request_body
 from server.state import app_state
 from server.views import model_view, primary_provider
@@ -43,8 +43,9 @@ async def get_model(name: str, request: Request) -> Response:
 async def classify(name: str, request: Request) -> Response:
     """Classify whole sequences.
 
-    Body: ``{"inputs": [[f, ...], ...]}`` (one sequence, T×F) or ``{"inputs": [[[f, ...], ...], ...]}``
-    (a batch, B×T×F); optional ``"return_logits": false`` leaves the logits out.
+    Body: ``{"inputs": [[f, ...], ...]}`` (one sequence, T×F; generally [T, *input_shape]) or
+    ``{"inputs": [[[f, ...], ...], ...]}`` (a batch, B×T×F; [B, T, *input_shape]);
+    optional ``"return_logits": false`` leaves the logits out.
     Answer: ``{"model", "predictions": [{"label", "probabilities", "logits"}], "latency_ms", "provider"}``,
     one prediction per sequence; ``latency_ms`` is measured in the server, from the request to the answer.
     """
@@ -61,11 +62,12 @@ async def classify(name: str, request: Request) -> Response:
         if key not in CLASSIFY_FIELDS:
             raise InvalidRequest(f"unknown field {key!r}; expected {sorted(CLASSIFY_FIELDS)}", key)
     if "inputs" not in doc:
-        raise InvalidRequest("inputs: required (T×F or B×T×F numbers)", "inputs")
+        raise InvalidRequest("inputs: required (T×shape or B×T×shape numbers)", "inputs")
     return_logits = doc.get("return_logits", True)
     if not isinstance(return_logits, bool):
         raise InvalidRequest("return_logits: expected true or false", "return_logits")
-    x = to_float32(doc["inputs"], "inputs", raw=body)  # [T, F] or [B, T, F]
+    ranks, dims = input_dims(info.manifest.input_shape if info.manifest else (1,))
+    x = to_float32(doc["inputs"], "inputs", ranks, dims, raw=body)  # [T, *shape] or [B, T, *shape]
     result = await runtime.classify_async(name, x)
     state.metrics.sequences.labels(name).inc(len(result.labels))
     predictions = []

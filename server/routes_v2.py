@@ -91,7 +91,7 @@ def _metadata(info: ModelInfo) -> dict[str, Any]:
         "name": info.name,
         "versions": [manifest.version],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, T, manifest.features]}],
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, T, *manifest.input_shape]}],
         "outputs": [
             {"name": "logits", "datatype": "FP32", "shape": [-1, C]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, C]},
@@ -149,9 +149,11 @@ def _header_length(request: Request, body: bytes) -> int | None:
     return int(raw)
 
 
-def _input_tensor(doc: dict, binary: memoryview, text: bytes | None = None) -> np.ndarray:
-    """The request's one input ``x`` as float32 [B, T, F], from JSON ``data`` or the binary section
-    (``text``: the JSON the doc was parsed from)."""
+def _input_tensor(
+    doc: dict, binary: memoryview, per_step: tuple[int, ...], text: bytes | None = None
+) -> np.ndarray:
+    """The request's one input ``x`` as float32 [B, T, *per_step], from JSON ``data`` or the binary section
+    (``text``: the JSON the doc was parsed from). Only the rank is checked here (the runtime checks sizes)."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidRequest(f"inputs: expected exactly one input tensor named {INPUT!r}", "inputs")
@@ -164,8 +166,10 @@ def _input_tensor(doc: dict, binary: memoryview, text: bytes | None = None) -> n
     if datatype not in DTYPES:
         raise InvalidRequest(f"inputs[0].datatype: expected FP32, got {datatype!r}", "inputs[0].datatype")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 3 or not all(type(d) is int and d > 0 for d in shape):
-        raise BadInput("inputs[0].shape", f"expected [B, T, F] positive integers, got {shape!r}")
+    rank = 2 + len(per_step)
+    if not isinstance(shape, list) or len(shape) != rank or not all(type(d) is int and d > 0 for d in shape):
+        want = ", ".join(["B", "T", *map(str, per_step)])
+        raise BadInput("inputs[0].shape", f"expected [{want}] (rank {rank}) positive integers, got {shape!r}")
     count = math.prod(shape)
     params = _parameters(tensor.get("parameters"), "inputs[0].parameters")
     size = params.get("binary_data_size")
@@ -179,7 +183,7 @@ def _input_tensor(doc: dict, binary: memoryview, text: bytes | None = None) -> n
             )
         if size != len(binary):
             raise BadInput("inputs[0]", f"{len(binary) - size} bytes of binary data follow the tensor")
-        x = np.frombuffer(binary[:size], dtype=dtype).reshape(shape).astype(np.float32)  # [B, T, F]
+        x = np.frombuffer(binary[:size], dtype=dtype).reshape(shape).astype(np.float32)  # [B, T, *shape]
         if not np.isfinite(x).all():
             raise BadInput("inputs[0]", "binary data holds NaN or Inf (numbers must be finite)")
         return x
@@ -190,11 +194,12 @@ def _input_tensor(doc: dict, binary: memoryview, text: bytes | None = None) -> n
         raise InvalidRequest(
             "inputs[0].data: required (or binary data with binary_data_size)", "inputs[0].data"
         )
-    flat = to_float32(data, "inputs[0].data", ranks=(1, 2, 3), dims=("B", "T", "F"), raw=text)
-    flat = flat.reshape(-1)  # [B*T*F]
+    dims = ("B", "T", *map(str, per_step))
+    flat = to_float32(data, "inputs[0].data", ranks=tuple(range(1, rank + 1)), dims=dims, raw=text)
+    flat = flat.reshape(-1)  # [B*T*prod(shape)]
     if flat.size != count:
         raise BadInput("inputs[0].data", f"{flat.size} values for shape {shape} ({count} values)")
-    return flat.reshape(shape)  # [B, T, F]
+    return flat.reshape(shape)  # [B, T, *shape]
 
 
 def _parameters(value: object, where: str) -> dict:
@@ -309,7 +314,9 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     doc = loads(text)
     if not isinstance(doc, dict):
         raise InvalidRequest("the inference request must be a JSON object")
-    x = _input_tensor(doc, view[split:] if split is not None else memoryview(b""), text)  # [B, T, F]
+    per_step = tuple(info.manifest.input_shape) if info.manifest is not None else (1,)
+    binary = view[split:] if split is not None else memoryview(b"")
+    x = _input_tensor(doc, binary, per_step, text)  # [B, T, *shape]
     wanted = _wanted_outputs(doc)
     result = await state.require_runtime().classify_async(name, x)
     state.metrics.sequences.labels(name).inc(len(result.labels))

@@ -289,7 +289,7 @@ V2_CASES = {
         },
         b"",
         422,
-        "features",
+        "per-step shape",
     ),
     "binary size too small": (
         lambda: {"inputs": [_tensor(data=None, parameters={"binary_data_size": 4})]},

@@ -69,7 +69,9 @@ def test_bad_inputs(rt):
     x = sequences(2)
     _bad(rt, x[0, 0], "got rank 1", 1)
     _bad(rt, x[None], "got rank 4", 4)
-    _bad(rt, np.zeros((2, T, F + 1), np.float32), f"F={F} features per step, got {F + 1}", F + 1)
+    _bad(
+        rt, np.zeros((2, T, F + 1), np.float32), rf"expected per-step shape \[{F}\], got \[{F + 1}\]", [F + 1]
+    )
     _bad(rt, np.zeros((0, T, F), np.float32), "empty input", [0, T, F])
     _bad(rt, np.zeros((9, T, F), np.float32), "batch of 9 sequences exceeds the limit of 8", 9)
     nan = x.copy()

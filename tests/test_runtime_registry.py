@@ -95,7 +95,7 @@ def test_broken_models_fail_with_reason_and_others_load(tmp_path):
     (models / "nostep" / "step.onnx").unlink()
     # graph I/O not matching the manifest: 6 features claimed, the graphs take 5
     shutil.copytree(models / "lif", models / "wrongf")
-    _edit_manifest(models / "wrongf", name="wrongf", features=6)
+    _edit_manifest(models / "wrongf", name="wrongf", input_shape=[6], features=6)
     # a state name the step graph does not have
     shutil.copytree(models / "masked_psn", models / "wrongstate")
     manifest = json.loads((models / "wrongstate" / "manifest.json").read_text())
