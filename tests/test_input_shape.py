@@ -1,0 +1,223 @@
+"""Any per-step input shape, end to end: a model whose timestep is [2, 3] (not a flat [F]) through the
+runtime, HTTP classify (nested JSON), the WebSocket (binary frame of prod(shape) float32, nested JSON) and
+V2. The model is a small hand-built ONNX pair with known math, so every answer is checked
+against numpy:
+
+    full.onnx  x [N, T, 2, 3] -> flat [N, T, 6] -> cumsum over T -> @ W [6, C] -> step_logits [N, T, C]
+    step.onnx  x [N, 2, 3], s [N, 6] -> s' = s + flat(x) -> logits = s' @ W, state s'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+
+from psn_runtime import Runtime, RuntimeConfig
+from psn_runtime.errors import BadInput
+from psn_runtime.manifest import FULL_GRAPH, STEP_GRAPH, Manifest, NeuronKind, StateSpec
+from server.app import build_app
+from server.settings import Settings
+
+SHAPE = (2, 3)
+F = 6
+T = 5
+C = 4
+NAME = "shape23"
+W = np.random.default_rng(0).standard_normal((F, C)).astype(np.float32)
+
+
+def _full_graph() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),  # [N, T, 2, 3] -> [N, T, 6]
+        helper.make_node("CumSum", ["flat", "t_axis"], ["acc"]),  # running sum over T
+        helper.make_node("MatMul", ["acc", "W"], ["step_logits"]),  # [N, T, C]
+        helper.make_node("ReduceMean", ["step_logits", "t_axes"], ["logits"], keepdims=0),  # [N, C]
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, F], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array(1, np.int64), "t_axis"),
+        numpy_helper.from_array(np.array([1], np.int64), "t_axes"),
+        numpy_helper.from_array(W, "W"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "full",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", *SHAPE])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C]),
+            helper.make_tensor_value_info("step_logits", TensorProto.FLOAT, ["N", "T", C]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _step_graph() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),  # [N, 2, 3] -> [N, 6]
+        helper.make_node("Add", ["s", "flat"], ["s_out"]),
+        helper.make_node("MatMul", ["s_out", "W"], ["logits"]),  # [N, C]
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, F], np.int64), "flat_shape"),
+        numpy_helper.from_array(W, "W"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "step",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *SHAPE]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", F]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C]),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", F]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shape-models")
+    d = root / NAME
+    d.mkdir()
+    sha = {}
+    for file, model in ((FULL_GRAPH, _full_graph()), (STEP_GRAPH, _step_graph())):
+        onnx.checker.check_model(model, full_check=True)
+        data = model.SerializeToString()
+        (d / file).write_bytes(data)
+        sha[file] = hashlib.sha256(data).hexdigest()
+    Manifest(
+        name=NAME,
+        kind=NeuronKind.SLIDING_PSN,
+        T=T,
+        k=2,
+        input_shape=SHAPE,
+        labels=[f"c{i}" for i in range(C)],
+        variable_length=True,
+        streams=True,
+        states=[StateSpec(input="s", output="s_out", shape=(F,), dtype="float32")],
+        opset=21,
+        sha256=sha,
+        dataset="none",
+        test_accuracy=0.0,
+        parameters=W.size,
+        command="tests/test_input_shape.py",
+    ).dump(d)
+    return root
+
+
+def _expected(x: np.ndarray) -> np.ndarray:
+    """x [B, T', 2, 3] -> the mean over T' of the per-step logits [B, C] (numpy, float64)."""
+    flat = x.reshape(x.shape[0], x.shape[1], F).astype(np.float64)  # [B, T', 6]
+    return (np.cumsum(flat, axis=1) @ W.astype(np.float64)).mean(axis=1)
+
+
+def _xs(batch: int, steps: int = T, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, steps, *SHAPE)).astype(np.float32)
+
+
+def test_manifest_records_the_shape_and_reads_schema_1(models_dir):
+    m = Manifest.load(models_dir / NAME)
+    assert (m.input_shape, m.features, m.schema_version) == (SHAPE, 6, 2)
+    doc = json.loads((models_dir / NAME / "manifest.json").read_text())
+    assert doc["input_shape"] == [2, 3] and doc["features"] == 6
+    doc.pop("input_shape")
+    doc["features"] = 7
+    assert Manifest.model_validate(doc).input_shape == (7,)  # schema 1: one feature axis
+    doc["input_shape"] = [2, 3]
+    with pytest.raises(ValueError, match="not the product"):
+        Manifest.model_validate(doc)
+
+
+def test_runtime_classify_and_stream_any_shape(models_dir):
+    async def main():
+        rt = Runtime(RuntimeConfig(models_dir=models_dir, providers=["CPUExecutionProvider"]))
+        await rt.start()
+        try:
+            x = _xs(3)
+            np.testing.assert_allclose(rt.classify(NAME, x).logits, _expected(x), rtol=1e-5, atol=1e-5)
+            one = rt.classify(NAME, x[1])  # [T, 2, 3]: one sequence
+            np.testing.assert_allclose(one.logits, _expected(x[1:2]), rtol=1e-5, atol=1e-5)
+            with pytest.raises(BadInput, match=r"per-step shape \[2, 3\], got \[3, 2\]"):
+                rt.classify(NAME, x.reshape(3, T, 3, 2))
+            with pytest.raises(BadInput, match=r"rank 4 or 3\), got rank 2"):
+                rt.classify(NAME, x.reshape(3 * T, 6))
+            sid = await rt.open_stream(NAME)
+            for t in range(T):
+                res = await rt.step(sid, x[0, t])  # [2, 3]
+                want = _expected(x[:1, : t + 1])[0]
+                assert res.t == t and res.ready
+                assert res.label == f"c{int(np.argmax(want))}"
+            with pytest.raises(BadInput, match=r"one timestep of shape \[2, 3\]"):
+                await rt.step(sid, x[0, 0].reshape(6))
+        finally:
+            await rt.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def client(models_dir):
+    settings = Settings(models_dir=models_dir, providers=["CPUExecutionProvider"])
+    with TestClient(build_app(settings)) as c:
+        yield c
+
+
+def test_http_classify_nested_json(client):
+    x = _xs(2, seed=2)
+    r = client.post(f"/v1/models/{NAME}/classify", json={"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    got = np.array([p["logits"] for p in r.json()["predictions"]])
+    np.testing.assert_allclose(got, _expected(x), rtol=1e-5, atol=1e-5)
+    bad = client.post(f"/v1/models/{NAME}/classify", json={"inputs": x.reshape(2, T, 6).tolist()})
+    assert bad.status_code == 422
+    assert "per-step shape [2, 3]" in bad.json()["error"]["message"]  # names the expected shape
+    deep = client.post(f"/v1/models/{NAME}/classify", json={"inputs": [x.tolist()]})
+    assert deep.status_code == 422 and "B×T×2×3" in deep.json()["error"]["message"]
+    info = client.get(f"/v1/models/{NAME}").json()
+    assert info["manifest"]["input_shape"] == [2, 3] and info["manifest"]["features"] == 6
+
+
+def test_websocket_binary_and_nested_json_frames(client):
+    x = _xs(1, seed=3)[0]  # [T, 2, 3]
+    with client.websocket_connect(f"/v1/models/{NAME}/stream?logits=true") as ws:
+        hello = ws.receive_json()
+        assert hello["input_shape"] == [2, 3] and hello["features"] == 6
+        for t in range(T):
+            if t % 2:
+                ws.send_bytes(x[t].astype("<f4").tobytes())  # 6 float32, C order
+            else:
+                ws.send_text(json.dumps({"x": x[t].tolist()}))  # nested [2][3]
+            step = ws.receive_json()
+            assert step["t"] == t
+            np.testing.assert_allclose(step["logits"], _expected(x[None, : t + 1])[0], rtol=1e-5, atol=1e-5)
+        ws.send_bytes(x[0].astype("<f4").tobytes()[:20])
+        err = ws.receive_json()["error"]
+        assert "[2, 3]" in err["message"] and err["param"] == "x"
+        ws.send_text(json.dumps({"x": x[0].reshape(6).tolist()}))
+        assert "2×3" in ws.receive_json()["error"]["message"]
+
+
+def test_v2_shape_metadata_and_infer(client):
+    meta = client.get(f"/v2/models/{NAME}").json()
+    assert meta["inputs"][0]["shape"] == [-1, -1, 2, 3]
+    x = _xs(2, steps=3, seed=4)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    r = client.post(f"/v2/models/{NAME}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    got = np.array(out["logits"]["data"]).reshape(2, C)
+    np.testing.assert_allclose(got, _expected(x), rtol=1e-5, atol=1e-5)
+    body["inputs"][0]["shape"] = [2, 3, 6]
+    bad = client.post(f"/v2/models/{NAME}/infer", json=body)
+    assert bad.status_code == 422 and "[B, T, 2, 3]" in bad.json()["error"]
