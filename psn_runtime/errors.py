@@ -65,6 +65,13 @@ class Overloaded(RuntimeErrorBase):
     code = "overloaded"
 
 
+class BadSnapshot(RuntimeErrorBase):
+    """A stream snapshot that may not be resumed: tampered with, of another model or model version,
+    malformed, too large, or holding NaN/Inf."""
+
+    code = "bad_snapshot"
+
+
 class RuntimeClosed(RuntimeErrorBase):
     code = "runtime_closed"
 

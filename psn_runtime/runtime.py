@@ -33,6 +33,7 @@ from psn_runtime.results import (
     StepResult,
     softmax_fast,
 )
+from psn_runtime.snapshot import SnapshotSpec, StreamState
 from psn_runtime.streams import ModelStreams, Stream
 from psn_runtime.validate import classify_input, step_input
 
@@ -239,6 +240,22 @@ class Runtime:
         if not (type(x) is np.ndarray and x.dtype == _F32 and x.shape == ms.shape and x.flags.c_contiguous):
             x = step_input(x, shape=ms.shape)
         return await ms.step(stream, x)
+
+    # -- stream snapshots (psn_runtime.snapshot packs, signs and checks them) ------------------------------
+    def snapshot_spec(self, name: str) -> SnapshotSpec:
+        """What a snapshot of a stream of model ``name`` holds (bound to its graph's sha256)."""
+        self._ready(name)
+        return self._model_streams[name].snapshot_spec
+
+    async def stream_state(self, stream_id: str) -> StreamState:
+        """A copy of an open stream's state, between two of its steps."""
+        stream = self._stream(stream_id)
+        return await self._model_streams[stream.model].export_state(stream)
+
+    async def restore_stream(self, stream_id: str, state: StreamState) -> None:
+        """Give an open stream the state ``state`` (from ``stream_state``, here or on another replica)."""
+        stream = self._stream(stream_id)
+        await self._model_streams[stream.model].restore_state(stream, state)
 
     def reset_stream(self, stream_id: str) -> None:
         stream = self._stream(stream_id)

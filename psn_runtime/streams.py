@@ -30,11 +30,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from psn_runtime.config import RuntimeConfig
-from psn_runtime.errors import InferenceError, Overloaded, RuntimeClosed, StreamOver, UnknownStream
-from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
+from psn_runtime.errors import (
+    BadSnapshot,
+    InferenceError,
+    Overloaded,
+    RuntimeClosed,
+    StreamOver,
+    UnknownStream,
+)
+from psn_runtime.manifest import FULL_GRAPH, INPUT_NAME, LOGITS_NAME, STEP_GRAPH
 from psn_runtime.pool import ArraySpec, SlotPool
 from psn_runtime.registry import LoadedModel
 from psn_runtime.results import StepResult, softmax
+from psn_runtime.snapshot import ArrayLayout, SnapshotSpec, StreamState
 from psn_runtime.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -97,6 +105,11 @@ class ModelStreams:
                 self.limit_reason = f"the model's max_steps (kind {m.kind}, T={m.T})"
         self.input_names = [s.input for s in specs]
         self.pool = SlotPool(specs, m.num_classes)
+        graph = FULL_GRAPH if self.full_only else STEP_GRAPH
+        layouts = tuple(
+            ArrayLayout(s.input or "buffer", s.dtype.name, tuple(s.shape)) for s in specs
+        )  # full-only: the [T, F] input buffer
+        self.snapshot_spec = SnapshotSpec(model.name, m.sha256[graph], m.num_classes, layouts, self.limit)
         self.max_batch = config.max_batch if config.batching else 1
         self.max_wait = config.max_wait_ms / 1000.0 if config.batching else 0.0
         self.max_queue = config.max_queue
@@ -133,6 +146,40 @@ class ModelStreams:
         self.open_streams -= 1
         if not stream.pending:
             self._release(stream)
+
+    async def export_state(self, stream: Stream) -> StreamState:
+        """A copy of the stream's state between two steps (waits for a pending step to be answered)."""
+        async with stream.lock:
+            if stream.closed:
+                raise UnknownStream(f"stream {stream.id!r} is closed")
+            if stream.reset_requested:
+                self._reset_now(stream)
+            pool, slot = self.pool, stream.slot
+            arrays = tuple(arr[slot].copy() for arr in pool.arrays)  # each [*shape]
+            return StreamState(stream.t, int(pool.counts[slot]), pool.sums[slot].copy(), arrays)
+
+    async def restore_state(self, stream: Stream, state: StreamState) -> None:
+        """Replace the stream's state with ``state`` (checked against snapshot_spec by the caller's unpack;
+        the shapes and ranges are checked again here before anything is written)."""
+        spec = self.snapshot_spec
+        if not 0 <= state.count <= state.t <= spec.max_t or len(state.arrays) != len(spec.arrays):
+            raise BadSnapshot(f"stream state does not fit model {self.name!r}")
+        for layout, arr in zip(spec.arrays, state.arrays, strict=True):
+            if tuple(arr.shape) != layout.shape:
+                raise BadSnapshot(f"state array {layout.name}: shape {arr.shape}, expected {layout.shape}")
+        if state.sums.shape != (spec.classes,):
+            raise BadSnapshot(f"logit sums of shape {state.sums.shape}, expected ({spec.classes},)")
+        async with stream.lock:
+            if stream.closed:
+                raise UnknownStream(f"stream {stream.id!r} is closed")
+            pool, slot = self.pool, stream.slot
+            for arr, value in zip(pool.arrays, state.arrays, strict=True):
+                arr[slot] = value
+            pool.sums[slot] = state.sums
+            pool.counts[slot] = state.count
+            stream.t = state.t
+            stream.reset_requested = False
+            stream.last_active = time.monotonic()
 
     def _reset_now(self, stream: Stream) -> None:
         stream.t = 0

@@ -59,7 +59,7 @@ def _explain(exc: ValidationError, argv: list[str]) -> str:
         flag = _flag(name)
         source = flag if any(a == flag or a.startswith(flag + "=") for a in argv) else f"PSN_{name.upper()}"
         given = error.get("input")
-        shown = "" if name == "api_key" or isinstance(given, dict) else f" (got {given!r})"
+        shown = "" if name in ("api_key", "stream_secret") or isinstance(given, dict) else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"psn serve: {source}: {message}{shown}")
     return "\n".join(lines)

@@ -74,6 +74,12 @@ class Unauthorized(ServerError):
     code = "unauthorized"
 
 
+class ResumeDisabled(ServerError):
+    """A snapshot or resume message on a server (or model) where resuming streams is off."""
+
+    code = "resume_disabled"
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     status: int  # HTTP status
@@ -95,6 +101,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     rt.StreamOver: ErrorSpec(409, None),
     rt.Overloaded: ErrorSpec(429, None, retry_after_s=1),
     rt.RuntimeClosed: ErrorSpec(503, WS_SERVICE_RESTART),
+    rt.BadSnapshot: ErrorSpec(422, None),
     rt.InferenceError: INTERNAL,
     rt.RuntimeErrorBase: INTERNAL,
     InvalidJSON: ErrorSpec(400, None),
@@ -102,6 +109,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     BodyTooLarge: ErrorSpec(413, WS_MESSAGE_TOO_BIG),
     UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA),
     Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION),
+    ResumeDisabled: ErrorSpec(409, None),
 }
 
 

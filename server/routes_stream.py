@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from psn_runtime import Runtime, StepResult
 from psn_runtime.errors import BadInput
 from psn_runtime.manifest import Manifest
-from server import auth
+from server import auth, resume
 from server.errors import (
     WS_GOING_AWAY,
     WS_POLICY_VIOLATION,
@@ -76,8 +76,19 @@ async def close_all(state: AppState, code: int = WS_GOING_AWAY, reason: str = SH
     session then ends its stream. Returns how many sockets were closed."""
     state.draining = True
     sockets = list(state.sockets)
-    await asyncio.gather(*(_close(ws, code, reason) for ws in sockets))
+    await asyncio.gather(*(_drain(ws, code, reason) for ws in sockets))
     return len(sockets)
+
+
+async def _drain(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close one stream socket; a resumable one first gets its answer in flight, then its snapshot."""
+    session = getattr(websocket.state, "psn_session", None)
+    if session is not None and session.resume is not None and session.resume.enabled:
+        with contextlib.suppress(Exception):  # a socket that cannot take its snapshot is closed anyway
+            async with asyncio.timeout(CLOSE_TIMEOUT_S), session.busy:
+                if websocket.application_state is WebSocketState.CONNECTED:
+                    await websocket.send_text(await session.resume.snapshot_message())
+    await _close(websocket, code, reason)
 
 
 def _answer(result: StepResult, with_logits: bool) -> dict[str, Any]:
@@ -155,10 +166,16 @@ class _Session:
         self.shape: tuple[int, ...] = ()
         self.limit = state.settings.max_ws_message_bytes
         self.steps: Any = None  # the model's step counter, once the stream is open
+        self.resume: resume.StreamResume | None = None
+        self.busy = asyncio.Lock()  # held from a message's arrival to its answer (a drain waits for it)
 
     async def open(self) -> dict[str, Any]:
         info = self.runtime.model(self.name)
+        every = resume.snapshot_every(self.ws)
         self.stream_id = await self.runtime.open_stream(self.name)
+        self.resume = resume.StreamResume.open(
+            self.runtime, self.state.settings, self.name, self.stream_id, every
+        )
         self.steps = self.state.metrics.steps.labels(self.name)  # a served name: resolved once, not per step
         manifest = info.manifest
         assert manifest is not None  # open_stream succeeded, so the model is READY
@@ -177,10 +194,12 @@ class _Session:
             "provider": primary_provider(info),
             "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes), "
             f"C order over the per-step shape {list(manifest.input_shape)}",
+            **self.resume.hello(),
         }
 
-    def parse(self, message: dict[str, Any]) -> tuple[np.ndarray | None, bool]:
-        """A frame -> (x [*shape] float32, logits wanted); x is None for a reset."""
+    def parse(self, message: dict[str, Any]) -> tuple[np.ndarray | dict | None, bool]:
+        """A frame -> (x [*shape] float32, logits wanted); x is None for a reset, the message for a snapshot
+        or resume request (server.resume answers it)."""
         data = message.get("bytes")
         if data is not None:
             if len(data) > self.limit:
@@ -206,6 +225,8 @@ class _Session:
             if doc.get("reset") is not True or len(doc) != 1:
                 raise InvalidRequest('reset: send exactly {"reset": true}', "reset")
             return None, False
+        if "snapshot" in doc or "resume" in doc:
+            return doc, False
         for key in doc:
             if key not in STEP_FIELDS:
                 raise InvalidRequest(f"unknown field {key!r}; expected 'x', 'logits' or 'reset'", key)
@@ -237,37 +258,46 @@ class _Session:
         receive, send_text = self.ws.receive, self.ws.send_text
         runtime = self.runtime
         stream_id = self.stream_id
-        assert stream_id is not None
+        resumer = self.resume
+        assert stream_id is not None and resumer is not None
         while True:
             watch.arm(_Phase.RECEIVE, idle)
             message = await receive()
             watch.disarm()
             if message["type"] == "websocket.disconnect":
                 return
-            try:
-                x, with_logits = self.parse(message)
-                if x is None:
-                    runtime.reset_stream(stream_id)
-                    watch.arm(_Phase.SEND, send_timeout)
-                    await send_text('{"reset":true,"t":-1}')
-                    continue
-                # parse refused NaN/Inf: the runtime checks only the array's type and shape again
-                result = await runtime.step_checked(stream_id, x)
-                self.steps.inc()
-                text = dumps_text(_answer(result, with_logits))
-                watch.arm(_Phase.SEND, send_timeout)
-                await send_text(text)
-            except WebSocketDisconnect:
-                return
-            except Exception as exc:
-                watch.disarm()
-                if self.ws.application_state is not WebSocketState.CONNECTED:
-                    return  # closed under us (server shutdown): nothing to answer
+            async with self.busy:
                 try:
-                    if not await self.fail(exc):
-                        return
-                except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
+                    x, with_logits = self.parse(message)
+                    if x is None:
+                        runtime.reset_stream(stream_id)
+                        watch.arm(_Phase.SEND, send_timeout)
+                        await send_text('{"reset":true,"t":-1}')
+                        continue
+                    if type(x) is dict:  # {"snapshot": true} or {"resume": ...}
+                        text = await resumer.control(x)
+                        watch.arm(_Phase.SEND, send_timeout)
+                        await send_text(text)
+                        continue
+                    # parse refused NaN/Inf: the runtime checks only the array's type and shape again
+                    result = await runtime.step_checked(stream_id, x)
+                    self.steps.inc()
+                    text = dumps_text(_answer(result, with_logits))
+                    watch.arm(_Phase.SEND, send_timeout)
+                    await send_text(text)
+                    if resumer.every and resumer.due(result.t) and not result.done:
+                        await send_text(await resumer.snapshot_message())
+                except WebSocketDisconnect:
                     return
+                except Exception as exc:
+                    watch.disarm()
+                    if self.ws.application_state is not WebSocketState.CONNECTED:
+                        return  # closed under us (server shutdown): nothing to answer
+                    try:
+                        if not await self.fail(exc):
+                            return
+                    except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
+                        return
 
     async def fail(self, exc: Exception) -> bool:
         """Answer an error: an error event (True: keep reading) or a close with a code (False)."""
@@ -297,7 +327,8 @@ async def stream(websocket: WebSocket, name: str) -> None:
     Client -> server, one timestep per message, either
       * a binary frame of ``features`` = prod(input_shape) little-endian float32 (C order), or
       * a text frame ``{"x": [f, ...]}`` (F numbers), optionally with ``"logits": true``;
-      * ``{"reset": true}`` starts a new sequence on the same socket (answer ``{"reset": true, "t": -1}``).
+      * ``{"reset": true}`` starts a new sequence on the same socket (answer ``{"reset": true, "t": -1}``);
+      * ``{"snapshot": true}`` / ``{"resume": "<snapshot>"}``: resumable streams (server/resume.py).
 
     Server -> client, after every step::
 
@@ -336,6 +367,7 @@ async def _serve(websocket: WebSocket, state: AppState, name: str) -> None:
         auth.check_websocket(websocket)
         runtime = state.require_runtime()
         session = _Session(websocket, state, runtime, name, _flag(websocket, "logits"))
+        websocket.state.psn_session = session  # close_all drains it (snapshot, then 1001)
         hello = await session.open()
         await websocket.send_text(dumps_text(hello))
     except WebSocketDisconnect:

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     max_ws_message_bytes: int = Field(256 * 1024, ge=64, description="largest WebSocket message (close 1009)")
     warmup: bool = Field(True, description="run every graph once at load")
     api_key: SecretStr | None = Field(None, description="require this key (Bearer or X-API-Key) when set")
+    stream_secret: SecretStr | None = Field(
+        None,
+        description="secret shared by the replicas that signs stream snapshots (>= 16 bytes); "
+        "unset = resumable streams off",
+    )
+    max_snapshot_bytes: int = Field(
+        1024 * 1024, ge=1024, description="largest stream snapshot made or accepted (bytes)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins (comma-separated); empty = CORS off"
     )
@@ -111,6 +119,13 @@ class Settings(BaseSettings):
             raise ValueError("an API key must be at least 8 characters")
         return value
 
+    @field_validator("stream_secret")
+    @classmethod
+    def _stream_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("a stream secret must be at least 16 bytes")
+        return value
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
@@ -125,8 +140,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            if name == "api_key":
-                value = self.api_key.get_secret_value() if self.api_key else None
+            if isinstance(getattr(self, name), SecretStr):
+                value = getattr(self, name).get_secret_value()
             elif isinstance(value, list):
                 value = json.dumps(value)
             elif isinstance(value, bool):
