@@ -12,6 +12,7 @@
                 print(step.t, step.ready, step.label)
 
 ``AsyncPSNClient`` has the same methods as coroutines (``async with client.stream(name) as s``).
+``client.stream(name, resumable=True)`` survives the loss of its replica (see server/client_resume.py).
 Errors come back as :class:`PSNError` (HTTP status or WebSocket close code, error code, message, param).
 """
 
@@ -31,6 +32,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
+from server.client_resume import AsyncResumer, RetryPolicy, SyncResumer, is_drop
+
 __all__ = [
     "AsyncPSNClient",
     "AsyncStream",
@@ -38,6 +41,8 @@ __all__ = [
     "PSNClient",
     "PSNError",
     "Prediction",
+    "ResumableStream",
+    "RetryPolicy",
     "Step",
     "Stream",
 ]
@@ -116,10 +121,17 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _ws_url(base_url: str, name: str, logits: bool) -> str:
+def _ws_url(base_url: str, name: str, logits: bool, snapshot_every: int = 0) -> str:
     url = base_url.rstrip("/")
     url = "ws" + url[4:] if url.startswith("http") else url
-    return f"{url}/v1/models/{name}/stream" + ("?logits=true" if logits else "")
+    query = (["logits=true"] if logits else []) + (
+        [f"snapshot_every={snapshot_every}"] if snapshot_every else []
+    )
+    return f"{url}/v1/models/{name}/stream" + ("?" + "&".join(query) if query else "")
+
+
+def _error(error: dict[str, Any]) -> PSNError:
+    return PSNError(error.get("message", ""), code=error.get("code", "error"), param=error.get("param"))
 
 
 def _frame(x: Any, binary: bool) -> bytes | str:
@@ -208,6 +220,89 @@ class AsyncStream:
         await self._ws.close()
 
 
+class ResumableStream:
+    """A synchronous stream that survives the loss of its replica: ``step(x)`` as :class:`Stream`; a
+    dropped connection is reconnected, resumed from the last snapshot and replayed (a slower step)."""
+
+    def __init__(self, resumer: SyncResumer, binary: bool) -> None:
+        self._resumer = resumer
+        self.binary = binary
+        self._ws, self.hello = resumer.open()
+
+    @property
+    def reconnects(self) -> int:
+        return self._resumer.log.reconnects
+
+    def _exchange(self, frame: bytes | str) -> dict[str, Any]:
+        try:
+            self._ws.send(frame)
+            return self._resumer.answer(self._ws)
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
+                raise _closed(exc) from None
+            if not is_drop(exc):
+                raise
+        self._ws, answer = self._resumer.recover(self._ws, frame)
+        assert answer is not None
+        return answer
+
+    def step(self, x: Any) -> Step:
+        frame = _frame(x, self.binary)
+        doc = self._exchange(frame)
+        self._resumer.log.answered(frame)
+        return _step(doc)
+
+    def reset(self) -> None:
+        self._exchange('{"reset": true}')
+        self._resumer.log.reset()
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+class AsyncResumableStream:
+    """:class:`ResumableStream` for asyncio: ``await step(x)``."""
+
+    def __init__(self, resumer: AsyncResumer, binary: bool) -> None:
+        self._resumer = resumer
+        self.binary = binary
+        self._ws: Any = None
+        self.hello: dict[str, Any] = {}
+
+    @property
+    def reconnects(self) -> int:
+        return self._resumer.log.reconnects
+
+    async def _open(self) -> None:
+        self._ws, self.hello = await self._resumer.open()
+
+    async def _exchange(self, frame: bytes | str) -> dict[str, Any]:
+        try:
+            await self._ws.send(frame)
+            return await self._resumer.answer(self._ws)
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
+                raise _closed(exc) from None
+            if not is_drop(exc):
+                raise
+        self._ws, answer = await self._resumer.recover(self._ws, frame)
+        assert answer is not None
+        return answer
+
+    async def step(self, x: Any) -> Step:
+        frame = _frame(x, self.binary)
+        doc = await self._exchange(frame)
+        self._resumer.log.answered(frame)
+        return _step(doc)
+
+    async def reset(self) -> None:
+        await self._exchange('{"reset": true}')
+        self._resumer.log.reset()
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
 class PSNClient:
     """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient)."""
 
@@ -250,8 +345,30 @@ class PSNClient:
         return _classify_result(_checked(self._http.post(f"/v1/models/{name}/classify", json=body)))
 
     @contextmanager
-    def stream(self, name: str, *, binary: bool = True, logits: bool = False) -> Iterator[Stream]:
-        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False."""
+    def stream(
+        self, name: str, *, binary: bool = True, logits: bool = False, resumable: bool = False,
+        snapshot_every: int = 16, retry: RetryPolicy | None = None,
+    ) -> Iterator[Stream | ResumableStream]:  # fmt: skip
+        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False.
+
+        resumable=True: the stream survives the loss of its replica (reconnect to this URL, resume from the
+        last snapshot, which the server sends every ``snapshot_every`` steps and on drain, replay the steps
+        since); PSNError ``resume_disabled`` when the server cannot, ``stream_lost`` after ``retry.retries``
+        failed reconnects."""
+        if resumable:
+            url = _ws_url(self.base_url, name, logits, snapshot_every)
+            headers = _headers(self.api_key)
+            resumer = SyncResumer(
+                lambda: sync_connect(url, additional_headers=headers, compression=None, open_timeout=10),
+                retry or RetryPolicy(),
+                _error,
+            )
+            resumable_stream = ResumableStream(resumer, binary)
+            try:
+                yield resumable_stream
+            finally:
+                resumable_stream.close()
+            return
         url = _ws_url(self.base_url, name, logits)
         try:
             connection = sync_connect(url, additional_headers=_headers(self.api_key), compression=None)
@@ -302,8 +419,25 @@ class AsyncPSNClient:
 
     @asynccontextmanager
     async def stream(
-        self, name: str, *, binary: bool = True, logits: bool = False
-    ) -> AsyncIterator[AsyncStream]:
+        self, name: str, *, binary: bool = True, logits: bool = False, resumable: bool = False,
+        snapshot_every: int = 16, retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[AsyncStream | AsyncResumableStream]:  # fmt: skip
+        if resumable:
+            url = _ws_url(self.base_url, name, logits, snapshot_every)
+            headers = _headers(self.api_key)
+
+            async def connect() -> AsyncConnection:
+                return await async_connect(url, additional_headers=headers, compression=None, open_timeout=10)
+
+            resumable_stream = AsyncResumableStream(
+                AsyncResumer(connect, retry or RetryPolicy(), _error), binary
+            )
+            await resumable_stream._open()
+            try:
+                yield resumable_stream
+            finally:
+                await resumable_stream.close()
+            return
         url = _ws_url(self.base_url, name, logits)
         async with async_connect(
             url, additional_headers=_headers(self.api_key), compression=None
