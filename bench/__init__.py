@@ -1,6 +1,5 @@
 """Benchmark suites behind ``psn bench <suite>``: each prints a table and writes a PNG and a JSON into docs/.
 
-Suites: ``neurons`` (simulation speed of LIF vs the PSN family, the paper's Fig. 3), ``memory`` (training
-memory with IF neurons vs PSN, the paper's Table 4); ``runtime`` and ``serving`` are registered in
-``bench.cli`` and live in their own modules.
+One subpackage per suite, its entry point ``bench.<suite>.suite.main(argv)`` (registered in ``bench.cli``):
+``neurons``, ``memory``, ``runtime``, ``serving``, ``transcript``. ``common`` and ``plots`` are shared.
 """

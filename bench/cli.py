@@ -19,12 +19,14 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     "neurons": Suite(
-        "bench.neurons", "simulation speed, LIF vs PSN family (paper Fig. 3), ONNX Runtime, bandwidth"
+        "bench.neurons.suite", "simulation speed, LIF vs PSN family (paper Fig. 3), ONNX Runtime, bandwidth"
     ),
-    "memory": Suite("bench.memory", "training memory with IF neurons vs PSN (paper Table 4)"),
-    "runtime": Suite("bench.runtime", "psn_runtime latency and throughput (ONNX Runtime sessions)"),
-    "serving": Suite("bench.serving", "the HTTP/WebSocket service under load"),
-    "transcript": Suite("bench.transcript", "one sequence streamed through each kind: when each answers"),
+    "memory": Suite("bench.memory.suite", "training memory with IF neurons vs PSN (paper Table 4)"),
+    "runtime": Suite("bench.runtime.suite", "psn_runtime latency and throughput (ONNX Runtime sessions)"),
+    "serving": Suite("bench.serving.suite", "the HTTP/WebSocket service under load"),
+    "transcript": Suite(
+        "bench.transcript.suite", "one sequence streamed through each kind: when each answers"
+    ),
 }
 
 

@@ -39,7 +39,7 @@ def _children() -> set[int]:
 
 @pytest.mark.timeout(120)
 def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
-    from bench.serving import main
+    from bench.serving.suite import main
 
     models = exported_models()  # tiny models of every kind (T=8, F=5)
     before = _children()

@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bench import cli, kernels  # noqa: E402
+from bench import cli  # noqa: E402
+from bench.neurons import kernels  # noqa: E402
 from psn.neurons import LIF, PSN  # noqa: E402
 
 

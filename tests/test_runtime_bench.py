@@ -1,10 +1,10 @@
-"""bench/runtime.py runs end to end on the tiny test models (a smoke test: no assertion on speed)."""
+"""bench/runtime/suite.py runs end to end on the tiny test models (a smoke test: no assertion on speed)."""
 
 from __future__ import annotations
 
 import json
 
-from bench import runtime as bench_runtime
+from bench.runtime import suite as bench_runtime
 from tests.fixtures import exported_models
 
 

@@ -88,7 +88,7 @@ def measure(kind: Kind, T: int, N: int, device_name: str, quick: bool) -> dict[s
     import torch
     from torch.nn import functional as F
 
-    from bench.memory_net import build_network, hidden_state_numel
+    from bench.memory.net import build_network, hidden_state_numel
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -153,10 +153,10 @@ def worker(spec: str) -> int:
 def run_worker(kinds: list[Kind], T: int, N: int, device: str, quick: bool) -> list[dict[str, Any]]:
     """Measure ``kinds`` in one fresh Python process, one after the other."""
     spec = json.dumps({"kinds": [k.value for k in kinds], "T": T, "N": N, "device": device, "quick": quick})
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "--worker", spec],
+        [sys.executable, "-m", "bench.memory.suite", "--worker", spec],
         capture_output=True,
         text=True,
         env=env,

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import DEFAULT_OUT, SHARED_MACHINE_NOTE, BenchError, cpu_model, load_average
-from bench.serving_models import resolve
-from bench.serving_procs import HOST, REPO_ROOT, choose_pinning, echo_server, psn_server
-from bench.serving_runs import Context, run_classify, run_first_output, run_profiles, run_streams_part
-from bench.serving_wrk import WRK_MISSING, wrk_binary, wrk_version
+from bench.serving.models import resolve
+from bench.serving.procs import HOST, REPO_ROOT, choose_pinning, echo_server, psn_server
+from bench.serving.runs import Context, run_classify, run_first_output, run_profiles, run_streams_part
+from bench.serving.wrk import WRK_MISSING, wrk_binary, wrk_version
 
 
 class Part(StrEnum):
@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
             results["profile"] = run_profiles(ctx, args.profile, parts)
     env["loadavg_end"] = load_average()
     env["wall_s"] = round(time.monotonic() - started, 1)
-    from bench.serving_output import report
+    from bench.serving.output import report
 
     report(results, args.out, "bench-serving-quick" if args.quick else "bench-serving")
     return 0

@@ -6,7 +6,7 @@ and httptools when installed, no access log, no server header), that does no mod
   a service step answer; the message is not parsed.
 - ``GET /readyz``: 200.
 
-Run: ``python -m bench.echo_app --port 8001`` (127.0.0.1 by default).
+Run: ``python -m bench.serving.echo_app --port 8001`` (127.0.0.1 by default).
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def create_app() -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.echo_app", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving.echo_app", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--ws", default="auto", help="uvicorn WebSocket implementation (auto, as psn serve)")

@@ -1,5 +1,5 @@
 """HTTP load with wrk: POST a JSON body over N keep-alive connections for a fixed time, read back the
-request rate and latency percentiles that bench/wrk/post_json.lua prints as JSON."""
+request rate and latency percentiles that bench/serving/post_json.lua prints as JSON."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving_procs import HOST, Pinning, ServerProcess, ThreadTimes, post
+from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, post
 
-LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "post_json.lua"
+LUA_SCRIPT = Path(__file__).resolve().parent / "post_json.lua"
 MARKER = "PSN_WRK_JSON "
 WRK_MISSING = (
     "wrk is not installed: the classify part of `psn bench serving` needs it "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_json
-from bench.serving_report import (
+from bench.serving.report import (
     GOAL_P99_32_MS,
     GOAL_RPS_32,
     GOAL_STEPS_256,
@@ -80,7 +80,7 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
 
 
 def _plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
-    from bench.serving_plots import classify_plot, first_output_plot, streams_plot
+    from bench.serving.plots import classify_plot, first_output_plot, streams_plot
 
     env = results["environment"]
     where = f"server on 1 core ({env['cpu']}), load avg {env['loadavg_start']}"

@@ -1,7 +1,7 @@
 """``psn bench neurons``: simulation speed of LIF vs the PSN family, as in the paper's Fig. 3.
 
 For T in {2..64} and N in {2^8..2^20} neurons, time LIF (the sequential baseline, fastest of several
-plain-PyTorch forms, see ``bench.kernels``) against PSN, masked PSN and sliding PSN (the ``psn.neurons``
+plain-PyTorch forms, see ``bench.neurons.kernels``) against PSN, masked PSN and sliding PSN (``psn.neurons``
 modules), in inference (forward, no grad) and training (forward + backward). Report t_LIF / t_X, an ONNX
 Runtime PSN layer against torch's, and at the largest N the PSN forward's effective memory bandwidth
 against the machine's copy bandwidth measured in the same run.
@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from bench import common, kernels
+from bench import common
 from bench.common import BenchError, Timing, time_interleaved
-from bench.neurons_report import report
+from bench.neurons import kernels
+from bench.neurons.report import report
 from psn.neurons import LIF, PSN, MaskedPSN, SlidingPSN
 
 T_FULL = (2, 4, 8, 16, 32, 64)

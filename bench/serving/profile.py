@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serving_procs import Pinning
+from bench.serving.procs import Pinning
 
 RATE_HZ = 250
 _LINE = re.compile(r"^(.*) (\d+)$")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import BenchError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
@@ -266,5 +266,5 @@ def psn_server(models_dir: Path, *, batching: bool, log_dir: Path, pinning: Pinn
 
 
 def echo_server(log_dir: Path, pinning: Pinning) -> ServerProcess:
-    argv = [sys.executable, "-m", "bench.echo_app", "--host", HOST]
+    argv = [sys.executable, "-m", "bench.serving.echo_app", "--host", HOST]
     return ServerProcess("echo app", argv, log_dir / "echo-app.log", pinning)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import BenchError
-from bench.serving_procs import REPO_ROOT
+from bench.serving.procs import REPO_ROOT
 
 KINDS = ("psn", "masked_psn", "sliding_psn", "lif")
 BUNDLED = REPO_ROOT / "models"
@@ -71,7 +71,7 @@ def export_tiny(dst: Path) -> Path:
         model.set_lambda(1.0)
         export_model(
             model.eval(), dst / kind, name=f"tiny-{kind}", dataset="untrained", test_accuracy=0.0,
-            command=f"bench.serving_models.export_tiny (untrained {kind}, k={k})",
+            command=f"bench.serving.models.export_tiny (untrained {kind}, k={k})",
         )  # fmt: skip
     return dst
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving_procs import choose_pinning, psn_server
+from bench.serving.procs import choose_pinning, psn_server
 from server.client import PSNClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("psn", "masked-psn", "sliding-psn", "lif")
 
 

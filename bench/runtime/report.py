@@ -1,4 +1,4 @@
-"""The tables of the ``runtime`` suite (kept apart from the measuring code in bench/runtime.py)."""
+"""The tables of the ``runtime`` suite (kept apart from the measuring code in bench/runtime/suite.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The parts of the serving suite, each against servers that bench.serving has started: classify (wrk),
+"""The parts of the serving suite, each against servers that bench.serving.suite has started: classify (wrk),
 streams (WebSocket client processes), first output (a fixed-rate stream per kind), profiles (py-spy)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchError, progress
-from bench.serving_latency import LatencyJob, sample_inputs, stream_sequences, summarize
-from bench.serving_models import KINDS, ModelRef
-from bench.serving_procs import HOST, Pinning, ServerProcess, ThreadTimes, get
-from bench.serving_wrk import check_answer, classify_body, run_wrk
-from bench.serving_ws import Frames, run_in_client_process, run_streams
+from bench.serving.latency import LatencyJob, sample_inputs, stream_sequences, summarize
+from bench.serving.models import KINDS, ModelRef
+from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, get
+from bench.serving.wrk import check_answer, classify_body, run_wrk
+from bench.serving.ws import Frames, run_in_client_process, run_streams
 
 STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
 _BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"\} ([0-9.e+]+)$', re.M)
@@ -125,7 +125,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
         "kind": model.kind,
         "path": path,
         "body_bytes": {str(b): size for b, (_, size) in bodies.items()},
-        "load": "wrk -t1 -cN, keep-alive, one pre-built POST (bench/wrk/post_json.lua)",
+        "load": "wrk -t1 -cN, keep-alive, one pre-built POST (bench/serving/post_json.lua)",
         "echo": "POST /echo: reads the body, answers a small JSON; no parsing, no model",
         "rows": best_rounds(rows, ("target", "batch", "connections"), "rps"),
         "all_rounds": rows,
@@ -221,7 +221,7 @@ def run_first_output(ctx: Context) -> dict[str, Any]:
 
 def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str, Any]]:
     """Extra runs under py-spy: classify at 32 connections, one JSON stream, 256 binary streams on/off."""
-    from bench.serving_profile import Recorder, py_spy_binary
+    from bench.serving.profile import Recorder, py_spy_binary
 
     if py_spy_binary() is None:
         print("profile: py-spy is not installed (.venv/bin/pip install py-spy); skipped", file=sys.stderr)

@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import common
-from bench.runtime_report import tables
+from bench.runtime.report import tables
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, MANIFEST_FILE
 
@@ -85,7 +85,7 @@ def export_fallback_models(out: Path) -> Path:
             name=f"smnist-{kind}",
             dataset="none (untrained, for timing)",
             test_accuracy=0.0,
-            command="bench/runtime.py export_fallback_models",
+            command="bench/runtime/suite.py export_fallback_models",
         )
     return out
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving_procs import Pinning, ServerProcess, ThreadTimes
+from bench.serving.procs import Pinning, ServerProcess, ThreadTimes
 
 CONNECT_TIMEOUT_S = 60.0
 CONNECT_PARALLEL = 32  # connections opened at once by one client process

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.serving_ws import RESET, open_socket
+from bench.serving.ws import RESET, open_socket
 
 SPIN_S = 0.0025  # spin (yielding to the receiver) for the last 2.5 ms before a send: the client never sleeps
 

@@ -1,4 +1,4 @@
-"""Tables and goals of the serving suite, from the rows that bench.serving collects.
+"""Tables and goals of the serving suite, from the rows that bench.serving.suite collects.
 
 Classify rows: {target (service|echo), batch, connections, rps, seq_per_s, p50_ms, p90_ms, p99_ms, errors,
 server_cpu_util}. Stream rows: {target, batching (on|off|-), frames, streams, steps_per_s, p50_ms, p90_ms,

@@ -1,0 +1,2 @@
+"""``psn bench memory``: training memory with IF neurons vs PSN (paper Table 4); ``net`` builds the
+network."""

@@ -1,0 +1,2 @@
+"""``psn bench runtime``: psn_runtime latency and throughput on ONNX Runtime sessions; ``report`` holds
+the tables."""
