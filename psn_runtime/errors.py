@@ -39,10 +39,6 @@ class BadInput(RuntimeErrorBase):
         self.value = value
 
 
-class NotStreamable(RuntimeErrorBase):
-    code = "not_streamable"
-
-
 class UnknownStream(RuntimeErrorBase):
     code = "unknown_stream"
 

@@ -8,9 +8,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import KeysView
 from pathlib import Path
-
-import numpy as np
 
 from psn_runtime.config import RuntimeConfig
 from psn_runtime.errors import (
@@ -35,23 +34,11 @@ from psn_runtime.results import (
 )
 from psn_runtime.snapshot import SnapshotSpec, StreamState
 from psn_runtime.streams import ModelStreams, Stream
-from psn_runtime.validate import classify_input, step_input
+from psn_runtime.validate import ClassifyInput, StepInput, classify_input, step_input
 
 log = logging.getLogger(__name__)
 
 _LOGITS_ONLY = [LOGITS_NAME]
-_F32 = np.dtype(np.float32)
-
-
-def _sequences(x: object) -> int:
-    """How many sequences a classify input holds ([T, F] -> 1, [B, T, F] -> B); a large number when it is
-    not an array (it then goes to the worker thread, whose validation names the problem)."""
-    ndim = getattr(x, "ndim", None)
-    if ndim == 2:
-        return 1
-    if ndim == 3:
-        return x.shape[0]  # type: ignore[attr-defined]
-    return 1 << 30
 
 
 class Runtime:
@@ -174,26 +161,32 @@ class Runtime:
         raise ModelNotReady(f"model {name!r} failed to load: {info.error}")
 
     # -- full-sequence classification --------------------------------------------------------------------
-    def classify(self, name: str, x: np.ndarray) -> ClassifyResult:
-        """x [B, T, *shape] or [T, *shape] -> one prediction per sequence. Synchronous and thread-safe."""
-        model = self._ready(name)
-        m = model.manifest
-        arr = classify_input(
+    def classify_input(self, name: str, x: object) -> ClassifyInput:
+        """x [B, T, *shape] or [T, *shape] validated for model ``name`` (BadInput naming what is wrong)."""
+        m = self._ready(name).manifest
+        return classify_input(
             x,
             T=m.T,
             shape=m.input_shape,
             variable_length=m.variable_length,
             max_batch=self.config.max_classify_batch,
         )
+
+    def classify(self, name: str, x: object) -> ClassifyResult:
+        """x [B, T, *shape] or [T, *shape] -> one prediction per sequence. Synchronous and thread-safe."""
+        return self._classify(name, self.classify_input(name, x))
+
+    def _classify(self, name: str, x: ClassifyInput) -> ClassifyResult:
+        model = self._ready(name)
         try:
-            (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: arr})  # [B, C]
+            (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
         except Exception as e:
             raise InferenceError(f"model {name!r}: onnxruntime failed: {e}") from e
         best = logits.argmax(axis=1)  # [B]
-        labels = m.labels
+        labels = model.manifest.labels
         return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()])
 
-    async def classify_async(self, name: str, x: np.ndarray) -> ClassifyResult:
+    async def classify_async(self, name: str, x: object) -> ClassifyResult:
         """classify; at most config.max_classify_pending at once (else Overloaded), so that a burst is shed
         instead of queueing without bound in the executor. Small work (at most config.inline_max_rows // 2
         sequences) runs on this (the event loop's) thread: a hop to a worker thread costs several context
@@ -204,10 +197,11 @@ class Runtime:
             raise Overloaded(f"{self._classify_pending} classify calls are pending (the limit); retry later")
         self._classify_pending += 1
         try:
-            if _sequences(x) <= self.config.inline_max_rows // 2:
+            checked = self.classify_input(name, x)
+            if checked.sequences <= self.config.inline_max_rows // 2:
                 await asyncio.sleep(0)  # one turn of the loop: calls that arrive together still count
-                return self.classify(name, x)
-            return await asyncio.get_running_loop().run_in_executor(None, self.classify, name, x)
+                return self._classify(name, checked)
+            return await asyncio.get_running_loop().run_in_executor(None, self._classify, name, checked)
         finally:
             self._classify_pending -= 1
 
@@ -225,21 +219,16 @@ class Runtime:
         self._observe("on_stream_open", name)
         return stream_id
 
-    async def step(self, stream_id: str, x: np.ndarray) -> StepResult:
-        """One timestep x [*shape] -> the stream's result after it."""
+    async def step(self, stream_id: str, x: StepInput | object) -> StepResult:
+        """One timestep x [*shape] -> the stream's result after it. x is a StepInput
+        (``psn_runtime.validate.step_input``) or anything that validates into one."""
         stream = self._stream(stream_id)
         ms = self._model_streams[stream.model]
         return await ms.step(stream, step_input(x, shape=ms.shape))
 
-    async def step_checked(self, stream_id: str, x: np.ndarray) -> StepResult:
-        """step for a caller that has already refused NaN and Inf (the server's frame parser): x that is a
-        C-contiguous float32 [F] array goes to the stream as it is; anything else gets step's full checks,
-        so that bad input still never touches a stream's state."""
-        stream = self._stream(stream_id)
-        ms = self._model_streams[stream.model]
-        if not (type(x) is np.ndarray and x.dtype == _F32 and x.shape == ms.shape and x.flags.c_contiguous):
-            x = step_input(x, shape=ms.shape)
-        return await ms.step(stream, x)
+    def stream_shape(self, stream_id: str) -> tuple[int, ...]:
+        """The per-step input shape of a stream's model (what its StepInputs must have)."""
+        return self._model_streams[self._stream(stream_id).model].shape
 
     # -- stream snapshots (psn_runtime.snapshot packs, signs and checks them) ------------------------------
     def snapshot_spec(self, name: str) -> SnapshotSpec:
@@ -268,6 +257,10 @@ class Runtime:
             return
         self._model_streams[stream.model].close(stream)
         self._observe("on_stream_close", stream.model, reason)
+
+    def stream_ids(self) -> KeysView[str]:
+        """The ids of the open streams (a live view)."""
+        return self._streams.keys()
 
     def stream_count(self, name: str | None = None) -> int:
         if name is None:

@@ -43,6 +43,7 @@ from psn_runtime.pool import ArraySpec, SlotPool
 from psn_runtime.registry import LoadedModel
 from psn_runtime.results import StepResult, softmax
 from psn_runtime.snapshot import ArrayLayout, SnapshotSpec, StreamState
+from psn_runtime.validate import StepInput
 from psn_runtime.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,8 @@ class ModelStreams:
         self.max_queue = config.max_queue
         self._worker = Worker(model.name)
         # batches of at most inline_rows steps run ORT on the event loop's thread (no hop to the worker:
-        # several context switches saved per batch); only for the session loaded (and warmed up) here, which
-        # is known to be quick on small batches: a session put in its place (a wrapper) runs in the worker
+        # several context switches saved per batch)
         self.inline_rows = config.inline_max_rows
-        self._loaded_session = self.session
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._inflight: list[_Item] = []
@@ -202,8 +201,9 @@ class ModelStreams:
                 self._reset_now(s)
 
     # -- stepping ----------------------------------------------------------------------------------------
-    async def step(self, stream: Stream, x: np.ndarray) -> StepResult:
-        """x: a validated [F] float32 timestep."""
+    async def step(self, stream: Stream, step: StepInput) -> StepResult:
+        """step: a validated timestep of this model's shape."""
+        x = step.array  # [*shape] float32, finite
         async with stream.lock:
             if stream.closed:
                 raise UnknownStream(f"stream {stream.id!r} is closed")
@@ -290,7 +290,7 @@ class ModelStreams:
         self._inflight = batch
         t0 = time.perf_counter()
         session = self.session
-        inline = n <= self.inline_rows and session is self._loaded_session
+        inline = n <= self.inline_rows
         try:
             if inline:  # nothing can cancel it or close the runtime meanwhile: no await until it is done
                 outs = session.run(self.output_names, feed)

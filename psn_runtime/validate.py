@@ -1,6 +1,10 @@
-"""Input validation: every check raises BadInput naming the parameter and the offending value.
+"""Input validation: every check raises BadInput naming the parameter (down to the offending element,
+``x[3]``, ``inputs[1][4][2]``) and the offending value. NaN and Inf are refused here and nowhere else.
 
-The fast path (a C-contiguous float32 array of the right shape) copies nothing.
+``step_input`` and ``classify_input`` build the only values the runtime trusts: a ``StepInput`` (one
+timestep) and a ``ClassifyInput`` (a batch of sequences). Their constructors take a key only this module
+holds, so nothing else can build one. The fast path (a C-contiguous float32 array of the right shape)
+copies nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,31 @@ from psn_runtime.errors import BadInput
 _NUMERIC_KINDS = frozenset("fiu")  # float, signed int, unsigned int (bool, complex, str, object refused)
 _F32 = np.dtype(np.float32)
 _all = np.logical_and.reduce
+_KEY = object()  # only this module builds validated inputs
+
+
+class StepInput:
+    """One validated timestep: a finite, C-contiguous float32 array of a model's per-step ``shape``."""
+
+    __slots__ = ("array", "shape")
+
+    def __init__(self, array: np.ndarray, key: object) -> None:
+        if key is not _KEY:
+            raise TypeError("a StepInput is built by psn_runtime.validate.step_input only")
+        self.array = array  # [*shape] float32
+        self.shape = array.shape
+
+
+class ClassifyInput:
+    """Validated sequences: a finite, C-contiguous float32 array [B, T', *shape] within a model's limits."""
+
+    __slots__ = ("array", "sequences")
+
+    def __init__(self, array: np.ndarray, key: object) -> None:
+        if key is not _KEY:
+            raise TypeError("a ClassifyInput is built by psn_runtime.validate.classify_input only")
+        self.array = array  # [B, T', *shape] float32
+        self.sequences = array.shape[0]
 
 
 def as_float32(x: object, param: str) -> np.ndarray:
@@ -32,13 +61,19 @@ def as_float32(x: object, param: str) -> np.ndarray:
 
 
 def check_finite(arr: np.ndarray, param: str) -> None:
-    """Refuse NaN and Inf, naming the first offending element."""
+    """Refuse NaN and Inf (and numbers beyond float32, which became Inf), naming the first offending
+    element: ``param[i][j]``."""
     finite = np.isfinite(arr)
     if _all(finite, axis=None):
         return
     where = tuple(int(i) for i in np.argwhere(~finite)[0])
     value = float(arr[where])
-    raise BadInput(param, f"contains NaN or Inf (first at index {list(where)}: {value})", value)
+    path = param + "".join(f"[{i}]" for i in where)
+    raise BadInput(
+        path,
+        f"contains NaN or Inf (first at index {list(where)}: {value}); numbers must be finite float32",
+        value,
+    )
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -53,25 +88,26 @@ def classify_input(
     variable_length: bool,
     max_batch: int,
     param: str = "inputs",
-) -> np.ndarray:
+) -> ClassifyInput:
     """x [B, T, *shape] or [T, *shape] -> float32 [B, T', *shape] (T' == T, or 1 <= T' <= T when
     variable_length); ``shape`` is the model's per-step input shape."""
+    if isinstance(x, ClassifyInput):
+        x = x.array
     arr = as_float32(x, param)
     rank = len(shape)
-    if arr.ndim == rank + 1:
-        arr = arr[None]  # [T, *shape] -> [1, T, *shape]
-    elif arr.ndim != rank + 2:
+    if arr.ndim != rank + 1 and arr.ndim != rank + 2:
         raise BadInput(
             param,
             f"expected [B, T, *{shape_text(shape)}] or [T, *{shape_text(shape)}] "
             f"(rank {rank + 2} or {rank + 1}), got rank {arr.ndim} (shape {list(arr.shape)})",
             arr.ndim,
         )
-    b, t = arr.shape[:2]
-    if arr.size == 0:
-        raise BadInput(param, f"empty input (shape {list(arr.shape)})", list(arr.shape))
-    if arr.shape[2:] != tuple(shape):
-        got = list(arr.shape[2:])
+    batch = arr if arr.ndim == rank + 2 else arr[None]  # [T, *shape] -> [1, T, *shape]
+    b, t = batch.shape[:2]
+    if batch.size == 0:
+        raise BadInput(param, f"empty input (shape {list(batch.shape)})", list(batch.shape))
+    if batch.shape[2:] != tuple(shape):
+        got = list(batch.shape[2:])
         raise BadInput(param, f"expected per-step shape {shape_text(shape)}, got {got}", got)
     if variable_length:
         if t > T:
@@ -80,18 +116,24 @@ def classify_input(
         raise BadInput(param, f"expected exactly T={T} steps, got {t}", t)
     if b > max_batch:
         raise BadInput(param, f"batch of {b} sequences exceeds the limit of {max_batch}", b)
-    check_finite(arr, param)
-    return arr
+    check_finite(arr, param)  # on the array as sent: the path names its own indices
+    return ClassifyInput(batch, _KEY)
 
 
-def step_input(x: object, *, shape: tuple[int, ...], param: str = "x") -> np.ndarray:
-    """One timestep x [*shape] -> float32 [*shape]."""
+def step_input(x: object, *, shape: tuple[int, ...], param: str = "x") -> StepInput:
+    """One timestep x [*shape] -> a StepInput (float32 [*shape]); a StepInput of that shape is returned as
+    it is (it was validated when it was built)."""
+    shape = tuple(shape)
+    if isinstance(x, StepInput):
+        if x.shape == shape:
+            return x
+        x = x.array
     arr = as_float32(x, param)
-    if arr.shape != tuple(shape):
+    if arr.shape != shape:
         raise BadInput(
             param,
             f"expected one timestep of shape {shape_text(shape)}, got shape {list(arr.shape)}",
             list(arr.shape),
         )
     check_finite(arr, param)
-    return arr
+    return StepInput(arr, _KEY)

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
 from server import errors, routes_health, routes_stream, routes_v1, routes_v2
+from server.dataplane import DataPlane
 from server.jsonio import JSONBytesResponse
 from server.metrics import Metrics, MetricsMiddleware
 from server.settings import Settings
@@ -56,7 +57,8 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     """A new app serving ``settings.models_dir``; the runtime starts with the app's lifespan."""
     metrics = Metrics()
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    state = AppState(settings=settings, metrics=metrics, api_key=api_key)
+    plane = DataPlane(settings, metrics)
+    state = AppState(settings=settings, metrics=metrics, api_key=api_key, plane=plane)
     make_runtime = runtime_factory or _default_runtime
 
     @asynccontextmanager
@@ -64,14 +66,14 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
         runtime = make_runtime(runtime_config(settings), metrics)
         try:
             await runtime.start()
-            state.runtime = runtime
+            plane.attach(runtime)
             state.loop = asyncio.get_running_loop()
             state.model_names = frozenset(info.name for info in runtime.models())
             _log_models(state)
             yield
         finally:
             await routes_stream.close_all(state)  # no-op when the server already drained
-            state.runtime = None
+            plane.attach(None)
             await runtime.close()
 
     docs = api_key is None  # with a key, no route but the probes answers without it (docs included)

@@ -30,10 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("psn.server")
 
 # WebSocket close codes (RFC 6455 section 7.4 and the 4000-4999 private range)
-WS_NORMAL = 1000
 WS_GOING_AWAY = 1001
 WS_UNSUPPORTED_DATA = 1003
-WS_INVALID_PAYLOAD = 1007
 WS_POLICY_VIOLATION = 1008
 WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011
@@ -60,6 +58,12 @@ class InvalidRequest(ServerError):
     """The request is well-formed JSON but a field is missing, unknown or of the wrong type."""
 
     code = "invalid_request"
+
+
+class SequenceNotStarted(InvalidRequest):
+    """A V2 sequence request for an id with no open sequence, without ``sequence_start`` (Triton: 400)."""
+
+    code = "unknown_sequence"
 
 
 class BodyTooLarge(ServerError):
@@ -95,7 +99,6 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     rt.ModelNotReady: ErrorSpec(503, WS_TRY_AGAIN_LATER, retry_after_s=1),
     rt.ModelLoadError: ErrorSpec(503, WS_INTERNAL_ERROR),
     rt.BadInput: ErrorSpec(422, None),
-    rt.NotStreamable: ErrorSpec(409, 4409),
     rt.UnknownStream: ErrorSpec(410, 4410),
     rt.StreamLimit: ErrorSpec(503, WS_TRY_AGAIN_LATER, retry_after_s=1),
     rt.StreamOver: ErrorSpec(409, None),
@@ -106,6 +109,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     rt.RuntimeErrorBase: INTERNAL,
     InvalidJSON: ErrorSpec(400, None),
     InvalidRequest: ErrorSpec(422, None),
+    SequenceNotStarted: ErrorSpec(400, None),
     BodyTooLarge: ErrorSpec(413, WS_MESSAGE_TOO_BIG),
     UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA),
     Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION),
@@ -172,7 +176,7 @@ def error_response(request: Request, exc: BaseException) -> Response:
     return JSONResponse(payload, status_code=spec.status, headers=headers)
 
 
-async def _handle_known(request: Request, exc: Exception) -> Response:
+async def _handle_any(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
 
@@ -214,9 +218,8 @@ class ErrorRoute(APIRoute):
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers: every known error, request validation, HTTP errors, and the catch-all."""
-    app.add_exception_handler(rt.RuntimeErrorBase, _handle_known)
-    app.add_exception_handler(ServerError, _handle_known)
+    """Register the handlers ErrorRoute leaves to the app: request validation and HTTP errors (no route,
+    wrong method), and the catch-all for what fails outside a route (a middleware): 500, generic body."""
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
-    app.add_exception_handler(Exception, _handle_known)  # 500, generic body, traceback in the log
+    app.add_exception_handler(Exception, _handle_any)

@@ -1,6 +1,7 @@
-"""JSON in and out, fast (orjson when installed, else the standard library), and strict conversion of
-JSON arrays to float32 tensors: ragged rows, strings, booleans, nulls, NaN/Infinity and too deep nesting
-are rejected with the path of the first offending element (``inputs[0][3][2]``)."""
+"""JSON in and out, fast (orjson when installed, else the standard library), and the one converter of JSON
+tensor payloads to float32 arrays: ragged rows, strings, booleans, nulls and too deep nesting are rejected
+with the path of the first offending element (``inputs[0][3][2]``). Finiteness (NaN, Inf, numbers beyond
+float32) is the runtime's validator's to check (``psn_runtime.validate``), once, for every transport."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
     orjson = None  # type: ignore[assignment]
 
 
-F32_MAX = float(np.finfo(np.float32).max)
 SMALL = 64  # arrays of at most this many numbers are walked for booleans without the cheaper checks first
 
 
@@ -183,8 +183,7 @@ def to_float32(
     small = array.size <= SMALL
     if (small or _may_hold_bool(array, raw)) and _has_bool(value, array.ndim):
         raise _find_problem(value, param, ranks, dims)
-    if kind == "f" and not np.abs(array).max() <= F32_MAX:  # inf (stdlib json), or too big
-        index = tuple(int(i) for i in np.argwhere(~(np.abs(array) <= F32_MAX))[0])
-        where = param + "".join(f"[{i}]" for i in index)
-        raise BadInput(where, f"{float(array[index])!r} is out of the float32 range (numbers must be finite)")
-    return array.astype(np.float32)
+    if kind == "f" and array.dtype == np.float32:
+        return array
+    with np.errstate(over="ignore"):  # beyond float32 -> Inf: the runtime's validator names it
+        return array.astype(np.float32)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from psn_runtime import ModelStatus
 from server.auth import require_key
+from server.dataplane import Plane
 from server.errors import ErrorRoute
 from server.jsonio import JSONBytesResponse
 from server.metrics import CONTENT_TYPE
 from server.schemas import METRICS_RESPONSE, Health, Readiness, errors, ok
-from server.state import app_state
 
 router = APIRouter(route_class=ErrorRoute)
 
@@ -22,30 +21,15 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-def readiness(request: Request) -> tuple[bool, dict]:
-    """(ready, body): ready once loading has finished and at least one model is READY."""
-    runtime = app_state(request.app).runtime
-    if runtime is None or not runtime.loaded:
-        return False, {"status": "loading", "models": {}}
-    models: dict[str, dict] = {}
-    for info in runtime.models():
-        entry: dict = {"status": str(info.status)}
-        if info.status is ModelStatus.FAILED:
-            entry["error"] = info.error
-        models[info.name] = entry
-    ready = any(info["status"] == ModelStatus.READY for info in models.values())
-    return ready, {"status": "ready" if ready else "no model ready", "models": models}
-
-
 @router.get(
     "/readyz",
     response_model=None,
     responses={**ok(Readiness), 503: {"model": Readiness, "description": "loading, or no model ready"}},
 )
-async def readyz(request: Request) -> Response:
+async def readyz(plane: Plane) -> Response:
     """Readiness: 200 when at least one model is READY, else 503 (still loading, or every model failed).
     The body lists every model's status, and the reason for each FAILED one."""
-    ready, body = readiness(request)
+    ready, body = plane.readiness()
     return JSONBytesResponse(body, status_code=200 if ready else 503)
 
 
@@ -56,9 +40,8 @@ async def readyz(request: Request) -> Response:
     response_class=Response,  # text, declared in METRICS_RESPONSE
     responses={**METRICS_RESPONSE, **errors(401)},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(plane: Plane) -> Response:
     """Prometheus text exposition of this process's metrics."""
-    state = app_state(request.app)
-    if state.runtime is not None:
-        state.metrics.observe_runtime(state.runtime.stats())
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    if plane.attached is not None:
+        plane.metrics.observe_runtime(plane.attached.stats())
+    return Response(plane.metrics.render(), media_type=CONTENT_TYPE)

@@ -12,10 +12,11 @@ import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from psn_runtime import Runtime, StepResult
+from psn_runtime import StepResult
 from psn_runtime.errors import BadInput
-from psn_runtime.manifest import Manifest
+from psn_runtime.validate import StepInput
 from server import auth, resume
+from server.dataplane import OpenStream
 from server.errors import (
     WS_GOING_AWAY,
     WS_POLICY_VIOLATION,
@@ -28,13 +29,13 @@ from server.errors import (
     ws_reason,
 )
 from server.jsonio import dumps_text, input_dims, loads, to_float32
+from server.schemas import StepFrame, parse
 from server.state import AppState, app_state
 from server.views import primary_provider
 
 log = logging.getLogger("psn.server")
 router = APIRouter()
 
-STEP_FIELDS = frozenset({"x", "logits"})
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -48,14 +49,6 @@ def _flag(websocket: WebSocket, name: str) -> bool:
     if raw.lower() in FALSE_WORDS:
         return False
     raise InvalidRequest(f"query parameter {name}: expected true or false, got {raw!r}", name)
-
-
-def _max_steps(manifest: Manifest, state: AppState) -> int:
-    if manifest.max_steps is not None:
-        return manifest.max_steps
-    if not manifest.streams:  # full-only PSN: the runtime gathers T steps, then answers
-        return manifest.T
-    return state.settings.max_stream_steps
 
 
 CLOSE_TIMEOUT_S = 5.0  # a client that does not read cannot hold a close (or an answer) longer than this
@@ -152,35 +145,27 @@ class _Watchdog:
 
 
 class _Session:
-    """One socket: parses frames, steps the runtime, answers. Errors that leave the stream usable become
-    error events; the others close the socket (``server.errors.ERROR_TABLE`` decides which)."""
+    """One socket: parses frames, steps its stream through the data plane, answers. Errors that leave the
+    stream usable become error events; the others close the socket (``server.errors.ERROR_TABLE``)."""
 
-    def __init__(self, websocket: WebSocket, state: AppState, runtime: Runtime, name: str, logits: bool):
+    def __init__(self, websocket: WebSocket, state: AppState, name: str, logits: bool):
         self.ws = websocket
         self.state = state
-        self.runtime = runtime
+        self.plane = state.plane
         self.name = name
         self.logits = logits
-        self.stream_id: str | None = None
-        self.features = 0
-        self.shape: tuple[int, ...] = ()
+        self.stream: OpenStream | None = None
         self.limit = state.settings.max_ws_message_bytes
-        self.steps: Any = None  # the model's step counter, once the stream is open
         self.resume: resume.StreamResume | None = None
         self.busy = asyncio.Lock()  # held from a message's arrival to its answer (a drain waits for it)
 
     async def open(self) -> dict[str, Any]:
-        info = self.runtime.model(self.name)
         every = resume.snapshot_every(self.ws)
-        self.stream_id = await self.runtime.open_stream(self.name)
+        self.stream = stream = await self.plane.open_stream(self.name)
         self.resume = resume.StreamResume.open(
-            self.runtime, self.state.settings, self.name, self.stream_id, every
+            self.plane.runtime, self.state.settings, self.name, stream.id, every
         )
-        self.steps = self.state.metrics.steps.labels(self.name)  # a served name: resolved once, not per step
-        manifest = info.manifest
-        assert manifest is not None  # open_stream succeeded, so the model is READY
-        self.features = manifest.features
-        self.shape = tuple(manifest.input_shape)
+        manifest = stream.manifest
         return {
             "model": self.name,
             "kind": str(manifest.kind),
@@ -190,53 +175,44 @@ class _Session:
             "input_shape": list(manifest.input_shape),
             "labels": manifest.labels,
             "streams": manifest.streams,
-            "max_steps": _max_steps(manifest, self.state),
-            "provider": primary_provider(info),
+            "max_steps": stream.max_steps,
+            "provider": primary_provider(stream.info),
             "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes), "
             f"C order over the per-step shape {list(manifest.input_shape)}",
             **self.resume.hello(),
         }
 
-    def parse(self, message: dict[str, Any]) -> tuple[np.ndarray | dict | None, bool]:
-        """A frame -> (x [*shape] float32, logits wanted); x is None for a reset, the message for a snapshot
-        or resume request (server.resume answers it)."""
+    def parse(self, message: dict[str, Any]) -> tuple[StepInput | dict | None, bool]:
+        """A frame -> (one validated timestep, logits wanted); the step is None for a reset, the message
+        for a snapshot or resume request (server.resume answers it)."""
+        stream = self.stream
+        assert stream is not None
         data = message.get("bytes")
         if data is not None:
             if len(data) > self.limit:
                 raise BodyTooLarge(f"message of {len(data)} bytes is over the limit of {self.limit}")
-            if len(data) != 4 * self.features:
+            features = stream.manifest.features
+            if len(data) != 4 * features:
                 raise BadInput(
-                    "x", f"a binary frame must hold {self.features} float32 ({4 * self.features} bytes: one "
-                    f"timestep of shape {list(self.shape)}), "
-                    f"got {len(data)} bytes",
+                    "x", f"a binary frame must hold {features} float32 ({4 * features} bytes: one "
+                    f"timestep of shape {list(stream.shape)}), got {len(data)} bytes",
                 )  # fmt: skip
             x = np.frombuffer(data, dtype="<f4")  # [prod(shape)]
-            if not np.isfinite(x).all():
-                index = int(np.argwhere(~np.isfinite(x))[0][0])
-                raise BadInput(f"x[{index}]", f"{float(x[index])!r} is not a finite number")
-            return x.reshape(self.shape), self.logits  # [*shape]
+            return self.plane.step_input(stream, x.reshape(stream.shape)), self.logits  # [*shape]
         text = message.get("text") or ""
         if len(text) > self.limit:
             raise BodyTooLarge(f"message of {len(text)} characters is over the limit of {self.limit}")
         doc = loads(text)
-        if not isinstance(doc, dict):
-            raise InvalidRequest('a text frame must be a JSON object: {"x": [...]} or {"reset": true}')
-        if "reset" in doc:
-            if doc.get("reset") is not True or len(doc) != 1:
+        if isinstance(doc, dict) and "reset" in doc:
+            if doc.get("reset") is not True or len(doc) != 1:  # the ResetFrame schema, exactly
                 raise InvalidRequest('reset: send exactly {"reset": true}', "reset")
             return None, False
-        if "snapshot" in doc or "resume" in doc:
+        if isinstance(doc, dict) and ("snapshot" in doc or "resume" in doc):
             return doc, False
-        for key in doc:
-            if key not in STEP_FIELDS:
-                raise InvalidRequest(f"unknown field {key!r}; expected 'x', 'logits' or 'reset'", key)
-        if "x" not in doc:
-            raise InvalidRequest(f"x: required (one timestep of shape {list(self.shape)})", "x")
-        logits = doc.get("logits", self.logits)
-        if not isinstance(logits, bool):
-            raise InvalidRequest("logits: expected true or false", "logits")
-        ranks, dims = input_dims(self.shape, batch=False)
-        return to_float32(doc["x"], "x", ranks, dims, raw=text), logits
+        frame = parse(StepFrame, doc, 'a text frame: {"x": [...]} or {"reset": true},')
+        logits = self.logits if frame.logits is None else frame.logits
+        ranks, dims = input_dims(stream.shape, batch=False)
+        return self.plane.step_input(stream, to_float32(frame.x, "x", ranks, dims, raw=text)), logits
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
@@ -256,10 +232,11 @@ class _Session:
 
     async def _serve(self, watch: _Watchdog, idle: float, send_timeout: float) -> None:
         receive, send_text = self.ws.receive, self.ws.send_text
-        runtime = self.runtime
-        stream_id = self.stream_id
+        plane = self.plane
+        stream = self.stream
+        assert stream is not None
         resumer = self.resume
-        assert stream_id is not None and resumer is not None
+        assert resumer is not None
         while True:
             watch.arm(_Phase.RECEIVE, idle)
             message = await receive()
@@ -270,7 +247,7 @@ class _Session:
                 try:
                     x, with_logits = self.parse(message)
                     if x is None:
-                        runtime.reset_stream(stream_id)
+                        plane.reset(stream)
                         watch.arm(_Phase.SEND, send_timeout)
                         await send_text('{"reset":true,"t":-1}')
                         continue
@@ -279,9 +256,7 @@ class _Session:
                         watch.arm(_Phase.SEND, send_timeout)
                         await send_text(text)
                         continue
-                    # parse refused NaN/Inf: the runtime checks only the array's type and shape again
-                    result = await runtime.step_checked(stream_id, x)
-                    self.steps.inc()
+                    result = await plane.step(stream, x)
                     text = dumps_text(_answer(result, with_logits))
                     watch.arm(_Phase.SEND, send_timeout)
                     await send_text(text)
@@ -304,7 +279,8 @@ class _Session:
         spec = spec_for(exc)
         self.state.metrics.count_error(error_code(exc), "ws")
         if is_internal(exc):
-            log.error("internal error on stream %s of %s", self.stream_id, self.name, exc_info=exc)
+            stream_id = self.stream.id if self.stream is not None else None
+            log.error("internal error on stream %s of %s", stream_id, self.name, exc_info=exc)
         if spec.ws_close is None:
             await self.ws.send_text(dumps_text(error_payload(exc)))
             return True
@@ -362,23 +338,24 @@ async def stream(websocket: WebSocket, name: str) -> None:
 
 
 async def _serve(websocket: WebSocket, state: AppState, name: str) -> None:
-    session: _Session | None = None
+    session = _Session(websocket, state, name, False)
+    websocket.state.psn_session = session  # close_all drains it (snapshot, then 1001)
     try:
         auth.check_websocket(websocket)
-        runtime = state.require_runtime()
-        session = _Session(websocket, state, runtime, name, _flag(websocket, "logits"))
-        websocket.state.psn_session = session  # close_all drains it (snapshot, then 1001)
+        session.logits = _flag(websocket, "logits")
         hello = await session.open()
         await websocket.send_text(dumps_text(hello))
     except WebSocketDisconnect:
+        if session.stream is not None:
+            state.plane.close(session.stream)
         return
     except Exception as exc:
         spec = spec_for(exc)
         state.metrics.count_error(error_code(exc), "ws")
         if is_internal(exc):
             log.error("internal error opening a stream of %s", name, exc_info=exc)
-        if session is not None and session.stream_id is not None:
-            session.runtime.close_stream(session.stream_id)
+        if session.stream is not None:
+            state.plane.close(session.stream)
         await _close(websocket, spec.ws_close or WS_POLICY_VIOLATION, ws_reason(exc))
         return
     try:
@@ -386,5 +363,5 @@ async def _serve(websocket: WebSocket, state: AppState, name: str) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        if session.stream_id is not None:
-            session.runtime.close_stream(session.stream_id)
+        assert session.stream is not None
+        state.plane.close(session.stream)

@@ -15,13 +15,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from psn_runtime import ClassifyResult, ModelInfo, ModelStatus
-from psn_runtime.errors import BadInput, ModelNotReady, UnknownModel
+from psn_runtime import ModelInfo, ModelStatus
+from psn_runtime.errors import BadInput
 from server.auth import require_key
 from server.body import read_body, require_media_type
+from server.dataplane import DataPlane, Plane
 from server.errors import ErrorRoute, InvalidRequest
 from server.jsonio import JSONBytesResponse, dumps, loads, to_float32
-from server.routes_health import readiness
 from server.schemas import (
     V2InferRequest,
     V2InferResponse,
@@ -29,12 +29,13 @@ from server.schemas import (
     V2ModelMetadata,
     V2ModelReady,
     V2Ready,
+    V2RequestParameters,
     V2ServerMetadata,
     errors,
     ok,
+    parse,
     request_body,
 )
-from server.state import app_state
 from server.views import primary_provider
 
 PLATFORM = "onnxruntime_onnx"
@@ -64,27 +65,18 @@ async def live() -> dict:
     response_model=None,
     responses={**ok(V2Ready), 503: {"model": V2Ready, "description": "not ready"}},
 )
-async def ready(request: Request) -> Response:
-    ok, _ = readiness(request)
+async def ready(plane: Plane) -> Response:
+    ok, _ = plane.readiness()
     return JSONBytesResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 @router.get("", response_model=V2ServerMetadata, responses=errors(401, v2=True))
 async def server_metadata() -> dict:
-    return {"name": "psn-serve", "version": _version(), "extensions": ["binary_tensor_data"]}
+    return {"name": "psn-serve", "version": _version(), "extensions": ["binary_tensor_data", "sequence"]}
 
 
-def _model(request: Request, name: str, version: str | None) -> ModelInfo:
-    info = app_state(request.app).require_runtime().model(name)
-    if version is not None and (info.manifest is None or info.manifest.version != version):
-        raise UnknownModel(f"{name}/versions/{version}")
-    return info
-
-
-def _metadata(info: ModelInfo) -> dict[str, Any]:
-    manifest = info.manifest
-    if manifest is None:
-        raise ModelNotReady(f"model {info.name!r} failed to load: {info.error}")
+def _metadata(plane: DataPlane, name: str, version: str | None) -> dict[str, Any]:
+    info, manifest = plane.loaded_model(name, version)
     T = -1 if manifest.variable_length else manifest.T
     C = manifest.num_classes
     return {
@@ -101,6 +93,7 @@ def _metadata(info: ModelInfo) -> dict[str, Any]:
             "labels": manifest.labels,
             "kind": str(manifest.kind),
             "provider": primary_provider(info),
+            "streams": manifest.streams,
         },
     }
 
@@ -114,13 +107,13 @@ _READY = {
 
 
 @router.get("/models/{name}", response_model=None, responses=_METADATA)
-async def model_metadata(name: str, request: Request) -> Response:
-    return JSONBytesResponse(_metadata(_model(request, name, None)))
+async def model_metadata(name: str, plane: Plane) -> Response:
+    return JSONBytesResponse(_metadata(plane, name, None))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=None, responses=_METADATA)
-async def model_version_metadata(name: str, version: str, request: Request) -> Response:
-    return JSONBytesResponse(_metadata(_model(request, name, version)))
+async def model_version_metadata(name: str, version: str, plane: Plane) -> Response:
+    return JSONBytesResponse(_metadata(plane, name, version))
 
 
 def _ready_response(info: ModelInfo) -> Response:
@@ -129,13 +122,13 @@ def _ready_response(info: ModelInfo) -> Response:
 
 
 @router.get("/models/{name}/ready", response_model=None, responses=_READY)
-async def model_ready(name: str, request: Request) -> Response:
-    return _ready_response(_model(request, name, None))
+async def model_ready(name: str, plane: Plane) -> Response:
+    return _ready_response(plane.model(name))
 
 
 @router.get("/models/{name}/versions/{version}/ready", response_model=None, responses=_READY)
-async def model_version_ready(name: str, version: str, request: Request) -> Response:
-    return _ready_response(_model(request, name, version))
+async def model_version_ready(name: str, version: str, plane: Plane) -> Response:
+    return _ready_response(plane.model(name, version))
 
 
 def _header_length(request: Request, body: bytes) -> int | None:
@@ -150,104 +143,86 @@ def _header_length(request: Request, body: bytes) -> int | None:
 
 
 def _input_tensor(
-    doc: dict, binary: memoryview, per_step: tuple[int, ...], text: bytes | None = None
+    request: V2InferRequest, binary: memoryview, per_step: tuple[int, ...], text: bytes | None = None
 ) -> np.ndarray:
-    """The request's one input ``x`` as float32 [B, T, *per_step], from JSON ``data`` or the binary section
-    (``text``: the JSON the doc was parsed from). Only the rank is checked here (the runtime checks sizes)."""
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidRequest(f"inputs: expected exactly one input tensor named {INPUT!r}", "inputs")
-    tensor = inputs[0]
-    if tensor.get("name") != INPUT:
-        raise InvalidRequest(
-            f"inputs[0].name: expected {INPUT!r}, got {tensor.get('name')!r}", "inputs[0].name"
-        )
-    datatype = tensor.get("datatype")
-    if datatype not in DTYPES:
-        raise InvalidRequest(f"inputs[0].datatype: expected FP32, got {datatype!r}", "inputs[0].datatype")
-    shape = tensor.get("shape")
-    rank = 2 + len(per_step)
-    if not isinstance(shape, list) or len(shape) != rank or not all(type(d) is int and d > 0 for d in shape):
-        want = ", ".join(["B", "T", *map(str, per_step)])
-        raise BadInput("inputs[0].shape", f"expected [{want}] (rank {rank}) positive integers, got {shape!r}")
+    """The request's one input ``x`` as float32 in its declared shape, from JSON ``data`` or the binary
+    section (``text``: the JSON the request was parsed from). The rank is checked by the caller, the
+    values (finite, sizes) by the runtime."""
+    tensor = request.inputs[0]
+    shape = tensor.shape
+    if not all(d > 0 for d in shape):
+        raise BadInput("inputs[0].shape", f"expected positive integers, got {shape!r}")
     count = math.prod(shape)
-    params = _parameters(tensor.get("parameters"), "inputs[0].parameters")
-    size = params.get("binary_data_size")
+    size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
     if size is not None:
-        dtype = DTYPES[datatype]
-        if type(size) is not int or size != count * dtype.itemsize or size > len(binary):
+        dtype = DTYPES[tensor.datatype]
+        if size != count * dtype.itemsize or size > len(binary):
             raise BadInput(
                 "inputs[0].parameters.binary_data_size",
-                f"{size!r} bytes does not match shape {shape} of {datatype} ({count * dtype.itemsize} bytes) "
-                f"or the {len(binary)} bytes sent",
+                f"{size!r} bytes does not match shape {shape} of {tensor.datatype} ({count * dtype.itemsize} "
+                f"bytes) or the {len(binary)} bytes sent",
             )
         if size != len(binary):
             raise BadInput("inputs[0]", f"{len(binary) - size} bytes of binary data follow the tensor")
-        x = np.frombuffer(binary[:size], dtype=dtype).reshape(shape).astype(np.float32)  # [B, T, *shape]
-        if not np.isfinite(x).all():
-            raise BadInput("inputs[0]", "binary data holds NaN or Inf (numbers must be finite)")
-        return x
+        x = np.frombuffer(binary[:size], dtype=dtype).reshape(shape)  # [*shape] as declared
+        return x if x.dtype == np.float32 else x.astype(np.float32)
     if len(binary):
         raise BadInput("inputs[0]", "binary data sent, but the input has no binary_data_size parameter")
-    data = tensor.get("data")
-    if data is None:
+    if tensor.data is None:
         raise InvalidRequest(
             "inputs[0].data: required (or binary data with binary_data_size)", "inputs[0].data"
         )
     dims = ("B", "T", *map(str, per_step))
-    flat = to_float32(data, "inputs[0].data", ranks=tuple(range(1, rank + 1)), dims=dims, raw=text)
-    flat = flat.reshape(-1)  # [B*T*prod(shape)]
+    rank = len(per_step) + 2
+    flat = to_float32(tensor.data, "inputs[0].data", ranks=tuple(range(1, rank + 1)), dims=dims, raw=text)
+    flat = flat.reshape(-1)  # [prod(shape)]
     if flat.size != count:
         raise BadInput("inputs[0].data", f"{flat.size} values for shape {shape} ({count} values)")
-    return flat.reshape(shape)  # [B, T, *shape]
+    return flat.reshape(shape)
 
 
-def _parameters(value: object, where: str) -> dict:
-    """A ``parameters`` field: absent/null or an object (anything else is refused, not ignored)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where}: expected an object, got {type(value).__name__}", where)
-    return value
+def _check_rank(shape: list[int], per_step: tuple[int, ...], sequence: bool) -> None:
+    """[B, T, *per_step] for a classification; one timestep, [1, 1, *per_step] or [1, *per_step], in a
+    sequence request."""
+    rank = 2 + len(per_step)
+    if sequence:
+        if tuple(shape[-len(per_step) :]) != per_step or shape[: -len(per_step)] not in ([1], [1, 1]):
+            want = ", ".join(map(str, per_step))
+            raise BadInput(
+                "inputs[0].shape", f"a sequence request takes one timestep: [1, 1, {want}] or [1, {want}], "
+                f"got {shape!r}",
+            )  # fmt: skip
+    elif len(shape) != rank:
+        want = ", ".join(["B", "T", *map(str, per_step)])
+        raise BadInput("inputs[0].shape", f"expected [{want}] (rank {rank}) positive integers, got {shape!r}")
 
 
-def _flag(params: dict, key: str, default: bool, where: str) -> bool:
-    value = params.get(key, default)
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{where}.{key}: expected true or false, got {value!r}", f"{where}.{key}")
-    return value
-
-
-def _wanted_outputs(doc: dict) -> list[tuple[str, bool]]:
+def _wanted_outputs(request: V2InferRequest) -> list[tuple[str, bool]]:
     """[(output name, binary?)] in the order asked for (all three when the request names none)."""
-    if "id" in doc and not isinstance(doc["id"], str):
-        raise InvalidRequest(f"id: expected a string, got {type(doc['id']).__name__}", "id")
-    params = _parameters(doc.get("parameters"), "parameters")
-    default_binary = _flag(params, "binary_data_output", False, "parameters")
-    asked = doc.get("outputs")
-    if asked is None:
+    params = request.parameters
+    default_binary = params.binary_data_output if params is not None else False
+    if request.outputs is None:
         return [(name, default_binary) for name in OUTPUTS]
-    if not isinstance(asked, list) or not asked:
-        raise InvalidRequest("outputs: expected a non-empty list", "outputs")
     wanted = []
-    for i, out in enumerate(asked):
-        name = out.get("name") if isinstance(out, dict) else None
-        if name not in OUTPUTS:
-            raise InvalidRequest(
-                f"outputs[{i}].name: expected one of {list(OUTPUTS)}, got {name!r}", "outputs"
-            )
-        out_params = _parameters(out.get("parameters"), f"outputs[{i}].parameters")
-        if "classification" in out_params:
-            raise InvalidRequest("the classification extension is not supported", f"outputs[{i}].parameters")
-        wanted.append((name, _flag(out_params, "binary_data", default_binary, f"outputs[{i}].parameters")))
+    for out in request.outputs:
+        binary = out.parameters.binary_data if out.parameters is not None else None
+        wanted.append((out.name, default_binary if binary is None else binary))
     return wanted
 
 
-def _response(doc: dict, info: ModelInfo, result: ClassifyResult, wanted: list[tuple[str, bool]]) -> Response:
+def _response(
+    request: V2InferRequest,
+    info: ModelInfo,
+    logits: np.ndarray,
+    probabilities: np.ndarray,
+    label_index: np.ndarray,
+    wanted: list[tuple[str, bool]],
+    parameters: dict[str, Any] | None = None,
+) -> Response:
     arrays = {
-        "logits": ("FP32", np.ascontiguousarray(result.logits, dtype="<f4")),  # [B, C]
-        "probabilities": ("FP32", np.ascontiguousarray(result.probabilities, dtype="<f4")),  # [B, C]
-        "label_index": ("INT64", np.ascontiguousarray(result.label_index, dtype="<i8")),  # [B]
+        "logits": ("FP32", np.ascontiguousarray(logits, dtype="<f4")),  # [B, C]
+        "probabilities": ("FP32", np.ascontiguousarray(probabilities, dtype="<f4")),  # [B, C]
+        "label_index": ("INT64", np.ascontiguousarray(label_index, dtype="<i8")),  # [B]
     }
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -266,8 +241,10 @@ def _response(doc: dict, info: ModelInfo, result: ClassifyResult, wanted: list[t
         "model_version": info.manifest.version,
         "outputs": outputs,
     }
-    if "id" in doc:
-        body["id"] = doc["id"]
+    if request.id is not None:
+        body["id"] = request.id
+    if parameters is not None:
+        body["parameters"] = parameters
     header = dumps(body)
     if not blobs:
         return Response(header, media_type="application/json")
@@ -294,30 +271,65 @@ _INFER = {
 
 
 @router.post("/models/{name}/infer", **_INFER)
-async def infer(name: str, request: Request) -> Response:
-    return await _infer(name, None, request)
+async def infer(name: str, request: Request, plane: Plane) -> Response:
+    return await _infer(plane, name, None, request)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(name, version, request)
+async def infer_version(name: str, version: str, request: Request, plane: Plane) -> Response:
+    return await _infer(plane, name, version, request)
 
 
-async def _infer(name: str, version: str | None, request: Request) -> Response:
-    state = app_state(request.app)
-    info = _model(request, name, version)
+async def _infer(plane: DataPlane, name: str, version: str | None, request: Request) -> Response:
+    info = plane.model(name, version)
     require_media_type(request, ("application/json", "application/octet-stream"))
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, plane.settings.max_body_bytes)
     split = _header_length(request, body)
     view = memoryview(body)
     text = bytes(view[:split]) if split is not None else body
-    doc = loads(text)
-    if not isinstance(doc, dict):
-        raise InvalidRequest("the inference request must be a JSON object")
+    doc = parse(V2InferRequest, loads(text), "the inference request")
     per_step = tuple(info.manifest.input_shape) if info.manifest is not None else (1,)
+    params = doc.parameters
+    sequence = params is not None and params.sequence_id is not None
+    _check_rank(doc.inputs[0].shape, per_step, sequence)
     binary = view[split:] if split is not None else memoryview(b"")
-    x = _input_tensor(doc, binary, per_step, text)  # [B, T, *shape]
+    x = _input_tensor(doc, binary, per_step, text)  # [B, T, *shape], or one timestep
     wanted = _wanted_outputs(doc)
-    result = await state.require_runtime().classify_async(name, x)
-    state.metrics.sequences.labels(name).inc(len(result.labels))
-    return _response(doc, info, result, wanted)
+    if sequence:
+        assert params is not None and params.sequence_id is not None
+        return await _sequence_step(plane, info, doc, x, wanted, params.sequence_id, params)
+    result = await plane.classify(name, x)
+    return _response(doc, info, result.logits, result.probabilities, result.label_index, wanted)
+
+
+async def _sequence_step(
+    plane: DataPlane,
+    info: ModelInfo,
+    doc: V2InferRequest,
+    x: np.ndarray,
+    wanted: list[tuple[str, bool]],
+    sequence_id: int | str,
+    params: V2RequestParameters,
+) -> Response:
+    """Triton's sequence extension: one timestep of the sequence ``sequence_id`` (a stream of the data
+    plane); the outputs are the stream's answer after it (the running mean logits), with ``t``, ``ready``,
+    ``done`` and ``label`` in the response parameters. A full-only model answers its first T-1 steps with
+    no rows."""
+    result = await plane.sequences.step(
+        info.name, sequence_id, x, start=params.sequence_start, end=params.sequence_end, param="inputs[0]"
+    )
+    C = info.manifest.num_classes if info.manifest is not None else 0
+    if result.ready:
+        logits, probabilities = result.logits[None], result.probabilities[None]  # [1, C]
+        label_index = logits.argmax(axis=1)  # [1]
+    else:
+        logits = probabilities = np.zeros((0, C), np.float32)  # [0, C]
+        label_index = np.zeros(0, np.int64)
+    parameters = {
+        "sequence_id": sequence_id,
+        "t": result.t,
+        "ready": result.ready,
+        "done": result.done,
+        "label": result.label,
+    }
+    return _response(doc, info, logits, probabilities, label_index, wanted, parameters)

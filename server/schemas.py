@@ -1,15 +1,109 @@
-"""What the OpenAPI schema says about every route: request bodies and every response the route can give
-(status, media type, body). The handlers read their bodies themselves (size limit first, then strict
-conversion), so these models document and never validate; tests/test_fuzz_schema.py holds the server to
-them (schemathesis: status codes, content types and bodies must conform)."""
+"""The wire formats: request envelopes (validated here, and nowhere else) and what the OpenAPI schema says
+about every route's responses (status, media type, body).
+
+A request envelope is a strict pydantic model (``extra="forbid"``, no coercion): the routes read the body
+(size limit first), parse it, and validate it with :func:`parse`, so the OpenAPI schema is the validator.
+Only the tensor payload (``Tensor`` fields) passes through untouched, to the one fast converter
+(``server.jsonio.to_float32``) and the runtime's validator. A validation error becomes an InvalidRequest
+that names the field (``inputs[0].datatype``) and says what it expects (the field's description).
+tests/test_fuzz_schema.py holds the server to this schema (schemathesis)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
+from server.errors import InvalidRequest
 from server.metrics import CONTENT_TYPE
+
+_NUMBERS = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}, "minItems": 1}
+Tensor = Annotated[Any, WithJsonSchema(_NUMBERS)]  # nested lists of finite numbers: checked by to_float32
+
+
+class Envelope(BaseModel):
+    """A request envelope: unknown fields refused, no type coercion ("1" is not a number, 1 not a bool)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Open(BaseModel):
+    """An object of free-form parameters: known keys are typed, others pass through."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _description(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The description of the field at ``loc`` (following nested models and lists), if any."""
+    current: Any = model
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        current = info.annotation
+        while getattr(current, "__args__", None) and not hasattr(current, "model_fields"):
+            current = next((a for a in current.__args__ if hasattr(a, "model_fields")), current.__args__[0])
+    return info.description if info is not None else None
+
+
+def _fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the (nested) model holding ``loc``'s last part."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        current = info.annotation
+        while getattr(current, "__args__", None) and not hasattr(current, "model_fields"):
+            current = next((a for a in current.__args__ if hasattr(a, "model_fields")), current.__args__[0])
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def invalid(model: type[BaseModel], exc: ValidationError) -> InvalidRequest:
+    """The first validation error (an unknown field first) as an InvalidRequest naming the field and what
+    it expects."""
+    found = exc.errors()
+    error = next((e for e in found if e["type"] == "extra_forbidden"), found[0])
+    loc = tuple(error["loc"])
+    param = _path(loc) or None
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"unknown field {loc[-1]!r}; expected {_fields(model, loc)}", param)
+    if kind == "value_error":
+        return InvalidRequest(f"{param}: {error['msg'].removeprefix('Value error, ')}", param)
+    expected = _description(model, loc) or error["msg"].lower()
+    if kind == "missing":
+        return InvalidRequest(f"{param}: required ({expected})", param)
+    if param is None:
+        return InvalidRequest(f"expected a JSON object ({error['msg'].lower()})")
+    return InvalidRequest(f"{param}: expected {expected}, got {error.get('input')!r:.80}", param)
+
+
+def parse(model: type[M], doc: Any, what: str = "the body") -> M:
+    """Validate a parsed JSON document against a request envelope (InvalidRequest naming the field)."""
+    if not isinstance(doc, dict):
+        fields = ", ".join(f'"{name}"' for name in model.model_fields)
+        raise InvalidRequest(f"{what} must be a JSON object with the fields {fields}")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise invalid(model, exc) from None
 
 
 class ErrorDetail(BaseModel):
@@ -60,15 +154,25 @@ class ModelList(BaseModel):
     models: list[ModelView]
 
 
-Row = list[float]
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: list[Row] | list[list[Row]] = Field(
-        description="one sequence T×F, or a batch B×T×F, of finite numbers", min_length=1
+class ClassifyRequest(Envelope):
+    inputs: Tensor = Field(
+        description="T×shape or B×T×shape numbers: one sequence [T, *input_shape] or a batch "
+        "[B, T, *input_shape] of finite numbers"
     )
-    return_logits: bool = True
+    return_logits: bool = Field(True, description="true or false (false leaves the logits out)")
+
+
+class StepFrame(Envelope):
+    """A WebSocket text frame carrying one timestep."""
+
+    x: Tensor = Field(description="one timestep of the model's per-step shape")
+    logits: bool | None = Field(None, description="true or false (true adds the running mean logits)")
+
+
+class ResetFrame(Envelope):
+    """A WebSocket text frame starting a new sequence on the same socket."""
+
+    reset: Literal[True] = Field(description='send exactly {"reset": true}')
 
 
 class Prediction(BaseModel):
@@ -119,24 +223,61 @@ class V2ModelMetadata(BaseModel):
     parameters: dict[str, Any]
 
 
-class V2InputTensor(BaseModel):
-    name: str = Field(description="x")
-    shape: list[int] = Field(description="[B, T, F]", min_length=3, max_length=3)
-    datatype: str = Field(description="FP32 (FP16 and FP64 are converted)")
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = Field(None, description="the values, flat or nested (or binary data)")
+class V2InputParameters(Open):
+    binary_data_size: int | None = Field(
+        None, ge=0, description="a byte count: the tensor's bytes follow the JSON header (binary extension)"
+    )
 
 
-class V2RequestedOutput(BaseModel):
-    name: str = Field(description="logits, probabilities or label_index")
-    parameters: dict[str, Any] | None = None
+class V2InputTensor(Envelope):
+    name: Literal["x"] = Field(description="'x', the model's one input")
+    shape: list[int] = Field(
+        description="[B, T, *input_shape] positive integers ([1, 1, *input_shape] or [1, *input_shape] in a "
+        "sequence request)"
+    )
+    datatype: Literal["FP32", "FP64", "FP16"] = Field(description="FP32 (FP16 and FP64 are converted)")
+    parameters: V2InputParameters | None = Field(None, description="an object")
+    data: Tensor | None = Field(None, description="the values, flat or nested (or binary data)")
 
 
-class V2InferRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[V2InputTensor] = Field(min_length=1, max_length=1)
-    outputs: list[V2RequestedOutput] | None = None
+class V2OutputParameters(Open):
+    binary_data: bool | None = Field(None, description="true or false (true: this output as binary data)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_classification(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "classification" in data:
+            raise ValueError("the classification extension is not supported")
+        return data
+
+
+class V2RequestedOutput(Envelope):
+    name: Literal["logits", "probabilities", "label_index"] = Field(
+        description="one of ['logits', 'probabilities', 'label_index']"
+    )
+    parameters: V2OutputParameters | None = Field(None, description="an object")
+
+
+SequenceId = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class V2RequestParameters(Open):
+    binary_data_output: bool = Field(False, description="true or false (true: every output as binary data)")
+    sequence_id: SequenceId | None = Field(
+        None,
+        description="a positive integer or a non-empty string: the sequence (Triton's extension; 0 is none)",
+    )
+    sequence_start: bool = Field(False, description="true or false (true: the first step of the sequence)")
+    sequence_end: bool = Field(False, description="true or false (true: the last step of the sequence)")
+
+
+class V2InferRequest(Envelope):
+    id: str | None = Field(None, description="a string, echoed in the answer")
+    parameters: V2RequestParameters | None = Field(None, description="an object")
+    inputs: list[V2InputTensor] = Field(
+        min_length=1, max_length=1, description="exactly one input tensor named 'x'"
+    )
+    outputs: list[V2RequestedOutput] | None = Field(None, min_length=1, description="a non-empty list")
 
 
 class V2OutputTensor(BaseModel):

@@ -144,7 +144,7 @@ def test_close_and_reset_while_in_flight_corrupt_no_slot():
     refs = [_reference("lif", xs[i]) for i in range(4)]
 
     async def main():
-        rt = make_runtime(exported_models())
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
         ms = rt._model_streams["lif"]
         a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
         await rt.step(a, xs[0, 0])
@@ -183,7 +183,7 @@ def test_queued_step_of_closed_stream_and_cancelled_step():
     ref = _reference("sliding_psn", xs[2])
 
     async def main():
-        rt = make_runtime(exported_models())
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
         ms = rt._model_streams["sliding_psn"]
         a, b, c = [await rt.open_stream("sliding_psn") for _ in range(3)]
         ms.session = SlowSession(ms.session, 0.08)
@@ -212,7 +212,7 @@ def test_queued_step_of_closed_stream_and_cancelled_step():
 
 def test_runtime_close_answers_pending_steps():
     async def main():
-        rt = make_runtime(exported_models())
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
         ms = rt._model_streams["lif"]
         ms.session = SlowSession(ms.session, 0.1)
         a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
@@ -288,7 +288,7 @@ def test_ort_failure_answers_inference_error_and_keeps_serving():
     ref = _reference("lif", x[0])
 
     async def main():
-        rt = make_runtime(exported_models())
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # the failing session runs in the worker
         ms = rt._model_streams["lif"]
         sid = await rt.open_stream("lif")
         real, ms.session = ms.session, FailingSession()

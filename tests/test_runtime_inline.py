@@ -1,5 +1,6 @@
 """Small ORT work runs inline on the event loop (inline_max_rows); larger work, or inline_max_rows=0, in the
-worker thread; both give the same answers. step_checked: the server's entry point for validated frames."""
+worker thread; both give the same answers. StepInput: the one validated step type (built only by
+psn_runtime.validate.step_input) that Runtime.step takes without checking it again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from psn_runtime import RuntimeConfig
 from psn_runtime.errors import BadInput
+from psn_runtime.validate import StepInput, step_input
 from tests.fixtures import F, T, exported_models, make_runtime, run_full, running_means, sequences
 
 
@@ -68,18 +70,24 @@ def test_inline_max_rows_is_validated(tmp_path) -> None:
     assert RuntimeConfig(models_dir=tmp_path).inline_max_rows == 8
 
 
-def test_step_checked_refuses_bad_shapes_and_touches_no_state() -> None:
+def test_step_takes_validated_inputs_and_refuses_bad_ones_touching_no_state() -> None:
     xs = sequences(1, seed=43)
     _, step_logits = run_full(exported_models(), "lif", xs)
+    with pytest.raises(TypeError, match=r"built by psn_runtime\.validate\.step_input"):
+        StepInput(np.zeros(F, np.float32), object())
 
     async def main():
         rt = make_runtime(exported_models())
         sid = await rt.open_stream("lif")
+        shape = rt.stream_shape(sid)
         for bad in (np.zeros(F + 1, np.float32), np.zeros((1, F), np.float32), [[0.0] * F]):
             with pytest.raises(BadInput, match="expected one timestep"):
-                await rt.step_checked(sid, bad)
-        got = [(await rt.step_checked(sid, x)).logits for x in xs[0, :-1]]
-        got.append((await rt.step_checked(sid, xs[0, -1].astype(np.float64))).logits)  # converted
+                await rt.step(sid, bad)
+        other = step_input(np.zeros(F + 1, np.float32), shape=(F + 1,))  # valid, for another shape
+        with pytest.raises(BadInput, match="expected one timestep"):
+            await rt.step(sid, other)
+        got = [(await rt.step(sid, step_input(x, shape=shape))).logits for x in xs[0, :-1]]
+        got.append((await rt.step(sid, xs[0, -1].astype(np.float64))).logits)  # converted
         await rt.close()
         return np.stack(got)
 

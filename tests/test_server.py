@@ -362,6 +362,7 @@ def test_cors_off_by_default_and_on_when_configured(client: TestClient) -> None:
 
 def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     """The standard-library fallback (no orjson installed) is as strict and writes numpy the same way."""
+    from psn_runtime.validate import check_finite
     from server import jsonio
     from server.errors import InvalidJSON
 
@@ -372,8 +373,9 @@ def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
             jsonio.loads(bad)
     out = json.loads(jsonio.dumps({"p": np.array([0.25, 0.75], dtype=np.float32), "t": np.int64(3)}))
     assert out == {"p": [0.25, 0.75], "t": 3}
+    x = jsonio.to_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs")  # inf from the stdlib parser
     with pytest.raises(Exception, match="inputs\\[0\\]\\[0\\]"):
-        jsonio.to_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs")  # inf from the stdlib parser
+        check_finite(x, "inputs")  # the runtime's validator, which every transport goes through
 
 
 def test_inference_failure_is_a_500_without_details(

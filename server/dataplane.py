@@ -1,0 +1,220 @@
+"""The data plane (after KServe's ``DataPlane``): what every transport does, written once.
+
+Registry and readiness, classification, streams (open, step, reset, close) and Triton-style sequences over
+those streams, with the metrics each bumps. The routers (v1 JSON, Open Inference Protocol V2, WebSocket)
+only bind requests to these calls and encode the answers in their wire format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from psn_runtime import ClassifyResult, ModelInfo, ModelStatus, Runtime, StepResult
+from psn_runtime.errors import ModelNotReady, UnknownModel, UnknownStream
+from psn_runtime.manifest import Manifest
+from psn_runtime.validate import StepInput, step_input
+from server.errors import SequenceNotStarted
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from server.metrics import Metrics
+    from server.settings import Settings
+
+log = logging.getLogger("psn.server")
+
+
+@dataclass(eq=False, slots=True)
+class OpenStream:
+    """A stream opened through the data plane: its runtime id and what a transport needs per step."""
+
+    id: str
+    info: ModelInfo
+    manifest: Manifest
+    shape: tuple[int, ...]  # per-step input shape
+    max_steps: int  # steps before ``done`` (the model's bound, T for a full-only PSN, or the server's)
+    steps: Counter = field(repr=False)  # the model's step counter (resolved once, not per step)
+    closed: bool = False
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._runtime: Runtime | None = None
+        self.sequences = Sequences(self)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def attach(self, runtime: Runtime | None) -> None:
+        """The runtime the app's lifespan started (None once it stops)."""
+        self._runtime = runtime
+        if runtime is None:
+            self.sequences.clear()
+
+    @property
+    def attached(self) -> Runtime | None:
+        return self._runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise ModelNotReady("the server is still starting: models are loading")
+        return self._runtime
+
+    # -- registry and readiness --------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return self.runtime.models()
+
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        """A model's record (UnknownModel when no model, or no such version, has that name)."""
+        info = self.runtime.model(name)
+        if version is not None and (info.manifest is None or info.manifest.version != version):
+            raise UnknownModel(f"{name}/versions/{version}")
+        return info
+
+    def loaded_model(self, name: str, version: str | None = None) -> tuple[ModelInfo, Manifest]:
+        """A model and its manifest (ModelNotReady when it failed to load)."""
+        info = self.model(name, version)
+        if info.manifest is None:
+            raise ModelNotReady(f"model {info.name!r} failed to load: {info.error}")
+        return info, info.manifest
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): ready once loading has finished and at least one model is READY."""
+        runtime = self._runtime
+        if runtime is None or not runtime.loaded:
+            return False, {"status": "loading", "models": {}}
+        models: dict[str, dict[str, Any]] = {}
+        for info in runtime.models():
+            entry: dict[str, Any] = {"status": str(info.status)}
+            if info.status is ModelStatus.FAILED:
+                entry["error"] = info.error
+            models[info.name] = entry
+        ready = any(entry["status"] == ModelStatus.READY for entry in models.values())
+        return ready, {"status": "ready" if ready else "no model ready", "models": models}
+
+    # -- classification ----------------------------------------------------------------------------------
+    async def classify(self, name: str, x: object) -> ClassifyResult:
+        """x [B, T, *shape] or [T, *shape] float32 (validated by the runtime) -> one prediction each."""
+        result = await self.runtime.classify_async(name, x)
+        self.metrics.sequences.labels(name).inc(len(result.labels))
+        return result
+
+    # -- streams -----------------------------------------------------------------------------------------
+    def max_steps(self, manifest: Manifest) -> int:
+        if manifest.max_steps is not None:
+            return manifest.max_steps
+        if not manifest.streams:  # full-only PSN: the runtime gathers T steps, then answers
+            return manifest.T
+        return self.settings.max_stream_steps
+
+    async def open_stream(self, name: str) -> OpenStream:
+        runtime = self.runtime
+        info = runtime.model(name)
+        stream_id = await runtime.open_stream(name)
+        manifest = info.manifest
+        assert manifest is not None  # open_stream succeeded, so the model is READY
+        return OpenStream(
+            stream_id,
+            info,
+            manifest,
+            tuple(manifest.input_shape),
+            self.max_steps(manifest),
+            self.metrics.steps.labels(name),
+        )
+
+    def step_input(self, stream: OpenStream, x: object, param: str = "x") -> StepInput:
+        """One timestep for this stream, validated (BadInput naming the element: ``x[3]``)."""
+        return step_input(x, shape=stream.shape, param=param)
+
+    async def step(self, stream: OpenStream, x: StepInput) -> StepResult:
+        result = await self.runtime.step(stream.id, x)
+        stream.steps.inc()
+        return result
+
+    def reset(self, stream: OpenStream) -> None:
+        self.runtime.reset_stream(stream.id)
+
+    def close(self, stream: OpenStream) -> None:
+        """Idempotent; a no-op once the runtime is gone."""
+        stream.closed = True
+        if self._runtime is not None:
+            self._runtime.close_stream(stream.id)
+
+
+class Sequences:
+    """Triton's sequence extension: each (model, sequence_id) holds one stream of the data plane, opened by
+    ``sequence_start``, stepped once per request, closed by ``sequence_end``, by the runtime's idle timeout,
+    or when the runtime stops. Limits and errors are a WebSocket stream's (max_streams, steps, NaN, ...)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._open: dict[tuple[str, int | str], OpenStream] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def clear(self) -> None:
+        self._open.clear()
+
+    def _prune(self) -> None:
+        """Forget sequences whose stream the runtime closed (idle timeout)."""
+        runtime = self.plane.attached
+        if runtime is None:
+            return
+        live = runtime.stream_ids()
+        for key in [key for key, stream in self._open.items() if stream.id not in live]:
+            del self._open[key]
+
+    async def _stream(self, key: tuple[str, int | str], start: bool) -> OpenStream:
+        """The sequence's stream: a new one on ``start`` (a sequence already open under that id starts
+        over), else the open one."""
+        if start:
+            self._prune()
+            old = self._open.pop(key, None)
+            if old is not None:
+                self.plane.close(old)
+            stream = await self.plane.open_stream(key[0])
+            self._open[key] = stream
+            return stream
+        stream = self._open.get(key)
+        if stream is None:
+            raise SequenceNotStarted(
+                f"sequence {key[1]!r} of model {key[0]!r} is not open: its first request must set "
+                "sequence_start",
+                "parameters.sequence_id",
+            )
+        return stream
+
+    async def step(
+        self, name: str, sequence_id: int | str, x: np.ndarray, *, start: bool, end: bool, param: str
+    ) -> StepResult:
+        """One timestep x (``prod(shape)`` values in any shape) of the sequence; ``start`` opens it (again),
+        ``end`` closes it afterwards, also when the step failed. A bad step leaves the sequence as it was."""
+        key = (name, sequence_id)
+        stream = await self._stream(key, start)
+        try:
+            checked = self.plane.step_input(stream, x.reshape(stream.shape), param)  # [*shape]
+            return await self.plane.step(stream, checked)
+        except UnknownStream:
+            self._open.pop(key, None)
+            raise UnknownStream(f"sequence {sequence_id!r} of model {name!r} was closed (idle)") from None
+        finally:
+            if end:
+                if self._open.get(key) is stream:
+                    del self._open[key]
+                self.plane.close(stream)
+
+
+def _plane(connection: HTTPConnection) -> DataPlane:
+    return connection.app.state.psn.plane
+
+
+Plane = Annotated[DataPlane, Depends(_plane)]
+"""The app's data plane (typed dependency)."""
