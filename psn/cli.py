@@ -11,6 +11,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("psn.train", "train a PSN-family sequence classifier on a bundled data set"),
+    "train-zoo": ("psn.zoo_train", "train a psn.zoo 2-D network on MNIST images repeated over T"),
     "export": ("exporters.cli", "export a checkpoint to a model directory (full.onnx, step.onnx)"),
     "serve": ("server.cli", "serve model directories over HTTP and WebSocket"),
     "bench": ("bench.cli", "run a benchmark suite (neurons, memory, runtime, serving)"),
@@ -19,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: psn <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "psn <command> --help shows a command's options."]
     return "\n".join(lines)
 

