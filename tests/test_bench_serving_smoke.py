@@ -52,9 +52,9 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     assert "pinned" in doc["environment"]["pinning"] or "not pinned" in doc["environment"]["pinning"]
 
     classify = doc["classify"]["rows"]
-    assert {(r["target"], r["connections"]) for r in classify} == {
-        ("service", 1), ("service", 8), ("echo", 1), ("echo", 8),
-    }  # fmt: skip
+    assert {(r["target"], r["format"], r["connections"]) for r in classify} == {
+        (t, f, c) for t in ("service", "echo") for f in ("json", "v2-binary") for c in (1, 32)
+    }
     for r in classify:
         assert r["errors"] == 0, r
         assert r["requests"] > 0 and r["rps"] > 0
@@ -62,7 +62,7 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
 
     streams = doc["streaming"]["rows"]
     assert {(r["target"], r["batching"], r["streams"]) for r in streams} == {
-        (t, b, n) for t, b in (("service", "on"), ("service", "off"), ("echo", "-")) for n in (1, 8)
+        (t, b, n) for t, b in (("service", "on"), ("service", "off"), ("echo", "-")) for n in (1, 64)
     }
     for r in streams:
         assert r["errors"] == 0, r
@@ -83,8 +83,25 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     # the inputs went out at about one step every 2 ms: the PSN's first output comes after (T-1) * 2 ms
     assert kinds["psn"]["first_output_ms"] >= (T - 1) * 2.0 * 0.9
 
+    # the raw ORT cost, measured in the same run, and the limit it sets with the echo's rate
+    raw = {m["kind"]: m for m in doc["raw"]["models"]}
+    stream_kind = doc["streaming"]["kind"]
+    assert raw[doc["classify"]["kind"]]["full_b1_us"] > 0
+    assert 0 < raw[stream_kind]["step_b64_per_step_us"] < raw[stream_kind]["step_b1_us"] * 1.5
+    limits = {r["figure"]: r for r in doc["limit"]}
+    assert set(limits) == {
+        "classify, 32 conns, batch 1, JSON", "classify, 32 conns, batch 1, V2 binary",
+        "64 streams, binary frames", "one stream, step round trip p50, binary frames",
+    }  # fmt: skip
+    json32 = limits["classify, 32 conns, batch 1, JSON"]
+    echo32 = next(r for r in classify if (r["target"], r["format"], r["connections"]) == ("echo", "json", 32))
+    expected = 1 / (1 / echo32["rps"] + raw[doc["classify"]["kind"]]["full_b1_us"] / 1e6)
+    assert json32["limit"] == pytest.approx(expected, rel=1e-3) and json32["limit"] < json32["echo"]
+    assert json32["fraction"] == pytest.approx(json32["service"] / json32["limit"], rel=1e-3)
+    rtt = limits["one stream, step round trip p50, binary frames"]
+    assert rtt["limit"] == pytest.approx(rtt["echo"] + raw[stream_kind]["step_b1_us"] / 1e3, abs=2e-4)
     assert [g["goal"] for g in doc["goals"]]
-    for name in ("classify", "streams", "latency"):
+    for name in ("limit", "classify", "streams", "latency"):
         png = tmp_path / f"bench-serving-quick-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

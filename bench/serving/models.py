@@ -27,6 +27,7 @@ class ModelRef:
     dataset: str
     test_accuracy: float
     parameters: int
+    directory: str = ""  # the model directory (manifest.json, full.onnx, step.onnx)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -41,6 +42,7 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
             ref = ModelRef(
                 m["name"], m["kind"], int(m["T"]), int(m["features"]), m.get("k"), bool(m["streams"]),
                 str(m.get("dataset", "?")), float(m.get("test_accuracy", 0.0)), int(m.get("parameters", 0)),
+                str(manifest.parent),
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a model directory the server would load either; it reports why

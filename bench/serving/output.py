@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_json
+from bench.serving.limit import limit_goals, limit_rate, limit_rows, limit_table
 from bench.serving.report import (
     GOAL_P99_32_MS,
     GOAL_RPS_32,
@@ -40,6 +41,8 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     streams = results.get("streaming", {}).get("rows", [])
     first = results.get("first_output")
     blocks = []
+    limits = limit_rows(results)
+    results["limit"] = [r.to_json() for r in limits]
     rounds = results.get("plan", {}).get("rounds", 1)
     if rounds > 1:
         blocks.append(f"every load point ran {rounds} times, interleaved; the tables show its fastest round")
@@ -56,7 +59,10 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         blocks.append(
             first_output_table(first["kinds"], first["period_ms"]) + f"\n(inputs: {first['inputs']})"
         )
-    goal_items = goals(classify, streams)
+    if limits:
+        raw = results.get("raw", {}).get("models", [])
+        blocks.append(limit_table(limits) + f"\n(raw ORT per model: {_raw_note(raw)})")
+    goal_items = [*limit_goals(limits), *goals(classify, streams)]
     results["goals"] = [g.to_json() for g in goal_items]
     blocks.append(goals_table(goal_items))
     if results.get("profile"):
@@ -79,18 +85,55 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     return written
 
 
+def _raw_note(models: list[dict[str, Any]]) -> str:
+    parts = []
+    for m in models:
+        text = f"{m['model']}: full b1 {m['full_b1_us']:.1f} us"
+        if "step_b64_per_step_us" in m:
+            text += (
+                f", step b1 {m['step_b1_us']:.1f} us, step b64 {m['step_b64_us']:.1f} us "
+                f"({m['step_b64_per_step_us']:.2f} us/step)"
+            )
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _classify_limits(results: dict[str, Any]) -> dict[int, float]:
+    """Per connection count, the limit of JSON batch-1 classify: 1 / (1/echo rate + full graph cost)."""
+    c = results.get("classify", {})
+    raw = {m["kind"]: m for m in results.get("raw", {}).get("models", [])}
+    full_us = raw.get(c.get("kind"), {}).get("full_b1_us")
+    full_s = None if full_us is None else full_us / 1e6
+    out = {}
+    for r in c.get("rows", []):
+        if r["target"] == "echo" and r.get("format") == "json" and r["batch"] == 1:
+            lim = limit_rate(r["rps"], full_s)
+            if lim is not None:
+                out[r["connections"]] = lim
+    return out
+
+
 def _plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    from bench.serving.limit import limit_plot
     from bench.serving.plots import classify_plot, first_output_plot, streams_plot
 
     env = results["environment"]
     where = f"server on 1 core ({env['cpu']}), load avg {env['loadavg_start']}"
     written = []
+    limits = [r for r in results.get("limit", [])]
+    if limits:
+        from bench.serving.limit import LimitRow
+
+        path = out_dir / f"{stem}-limit.png"
+        limit_plot([LimitRow(**r) for r in limits], f"service, echo and limit, same run, {where}", path)
+        written.append(path)
     if results.get("classify", {}).get("rows"):
         c = results["classify"]
         path = out_dir / f"{stem}-classify.png"
         classify_plot(
-            c["rows"], GOAL_RPS_32, GOAL_P99_32_MS, f"POST classify ({c['model']}) vs echo, {where}", path
-        )
+            c["rows"], GOAL_RPS_32, GOAL_P99_32_MS, f"POST classify ({c['model']}) vs echo, {where}", path,
+            limit_rps=_classify_limits(results),
+        )  # fmt: skip
         written.append(path)
     if results.get("streaming", {}).get("rows"):
         s = results["streaming"]

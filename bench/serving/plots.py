@@ -27,20 +27,27 @@ def _log2_x(ax, values: Sequence[int], label: str) -> None:
 
 
 def classify_plot(
-    rows: list[dict[str, Any]], goal_rps: float, goal_p99_ms: float, title: str, path: Path
+    rows: list[dict[str, Any]],
+    goal_rps: float,
+    goal_p99_ms: float,
+    title: str,
+    path: Path,
+    limit_rps: dict[int, float] | None = None,
 ) -> None:
-    """rows: {target: service|echo, batch, connections, rps, p50_ms, p99_ms}."""
+    """rows: {target: service|echo, format: json|v2-binary, batch, connections, rps, p50_ms, p99_ms};
+    limit_rps: the limit per connection count (1 / (1/echo rate + raw ORT cost)) for JSON, batch 1."""
     plt = _pyplot()
     fig, (ax_rps, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
     conns = sorted({r["connections"] for r in rows})
     styles = {"service": "-", "echo": "--"}
-    colors = {1: "tab:blue", 16: "tab:orange"}
-    for (target, batch), group in _groups(rows, ("target", "batch")).items():
+    colors = {(1, "json"): "tab:blue", (16, "json"): "tab:orange", (1, "v2-binary"): "tab:green",
+              (16, "v2-binary"): "tab:olive"}  # fmt: skip
+    for (target, fmt, batch), group in _groups(rows, ("target", "format", "batch")).items():
         group.sort(key=lambda r: r["connections"])
         xs = [r["connections"] for r in group]
-        color = colors.get(batch, "tab:purple")
+        color = colors.get((batch, fmt), "tab:purple")
         name = "psn serve" if target == "service" else "echo (stack ceiling)"
-        label = f"{name}, batch {batch}"
+        label = f"{name}, {fmt}, batch {batch}"
         ax_rps.plot(xs, [r["rps"] for r in group], styles[target], marker="o", color=color, label=label)
         ax_lat.plot(
             xs, [r["p99_ms"] for r in group], styles[target], marker="o", color=color, label=label + " p99"
@@ -49,6 +56,10 @@ def classify_plot(
             ax_lat.plot(xs, [r["p50_ms"] for r in group], ":", marker=".", color=color, label=label + " p50")
         cpu = [_nan(r.get("server_cpu_us_per_request")) for r in group]
         ax_cpu.plot(xs, cpu, styles[target], marker="o", color=color, label=label)
+    if limit_rps:
+        xs = sorted(limit_rps)
+        ax_rps.plot(xs, [limit_rps[x] for x in xs], ":", marker="^", color="black",
+                    label="limit (echo + raw ORT), json, batch 1")  # fmt: skip
     ax_rps.axhline(
         goal_rps, color="black", linewidth=0.8, linestyle="-.", label=f"goal {goal_rps:,.0f} req/s (32)"
     )

@@ -1,4 +1,5 @@
--- wrk script of `psn bench serving`: POST the JSON body read from the file named by $PSN_WRK_BODY,
+-- wrk script of `psn bench serving`: POST the body read from the file named by $PSN_WRK_BODY (Content-Type
+-- $PSN_WRK_TYPE, application/json by default; $PSN_WRK_HEADER "Name: value" adds a header),
 -- then print one line "PSN_WRK_JSON {...}" with the request count, errors and latency percentiles (us).
 -- The body is set at load time, so wrk sends one pre-built request (no Lua call per request).
 
@@ -10,7 +11,12 @@ local file = assert(io.open(path, "rb"))
 wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("PSN_WRK_TYPE") or "application/json"
+local extra = os.getenv("PSN_WRK_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -153,12 +153,25 @@ def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def post(port: int, path: str, body: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+def post(
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str = "application/json",
+    header: str = "",
+    timeout: float = 30.0,
+) -> tuple[int, bytes, int | None]:
+    """(status, body, Inference-Header-Content-Length of the answer or None)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    headers = {"Content-Type": content_type}
+    if header:
+        name, value = header.split(":", 1)
+        headers[name.strip()] = value.strip()
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
-        return response.status, response.read()
+        length = response.getheader("Inference-Header-Content-Length")
+        return response.status, response.read(), None if length is None else int(length)
     finally:
         conn.close()
 
@@ -254,13 +267,17 @@ class ServerProcess:
         self.stop()
 
 
-def psn_server(models_dir: Path, *, batching: bool, log_dir: Path, pinning: Pinning) -> ServerProcess:
+def psn_server(
+    models_dir: Path, *, batching: bool, log_dir: Path, pinning: Pinning, providers: list[str] | None = None
+) -> ServerProcess:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
     argv = [
         sys.executable, "-m", "psn.cli", "serve", "--host", HOST, "--models-dir", str(models_dir),
         "--batching" if batching else "--no-batching", "--log-level", "warning",
         "--max-streams", "4096", "--max-stream-steps", "100000000", "--idle-timeout-s", "120",
     ]  # fmt: skip
+    if providers:
+        argv += ["--providers", ",".join(providers)]
     name = "batching-on" if batching else "batching-off"
     return ServerProcess(f"psn serve ({name})", argv, log_dir / f"psn-serve-{name}.log", pinning)
 

@@ -1,8 +1,8 @@
 """Tables and goals of the serving suite, from the rows that bench.serving.suite collects.
 
-Classify rows: {target (service|echo), batch, connections, rps, seq_per_s, p50_ms, p90_ms, p99_ms, errors,
-server_cpu_util}. Stream rows: {target, batching (on|off|-), frames, streams, steps_per_s, p50_ms, p90_ms,
-p99_ms, errors, server_cpu_util, client_cpu_util, client_procs}.
+Classify rows: {target (service|echo), format (json|v2-binary), batch, connections, rps, seq_per_s,
+p50_ms, p90_ms, p99_ms, errors, server_cpu_util}. Stream rows: {target, batching (on|off|-), frames,
+streams, steps_per_s, p50_ms, p90_ms, p99_ms, errors, server_cpu_util, client_cpu_util, client_procs}.
 """
 
 from __future__ import annotations
@@ -31,34 +31,30 @@ def _get(row: dict[str, Any] | None, key: str) -> Any:
     return None if row is None else row.get(key)
 
 
+def _classify_cells(fmt: str, batch: int, conns: int, s: dict[str, Any], e: dict[str, Any] | None) -> list:
+    return [
+        fmt, batch, conns, round(s["rps"]), round(s["seq_per_s"]), s["p50_ms"], s["p90_ms"], s["p99_ms"],
+        s["server_cpu_util"], _round(s.get("server_cpu_us_per_request")), s["errors"],
+        _round(_get(e, "rps")), _get(e, "p99_ms"), _round(_get(e, "server_cpu_us_per_request")),
+        _ratio(s["rps"], _get(e, "rps")),
+    ]  # fmt: skip
+
+
 def classify_table(rows: list[dict[str, Any]]) -> str:
     out = []
-    for batch in sorted({r["batch"] for r in rows}):
-        for conns in sorted({r["connections"] for r in rows}):
-            s = _find(rows, target="service", batch=batch, connections=conns)
-            e = _find(rows, target="echo", batch=batch, connections=conns)
-            if s is None:
-                continue
-            out.append([
-                batch, conns, round(s["rps"]), round(s["seq_per_s"]), s["p50_ms"], s["p90_ms"], s["p99_ms"],
-                s["server_cpu_util"], _round(s.get("server_cpu_us_per_request")), s["errors"],
-                _round(_get(e, "rps")), _get(e, "p99_ms"), _round(_get(e, "server_cpu_us_per_request")),
-                _ratio(s["rps"], _get(e, "rps")),
-            ])  # fmt: skip
-    headers = [
-        "batch",
-        "conns",
-        "req/s",
-        "seq/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "srv cpu",
-        "us/req",
-        "errors",
-    ]
-    headers += ["echo req/s", "echo p99", "us/req", "svc/echo"]
-    title = "classify (wrk, POST JSON) vs the echo app on the same stack (us/req: server CPU per request)"
+    for fmt in sorted({r.get("format", "json") for r in rows}):
+        for batch in sorted({r["batch"] for r in rows}):
+            for conns in sorted({r["connections"] for r in rows}):
+                s = _find(rows, target="service", format=fmt, batch=batch, connections=conns)
+                e = _find(rows, target="echo", format=fmt, batch=batch, connections=conns)
+                if s is not None:
+                    out.append(_classify_cells(fmt, batch, conns, s, e))
+    headers = ["body", "batch", "conns", "req/s", "seq/s", "p50 ms", "p90 ms", "p99 ms", "srv cpu", "us/req"]
+    headers += ["errors", "echo req/s", "echo p99", "us/req", "svc/echo"]
+    title = (
+        "classify (wrk; body json: v1 JSON, v2-binary: V2 binary tensor) vs the echo app with the same body "
+        "(us/req: server CPU per request)"
+    )
     return format_table(headers, out, title)
 
 
@@ -117,10 +113,10 @@ def threads_table(classify: list[dict[str, Any]], streams: list[dict[str, Any]])
     """Where the server's CPU goes by thread: the event loop (main) against the others (the ORT worker or
     executor threads), and how often its threads are switched out, per request or step."""
     out = []
-    for r in sorted(classify, key=lambda r: (r["target"], r["batch"], r["connections"])):
+    for r in sorted(classify, key=lambda r: (r["target"], r.get("format", ""), r["batch"], r["connections"])):
         name = "echo" if r["target"] == "echo" else "psn serve"
-        out.append([f"classify {name}", f"batch {r['batch']}, {r['connections']} conns",
-                    *_thread_cells(r, "server_cpu_us_per_request")])  # fmt: skip
+        load = f"{r.get('format', 'json')}, batch {r['batch']}, {r['connections']} conns"
+        out.append([f"classify {name}", load, *_thread_cells(r, "server_cpu_us_per_request")])
     for r in sorted(streams, key=lambda r: (r["target"], r["batching"], r["frames"], r["streams"])):
         name = "echo" if r["target"] == "echo" else f"batching {r['batching']}"
         out.append([f"streams {name}", f"{r['frames']}, {r['streams']} streams",
@@ -184,7 +180,7 @@ def goals(classify: list[dict[str, Any]], streams: list[dict[str, Any]]) -> list
             f"256 streams, batching on / off ({frames} frames)", f">= {GOAL_BATCHING_GAIN:g}x",
             "-" if gain is None else f"{gain:.2f}x", None if gain is None else gain >= GOAL_BATCHING_GAIN,
         ))  # fmt: skip
-    c = _find(classify, target="service", batch=1, connections=32)
+    c = _find(classify, target="service", format="json", batch=1, connections=32)
     out.append(Goal(
         "classify, 32 connections, batch 1", f">= {GOAL_RPS_32:,.0f} req/s, p99 <= {GOAL_P99_32_MS:g} ms",
         "-" if c is None else f"{c['rps']:,.0f} req/s, p99 {c['p99_ms']:.1f} ms",

@@ -13,7 +13,7 @@ from bench.common import BenchError, progress
 from bench.serving.latency import LatencyJob, sample_inputs, stream_sequences, summarize
 from bench.serving.models import KINDS, ModelRef
 from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, get
-from bench.serving.wrk import check_answer, classify_body, run_wrk
+from bench.serving.wrk import Body, check_answer, classify_body, run_wrk, v2_binary_body
 from bench.serving.ws import Frames, run_in_client_process, run_streams
 
 STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
@@ -73,48 +73,51 @@ def _classify_model(ctx: Context) -> ModelRef:
     return ctx.models.get("psn") or next(iter(ctx.models.values()))
 
 
+def _classify_targets(ctx: Context, model: ModelRef, batch: int) -> dict[tuple[str, str], tuple]:
+    """(target, format) -> (server, path, Body): the service and the echo app, for every body format."""
+    out = {}
+    for fmt in ctx.plan.formats:
+        if fmt == "json":
+            body, path = (
+                Body(classify_body(model.T, model.features, batch)),
+                f"/v1/models/{model.name}/classify",
+            )
+        else:
+            body, path = v2_binary_body(model.T, model.features, batch), f"/v2/models/{model.name}/infer"
+        out[("service", fmt)] = (ctx.on, path, body)
+        out[("echo", fmt)] = (ctx.echo, "/echo", body)
+    return out
+
+
 def run_classify(ctx: Context) -> dict[str, Any]:
     plan = ctx.plan
     model = _classify_model(ctx)
-    path = f"/v1/models/{model.name}/classify"
-    targets = {"service": (ctx.on, path), "echo": (ctx.echo, "/echo")}
-    bodies: dict[int, tuple[Path, int]] = {}
+    targets: dict[tuple[str, str, int], tuple[ServerProcess, str, Body, Path]] = {}
     for batch in plan.batches:
-        body = classify_body(model.T, model.features, batch)
-        file = ctx.work / f"classify-b{batch}.json"
-        file.write_bytes(body)
-        answer = check_answer(ctx.on, path, body, "predictions")
-        if len(answer["predictions"]) != batch:
-            raise BenchError(f"classify of a batch of {batch} gave {len(answer['predictions'])} predictions")
-        check_answer(ctx.echo, "/echo", body, "ok")
-        bodies[batch] = (file, len(body))
+        for (target, fmt), (server, path, body) in _classify_targets(ctx, model, batch).items():
+            file = ctx.work / f"classify-{target}-{fmt}-b{batch}.body"
+            file.write_bytes(body.data)
+            expect = "ok" if target == "echo" else ("predictions" if fmt == "json" else "outputs")
+            answer = check_answer(server, path, body, expect)
+            if target == "service" and fmt == "json" and len(answer["predictions"]) != batch:
+                raise BenchError(
+                    f"classify of a batch of {batch} gave {len(answer['predictions'])} predictions"
+                )
+            targets[(target, fmt, batch)] = (server, path, body, file)
     if plan.duration_s >= 2:  # warm both servers (first requests, allocator, caches) before counting
-        for batch in plan.batches:
-            for server, url_path in targets.values():
-                run_wrk(server, url_path, bodies[batch][0], connections=8, duration_s=1, pinning=ctx.pinning)
-    points = [
-        (r, b, c, t)
-        for r in range(plan.rounds)
-        for b in plan.batches
-        for c in plan.connections
-        for t in targets
-    ]
+        for server, path, body, file in targets.values():
+            run_wrk(server, path, file, body=body, connections=8, duration_s=1, pinning=ctx.pinning)
+    points = [(r, key, c) for r in range(plan.rounds) for key in targets for c in plan.connections]
     rows = []
-    for rnd, batch, conns, target in progress(points, desc="classify (wrk)", quiet=ctx.quiet):
-        server, url_path = targets[target]
-        r = run_wrk(
-            server,
-            url_path,
-            bodies[batch][0],
-            connections=conns,
-            duration_s=plan.duration_s,
-            pinning=ctx.pinning,
-        )
+    for rnd, (target, fmt, batch), conns in progress(points, desc="classify (wrk)", quiet=ctx.quiet):
+        server, path, body, file = targets[(target, fmt, batch)]
+        r = run_wrk(server, path, file, body=body, connections=conns, duration_s=plan.duration_s,
+                    pinning=ctx.pinning)  # fmt: skip
         errors = sum(r.errors.values())
         if errors:
-            print(f"warning: {target} batch {batch}, {conns} connections: errors {r.errors}", file=sys.stderr)
+            print(f"warning: {target} {fmt} batch {batch}, {conns} conns: errors {r.errors}", file=sys.stderr)
         rows.append({
-            "round": rnd, "target": target, "batch": batch, "connections": conns, "rps": r.rps,
+            "round": rnd, "target": target, "format": fmt, "batch": batch, "connections": conns, "rps": r.rps,
             "seq_per_s": r.rps * batch,
             **_ms(r.latency_ms), "errors": errors, "error_kinds": r.errors, "requests": r.requests,
             "duration_s": r.duration_s, "server_cpu_util": r.server_cpu_util,
@@ -123,23 +126,59 @@ def run_classify(ctx: Context) -> dict[str, Any]:
     return {
         "model": model.name,
         "kind": model.kind,
-        "path": path,
-        "body_bytes": {str(b): size for b, (_, size) in bodies.items()},
+        "paths": {f"{t}/{f}": p for (t, f, _), (_, p, _, _) in targets.items()},
+        "body_bytes": {f"{t}/{f}/b{b}": len(body.data) for (t, f, b), (_, _, body, _) in targets.items()},
+        "formats": {
+            "json": "POST /v1/models/{name}/classify, a JSON body {inputs: [[...]]}",
+            "v2-binary": "POST /v2/models/{name}/infer, JSON header + float32 tensor (binary extension), "
+            "label_index answered binary",
+        },
         "load": "wrk -t1 -cN, keep-alive, one pre-built POST (bench/serving/post_json.lua)",
-        "echo": "POST /echo: reads the body, answers a small JSON; no parsing, no model",
-        "rows": best_rounds(rows, ("target", "batch", "connections"), "rps"),
+        "echo": "POST /echo with the same body: reads it, answers a small JSON; no parsing, no model",
+        "rows": best_rounds(rows, ("target", "format", "batch", "connections"), "rps"),
         "all_rounds": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- raw ORT
+
+
+def run_raw(ctx: Context, providers: list[str] | None = None) -> dict[str, Any]:
+    """The model's raw ONNX Runtime cost, on the server's core: the classify model's full graph (batch 1)
+    and the stream model's step graph (batch 1 and 64); see bench.serving.raw."""
+    from bench.serving.raw import measure_pinned
+
+    dirs = []
+    for model in (_classify_model(ctx), _stream_model_or_none(ctx)):
+        if model is not None and Path(model.directory) not in dirs:
+            dirs.append(Path(model.directory))
+    seconds = min(2.0, max(0.3, ctx.plan.duration_s / 2))
+    if not ctx.quiet:
+        print(f"raw ORT cost: {len(dirs)} model(s), {seconds:g} s per graph ...", file=sys.stderr, flush=True)
+    models = measure_pinned(dirs, seconds, ctx.pinning.server, providers)
+    return {
+        "method": "session.run in a process pinned to the server's core, sessions made as the runtime makes "
+        "them; median per call (full graph batch 1; step graph batch 1 and 64, per step = call / 64)",
+        "seconds_per_graph": seconds,
+        "models": models,
     }
 
 
 # ----------------------------------------------------------------------------------------------- streams
 
 
-def _stream_model(ctx: Context) -> ModelRef:
+def _stream_model_or_none(ctx: Context) -> ModelRef | None:
     for kind in STREAM_KIND_ORDER:
         if kind in ctx.models and ctx.models[kind].streams:
             return ctx.models[kind]
-    raise BenchError("no streaming model (sliding_psn, lif or masked_psn) to stream to")
+    return None
+
+
+def _stream_model(ctx: Context) -> ModelRef:
+    model = _stream_model_or_none(ctx)
+    if model is None:
+        raise BenchError("no streaming model (sliding_psn, lif or masked_psn) to stream to")
+    return model
 
 
 def _batch_totals(server: ServerProcess, model: str) -> tuple[float, float]:
@@ -240,7 +279,7 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
 
     if "classify" in parts:
         model = _classify_model(ctx)
-        body = ctx.work / "classify-b1.json"
+        body = ctx.work / "profile-classify-b1.json"
         body.write_bytes(classify_body(model.T, model.features, 1))
         path = f"/v1/models/{model.name}/classify"
 

@@ -4,14 +4,16 @@ the same stack (FastAPI + uvicorn, no model work) measured in the same run: the 
 Servers run as subprocesses on 127.0.0.1 pinned to one core (``taskset -c 0``); the load (wrk, WebSocket
 client processes, the profiler) runs on another core. Parts:
 
-- classify: wrk POSTs a JSON sequence (batch 1) or 16 sequences (batch 16) over N connections: req/s and
-  p50/p90/p99, beside the echo app's.
+- raw: the model's raw ONNX Runtime cost on the server's core (full graph batch 1; step graph batch 1 and
+  64), from which, with the echo's rate, the *limit* of each kind of work (``bench.serving.limit``).
+- classify: wrk POSTs a JSON sequence (batch 1) or 16 sequences (batch 16) over N connections, as a v1 JSON
+  body and as a V2 binary tensor: req/s and p50/p90/p99, beside the echo app's with the same body.
 - streams: one stream's step round trip (JSON and binary frames) and the aggregate steps/s of S closed-loop
   streams, step batching on and off (two servers), beside the echo app's WebSocket.
 - latency: a sequence streamed at one step every 2 ms to every model kind: time to first output and to
   decision; a plot of output times against input times.
 
-Writes docs/bench-serving.json and docs/bench-serving-{classify,streams,latency}.png (``--quick``: the
+Writes docs/bench-serving.json and docs/bench-serving-{limit,classify,streams,latency}.png (``--quick``: the
 ``bench-serving-quick*`` files, so a smoke run never overwrites the real numbers).
 """
 
@@ -33,7 +35,14 @@ from typing import Any
 from bench.common import DEFAULT_OUT, SHARED_MACHINE_NOTE, BenchError, cpu_model, load_average
 from bench.serving.models import resolve
 from bench.serving.procs import HOST, REPO_ROOT, choose_pinning, echo_server, psn_server
-from bench.serving.runs import Context, run_classify, run_first_output, run_profiles, run_streams_part
+from bench.serving.runs import (
+    Context,
+    run_classify,
+    run_first_output,
+    run_profiles,
+    run_raw,
+    run_streams_part,
+)
 from bench.serving.wrk import WRK_MISSING, wrk_binary, wrk_version
 
 
@@ -49,6 +58,7 @@ class Plan:
     batches: tuple[int, ...] = (1, 16)
     streams: tuple[int, ...] = (1, 16, 64, 256)
     frames: tuple[str, ...] = ("binary", "json")
+    formats: tuple[str, ...] = ("json", "v2-binary")  # classify bodies
     duration_s: float = 5.0
     warmup_s: float = 1.0
     sequences: int = 10
@@ -58,7 +68,7 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(connections=(1, 8), batches=(1,), streams=(1, 8), frames=("binary",), duration_s=0.5,
+QUICK = Plan(connections=(1, 32), batches=(1,), streams=(1, 64), frames=("binary",), duration_s=0.5,
              warmup_s=0.1, sequences=2)  # fmt: skip
 
 
@@ -86,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=_ints, default=None, help="sequences per classify request (1,16)")
     p.add_argument("--streams", type=_ints, default=None, help="concurrent stream counts (1,16,64,256)")
     p.add_argument("--frames", default=None, help="WebSocket frame kinds: binary,json")
+    p.add_argument(
+        "--formats", default=None, help="classify bodies: json (v1), v2-binary (V2 binary tensors)"
+    )
+    p.add_argument("--providers", default=None,
+                   help="execution providers of the server and the raw ORT measurement, comma-separated "
+                        "(default: the runtime's)")  # fmt: skip
     p.add_argument("--client-procs", type=int, default=None, help="WebSocket client processes (2)")
     p.add_argument("--rounds", type=int, default=None,
                    help="times each load point is run, interleaved; the best is reported (1)")  # fmt: skip
@@ -107,6 +123,11 @@ def _plan(args: argparse.Namespace) -> Plan:
         if not frames or any(f not in ("binary", "json") for f in frames):
             raise BenchError(f"--frames: expected binary and/or json, got {args.frames!r}")
         overrides["frames"] = frames
+    if args.formats is not None:
+        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        if not formats or any(f not in ("json", "v2-binary") for f in formats):
+            raise BenchError(f"--formats: expected json and/or v2-binary, got {args.formats!r}")
+        overrides["formats"] = formats
     # (flag, Plan field, lowest, highest)
     bounded = (
         ("duration", "duration_s", 0.2, 120),
@@ -183,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     if not parts:
         raise BenchError("nothing to run")
     pinning = choose_pinning(not args.no_pin)
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "cpu": cpu_model(),
@@ -198,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         "suite": "serving",
         "quick": args.quick,
         "environment": env,
-        "plan": plan.__dict__ | {"parts": [str(p) for p in parts]},
+        "plan": plan.__dict__ | {"parts": [str(p) for p in parts], "providers": providers},
         "skipped": skipped,
     }
     started = time.monotonic()
@@ -209,13 +231,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"psn bench serving: {pinning.note}; servers on {HOST}, models from {source}")
         print(f"load average at start: {env['loadavg_start']} (other people share these cores: expect noise)")
         echo = stack.enter_context(echo_server(work, pinning))
-        on = stack.enter_context(psn_server(models_dir, batching=True, log_dir=work, pinning=pinning))
+        serve = {"log_dir": work, "pinning": pinning, "providers": providers}
+        on = stack.enter_context(psn_server(models_dir, batching=True, **serve))
         off = None
         if Part.STREAMS in parts:
-            off = stack.enter_context(psn_server(models_dir, batching=False, log_dir=work, pinning=pinning))
+            off = stack.enter_context(psn_server(models_dir, batching=False, **serve))
         results["servers"] = {s.label: " ".join(s.command()) for s in (echo, on, off) if s is not None}
         ctx = Context(plan=plan, pinning=pinning, work=work, models=models, quiet=args.quiet,
                       echo=echo, on=on, off=off)  # fmt: skip
+        if Part.CLASSIFY in parts or Part.STREAMS in parts:
+            results["raw"] = run_raw(ctx, providers)
         if Part.CLASSIFY in parts:
             results["classify"] = run_classify(ctx)
         if Part.STREAMS in parts:

@@ -1,5 +1,6 @@
-"""HTTP load with wrk: POST a JSON body over N keep-alive connections for a fixed time, read back the
-request rate and latency percentiles that bench/serving/post_json.lua prints as JSON."""
+"""HTTP load with wrk: POST a body (JSON, or a V2 binary tensor request) over N keep-alive connections
+for a fixed time, read back the request rate and latency percentiles that bench/serving/post_json.lua
+prints as JSON."""
 
 from __future__ import annotations
 
@@ -46,6 +47,31 @@ def classify_body(T: int, F: int, batch: int, seed: int = 0) -> bytes:
     return ('{"inputs":' + inputs + "}").encode()
 
 
+V2_INPUT = "x"
+
+
+@dataclass(frozen=True)
+class Body:
+    """A pre-built request: the bytes, their Content-Type and any extra header ("Name: value")."""
+
+    data: bytes
+    content_type: str = "application/json"
+    header: str = ""
+
+
+def v2_binary_body(T: int, F: int, batch: int, seed: int = 0) -> Body:
+    """A KServe V2 infer request with the binary tensor extension: a JSON header naming the input
+    [B, T, F] FP32 and asking for label_index as binary, then the little-endian float32 values."""
+    x = np.random.default_rng(seed).random((batch, T, F)).astype("<f4")  # [B, T, F]
+    data = x.tobytes()
+    header = json.dumps({
+        "inputs": [{"name": V2_INPUT, "shape": [batch, T, F], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": "label_index", "parameters": {"binary_data": True}}],
+    }, separators=(",", ":")).encode()  # fmt: skip
+    return Body(header + data, "application/octet-stream", f"Inference-Header-Content-Length: {len(header)}")
+
+
 @dataclass(frozen=True)
 class WrkResult:
     connections: int
@@ -62,9 +88,13 @@ class WrkResult:
         return asdict(self)
 
 
-def check_answer(server: ServerProcess, path: str, body: bytes, expect_key: str) -> dict:
-    """One request before the load: the server must answer 200 with ``expect_key`` in its JSON."""
-    status, answer = post(server.port, path, body)
+def check_answer(server: ServerProcess, path: str, body: bytes | Body, expect_key: str) -> dict:
+    """One request before the load: the server must answer 200 with ``expect_key`` in its JSON (the JSON
+    header of a binary answer)."""
+    body = body if isinstance(body, Body) else Body(body)
+    status, answer, length = post(server.port, path, body.data, body.content_type, body.header)
+    if length is not None:
+        answer = answer[:length]
     if status != 200:
         raise BenchError(f"{server.label}: POST {path} answered {status}: {answer[:300]!r}")
     doc = json.loads(answer)
@@ -78,6 +108,7 @@ def run_wrk(
     path: str,
     body_file: Path,
     *,
+    body: Body | None = None,
     connections: int,
     duration_s: float,
     pinning: Pinning,
@@ -91,6 +122,8 @@ def run_wrk(
     cmd = [*pinning.load_prefix(), exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(LUA_SCRIPT), url]
     env = dict(os.environ, PSN_WRK_BODY=str(body_file))
+    if body is not None:
+        env.update(PSN_WRK_TYPE=body.content_type, PSN_WRK_HEADER=body.header)
     cpu0, threads0 = server.cpu_seconds(), server.thread_times()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu1, threads1 = server.cpu_seconds(), server.thread_times()
