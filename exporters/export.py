@@ -21,10 +21,7 @@ from exporters.graph import OPSET
 from exporters.graphs import build_full, build_step, neuron_kind
 from psn.checkpoint import load_checkpoint
 from psn.network import SeqClassifier, count_parameters
-from psn_runtime.manifest import FULL_GRAPH, MANIFEST_FILE, STEP_GRAPH, Manifest, NeuronKind
-
-STREAMING = (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN, NeuronKind.LIF)
-VARIABLE_LENGTH = (NeuronKind.SLIDING_PSN, NeuronKind.LIF)
+from psn_runtime.manifest import FULL_GRAPH, MANIFEST_FILE, STEP_GRAPH, Manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -73,7 +70,7 @@ def export_model(
     out_dir = Path(out_dir)
     cfg = model.cfg
     kind = neuron_kind(model)
-    streams = kind in STREAMING
+    streams = kind.facts.streams
     was_training = model.training
     model.eval()
     try:
@@ -89,12 +86,12 @@ def export_model(
                     name=name,
                     kind=kind,
                     T=cfg.T,
-                    k=cfg.k if kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN) else None,
+                    k=cfg.k if kind.facts.order else None,
                     input_shape=(cfg.features,),
                     labels=list(cfg.labels),
-                    variable_length=kind in VARIABLE_LENGTH,
+                    variable_length=kind.facts.variable_length,
                     streams=streams,
-                    max_steps=cfg.T if kind is NeuronKind.MASKED_PSN else None,
+                    max_steps=cfg.T if kind.facts.bounded else None,
                     states=step.states if step else [],
                     opset=OPSET,
                     sha256={f: sha256_file(staged / f) for f in graphs},

@@ -87,7 +87,7 @@ def build_full(model: SeqClassifier) -> onnx.ModelProto:
     """``x`` [N, T, F] -> ``logits`` [N, C], ``step_logits`` [N, T, C]."""
     cfg = model.cfg
     kind = neuron_kind(model)
-    variable = kind in (NeuronKind.SLIDING_PSN, NeuronKind.LIF)
+    variable = kind.facts.variable_length
     t_dim: int | str = "T" if variable else cfg.T
     b = GraphBuilder()
     low = Lowering(b, Mode.FULL, b.reserve(INPUT_NAME))

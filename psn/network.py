@@ -46,7 +46,7 @@ class NetConfig:
         self.lif_reset = ResetMode(self.lif_reset)
         if not self.labels:
             self.labels = [str(i) for i in range(self.classes)]
-        if self.kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN):
+        if NeuronKind(self.kind).facts.order:
             if self.k is None:
                 raise ValueError(f"{self.kind} needs k")
             if not 2 <= self.k <= self.T:

@@ -16,13 +16,7 @@ import torch
 from torch import nn
 
 from psn.surrogate import heaviside, parallel_spike
-
-
-class NeuronKind(StrEnum):
-    PSN = "psn"
-    MASKED_PSN = "masked_psn"
-    SLIDING_PSN = "sliding_psn"
-    LIF = "lif"
+from psn_runtime.manifest import NeuronKind  # the one definition (the manifest's contract)
 
 
 class ResetMode(StrEnum):
@@ -232,7 +226,7 @@ def make_neuron(kind: NeuronKind, T: int, k: int | None = None, **lif_kwargs) ->
     kind = NeuronKind(kind)
     if kind is NeuronKind.PSN:
         return PSN(T)
-    if kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN) and k is None:
+    if kind.facts.order and k is None:
         raise ValueError(f"{kind} needs an order k")
     if kind is NeuronKind.MASKED_PSN:
         return MaskedPSN(T, k)

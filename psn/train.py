@@ -76,7 +76,7 @@ def _check(args: argparse.Namespace) -> None:
             f"unknown neuron kind {args.kind!r} (choose from {', '.join(k.value for k in NeuronKind)})"
         ) from None
     info = dataset_info(args.dataset)
-    if args.kind in (NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN):
+    if NeuronKind(args.kind).facts.order:
         if args.k is None:
             raise UsageError(f"--k is required for {args.kind.value} (2 <= k <= T={info.T})")
         if not 2 <= args.k <= info.T:

@@ -23,7 +23,7 @@ import json
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, computed_field, model_validator
 
@@ -38,10 +38,34 @@ STEP_LOGITS_NAME = "step_logits"
 
 
 class NeuronKind(StrEnum):
+    """The neuron kinds (the one definition: psn/ trains them, exporters/ writes them here)."""
+
     PSN = "psn"
     MASKED_PSN = "masked_psn"
     SLIDING_PSN = "sliding_psn"
     LIF = "lif"
+
+    @property
+    def facts(self) -> KindFacts:
+        return KIND_FACTS[self]
+
+
+class KindFacts(NamedTuple):
+    """What a kind implies for training and export (data for psn/ and exporters/; the runtime reads the
+    manifest's own fields and never branches on the kind)."""
+
+    order: bool  # takes an order k (masked and sliding PSN)
+    streams: bool  # has a step graph: answers after every step
+    variable_length: bool  # the full graph takes any 1 <= T' <= T
+    bounded: bool  # a stream takes at most T steps (max_steps = T)
+
+
+KIND_FACTS: dict[NeuronKind, KindFacts] = {
+    NeuronKind.PSN: KindFacts(order=False, streams=False, variable_length=False, bounded=False),
+    NeuronKind.MASKED_PSN: KindFacts(order=True, streams=True, variable_length=False, bounded=True),
+    NeuronKind.SLIDING_PSN: KindFacts(order=True, streams=True, variable_length=True, bounded=False),
+    NeuronKind.LIF: KindFacts(order=False, streams=True, variable_length=True, bounded=False),
+}
 
 
 class StateSpec(BaseModel):
