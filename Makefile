@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: serve test lint soak image-test bench clean help
+.PHONY: serve test lint soak image-test cluster-test bench clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
@@ -21,6 +21,7 @@ help:
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
 	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
+	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,12 @@ bench: $(VENV)/.dev-stamp
 
 image-test: $(VENV)/.dev-stamp
 	bash docker/image-test.sh
+
+# as root: 3 `psn serve` replicas in their own network namespaces behind nginx; resumable streams and a
+# classify load through nginx while one replica is SIGKILLed and another SIGTERMed (docs/cluster-test.*)
+cluster-test: $(VENV)/.dev-stamp
+	@command -v nginx >/dev/null || apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)
+	$(PY) tests/cluster/run_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

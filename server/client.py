@@ -227,11 +227,17 @@ class ResumableStream:
     def __init__(self, resumer: SyncResumer, binary: bool) -> None:
         self._resumer = resumer
         self.binary = binary
-        self._ws, self.hello = resumer.open()
+        self._ws, _ = resumer.recover(None, None)  # connection refused, 5xx: retried as any drop
+        self.hello = resumer.hello
 
     @property
     def reconnects(self) -> int:
         return self._resumer.log.reconnects
+
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._ws
 
     def _exchange(self, frame: bytes | str) -> dict[str, Any]:
         try:
@@ -273,8 +279,14 @@ class AsyncResumableStream:
     def reconnects(self) -> int:
         return self._resumer.log.reconnects
 
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._ws
+
     async def _open(self) -> None:
-        self._ws, self.hello = await self._resumer.open()
+        self._ws, _ = await self._resumer.recover(None, None)
+        self.hello = self._resumer.hello
 
     async def _exchange(self, frame: bytes | str) -> dict[str, Any]:
         try:

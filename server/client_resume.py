@@ -101,6 +101,7 @@ class SyncResumer:
     ) -> None:  # fmt: skip
         self.connect, self.policy, self.error = connect, policy, error
         self.log = ResumeLog()
+        self.hello: dict[str, Any] = {}
 
     def answer(self, ws: Any) -> dict[str, Any]:
         """The next non-snapshot message (a step answer, ``resumed`` or ``reset``)."""
@@ -116,6 +117,7 @@ class SyncResumer:
         try:
             hello = _doc(ws.recv(timeout=self.policy.step_timeout_s), self.error)
             check_hello(hello, self.error)
+            self.hello = hello
         except BaseException:
             ws.close()
             raise
@@ -139,7 +141,8 @@ class SyncResumer:
             self.log.on_snapshot(doc)
 
     def recover(self, old: Any, pending: bytes | str | None) -> tuple[Any, dict[str, Any] | None]:
-        """A new connection with the stream's state back; the answer to ``pending`` (when given)."""
+        """A new connection with the stream's state back (old=None: the first connection, with the same
+        retries); the answer to ``pending`` (when given)."""
         if old is not None:
             self.salvage(old)
         _quiet_close(old)
@@ -156,7 +159,8 @@ class SyncResumer:
                     raise
                 last = exc
                 continue
-            self.log.reconnects += 1
+            if old is not None:
+                self.log.reconnects += 1
             return ws, answer
         raise self.error({
             "code": "stream_lost",
@@ -207,6 +211,7 @@ class AsyncResumer(SyncResumer):
             async with asyncio.timeout(self.policy.step_timeout_s):
                 hello = _doc(await ws.recv(), self.error)
             check_hello(hello, self.error)
+            self.hello = hello
         except BaseException:
             await ws.close()
             raise
@@ -238,7 +243,8 @@ class AsyncResumer(SyncResumer):
                     raise
                 last = exc
                 continue
-            self.log.reconnects += 1
+            if old is not None:
+                self.log.reconnects += 1
             return ws, answer
         raise self.error({
             "code": "stream_lost",

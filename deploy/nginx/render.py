@@ -21,8 +21,9 @@ _LISTEN_LINE = re.compile(r"^(\s*)listen \S+;$", re.MULTILINE)
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")
 
 
-def site(replicas: list[str], listen: str = "8080") -> str:
-    """The conf.d site file with one upstream ``server`` line per replica (``host:port``)."""
+def site(replicas: list[str], listen: str = "8080", extra: str = "") -> str:
+    """The conf.d site file with one upstream ``server`` line per replica (``host:port``); ``extra``
+    directives go into the server block, after its listen line."""
     if not replicas:
         raise ValueError("at least one replica (host:port) is needed")
     for address in replicas:
@@ -35,10 +36,12 @@ def site(replicas: list[str], listen: str = "8080") -> str:
     indent, options = lines[0].group(1), lines[0].group(2)
     servers = "\n".join(f"{indent}server {address} {options}" for address in replicas)
     text = text[: lines[0].start()] + servers + text[lines[-1].end() :]
-    return _LISTEN_LINE.sub(lambda m: f"{m.group(1)}listen {listen};", text, count=1)
+    return _LISTEN_LINE.sub(
+        lambda m: f"{m.group(1)}listen {listen};{extra and chr(10) + extra}", text, count=1
+    )
 
 
-def standalone(replicas: list[str], prefix: Path, listen: str = "127.0.0.1:8080") -> str:
+def standalone(replicas: list[str], prefix: Path, listen: str = "127.0.0.1:8080", extra: str = "") -> str:
     """A whole nginx.conf for ``nginx -p PREFIX -c nginx.conf``: every file nginx writes is under PREFIX."""
     p = Path(prefix)
     return f"""# rendered by deploy/nginx/render.py
@@ -56,7 +59,7 @@ http {{
     fastcgi_temp_path {p}/fastcgi;
     uwsgi_temp_path {p}/uwsgi;
     scgi_temp_path {p}/scgi;
-{site(replicas, listen)}
+{site(replicas, listen, extra)}
 }}
 """
 

@@ -1,0 +1,530 @@
+"""make cluster-test: three psn serve replicas behind nginx; streams survive losing their replica.
+
+As root: three network namespaces (10.200.{0,1,2}.2, each reached over its own veth pair from the root
+namespace, as three hosts would be), ``psn serve`` in each with a shared stream secret, nginx on loopback in
+front (deploy/nginx/psn-serve.conf rendered for these replicas). 100 resumable streams (masked PSN,
+sliding PSN, LIF) and a classify load go through nginx; mid-run one replica is SIGKILLed and another
+SIGTERMed (drain), then both are started again. Checks:
+
+- every stream's answers equal an uninterrupted run in this process (labels equal, probabilities within
+  1e-6), step by step;
+- no classify request fails (nginx retries another replica) and each answer equals the local one;
+- every stream open on the SIGKILLed or SIGTERMed replica resumed on another one;
+- the restarted replicas come back and serve.
+
+Writes docs/cluster-test.json and docs/cluster-test.png (streams per replica over time, step latency
+around the kills). Bounded (a hard alarm), and the namespaces, processes and files are removed on
+success, failure, Ctrl-C or SIGTERM. Traffic goes only to loopback and to these namespaces.
+
+    sudo .venv/bin/python tests/cluster/run_cluster.py [--streams 100] [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from psn_runtime import Runtime, RuntimeConfig  # noqa: E402
+from server.client import AsyncPSNClient, RetryPolicy  # noqa: E402
+
+REPLICAS = 3
+PORT = 8000
+NS = "psn-ct{}"  # namespace i
+VETH = "psnct{}"  # root side of pair i (the namespace side is VETH + "n")
+STREAM_MODELS = ("smnist-masked-psn", "smnist-sliding-psn", "smnist-lif")
+CLASSIFY_MODEL = "smnist-psn"
+STEPS = 196  # per stream (masked PSN: 7 sequences of T=28, reset between)
+PACE_S = 0.05  # client think time between steps
+STAGGER_S = 1.0  # streams open over this long
+KILL_AT, TERM_AT, RESTART_AT = 4.0, 7.0, 8.0  # seconds after the load starts
+SNAPSHOT_EVERY = 8
+DEADLINE_S = 170  # the whole run, setup and cleanup included
+UPSTREAM_HEADER = "X-PSN-Upstream"
+
+
+def _addr(i: int) -> str:
+    return f"10.200.{i}.2"
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """The namespaces, replicas and nginx; ``cleanup`` (idempotent) removes all of it."""
+
+    def __init__(self, tmp: Path, models_dir: Path, secret: str) -> None:
+        self.tmp, self.models_dir, self.secret = tmp, models_dir, secret
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.old: list[subprocess.Popen] = []
+        self.nginx: subprocess.Popen | None = None
+        self.nginx_port = 0
+        self.starts = [0] * REPLICAS
+        self.cleaned = False
+
+    # -- network -----------------------------------------------------------------------------------------
+    @staticmethod
+    def remove_network() -> None:
+        for i in range(REPLICAS):
+            _run("ip", "netns", "del", NS.format(i), check=False)  # takes its end of the veth pair along
+            _run("ip", "link", "del", VETH.format(i), check=False)
+
+    def setup_network(self) -> None:
+        self.remove_network()  # leftovers of a run that could not clean up
+        routes = _run("ip", "route").stdout
+        if any(f"10.200.{i}." in routes for i in range(REPLICAS)):
+            raise RuntimeError(f"10.200.0-{REPLICAS - 1}.0/30 are in use on this host:\n{routes}")
+        for i in range(REPLICAS):
+            ns, host, peer = NS.format(i), VETH.format(i), VETH.format(i) + "n"
+            _run("ip", "netns", "add", ns)
+            _run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+            _run("ip", "link", "set", peer, "netns", ns)
+            _run("ip", "addr", "add", f"10.200.{i}.1/30", "dev", host)
+            _run("ip", "link", "set", host, "up")
+            _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{_addr(i)}/30", "dev", peer)
+            _run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+            _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+
+    # -- replicas ----------------------------------------------------------------------------------------
+    def start(self, i: int) -> None:
+        if i in self.procs:
+            self.old.append(self.procs.pop(i))
+        self.starts[i] += 1
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_STREAM_SECRET": self.secret}
+        cmd = [
+            "ip", "netns", "exec", NS.format(i), sys.executable, "-m", "server.cli",
+            "--host", _addr(i), "--port", str(PORT), "--models-dir", str(self.models_dir),
+            "--providers", "CPUExecutionProvider", "--log-level", "warning",
+        ]  # fmt: skip
+        with open(self.tmp / f"replica-{i}-{self.starts[i]}.log", "w") as log:
+            self.procs[i] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+            )
+
+    def signal(self, i: int, sig: int) -> None:
+        self.procs[i].send_signal(sig)  # ip netns exec execs the server: this pid is the server's
+
+    async def wait_ready(self, i: int, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.procs[i].poll() is not None:
+                    raise RuntimeError(f"replica {i} exited with {self.procs[i].returncode}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://{_addr(i)}:{PORT}/readyz")).status_code == 200:
+                        return time.monotonic()
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"replica {i} was not ready in {timeout} s")
+
+    # -- nginx -------------------------------------------------------------------------------------------
+    def start_nginx(self) -> str:
+        sys.path.insert(0, str(REPO / "deploy" / "nginx"))
+        import render  # deploy/nginx/render.py
+
+        prefix = self.tmp / "nginx"
+        prefix.mkdir()
+        prefix.chmod(0o755)  # nginx's workers (user nobody) write their temp files here
+        self.tmp.chmod(0o755)
+        self.nginx_port = _free_port()
+        replicas = [f"{_addr(i)}:{PORT}" for i in range(REPLICAS)]
+        extra = f"    add_header {UPSTREAM_HEADER} $upstream_addr always;  # which replica answered"
+        conf = prefix / "nginx.conf"
+        conf.write_text(render.standalone(replicas, prefix, f"127.0.0.1:{self.nginx_port}", extra))
+        test = _run("nginx", "-t", "-p", str(prefix), "-c", str(conf), check=False)
+        if test.returncode != 0:
+            raise RuntimeError(f"nginx -t refused the config:\n{test.stderr}")
+        with open(self.tmp / "nginx.out", "w") as out:
+            self.nginx = subprocess.Popen(
+                ["nginx", "-p", str(prefix), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.nginx_port), 1):
+                return f"http://127.0.0.1:{self.nginx_port}"
+            time.sleep(0.05)
+        raise RuntimeError("nginx did not listen")
+
+    # -- cleanup -----------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for proc in [*self.procs.values(), *self.old, *([self.nginx] if self.nginx else [])]:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: the process and its children
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        self.remove_network()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        names = _run("ip", "netns", "list").stdout
+        left = [NS.format(i) for i in range(REPLICAS) if NS.format(i) in names]
+        left += [f"pid {p.pid}" for p in [*self.procs.values(), *self.old] if p.poll() is None]
+        return left + ([str(self.tmp)] if self.tmp.exists() else [])
+
+
+# -- load -------------------------------------------------------------------------------------------------
+@dataclass
+class StreamRun:
+    index: int
+    model: str
+    reset_every: int | None  # masked PSN: T
+    inputs: np.ndarray  # [STEPS, F]
+    answers: list[tuple[int, str | None, list[float] | None]] = field(default_factory=list)
+    expected: list[tuple[int, str | None, np.ndarray | None]] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, seconds)
+    connections: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, replica)
+    finished: float = 0.0
+    error: str | None = None
+
+
+def _replica(connection) -> int:
+    """Which replica nginx sent a connection to (the last address of its upstream header)."""
+    value = connection.response.headers.get(UPSTREAM_HEADER, "")
+    address = value.split(",")[-1].strip().split(":")[0]
+    return int(address.split(".")[2]) if address.startswith("10.200.") else -1
+
+
+async def stream_load(client: AsyncPSNClient, run: StreamRun, t0: float, delay: float) -> None:
+    policy = RetryPolicy(retries=20, backoff_s=0.05, max_backoff_s=1.0, step_timeout_s=20)
+    await asyncio.sleep(delay)
+    try:
+        async with client.stream(
+            run.model, resumable=True, snapshot_every=SNAPSHOT_EVERY, retry=policy
+        ) as stream:  # fmt: skip
+            conn = stream.connection
+            run.connections.append((time.monotonic() - t0, _replica(conn)))
+            for j, x in enumerate(run.inputs):
+                if run.reset_every and j and j % run.reset_every == 0:
+                    await stream.reset()
+                started = time.monotonic()
+                step = await stream.step(x)
+                run.latencies.append((started - t0, time.monotonic() - started))
+                if stream.connection is not conn:
+                    conn = stream.connection
+                    run.connections.append((time.monotonic() - t0, _replica(conn)))
+                run.answers.append((step.t, step.label, step.probabilities))
+                await asyncio.sleep(PACE_S)
+    except Exception as exc:
+        run.error = f"{type(exc).__name__}: {exc}: " + "".join(traceback.format_exception(exc)[-6:])
+    run.finished = time.monotonic() - t0
+
+
+async def classify_load(
+    base: str, xs: np.ndarray, want: list[str], stop: asyncio.Event, t0: float, out: list
+):
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        i = 0
+        while not stop.is_set():
+            k = i % len(xs)
+            started = time.monotonic()
+            record = {"t": started - t0, "ok": False, "replica": -1}
+            try:
+                r = await http.post(f"/v1/models/{CLASSIFY_MODEL}/classify", json={"inputs": xs[k].tolist()})
+                label = r.json()["predictions"][0]["label"] if r.status_code == 200 else None
+                record.update(status=r.status_code, ok=r.status_code == 200 and label == want[k])
+                upstream = r.headers.get(UPSTREAM_HEADER, "").split(",")[-1].strip()
+                record["replica"] = int(upstream.split(".")[2]) if upstream.startswith("10.200.") else -1
+                if r.status_code == 200 and label != want[k]:
+                    record["error"] = f"label {label!r}, expected {want[k]!r}"
+            except Exception as exc:
+                record["error"] = f"{type(exc).__name__}: {exc}"
+            record["latency"] = time.monotonic() - started
+            out.append(record)
+            i += 1
+            await asyncio.sleep(0.01)
+
+
+async def reference(models_dir: Path, runs: list[StreamRun], xs: np.ndarray) -> list[str]:
+    """The uninterrupted answers, in this process: every stream on one runtime, and the classify labels."""
+    rt = Runtime(RuntimeConfig(models_dir=models_dir, providers=["CPUExecutionProvider"]))
+    await rt.start()
+    try:
+
+        async def one(run: StreamRun) -> None:
+            sid = await rt.open_stream(run.model)
+            for j, x in enumerate(run.inputs):
+                if run.reset_every and j and j % run.reset_every == 0:
+                    rt.reset_stream(sid)
+                r = await rt.step(sid, x)
+                run.expected.append((r.t, r.label, r.probabilities))
+            rt.close_stream(sid)
+
+        await asyncio.gather(*(one(run) for run in runs))
+        return [rt.classify(CLASSIFY_MODEL, x).labels[0] for x in xs]
+    finally:
+        await rt.close()
+
+
+# -- checks, summary, plot --------------------------------------------------------------------------------
+def _on(run: StreamRun, at: float) -> int:
+    """The replica a stream was connected to at time ``at`` (-1 before it opened)."""
+    replica = -1
+    for t, r in run.connections:
+        if t <= at:
+            replica = r
+    return replica
+
+
+def check(runs: list[StreamRun], classify: list[dict], events: dict) -> dict[str, dict]:
+    checks: dict[str, dict] = {}
+    bad = []
+    for run in runs:
+        if run.error or len(run.answers) != len(run.expected):
+            bad.append(
+                f"stream {run.index}: {run.error or f'{len(run.answers)} answers of {len(run.expected)}'}"
+            )
+            continue
+        for (t, label, probs), (et, elabel, eprobs) in zip(run.answers, run.expected, strict=True):
+            diff = float(np.abs(np.asarray(probs, np.float64) - eprobs).max())
+            if t != et or label != elabel or diff > 1e-6:
+                bad.append(
+                    f"stream {run.index} ({run.model}) step {et}: {label} vs {elabel}, |dp| {diff:.2e}"
+                )
+                break
+    checks["streams_equal_uninterrupted"] = {"ok": not bad, "streams": len(runs), "bad": bad[:10]}
+    failed = [c for c in classify if not c["ok"]]
+    checks["classify_no_failures"] = {
+        "ok": not failed and len(classify) > 0, "requests": len(classify), "failed": failed[:10],
+    }  # fmt: skip
+    for name, sig in (("sigkill", "SIGKILL"), ("sigterm", "SIGTERM")):
+        replica = events[f"{name}_replica"]
+        at = events[f"{name}_at"]
+        victims = [r for r in runs if _on(r, at) == replica and r.finished > at]
+        moved = [r for r in victims if any(t > at and rep not in (replica, -1) for t, rep in r.connections)]
+        checks[f"{name}_streams_resumed_elsewhere"] = {
+            "ok": len(victims) > 0 and len(moved) == len(victims),
+            "signal": sig, "replica": replica, "streams_on_it": len(victims), "resumed_on_others": len(moved),
+        }  # fmt: skip
+    back = {}
+    for name in ("sigkill", "sigterm"):
+        replica = events[f"{name}_replica"]
+        ready = events.get(f"{name}_restarted_ready")
+        served = ready is not None and any(
+            c["ok"] and c["replica"] == replica and c["t"] > ready for c in classify
+        )
+        back[str(replica)] = {"ready_at": ready, "served_classify_after": served}
+    checks["restarted_replicas_serve"] = {
+        "ok": all(v["served_classify_after"] for v in back.values()),
+        **back,
+    }
+    return checks
+
+
+def plot(runs: list[StreamRun], events: dict, end: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.arange(0.0, end, 0.1)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for replica in range(REPLICAS):
+        counts = [
+            sum(
+                1
+                for r in runs
+                if r.connections and r.connections[0][0] <= t < r.finished and _on(r, t) == replica
+            )
+            for t in grid
+        ]
+        top.plot(grid, counts, label=f"replica {replica} ({_addr(replica)})")
+    top.set_ylabel("open streams")
+    top.set_title("Streams per replica (through nginx), 100 resumable streams")
+    times = np.array([t for r in runs for t, _ in r.latencies])
+    lat = np.array([s * 1000 for r in runs for _, s in r.latencies])
+    bottom.scatter(times, lat, s=2, alpha=0.3, color="gray", label="one step")
+    bins = np.arange(0.0, end + 0.25, 0.25)
+    which = np.digitize(times, bins)
+    centers = [(bins[i - 1] + bins[i]) / 2 for i in range(1, len(bins)) if np.any(which == i)]
+    p50 = [np.percentile(lat[which == i], 50) for i in range(1, len(bins)) if np.any(which == i)]
+    p99 = [np.percentile(lat[which == i], 99) for i in range(1, len(bins)) if np.any(which == i)]
+    bottom.plot(centers, p50, label="p50 per 0.25 s")
+    bottom.plot(centers, p99, label="p99 per 0.25 s")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("step latency (ms)")
+    bottom.set_xlabel("seconds since the load started")
+    for ax in (top, bottom):
+        for key, label, color in (
+            ("sigkill_at", "SIGKILL", "red"), ("sigterm_at", "SIGTERM", "orange"),
+            ("sigkill_restarted_ready", "restarted", "green"),
+            ("sigterm_restarted_ready", "restarted", "green"),
+        ):  # fmt: skip
+            if events.get(key) is not None:
+                ax.axvline(events[key], color=color, linestyle="--", linewidth=1)
+                ax.text(events[key], ax.get_ylim()[1], f" {label}", color=color, va="top", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- main -------------------------------------------------------------------------------------------------
+async def scenario(
+    cluster: Cluster, n_streams: int, seed: int
+) -> tuple[list[StreamRun], list[dict], dict, float]:
+    rng = np.random.default_rng(seed)
+    runs = []
+    for i in range(n_streams):
+        model = STREAM_MODELS[i % len(STREAM_MODELS)]
+        inputs = rng.standard_normal((STEPS, 28)).astype(np.float32)  # [STEPS, F]
+        runs.append(StreamRun(i, model, 28 if "masked" in model else None, inputs))
+    xs = rng.standard_normal((16, 28, 28)).astype(np.float32)  # [16 requests, T, F]
+    want = await reference(cluster.models_dir, runs, xs)
+
+    for i in range(REPLICAS):
+        cluster.start(i)
+    await asyncio.gather(*(cluster.wait_ready(i, 90) for i in range(REPLICAS)))
+    base = cluster.start_nginx()
+
+    events: dict = {"sigkill_replica": 0, "sigterm_replica": 1}
+    classify: list[dict] = []
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+
+    async def chaos() -> None:
+        await asyncio.sleep(KILL_AT - (time.monotonic() - t0))
+        events["sigkill_at"] = time.monotonic() - t0
+        cluster.signal(0, signal.SIGKILL)
+        await asyncio.sleep(TERM_AT - (time.monotonic() - t0))
+        events["sigterm_at"] = time.monotonic() - t0
+        cluster.signal(1, signal.SIGTERM)
+        await asyncio.sleep(RESTART_AT - (time.monotonic() - t0))
+        cluster.start(0)
+        while cluster.procs[1].poll() is None:  # the drain ends with the process
+            await asyncio.sleep(0.05)
+        events["sigterm_exit_status"] = cluster.procs[1].returncode
+        cluster.start(1)
+        ready = await asyncio.gather(cluster.wait_ready(0), cluster.wait_ready(1))
+        events["sigkill_restarted_ready"] = ready[0] - t0
+        events["sigterm_restarted_ready"] = ready[1] - t0
+
+    delays = np.linspace(0, STAGGER_S, n_streams)
+    client = AsyncPSNClient(base)  # one for all the streams (each stream has its own WebSocket)
+    load = asyncio.gather(*(stream_load(client, r, t0, float(d)) for r, d in zip(runs, delays, strict=True)))
+    workers = [asyncio.create_task(classify_load(base, xs, want, stop, t0, classify)) for _ in range(4)]
+    chaos_task = asyncio.create_task(chaos())
+    await load
+    await chaos_task
+    await asyncio.sleep(1.0)  # classify keeps going on the restarted replicas for a moment
+    stop.set()
+    await asyncio.gather(*workers)
+    await client.close()
+    return runs, classify, events, time.monotonic() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("cluster-test: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("ip", "nginx"):
+        if shutil.which(tool) is None:
+            print(
+                f"cluster-test: {tool} is not installed (make cluster-test installs nginx)", file=sys.stderr
+            )
+            return 2
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="psn-cluster-"))
+    models = tmp / "models"
+    models.mkdir()
+    for name in (*STREAM_MODELS, CLASSIFY_MODEL):
+        (models / name).symlink_to(REPO / "models" / name)
+    cluster = Cluster(tmp, models, secrets.token_hex(32))
+    atexit.register(cluster.cleanup)
+
+    def on_signal(signum: int, _frame) -> None:
+        cluster.cleanup()
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, on_signal)
+    signal.alarm(DEADLINE_S)  # a hung run is ended, and cleaned up, by the alarm
+    try:
+        cluster.setup_network()
+        runs, classify, events, duration = asyncio.run(scenario(cluster, args.streams, args.seed))
+    finally:
+        logs = {p.name: p.read_text()[-3000:] for p in sorted(tmp.glob("replica-*.log"))}
+        errors = tmp / "nginx" / "error.log"
+        if errors.exists():  # what nginx saw go wrong with the replicas (retries, refused, reset)
+            lines = [line for line in errors.read_text().splitlines() if "[warn]" not in line]
+            logs["nginx error.log"] = "\n".join(lines)[-6000:]
+        cluster.cleanup()
+        signal.alarm(0)
+    checks = check(runs, classify, events)
+    left = cluster.leftovers()
+    checks["cleaned_up"] = {"ok": not left, "left": left}
+    total = time.monotonic() - started
+    checks["bounded_in_time"] = {"ok": total < 180, "seconds": round(total, 1)}
+    lat = np.array([s for r in runs for _, s in r.latencies]) * 1000
+    around = np.array([s for r in runs for t, s in r.latencies if abs(t - events["sigkill_at"]) < 1.0]) * 1000
+    summary = {
+        "replicas": REPLICAS, "streams": len(runs), "steps_per_stream": STEPS,
+        "models": list(STREAM_MODELS), "classify_model": CLASSIFY_MODEL, "snapshot_every": SNAPSHOT_EVERY,
+        "load_seconds": round(duration, 2),
+        "events": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in events.items()},
+        "reconnects": sum(len(r.connections) - 1 for r in runs if r.connections),
+        "step_latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3),
+            "max": round(float(lat.max()), 1),
+            "max_within_1s_of_sigkill": round(float(around.max()), 1) if around.size else None,
+        },
+        "classify": {"requests": len(classify), "failed": sum(not c["ok"] for c in classify)},
+        "streams_per_replica_at_start": [
+            sum(1 for r in runs if r.connections and r.connections[0][1] == i) for i in range(REPLICAS)
+        ],
+        "checks": checks,
+        "passed": all(c["ok"] for c in checks.values()),
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cluster-test.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(runs, events, duration, args.out / "cluster-test.png")
+    for name, c in checks.items():
+        details = json.dumps({k: v for k, v in c.items() if k != "ok"})[:400]
+        print(f"{'PASS' if c['ok'] else 'FAIL'} {name}: {details}")
+    passed = sum(c["ok"] for c in checks.values())
+    print(f"cluster-test: {passed} passed, {len(checks) - passed} failed")
+    if not summary["passed"]:
+        for name, text in logs.items():
+            print(f"--- {name} (tail)\n{text}", file=sys.stderr)
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
