@@ -13,13 +13,14 @@ PYTEST_ARGS ?=
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: serve test lint soak image-test cluster-test bench clean help
+.PHONY: serve test lint soak image-test cluster-test browser-test bench clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
 	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
+	@echo "make browser-test  the demo page (GET /) and /docs in headless Chromium (installs chromium when missing)"
 	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
 	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
 
@@ -63,6 +64,14 @@ image-test: $(VENV)/.dev-stamp
 cluster-test: $(VENV)/.dev-stamp
 	@command -v nginx >/dev/null || apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)
 	$(PY) tests/cluster/run_cluster.py
+
+# Debian's chromium + chromium-driver (Selenium is pointed at them: no browser or driver is downloaded)
+browser-test: $(VENV)/.dev-stamp
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing chromium chromium-driver with apt-get"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
+	fi
+	$(VENV)/bin/pytest tests/test_browser.py --run-browser -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("psn.train", "train a PSN-family sequence classifier on a bundled data set"),
     "train-zoo": ("psn.zoo_train", "train a psn.zoo 2-D network on MNIST images repeated over T"),
+    "examples": ("psn.examples", "write examples.json (real test examples) beside each bundled model"),
     "export": ("exporters.cli", "export a checkpoint to a model directory (full.onnx, step.onnx)"),
     "serve": ("server.cli", "serve model directories over HTTP and WebSocket"),
     "bench": ("bench.cli", "run a benchmark suite (neurons, memory, runtime, serving)"),

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
-from server import errors, routes_health, routes_stream, routes_v1, routes_v2
+from server import errors, routes_demo, routes_health, routes_stream, routes_v1, routes_v2
 from server.dataplane import DataPlane
 from server.jsonio import JSONBytesResponse
 from server.metrics import Metrics, MetricsMiddleware
@@ -82,7 +82,7 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
         summary="Parallel Spiking Neuron networks on ONNX Runtime: classify sequences, stream timesteps",
         lifespan=lifespan,
         default_response_class=JSONBytesResponse,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # /docs and /redoc come from routes_demo, with their assets served offline
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
@@ -93,6 +93,7 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     app.include_router(routes_v1.router)
     app.include_router(routes_stream.router)
     app.include_router(routes_v2.router)
+    routes_demo.install(app, docs=docs)
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:
         app.add_middleware(

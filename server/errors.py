@@ -84,6 +84,12 @@ class ResumeDisabled(ServerError):
     code = "resume_disabled"
 
 
+class NotFound(ServerError):
+    """A resource under a known model that does not exist (an example index, a model with no examples)."""
+
+    code = "not_found"
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     status: int  # HTTP status
@@ -114,6 +120,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA),
     Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION),
     ResumeDisabled: ErrorSpec(409, None),
+    NotFound: ErrorSpec(404, None),
 }
 
 

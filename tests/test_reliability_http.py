@@ -25,6 +25,7 @@ PSN, MASKED, SLIDING = NeuronKind.PSN, NeuronKind.MASKED_PSN, NeuronKind.SLIDING
 BODY_LIMIT = 64 * 1024
 KEY = "reliability-key-0123"
 PROBES = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+PUBLIC = {"/"}  # the demo page (it asks for the key itself; its /static files are public too)
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +453,7 @@ def test_every_route_but_the_probes_needs_the_key(keyed: TestClient, method: str
             assert ws.receive_json()["model"] == served().name(SLIDING)
         return
     send = lambda **kw: keyed.request(method, url, **kw)  # noqa: E731
-    if path in PROBES:
+    if path in PROBES | PUBLIC:
         assert send().status_code == 200
         return
     for headers in (

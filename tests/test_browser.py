@@ -1,0 +1,390 @@
+"""The demo page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
+Selenium; nothing is downloaded), against a real ``psn serve`` on a loopback port.
+
+Marked ``browser``: ``make browser-test`` runs them (``--run-browser``); plain ``make test`` skips them.
+With ``--run-browser`` a missing Chromium is a failure, not a skip.
+
+Every test checks that the browser asked no host but the server for anything, and (except where errors are
+the point) that the console stayed free of errors. The autoplay test saves ``docs/demo.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from test_server_support import free_socket
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+SCREENSHOT = REPO / "docs" / "demo.png"
+SMNIST = ("smnist-psn", "smnist-masked-psn", "smnist-sliding-psn", "smnist-lif")
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+KEY = "browser-test-key-5c1e"
+WINDOW = (1680, 1000)
+
+
+# -- a real server ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def psn_serve(log: Path, api_key: str | None = None) -> Iterator[str]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PSN_API_KEY", None)
+    if api_key is not None:
+        env["PSN_API_KEY"] = api_key
+    command = [sys.executable, "-m", "psn.cli", "serve", "--port", str(port), "--models-dir", str(MODELS)]
+    command += ["--providers", "CPUExecutionProvider"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"psn serve exited with {proc.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"psn serve was not ready in 90 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with psn_serve(tmp_path_factory.mktemp("browser") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with psn_serve(tmp_path_factory.mktemp("browser") / "server-key.log", api_key=KEY) as base:
+        yield base
+
+
+# -- a real browser --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def driver() -> Iterator:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not Path(path).is_file():
+            pytest.fail(
+                f"{path} is missing: apt-get install -y chromium chromium-driver (make browser-test does)"
+            )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="psn-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        # a request to any other host fails to resolve, so nothing leaves even if the page tried
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    # an explicit chromedriver: Selenium Manager (which would download one) is never called
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+class Page:
+    """The driver plus what the browser logged since the last ``open``."""
+
+    def __init__(self, driver, base: str) -> None:
+        self.driver = driver
+        self.base = base
+
+    def open(self, path: str) -> None:
+        self.driver.get("about:blank")
+        self.drain()
+        self.driver.get(self.base + path)
+
+    def drain(self) -> tuple[list[dict], list[str]]:
+        console = self.driver.get_log("browser")
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+            elif message["method"] == "Network.webSocketCreated":
+                urls.append(message["params"]["url"])
+        return console, urls
+
+    def check_offline(self, console_errors_allowed: bool = False) -> list[str]:
+        """Every request went to the server (or stayed inside the browser: data:, blob:); no console error."""
+        console, urls = self.drain()
+        origin = urlsplit(self.base).netloc
+        outside = [u for u in urls if urlsplit(u).scheme not in ("data", "blob", "about", "chrome")]
+        outside = [u for u in outside if urlsplit(u).netloc != origin]
+        assert not outside, f"requests to other hosts: {outside}"
+        assert any(urlsplit(u).netloc == origin for u in urls), "the log saw no request at all"
+        if not console_errors_allowed:
+            errors = [e for e in console if e["level"] in ("SEVERE", "WARNING")]
+            assert not errors, f"console errors: {errors}"
+        return urls
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def wait(self, what: str, predicate: Callable[[], object], timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                error = self.js("return document.getElementById('error')?.textContent")
+                pytest.fail(f"timed out waiting for {what}; page error: {error!r}; panels: {self.panels()}")
+            time.sleep(0.05)
+
+    def panels(self) -> dict[str, dict[str, str]]:
+        return self.js(
+            "const out = {}; for (const p of document.querySelectorAll('[data-model]'))"
+            " out[p.dataset.model] = {...p.dataset}; return out;"
+        )
+
+    def wait_done(self, names: tuple[str, ...], timeout: float = 60.0) -> dict[str, dict[str, str]]:
+        def done() -> dict | None:
+            panels = self.panels()
+            finished = set(names) <= set(panels) and all(panels[n].get("done") == "true" for n in names)
+            return panels if finished else None
+
+        return self.wait("every panel to finish", done, timeout)
+
+    def wait_ready(self) -> None:
+        self.wait(
+            "the page to load its models", lambda: self.js("return document.body.dataset.state") == "ready"
+        )
+
+
+@pytest.fixture
+def page(driver, server: str) -> Page:
+    return Page(driver, server)
+
+
+def classify_labels(
+    base: str, inputs: list, names: tuple[str, ...], key: str | None = None
+) -> dict[str, str]:
+    headers = {"X-API-Key": key} if key else {}
+    labels = {}
+    for name in names:
+        response = httpx.post(f"{base}/v1/models/{name}/classify", json={"inputs": inputs}, headers=headers)
+        response.raise_for_status()
+        labels[name] = response.json()["predictions"][0]["label"]
+    return labels
+
+
+# -- tests ---------------------------------------------------------------------------------------------
+def test_autoplay_of_a_real_digit_shows_the_psn_wait(page: Page, server: str) -> None:
+    """The deep link plays test example 5 through the four sMNIST models: the PSN's first answer comes at
+    step T-1 = 27, the others' at step 0; final labels equal POST classify of the same example. The
+    screenshot (mid-sequence: the PSN still waiting, the others answering) is docs/demo.png."""
+    page.open(f"/?models={','.join(SMNIST)}&sample=5&autoplay=1&interval_ms=70")
+    page.wait(
+        "the sliding PSN to reach step 14",
+        lambda: int(page.panels().get("smnist-sliding-psn", {}).get("t", "-1")) >= 14,
+    )
+    psn = page.panels()["smnist-psn"]
+    assert psn["label"] == "" and psn["firstReady"] == "" and psn["done"] == "false"  # still waiting
+    assert page.driver.find_element("css selector", '[data-model="smnist-psn"] .waiting').is_displayed()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.driver.save_screenshot(str(SCREENSHOT))
+
+    panels = page.wait_done(SMNIST)
+    order = page.js("return [...document.querySelectorAll('[data-model]')].map((p) => p.dataset.model)")
+    assert order == list(SMNIST)  # side by side, in the order asked
+    assert {n: panels[n]["firstReady"] for n in SMNIST} == {
+        "smnist-psn": "27",
+        "smnist-masked-psn": "0",
+        "smnist-sliding-psn": "0",
+        "smnist-lif": "0",
+    }
+    assert all(panels[n]["t"] == "27" for n in SMNIST)
+    example = httpx.get(f"{server}/v1/models/smnist-psn/examples/5").json()
+    assert example["label"] == "5"
+    assert page.js("return window.psnDemo.inputs('smnist-lif')") == example["inputs"]
+    expected = classify_labels(server, example["inputs"], SMNIST)
+    assert {n: panels[n]["label"] for n in SMNIST} == expected
+    page.check_offline()
+
+
+def test_classify_button_and_interval_zero(page: Page, server: str) -> None:
+    page.open("/?sample=2&autoplay=1&interval_ms=0")
+    panels = page.wait_done(SMNIST)  # default: the four sMNIST models
+    page.driver.find_element("id", "classify").click()
+    page.wait(
+        "classify answers",
+        lambda: all(p.get("classifyLabel") for n, p in page.panels().items() if n in SMNIST),
+    )
+    after = page.panels()
+    for name in SMNIST:
+        assert after[name]["classifyLabel"] == panels[name]["label"]  # whole sequence == last streamed step
+        text = page.driver.find_element("css selector", f'[data-model="{name}"] .classify-result').text
+        assert "in the server" in text and "round trip" in text
+    example = httpx.get(f"{server}/v1/models/smnist-psn/examples/2").json()
+    assert {n: after[n]["classifyLabel"] for n in SMNIST} == classify_labels(
+        server, example["inputs"], SMNIST
+    )
+    page.check_offline()
+
+
+def _draw(page: Page, strokes: list[list[tuple[float, float]]], touch: bool = False) -> None:
+    """Draw polylines given in [0, 1] coordinates of the stage canvas, with a mouse or a finger."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.interaction import POINTER_MOUSE, POINTER_TOUCH
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    stage = page.driver.find_element("id", "stage")
+    rect = page.js("const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width];", stage)
+    left, top, side = rect
+    for stroke in strokes:
+        pointer = PointerInput(POINTER_TOUCH if touch else POINTER_MOUSE, "finger" if touch else "mouse")
+        actions = ActionBuilder(page.driver, mouse=pointer, duration=8)
+        points = []
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
+            points += [(x0 + (x1 - x0) * k / 8, y0 + (y1 - y0) * k / 8) for k in range(8)]
+        points.append(stroke[-1])
+        x, y = points[0]
+        actions.pointer_action.move_to_location(int(left + x * side), int(top + y * side)).pointer_down()
+        for x, y in points[1:]:
+            actions.pointer_action.move_to_location(int(left + x * side), int(top + y * side))
+        actions.pointer_action.pointer_up()
+        actions.perform()
+
+
+SEVEN = [[(0.28, 0.2), (0.72, 0.2), (0.45, 0.82)]]
+ZERO = [[(0.5 + 0.22 * math.sin(a), 0.5 - 0.32 * math.cos(a)) for a in np.linspace(0, 2 * math.pi, 25)]]
+
+
+@pytest.mark.parametrize(("digit", "strokes", "touch"), [("7", SEVEN, False), ("0", ZERO, True)])
+def test_drawing_a_digit_and_playing_it(
+    page: Page, server: str, digit: str, strokes: list, touch: bool
+) -> None:
+    page.open("/?interval_ms=0")
+    page.wait_ready()
+    page.driver.find_element("id", "tab-draw").click()
+    _draw(page, strokes, touch=touch)
+    page.wait(
+        "the drawing to reach the panels", lambda: page.js("return window.psnDemo.inputs('smnist-psn')")
+    )
+    x = np.asarray(page.js("return window.psnDemo.inputs('smnist-psn')"), dtype=np.float64)  # [T=cols, rows]
+    assert x.shape == (28, 28)
+    assert x.min() >= 0 and x.max() == pytest.approx(1.0)  # MNIST's intensity range
+    image = x.T  # [rows, cols]
+    rows, cols = np.nonzero(image > 0.05)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in range(18, 23)  # ~20 px box
+    mass = image.sum()
+    centre = ((image.sum(1) * np.arange(28)).sum() / mass, (image.sum(0) * np.arange(28)).sum() / mass)
+    assert centre == pytest.approx((14.0, 14.0), abs=0.6)  # centre of mass at (14, 14), like MNIST
+
+    page.driver.find_element("id", "play").click()
+    panels = page.wait_done(SMNIST)
+    assert panels["smnist-psn"]["firstReady"] == "27" and panels["smnist-sliding-psn"]["firstReady"] == "0"
+    labels = {n: panels[n]["label"] for n in SMNIST}
+    assert labels == classify_labels(server, x.tolist(), SMNIST)
+    assert sum(label == digit for label in labels.values()) >= 3, (
+        labels
+    )  # preprocessed like the training data
+    page.check_offline()
+
+
+def test_wrong_api_key_shows_an_error_in_the_page(driver, keyed_server: str) -> None:
+    page = Page(driver, keyed_server)
+    page.open("/")
+    error = page.driver.find_element("id", "error")
+    page.wait("the missing-key error", lambda: error.is_displayed() and "missing API key" in error.text)
+    key_field = page.driver.find_element("id", "api-key")
+    assert key_field.is_displayed()
+    key_field.send_keys("not-the-key")
+    page.driver.find_element("id", "key-submit").click()
+    page.wait("the wrong-key error", lambda: "invalid API key" in error.text)
+    assert "401" in error.text and page.js("return document.body.dataset.state") == "error"
+    assert not page.panels()
+
+    key_field.clear()
+    key_field.send_keys(KEY)
+    page.driver.find_element("id", "key-submit").click()
+    page.wait_ready()
+    assert not error.is_displayed()
+    page.driver.find_element("id", "play").click()
+    panels = page.wait_done(SMNIST)  # the stream sockets carry the key too (?api_key=)
+    assert panels["smnist-psn"]["firstReady"] == "27"
+    page.js("localStorage.clear()")
+    page.check_offline(console_errors_allowed=True)  # the two 401s are logged by the browser
+
+
+def test_swagger_ui_renders_offline(page: Page) -> None:
+    page.open("/docs")
+    page.wait(
+        "Swagger UI to render the API",
+        lambda: page.js(
+            "const t = document.querySelector('.swagger-ui .info .title');"
+            "return t && t.textContent.includes('psn-serve')"
+            " && document.querySelectorAll('.opblock').length > 10"
+        ),
+    )
+    text = page.js("return document.body.innerText")
+    assert "/v1/models/{name}/classify" in text and "/v1/models/{name}/examples/{i}" in text
+    urls = page.check_offline()
+    assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in urls)
+
+
+def test_redoc_renders_offline(page: Page) -> None:
+    page.open("/redoc")
+    page.wait(
+        "ReDoc to render the API",
+        lambda: page.js(
+            "const h = document.querySelector('h1');"
+            "return h && h.textContent.includes('psn-serve')"
+            " && document.body.innerText.includes('/v1/models/{name}/classify')"
+        ),
+        timeout=60,
+    )
+    urls = page.check_offline()
+    assert any(u.endswith("/docs-assets/redoc.standalone.js") for u in urls)
