@@ -212,7 +212,8 @@ class Sequences:
                 self.plane.close(stream)
 
 
-def _plane(connection: HTTPConnection) -> DataPlane:
+async def _plane(connection: HTTPConnection) -> DataPlane:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool (a hop per request)."""
     return connection.app.state.psn.plane
 
 
