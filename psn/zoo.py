@@ -37,7 +37,7 @@ class TimeLocal(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layers(x.flatten(0, 1))  # [T*N, *]
-        return y.unflatten(0, x.shape[:2])  # [T, N, *out]
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])  # [T, N, *out]
 
 
 class SpikingNet(nn.Module):
@@ -100,13 +100,10 @@ def _conv2d_block(c_in: int, c_out: int, neuron: nn.Module, pool: bool) -> list[
 
 
 def mnist2d_net(
-    kind: NeuronKind = NeuronKind.SLIDING_PSN,
-    T: int = 4,
-    k: int | None = 2,
-    channels: int = 16,
-    hidden: int = 128,
+    kind: NeuronKind = NeuronKind.SLIDING_PSN, T: int = 4, k: int | None = 2, channels: int = 16, hidden: int = 128
 ) -> SpikingNet:
-    """Per step [1, 28, 28]: {Conv2d-BN-neuron-MaxPool} x 2 (c, 2c), Linear-BN-neuron, Linear -> 10."""
+    """Per step [1, 28, 28]: {Conv2d-BN-neuron-MaxPool} x 3 (c, 2c, 2c channels; 28 -> 14 -> 7 -> 3
+    pixels), Linear-BN-neuron, Linear -> 10."""
 
     def neuron() -> nn.Module:
         return make_neuron(kind, T, k)
@@ -114,7 +111,8 @@ def mnist2d_net(
     layers = [
         *_conv2d_block(1, channels, neuron(), pool=True),  # [c, 14, 14]
         *_conv2d_block(channels, 2 * channels, neuron(), pool=True),  # [2c, 7, 7]
-        TimeLocal(nn.Flatten(), nn.Linear(2 * channels * 49, hidden, bias=False), nn.BatchNorm1d(hidden)),
+        *_conv2d_block(2 * channels, 2 * channels, neuron(), pool=True),  # [2c, 3, 3]
+        TimeLocal(nn.Flatten(), nn.Linear(2 * channels * 9, hidden, bias=False), nn.BatchNorm1d(hidden)),
         neuron(),
         TimeLocal(nn.Linear(hidden, 10)),
     ]
