@@ -173,7 +173,9 @@ def test_classify_flood_sheds_load_with_429(limits: ServerProcess) -> None:
     print("classify overload", tally, "p99 ms", round(1000 * p99(latencies), 2))
     assert tally.get(429, 0) > 0 and tally.get(200, 0) > 0, tally
     assert set(tally) <= {200, 429}
-    assert p99(latencies) < 2.0
+    # a bound on queueing, not a speed claim: shed work must not pile up behind the admitted requests
+    # (without the limit they queue for the whole flood); loose enough for a machine shared with other jobs
+    assert p99(latencies) < 5.0
 
 
 def test_idle_streams_are_reclaimed(limits: ServerProcess) -> None:
