@@ -103,7 +103,7 @@ class DataPlane:
     async def classify(self, name: str, x: object) -> ClassifyResult:
         """x [B, T, *shape] or [T, *shape] float32 (validated by the runtime) -> one prediction each."""
         result = await self.runtime.classify_async(name, x)
-        self.metrics.sequences.labels(name).inc(len(result.labels))
+        self.metrics.child(self.metrics.sequences, name).inc(len(result.labels))
         return result
 
     # -- streams -----------------------------------------------------------------------------------------

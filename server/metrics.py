@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -66,10 +67,20 @@ class Metrics:
             registry=reg,
         )  # fmt: skip
 
+        self._children: dict[tuple, Any] = {}  # labelled children, resolved once (labels() costs us per call)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached (the label values are bounded: served names, routes)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     # RuntimeObserver ---------------------------------------------------------------------------------
     def on_step_batch(self, model: str, size: int, seconds: float) -> None:
-        self.step_batch.labels(model).observe(size)
-        self.step_batch_seconds.labels(model).observe(seconds)
+        self.child(self.step_batch, model).observe(size)
+        self.child(self.step_batch_seconds, model).observe(seconds)
 
     def on_stream_open(self, model: str) -> None:
         self.streams_open.labels(model).inc()
@@ -123,5 +134,6 @@ class MetricsMiddleware:
             name = scope.get("path_params", {}).get("name")
             model = "" if name is None else (name if name in self.served() else UNKNOWN_MODEL)
             method = scope["method"]
-            self.metrics.requests.labels(method, template, model, str(status)).inc()
-            self.metrics.latency.labels(method, template, model).observe(time.perf_counter() - start)
+            metrics = self.metrics
+            metrics.child(metrics.requests, method, template, model, str(status)).inc()
+            metrics.child(metrics.latency, method, template, model).observe(time.perf_counter() - start)
