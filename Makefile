@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: serve test lint soak image-test cluster-test browser-test bench clean help
+.PHONY: serve test lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
@@ -23,6 +23,7 @@ help:
 	@echo "make browser-test  the demo page (GET /) and /docs in headless Chromium (installs chromium when missing)"
 	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
 	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
+	@echo "make gpu-check   on an NVIDIA GPU host: CUDA venv, parity on CUDA, GPU benchmarks -> docs/gpu/ (~10 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,10 @@ soak: $(VENV)/.dev-stamp
 bench: $(VENV)/.dev-stamp
 	@command -v wrk >/dev/null || apt-get install -y -q wrk || echo "wrk missing: the serving suite skips classify load"
 	$(VENV)/bin/psn bench all
+
+# its own venv (.venv-gpu: CUDA torch, onnxruntime-gpu[cuda,cudnn]); says so and exits 3 without a GPU
+gpu-check:
+	bash docker/gpu-check.sh
 
 image-test: $(VENV)/.dev-stamp
 	bash docker/image-test.sh

@@ -9,6 +9,7 @@ touches nothing else). Everything else must match: logits to ``ATOL`` + ``RTOL``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class CheckReport:
         return "\n".join(r.line() for r in self.results)
 
 
+PROVIDERS_ENV = "PSN_PARITY_PROVIDERS"
+
+
 @dataclass
 class Trace:
     """One forward pass: per-step logits [N, T, C], and per neuron layer spikes and H − θ [N, T, D]."""
@@ -80,7 +84,20 @@ def session(model: onnx.ModelProto | Path, extra_outputs: list[str] = ()) -> ort
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    providers = parity_providers()
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
+    if sess.get_providers()[0] != providers[0]:  # ORT falls back silently: a CUDA check must not pass on CPU
+        raise RuntimeError(
+            f"{PROVIDERS_ENV} asks for {providers[0]}, the session runs on {sess.get_providers()}"
+        )
+    return sess
+
+
+def parity_providers() -> list[str]:
+    """The execution providers of the parity sessions: ``PSN_PARITY_PROVIDERS`` (comma-separated, e.g.
+    ``CUDAExecutionProvider,CPUExecutionProvider`` in ``make gpu-check``), else the CPU's."""
+    wanted = [p.strip() for p in os.environ.get(PROVIDERS_ENV, "").split(",") if p.strip()]
+    return wanted or ["CPUExecutionProvider"]
 
 
 def _ntd(t: torch.Tensor) -> np.ndarray:

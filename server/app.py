@@ -64,14 +64,19 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = make_runtime(runtime_config(settings), metrics)
+        sampler = None  # with several workers: this one's pools, sampled for the others' scrapes
         try:
             await runtime.start()
             plane.attach(runtime)
             state.loop = asyncio.get_running_loop()
             state.model_names = frozenset(info.name for info in runtime.models())
             _log_models(state)
+            if metrics.multiprocess:
+                sampler = asyncio.create_task(metrics.sample_forever(runtime.stats))
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
             await routes_stream.close_all(state)  # no-op when the server already drained
             plane.attach(None)
             await runtime.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 from functools import partial
 from typing import Any
@@ -140,13 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": GRACE_S,
     }
-    server_cls = server_class()
-    if settings.workers > 1:  # worker processes rebuild the settings from the environment
-        # uvicorn's own Server runs in each worker: on shutdown it closes the streams with 1012
-        os.environ.update(settings.env())
-        uvicorn.run("server.app:create_app_from_env", factory=True, workers=settings.workers, **options)
-        return 0
-    server = server_cls(uvicorn.Config(partial(build_app, settings), factory=True, **options))
+    if settings.workers > 1:  # one process per worker, each on its own SO_REUSEPORT socket: server.workers
+        from server.workers import serve_workers
+
+        return serve_workers(settings, options)
+    server = server_class()(uvicorn.Config(partial(build_app, settings), factory=True, **options))
     server.run()
     return 0 if server.started else 1
 

@@ -1,27 +1,38 @@
 """Prometheus metrics, in a registry of each app's own (several apps in one process do not clash).
 
+With several worker processes (``psn serve --workers N``) the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``:
+every process writes its values there and a scrape of any worker sums them (counters and histograms add up;
+gauges say how in ``multiprocess_mode``: open streams and pools are summed over the live workers,
+``psn_worker_streams_open`` keeps one series per worker pid, ``psn_model_ready`` is the lowest of them).
+
 ``Metrics`` is also the runtime's observer: the runtime calls ``on_step_batch``, ``on_stream_open`` and
 ``on_stream_close`` and never imports prometheus itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SAMPLE_EVERY_S = 1.0  # with several workers, each samples its pools this often (a scrape sees only its own)
 UNKNOWN_MODEL = "<unknown>"  # keeps label cardinality bounded: names that are not served share one label
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.requests = Counter(
@@ -32,7 +43,13 @@ class Metrics:
             "psn_http_request_duration_seconds", "server-side HTTP request latency",
             ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
-        self.streams_open = Gauge("psn_streams_open", "open streams", ["model"], registry=reg)
+        self.streams_open = Gauge(
+            "psn_streams_open", "open streams", ["model"], registry=reg, multiprocess_mode="livesum"
+        )
+        self.worker_streams = Gauge(
+            "psn_worker_streams_open", "open streams of this worker process (a pid label with --workers N)",
+            registry=reg, multiprocess_mode="liveall",
+        )  # fmt: skip
         self.streams_closed = Counter(
             "psn_streams_closed", "closed streams by reason", ["model", "reason"], registry=reg
         )
@@ -56,15 +73,22 @@ class Metrics:
         )
         self.pool_in_use = Gauge(
             "psn_stream_pool_in_use", "stream state slots held (open streams + steps in flight)", ["model"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
         self.pool_capacity = Gauge(
-            "psn_stream_pool_capacity", "stream state slots allocated", ["model"], registry=reg
+            "psn_stream_pool_capacity", "stream state slots allocated", ["model"], registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.step_queue = Gauge(
+            "psn_step_queue",
+            "steps queued for the batcher",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livesum",
         )
-        self.step_queue = Gauge("psn_step_queue", "steps queued for the batcher", ["model"], registry=reg)
         self.model_ready = Gauge(
             "psn_model_ready", "1 if the model is READY, by execution provider", ["model", "provider"],
-            registry=reg,
+            registry=reg, multiprocess_mode="livemin",
         )  # fmt: skip
 
         self._children: dict[tuple, Any] = {}  # labelled children, resolved once (labels() costs us per call)
@@ -84,9 +108,11 @@ class Metrics:
 
     def on_stream_open(self, model: str) -> None:
         self.streams_open.labels(model).inc()
+        self.worker_streams.inc()
 
     def on_stream_close(self, model: str, reason: str) -> None:
         self.streams_open.labels(model).dec()
+        self.worker_streams.dec()
         self.streams_closed.labels(model, reason).inc()
 
     # server side -------------------------------------------------------------------------------------
@@ -101,8 +127,18 @@ class Metrics:
                 self.pool_capacity.labels(name).set(entry["pool_capacity"])
                 self.step_queue.labels(name).set(entry["queued"])
 
+    async def sample_forever(self, stats: Callable[[], dict]) -> None:
+        """With several workers: sample this worker's pools every SAMPLE_EVERY_S (a scrape reaches one)."""
+        while True:
+            self.observe_runtime(stats())
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # every worker's values, from PROMETHEUS_MULTIPROC_DIR
+        return generate_latest(merged)
 
 
 class MetricsMiddleware:

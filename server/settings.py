@@ -53,7 +53,12 @@ class Settings(BaseSettings, RuntimeConfig):
     )
     log_level: LogLevel = Field(LogLevel.INFO, description="log level")
     access_log: bool = Field(False, description="log every request (costs throughput)")
-    workers: int = Field(1, ge=1, le=64, description="serving processes (each loads every model)")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="serving processes, one per core, on one port (SO_REUSEPORT); each loads every model",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

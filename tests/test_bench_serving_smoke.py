@@ -110,3 +110,39 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert _children() - before == set(), "a server or client process outlived the run"
     assert elapsed < 60, f"--quick took {elapsed:.0f} s"
+
+
+@pytest.mark.timeout(150)
+def test_workers_part_measures_one_and_two_processes(tmp_path: Path) -> None:
+    """``--workers 1,2``: psn serve with 1 then 2 processes, classify req/s and 64 streams' steps/s each."""
+    from bench.serving.models import scan
+    from bench.serving.scaling import run_workers_part, workers_table
+    from bench.serving.suite import QUICK
+
+    models = exported_models()
+    refs = scan(models)
+    before = _children()
+    part = run_workers_part(
+        (1, 2),
+        models,
+        refs["psn"],
+        refs["sliding_psn"],
+        QUICK,
+        tmp_path,
+        True,
+        True,
+        ["CPUExecutionProvider"],
+    )
+    rows = {r["workers"]: r for r in part["rows"]}
+    assert set(rows) == {1, 2}
+    for r in rows.values():
+        assert r["classify_rps"] > 0 and r["classify_errors"] == 0, r
+        assert r["steps_per_s"] > 0 and r["steps_errors"] == 0, r
+    assert rows[1]["classify_vs_1"] == 1.0 and rows[1]["steps_vs_1"] == 1.0
+    assert rows[2]["classify_vs_1"] == pytest.approx(rows[2]["classify_rps"] / rows[1]["classify_rps"])
+    table = workers_table(part).splitlines()  # title, header, rule, one row per worker count
+    assert len(table) == 5 and [line.split()[0] for line in table[3:]] == ["1", "2"], table
+    deadline = time.monotonic() + 10
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children() - before == set(), "a server or client process outlived the run"

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -259,3 +261,37 @@ def test_image_test_script_parses_and_passes_shellcheck() -> None:
         pytest.skip("shellcheck not installed")
     done = subprocess.run([shellcheck, str(IMAGE_TEST)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+GPU_CHECK = ROOT / "docker" / "gpu-check.sh"
+
+
+def test_gpu_check_script_passes_shellcheck() -> None:
+    done = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    shellcheck = _tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed")
+    done = subprocess.run([shellcheck, str(GPU_CHECK)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("smi", "says"),
+    [("missing", "no NVIDIA GPU on this host"), ("no-device", "finds no GPU")],
+)
+def test_gpu_check_without_a_gpu_says_so_and_exits_3_at_once(tmp_path: Path, smi: str, says: str) -> None:
+    """No nvidia-smi, or one that finds no device: exit 3 within seconds, nothing installed or written."""
+    fake = tmp_path / "nvidia-smi"
+    if smi == "no-device":
+        fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed: no devices were found' >&2\nexit 9\n")
+        fake.chmod(0o755)
+    before = set((ROOT / "docs").rglob("*"))
+    env = {**os.environ, "PSN_NVIDIA_SMI": str(fake), "PSN_GPU_VENV": str(tmp_path / "venv")}
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert says in done.stderr and "nothing checked" in done.stderr
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "venv").exists()
+    assert set((ROOT / "docs").rglob("*")) == before

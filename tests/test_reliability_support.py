@@ -154,6 +154,11 @@ class RawWebSocket:
             head += chunk
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise ConnectionError(head.decode(errors="replace"))
+        self.headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in head.decode(errors="replace").split("\r\n")[1:])
+            if k
+        }  # the handshake response's headers, lower-case names
         self.buffer = b""
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:

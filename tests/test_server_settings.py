@@ -146,13 +146,11 @@ def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, t
     assert app.state.psn.settings.models_dir == tmp_path.resolve()
 
     calls: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
-    monkeypatch.setattr("os.environ", dict())
+    monkeypatch.setattr("server.workers.serve_workers", lambda s, options: calls.update(s=s, **options) or 0)
     assert cli.main(["--models-dir", str(tmp_path), "--workers", "2", "--port", "8123"]) == 0
-    assert calls["app"] == "server.app:create_app_from_env" and calls["workers"] == 2 and calls["factory"]
-    import os
-
-    assert os.environ["PSN_PORT"] == "8123" and os.environ["PSN_MODELS_DIR"] == str(tmp_path.resolve())
+    assert calls["s"].workers == 2 and calls["port"] == 8123 and calls["lifespan"] == "on"
+    env = calls["s"].env()  # what each worker process rebuilds its settings from
+    assert env["PSN_PORT"] == "8123" and env["PSN_MODELS_DIR"] == str(tmp_path.resolve())
 
 
 def test_every_runtime_config_field_is_a_setting_and_passes_through() -> None:

@@ -62,6 +62,10 @@ def report(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     if limits:
         raw = results.get("raw", {}).get("models", [])
         blocks.append(limit_table(limits) + f"\n(raw ORT per model: {_raw_note(raw)})")
+    if results.get("workers"):
+        from bench.serving.scaling import workers_table
+
+        blocks.append(workers_table(results["workers"]))
     goal_items = [*limit_goals(limits), *goals(classify, streams)]
     results["goals"] = [g.to_json() for g in goal_items]
     blocks.append(goals_table(goal_items))

@@ -268,7 +268,13 @@ class ServerProcess:
 
 
 def psn_server(
-    models_dir: Path, *, batching: bool, log_dir: Path, pinning: Pinning, providers: list[str] | None = None
+    models_dir: Path,
+    *,
+    batching: bool,
+    log_dir: Path,
+    pinning: Pinning,
+    providers: list[str] | None = None,
+    workers: int = 1,
 ) -> ServerProcess:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
     argv = [
@@ -279,6 +285,9 @@ def psn_server(
     if providers:
         argv += ["--providers", ",".join(providers)]
     name = "batching-on" if batching else "batching-off"
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+        name += f"-{workers}-workers"
     return ServerProcess(f"psn serve ({name})", argv, log_dir / f"psn-serve-{name}.log", pinning)
 
 

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few seconds per part (smoke test)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and PNGs (docs/)")
+    p.add_argument("--stem", default=None,
+                   help="file name stem of the JSON and PNGs (bench-serving, or bench-serving-quick with "
+                        "--quick)")  # fmt: skip
     p.add_argument("--models-dir", type=Path, default=None,
                    help="model directories to serve (default: models/ if it has every kind, else tiny "
                         "untrained models exported for the run)")  # fmt: skip
@@ -106,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None,
                    help="times each load point is run, interleaved; the best is reported (1)")  # fmt: skip
     p.add_argument("--sequences", type=int, default=None, help="sequences streamed per kind (latency part)")
+    p.add_argument("--workers", type=_ints, default=None, metavar="N,N",
+                   help="also measure psn serve --workers N for each N (e.g. 1,2): req/s and steps/s, the "
+                        "server on cores 0..N-1")  # fmt: skip
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to cores")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the server with py-spy in extra runs; stacks go to DIR")  # fmt: skip
@@ -247,13 +253,24 @@ def _run(args: argparse.Namespace) -> int:
             results["streaming"] = run_streams_part(ctx)
         if Part.LATENCY in parts:
             results["first_output"] = run_first_output(ctx)
+        if args.workers:
+            from bench.serving.runs import _classify_model, _stream_model_or_none
+            from bench.serving.scaling import run_workers_part
+
+            results["workers"] = run_workers_part(
+                args.workers, models_dir, _classify_model(ctx), _stream_model_or_none(ctx), plan, work,
+                not args.no_pin, args.quiet, providers,
+            )  # fmt: skip
         if args.profile is not None:
             results["profile"] = run_profiles(ctx, args.profile, parts)
     env["loadavg_end"] = load_average()
     env["wall_s"] = round(time.monotonic() - started, 1)
     from bench.serving.output import report
 
-    report(results, args.out, "bench-serving-quick" if args.quick else "bench-serving")
+    stem = args.stem or ("bench-serving-quick" if args.quick else "bench-serving")
+    if "/" in stem or not stem.strip():
+        raise BenchError(f"--stem: expected a file name stem, got {stem!r}")
+    report(results, args.out, stem)
     return 0
 
 
