@@ -100,7 +100,11 @@ def _conv2d_block(c_in: int, c_out: int, neuron: nn.Module, pool: bool) -> list[
 
 
 def mnist2d_net(
-    kind: NeuronKind = NeuronKind.SLIDING_PSN, T: int = 4, k: int | None = 2, channels: int = 16, hidden: int = 128
+    kind: NeuronKind = NeuronKind.SLIDING_PSN,
+    T: int = 4,
+    k: int | None = 2,
+    channels: int = 16,
+    hidden: int = 128,
 ) -> SpikingNet:
     """Per step [1, 28, 28]: {Conv2d-BN-neuron-MaxPool} x 3 (c, 2c, 2c channels; 28 -> 14 -> 7 -> 3
     pixels), Linear-BN-neuron, Linear -> 10."""
