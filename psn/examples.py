@@ -1,5 +1,6 @@
 """``psn examples``: write ``examples.json`` beside each bundled model: a few real TEST examples of the
-data set the model was trained on (the first test example of each class, in the test split's order), with
+data set the model was trained on (smnist, mnist1d, or mnist2d: the smnist digits as static images
+repeated over the model's T steps): the first test example of each class, in the test split's order, with
 their labels. The server answers them at ``GET /v1/models/{name}/examples/{i}`` and the demo page plays
 them. The files are reproducible: the data sets are built offline with fixed seeds (psn/data.py).
 
@@ -35,37 +36,53 @@ def _shortest(values: np.ndarray) -> list:
     return np.asarray(flat, dtype=np.float64).reshape(values.shape).tolist()
 
 
-def examples_doc(dataset: DatasetName, command: str) -> dict:
-    data = load_dataset(dataset)
-    chosen = pick(data.y_test, len(data.labels))
+MNIST2D = "mnist2d"  # psn train-zoo: the smnist digits as static images [1, 28, 28], repeated over T
+
+
+def _test_split(dataset: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(x_test [M, T, F] or [M, 1, 28, 28] for mnist2d, y_test [M], labels)."""
+    if dataset == MNIST2D:
+        from psn.data import load_mnist_images
+
+        images = load_mnist_images()
+        return images.x_test, images.y_test, images.labels
+    data = load_dataset(DatasetName(dataset))
+    return data.x_test, data.y_test, data.labels
+
+
+def examples_doc(dataset: str, T: int, command: str) -> dict:
+    """The first test example of each class; for mnist2d each image repeated over the model's T steps."""
+    x_test, y_test, labels = _test_split(dataset)
+    inputs = (lambda x: np.repeat(x[None], T, axis=0)) if dataset == MNIST2D else (lambda x: x)
     return {
-        "dataset": str(dataset),
+        "dataset": dataset,
         "split": "test",
         "command": command,
         "examples": [
             {
                 "index": i,
-                "label": data.labels[int(data.y_test[i])],
-                "inputs": _shortest(data.x_test[i].astype(np.float32)),  # [T, F]
+                "label": labels[int(y_test[i])],
+                "inputs": _shortest(inputs(x_test[i]).astype(np.float32)),  # [T, *input_shape]
             }
-            for i in chosen
+            for i in pick(y_test, len(labels))
         ],
     }
 
 
 def write_examples(models_dir: Path, command: str) -> list[Path]:
     """An examples.json in every model directory whose manifest names a bundled data set."""
+    known = {d.value for d in DatasetName} | {MNIST2D}
     written = []
-    docs: dict[DatasetName, str] = {}
+    docs: dict[tuple[str, int], str] = {}
     for manifest_path in sorted(Path(models_dir).glob("*/manifest.json")):
-        dataset_name = json.loads(manifest_path.read_text()).get("dataset")
-        if dataset_name not in {d.value for d in DatasetName}:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("dataset") not in known:
             continue
-        dataset = DatasetName(dataset_name)
-        if dataset not in docs:
-            docs[dataset] = json.dumps(examples_doc(dataset, command), separators=(",", ":")) + "\n"
+        key = (manifest["dataset"], int(manifest["T"]) if manifest["dataset"] == MNIST2D else 0)
+        if key not in docs:
+            docs[key] = json.dumps(examples_doc(key[0], key[1], command), separators=(",", ":")) + "\n"
         path = manifest_path.parent / EXAMPLES_FILE
-        path.write_text(docs[dataset])
+        path.write_text(docs[key])
         written.append(path)
     return written
 

