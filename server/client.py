@@ -22,6 +22,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -32,10 +33,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from server.client_resume import AsyncResumer, RetryPolicy, SyncResumer, is_drop
+from server.client_resume import AsyncResumableStream, AsyncResumer, ResumableStream, RetryPolicy, SyncResumer
 
 __all__ = [
     "AsyncPSNClient",
+    "AsyncResumableStream",
     "AsyncStream",
     "ClassifyResponse",
     "PSNClient",
@@ -220,101 +222,6 @@ class AsyncStream:
         await self._ws.close()
 
 
-class ResumableStream:
-    """A synchronous stream that survives the loss of its replica: ``step(x)`` as :class:`Stream`; a
-    dropped connection is reconnected, resumed from the last snapshot and replayed (a slower step)."""
-
-    def __init__(self, resumer: SyncResumer, binary: bool) -> None:
-        self._resumer = resumer
-        self.binary = binary
-        self._ws, _ = resumer.recover(None, None)  # connection refused, 5xx: retried as any drop
-        self.hello = resumer.hello
-
-    @property
-    def reconnects(self) -> int:
-        return self._resumer.log.reconnects
-
-    @property
-    def connection(self) -> Any:
-        """The WebSocket connection in use now (a new one after each resume)."""
-        return self._ws
-
-    def _exchange(self, frame: bytes | str) -> dict[str, Any]:
-        try:
-            self._ws.send(frame)
-            return self._resumer.answer(self._ws)
-        except Exception as exc:
-            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
-                raise _closed(exc) from None
-            if not is_drop(exc):
-                raise
-        self._ws, answer = self._resumer.recover(self._ws, frame)
-        assert answer is not None
-        return answer
-
-    def step(self, x: Any) -> Step:
-        frame = _frame(x, self.binary)
-        doc = self._exchange(frame)
-        self._resumer.log.answered(frame)
-        return _step(doc)
-
-    def reset(self) -> None:
-        self._exchange('{"reset": true}')
-        self._resumer.log.reset()
-
-    def close(self) -> None:
-        self._ws.close()
-
-
-class AsyncResumableStream:
-    """:class:`ResumableStream` for asyncio: ``await step(x)``."""
-
-    def __init__(self, resumer: AsyncResumer, binary: bool) -> None:
-        self._resumer = resumer
-        self.binary = binary
-        self._ws: Any = None
-        self.hello: dict[str, Any] = {}
-
-    @property
-    def reconnects(self) -> int:
-        return self._resumer.log.reconnects
-
-    @property
-    def connection(self) -> Any:
-        """The WebSocket connection in use now (a new one after each resume)."""
-        return self._ws
-
-    async def _open(self) -> None:
-        self._ws, _ = await self._resumer.recover(None, None)
-        self.hello = self._resumer.hello
-
-    async def _exchange(self, frame: bytes | str) -> dict[str, Any]:
-        try:
-            await self._ws.send(frame)
-            return await self._resumer.answer(self._ws)
-        except Exception as exc:
-            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
-                raise _closed(exc) from None
-            if not is_drop(exc):
-                raise
-        self._ws, answer = await self._resumer.recover(self._ws, frame)
-        assert answer is not None
-        return answer
-
-    async def step(self, x: Any) -> Step:
-        frame = _frame(x, self.binary)
-        doc = await self._exchange(frame)
-        self._resumer.log.answered(frame)
-        return _step(doc)
-
-    async def reset(self) -> None:
-        await self._exchange('{"reset": true}')
-        self._resumer.log.reset()
-
-    async def close(self) -> None:
-        await self._ws.close()
-
-
 class PSNClient:
     """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient)."""
 
@@ -371,11 +278,14 @@ class PSNClient:
             url = _ws_url(self.base_url, name, logits, snapshot_every)
             headers = _headers(self.api_key)
             resumer = SyncResumer(
-                lambda: sync_connect(url, additional_headers=headers, compression=None, open_timeout=10),
+                # entered as a context manager (it is closed by the stream): no legacy-use warning
+                lambda: sync_connect(
+                    url, additional_headers=headers, compression=None, open_timeout=10
+                ).__enter__(),
                 retry or RetryPolicy(),
                 _error,
             )
-            resumable_stream = ResumableStream(resumer, binary)
+            resumable_stream = ResumableStream(resumer, partial(_frame, binary=binary), _step, _closed)
             try:
                 yield resumable_stream
             finally:
@@ -441,9 +351,8 @@ class AsyncPSNClient:
             async def connect() -> AsyncConnection:
                 return await async_connect(url, additional_headers=headers, compression=None, open_timeout=10)
 
-            resumable_stream = AsyncResumableStream(
-                AsyncResumer(connect, retry or RetryPolicy(), _error), binary
-            )
+            resumer = AsyncResumer(connect, retry or RetryPolicy(), _error)
+            resumable_stream = AsyncResumableStream(resumer, partial(_frame, binary=binary), _step, _closed)
             await resumable_stream._open()
             try:
                 yield resumable_stream

@@ -271,6 +271,107 @@ class AsyncResumer(SyncResumer):
         return await self.answer(ws)
 
 
+class ResumableStream:
+    """A synchronous stream that survives the loss of its replica: ``step(x)`` as :class:`Stream`; a
+    dropped connection is reconnected, resumed from the last snapshot and replayed (a slower step)."""
+
+    def __init__(
+        self, resumer: SyncResumer, encode: Callable[[Any], bytes | str], decode: Callable[[dict], Any],
+        closed: Callable[[ConnectionClosed], Exception],
+    ) -> None:  # fmt: skip
+        self._resumer = resumer
+        self._encode, self._decode, self._closed_error = encode, decode, closed
+        self._ws, _ = resumer.recover(None, None)  # connection refused, 5xx: retried as any drop
+        self.hello = resumer.hello
+
+    @property
+    def reconnects(self) -> int:
+        return self._resumer.log.reconnects
+
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._ws
+
+    def _exchange(self, frame: bytes | str) -> dict[str, Any]:
+        try:
+            self._ws.send(frame)
+            return self._resumer.answer(self._ws)
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
+                raise self._closed_error(exc) from None
+            if not is_drop(exc):
+                raise
+        self._ws, answer = self._resumer.recover(self._ws, frame)
+        assert answer is not None
+        return answer
+
+    def step(self, x: Any) -> Any:
+        frame = self._encode(x)
+        doc = self._exchange(frame)
+        self._resumer.log.answered(frame)
+        return self._decode(doc)
+
+    def reset(self) -> None:
+        self._exchange('{"reset": true}')
+        self._resumer.log.reset()
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+class AsyncResumableStream:
+    """:class:`ResumableStream` for asyncio: ``await step(x)``; ``_open()`` before the first step."""
+
+    def __init__(
+        self, resumer: AsyncResumer, encode: Callable[[Any], bytes | str], decode: Callable[[dict], Any],
+        closed: Callable[[ConnectionClosed], Exception],
+    ) -> None:  # fmt: skip
+        self._resumer = resumer
+        self._encode, self._decode, self._closed_error = encode, decode, closed
+        self._ws: Any = None
+        self.hello: dict[str, Any] = {}
+
+    @property
+    def reconnects(self) -> int:
+        return self._resumer.log.reconnects
+
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._ws
+
+    async def _open(self) -> None:
+        self._ws, _ = await self._resumer.recover(None, None)
+        self.hello = self._resumer.hello
+
+    async def _exchange(self, frame: bytes | str) -> dict[str, Any]:
+        try:
+            await self._ws.send(frame)
+            return await self._resumer.answer(self._ws)
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosed) and not is_drop(exc):
+                raise self._closed_error(exc) from None
+            if not is_drop(exc):
+                raise
+        self._ws, answer = await self._resumer.recover(self._ws, frame)
+        assert answer is not None
+        return answer
+
+    async def step(self, x: Any) -> Any:
+        frame = self._encode(x)
+        doc = await self._exchange(frame)
+        self._resumer.log.answered(frame)
+        return self._decode(doc)
+
+    async def reset(self) -> None:
+        await self._exchange('{"reset": true}')
+        self._resumer.log.reset()
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
 def _quiet_close(ws: Any) -> None:
     if ws is not None:
         try:
