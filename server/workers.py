@@ -8,7 +8,7 @@ accepted it, with its stream state. Every answer names its worker in ``X-PSN-Wor
 
 This process supervises: it forwards SIGTERM/SIGINT to every worker as SIGTERM (a second SIGINT would make
 uvicorn skip the drain), waits for them to drain, restarts a worker that dies on its own (one that dies
-within ``STARTUP_S`` of starting ends the whole server: a bad model directory would only crash again), and
+before its app has started ends the whole server: a bad model directory would only crash again), and
 owns the Prometheus multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, a temporary folder it creates
 and removes): each worker writes its metrics there, and ``/metrics`` on any worker sums every worker's.
 """
@@ -26,6 +26,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -34,7 +35,6 @@ from server.settings import Settings
 log = logging.getLogger("psn.server")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STARTUP_S = 10.0  # a worker that exits sooner than this after its start stops the server
 STOP_TIMEOUT_S = 15.0  # beyond the drain grace: then SIGKILL
 _PR_SET_PDEATHSIG = 1
 
@@ -73,13 +73,20 @@ class WorkerHeader:
     """ASGI wrapper: every HTTP response and WebSocket handshake of this worker names it in
     ``X-PSN-Worker: <pid>`` (which process answered; a stream stays on the one that accepted it)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, on_ready: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.on_ready = on_ready
         self.header = (WORKER_HEADER, str(os.getpid()).encode())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, send)
+
+            async def send_ready(message: dict) -> None:
+                if message["type"] == "lifespan.startup.complete" and self.on_ready is not None:
+                    self.on_ready()  # models loaded: from now on a death is a crash, not a failed start
+                await send(message)
+
+            await self.app(scope, receive, send_ready)
             return
 
         async def send_named(message: dict) -> None:
@@ -90,13 +97,13 @@ class WorkerHeader:
         await self.app(scope, receive, send_named)
 
 
-def _worker_app(settings: Settings) -> WorkerHeader:
+def _worker_app(settings: Settings, ready: Any) -> WorkerHeader:
     from server.app import build_app
 
-    return WorkerHeader(build_app(settings))
+    return WorkerHeader(build_app(settings), ready.set)
 
 
-def worker_main(env: dict[str, str], options: dict[str, Any]) -> None:
+def worker_main(env: dict[str, str], options: dict[str, Any], ready: Any) -> None:
     """One worker (in a spawned process): the settings from ``env``, its own SO_REUSEPORT socket."""
     _die_with_parent()
     os.environ.update(env)
@@ -107,7 +114,7 @@ def worker_main(env: dict[str, str], options: dict[str, Any]) -> None:
     settings = Settings()
     _configure_logging(settings.log_level)
     sock = bind_socket(options["host"], options["port"], reuse_port=True)
-    config = uvicorn.Config(partial(_worker_app, settings), factory=True, **options)
+    config = uvicorn.Config(partial(_worker_app, settings, ready), factory=True, **options)
     server = server_class()(config)
     server.run(sockets=[sock])
     raise SystemExit(0 if server.started else 3)
@@ -119,7 +126,7 @@ class Supervisor:
         self.options = options
         self.count = settings.workers
         self.ctx = mp.get_context("spawn")
-        self.procs: list[tuple[Any, float]] = []  # (process, started at)
+        self.procs: list[tuple[Any, Any]] = []  # (process, its ready event: set once its app started)
         self.stopping = False
         self.metrics_dir = ""
 
@@ -128,10 +135,11 @@ class Supervisor:
             log.info("signal %d: stopping %d worker(s)", signum, len(self.procs))
         self.stopping = True
 
-    def _start(self, env: dict[str, str]) -> tuple[Any, float]:
-        proc = self.ctx.Process(target=worker_main, args=(env, self.options), name="psn-worker", daemon=False)
+    def _start(self, env: dict[str, str]) -> tuple[Any, Any]:
+        ready = self.ctx.Event()
+        proc = self.ctx.Process(target=worker_main, args=(env, self.options, ready), name="psn-worker")
         proc.start()
-        return proc, time.monotonic()
+        return proc, ready
 
     def run(self) -> int:
         host, port = self.options["host"], self.options["port"]
@@ -160,12 +168,12 @@ class Supervisor:
     def _supervise(self, env: dict[str, str]) -> int:
         while not self.stopping:
             mp.connection.wait([p.sentinel for p, _ in self.procs], timeout=0.5)
-            for i, (proc, started) in enumerate(self.procs):
+            for i, (proc, ready) in enumerate(self.procs):
                 if proc.is_alive() or self.stopping:
                     continue
                 self._forget(proc.pid)
-                if time.monotonic() - started < STARTUP_S:
-                    log.error("worker %d exited with status %s right after it started: stopping", proc.pid,
+                if not ready.is_set():
+                    log.error("worker %d exited with status %s before its app started: stopping", proc.pid,
                               proc.exitcode)  # fmt: skip
                     return 1
                 log.warning("worker %d exited with status %s: starting another", proc.pid, proc.exitcode)

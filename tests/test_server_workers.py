@@ -5,8 +5,11 @@ stream of every worker with 1001 and removes the Prometheus multiprocess directo
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +21,7 @@ from test_server_support import sequence, served
 
 from psn_runtime.manifest import NeuronKind
 from server.cli import GRACE_S
+from server.workers import bind_socket
 
 pytestmark = pytest.mark.e2e
 STREAMS = 12
@@ -92,3 +96,48 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
     assert closed == len(streams), log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert list(tmp.glob("psn-metrics-*")) == [], "the CLI left its metrics directory behind"
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_is_replaced_and_its_open_streams_stop_counting(tmp_path: Path) -> None:
+    with server_process(tmp_path, "--workers", "2") as server:
+        assert wait_until(lambda: len(_worker_pids(server.base)) == 2, timeout=60)
+        workers = _worker_pids(server.base)
+        assert wait_until(lambda: set(_answering_pids(server.base, 16)) == workers, timeout=60, period=0.2)
+        m = served().manifest(NeuronKind.SLIDING_PSN)
+        streams: dict[str, list[RawWebSocket]] = {}
+        while len(streams) < 2:
+            ws = RawWebSocket(server.port, f"/v1/models/{m.name}/stream")
+            ws.recv_frame()
+            streams.setdefault(ws.headers["x-psn-worker"], []).append(ws)
+        victim, survivor = sorted(streams)
+        assert metric(server.base, "psn_streams_open", model=m.name) == sum(map(len, streams.values()))
+
+        os.kill(int(victim), signal.SIGKILL)
+        # the supervisor forgets the dead worker's live gauges and starts another in its place
+        assert wait_until(lambda: victim not in _worker_pids(server.base), timeout=30)
+        assert wait_until(lambda: len(_worker_pids(server.base) - workers) == 1, timeout=60)
+        assert metric(server.base, "psn_streams_open", model=m.name) == len(streams[survivor])
+        for ws in streams[survivor]:  # the other worker's streams never noticed
+            ws.send_binary(sequence(m)[0].astype("<f4").tobytes())
+            assert json.loads(ws.recv_frame()[1])["t"] == 0
+        log = server.log.read_text()
+    assert f"worker {victim} exited with status -9: starting another" in log, log[-2000:]
+
+
+def test_workers_refuse_a_port_that_is_taken(tmp_path: Path) -> None:
+    """Even by another SO_REUSEPORT group: two servers never share a port by accident."""
+    taken = bind_socket("127.0.0.1", 0, reuse_port=True)
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "--workers", "2", "--port", str(port),
+             "--models-dir", str(served().models_dir)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PSN_LOG_LEVEL": "info"},
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Address already in use" in done.stderr
+    assert "starting 2 workers" not in done.stderr
