@@ -151,3 +151,21 @@ def test_train_zoo_usage_errors(argv: list[str], message: str, tmp_path: Path, c
     err = capsys.readouterr().err
     assert err.startswith("psn train-zoo: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_psn_examples_writes_static_digits_repeated_over_the_models_t(tmp_path: Path) -> None:
+    from psn.examples import write_examples
+
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "manifest.json").write_text(json.dumps({"dataset": "mnist2d", "T": 3}))
+    assert write_examples(tmp_path, "psn examples") == [tmp_path / "digits" / "examples.json"]
+    doc = json.loads((tmp_path / "digits" / "examples.json").read_text())
+    images = load_mnist_images()
+    assert doc["dataset"] == "mnist2d" and [e["label"] for e in doc["examples"]] == [
+        str(c) for c in range(10)
+    ]
+    for entry in doc["examples"]:
+        inputs = np.asarray(entry["inputs"], dtype=np.float32)  # [T, 1, 28, 28]
+        assert inputs.shape == (3, 1, 28, 28) and images.y_test[entry["index"]] == int(entry["label"])
+        for t in range(3):
+            np.testing.assert_array_equal(inputs[t], images.x_test[entry["index"]])
