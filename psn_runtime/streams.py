@@ -224,6 +224,12 @@ class ModelStreams:
                 raise Overloaded(f"model {self.name!r}: {len(self._queue)} steps already queued; retry later")
             loop = asyncio.get_running_loop()
             item = _Item(stream, x, loop.create_future())
+            if self.open_streams == 1 and self.inline_rows >= 1 and not self._queue and not self._inflight:
+                # the model's only stream: no other step can join a batch, so run it here, inline (the same
+                # batch of one the batcher would run, without the hop to its task and back)
+                stream.pending += 1
+                await self._run_batch([item], loop)  # inline: no await inside, nothing can interleave
+                return item.future.result()
             self._queue.append(item)
             stream.pending += 1
             if self._task is None or self._task.done():

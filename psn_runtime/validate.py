@@ -9,13 +9,15 @@ copies nothing.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from psn_runtime.errors import BadInput
 
 _NUMERIC_KINDS = frozenset("fiu")  # float, signed int, unsigned int (bool, complex, str, object refused)
 _F32 = np.dtype(np.float32)
-_all = np.logical_and.reduce
+_sum = np.add.reduce
 _KEY = object()  # only this module builds validated inputs
 
 
@@ -63,9 +65,9 @@ def as_float32(x: object, param: str) -> np.ndarray:
 def check_finite(arr: np.ndarray, param: str) -> None:
     """Refuse NaN and Inf (and numbers beyond float32, which became Inf), naming the first offending
     element: ``param[i][j]``."""
+    if math.isfinite(_sum(arr, axis=None, dtype=np.float64)):  # one reduction, no temporary: a float64
+        return  # sum of float32 values cannot overflow, so it is finite exactly when every value is
     finite = np.isfinite(arr)
-    if _all(finite, axis=None):
-        return
     where = tuple(int(i) for i in np.argwhere(~finite)[0])
     value = float(arr[where])
     path = param + "".join(f"[{i}]" for i in where)

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
     orjson = None  # type: ignore[assignment]
 
 
+F32_MAX_SQUARED = float(np.finfo(np.float32).max) ** 2  # 1.16e77, a float64
 SMALL = 64  # arrays of at most this many numbers are walked for booleans without the cheaper checks first
 
 
@@ -183,7 +184,10 @@ def to_float32(
     small = array.size <= SMALL
     if (small or _may_hold_bool(array, raw)) and _has_bool(value, array.ndim):
         raise _find_problem(value, param, ranks, dims)
-    if kind == "f" and array.dtype == np.float32:
-        return array
+    if kind != "f":
+        return array.astype(np.float32)
+    flat = array.reshape(-1)  # a view: np.array made it C-contiguous
+    if np.dot(flat, flat) <= F32_MAX_SQUARED:  # every |v| <= F32_MAX: the cast cannot overflow
+        return array.astype(np.float32)  # (one dot product costs less than an np.errstate)
     with np.errstate(over="ignore"):  # beyond float32 -> Inf: the runtime's validator names it
         return array.astype(np.float32)

@@ -156,12 +156,14 @@ class _Session:
         self.logits = logits
         self.stream: OpenStream | None = None
         self.limit = state.settings.max_ws_message_bytes
+        self.dims: tuple[tuple[int, ...], tuple[str, ...]] = ((), ())  # set by open()
         self.resume: resume.StreamResume | None = None
         self.busy = asyncio.Lock()  # held from a message's arrival to its answer (a drain waits for it)
 
     async def open(self) -> dict[str, Any]:
         every = resume.snapshot_every(self.ws)
         self.stream = stream = await self.plane.open_stream(self.name)
+        self.dims = input_dims(stream.shape, batch=False)  # (ranks, dim names) of a JSON timestep
         self.resume = resume.StreamResume.open(
             self.plane.runtime, self.state.settings, self.name, stream.id, every
         )
@@ -211,7 +213,7 @@ class _Session:
             return doc, False
         frame = parse(StepFrame, doc, 'a text frame: {"x": [...]} or {"reset": true},')
         logits = self.logits if frame.logits is None else frame.logits
-        ranks, dims = input_dims(stream.shape, batch=False)
+        ranks, dims = self.dims
         return self.plane.step_input(stream, to_float32(frame.x, "x", ranks, dims, raw=text)), logits
 
     async def run(self) -> None:

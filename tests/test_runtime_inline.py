@@ -92,3 +92,32 @@ def test_step_takes_validated_inputs_and_refuses_bad_ones_touching_no_state() ->
         return np.stack(got)
 
     np.testing.assert_allclose(asyncio.run(main()), running_means(step_logits)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_models_only_stream_steps_without_the_batcher_and_gets_the_same_answers() -> None:
+    xs = sequences(2, seed=44)
+
+    async def main():
+        rt = make_runtime(exported_models())
+        ms = rt._model_streams["lif"]
+        alone = await rt.open_stream("lif")
+        got_alone = [(await rt.step(alone, x)).logits for x in xs[0]]
+        batcher_used_alone = ms._task is not None
+        other = await rt.open_stream("lif")  # two streams: steps go through the batcher again
+        rt.reset_stream(alone)
+        pairs = [
+            await asyncio.gather(rt.step(alone, a), rt.step(other, b))
+            for a, b in zip(xs[0], xs[1], strict=True)
+        ]
+        batcher_used_two = ms._task is not None
+        await rt.close()
+        return (
+            np.stack(got_alone),
+            np.stack([p[0].logits for p in pairs]),
+            batcher_used_alone,
+            batcher_used_two,
+        )
+
+    alone, together, used_alone, used_two = asyncio.run(main())
+    assert not used_alone and used_two
+    np.testing.assert_array_equal(alone, together)  # bit-equal: the same batch-of-one arithmetic
