@@ -19,10 +19,14 @@ import httpx
 import numpy as np
 import pytest
 from test_server_support import free_socket, served
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.frames import Close
+from websockets.http11 import Response
 
 from psn_runtime.manifest import NeuronKind
 from server.client import AsyncPSNClient, PSNClient, PSNError, RetryPolicy
-from server.client_resume import ResumeLog
+from server.client_resume import ResumeLog, is_drop
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -183,3 +187,37 @@ def test_resume_log_keeps_only_the_frames_after_its_snapshot() -> None:
         log.on_snapshot({"t": 7, "snapshot": "s7"})
     log.reset()
     assert (log.t, log.snapshot, log.frames) == (0, None, [])
+
+
+def _closed_with(code: int | None) -> ConnectionClosedError:
+    frame = None if code is None else Close(code, "reason")
+    return ConnectionClosedError(frame, frame, True if frame is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "drop"),
+    [
+        (_closed_with(None), True),  # no close frame: the replica died (1006)
+        (_closed_with(1001), True),  # drained
+        (_closed_with(1011), True),
+        (_closed_with(1012), True),
+        (_closed_with(1013), True),
+        (_closed_with(1008), False),  # wrong API key: reconnecting will not help
+        (_closed_with(4404), False),  # unknown model
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (InvalidStatus(Response(502, "Bad Gateway", Headers())), True),  # the balancer has no replica now
+        (InvalidStatus(Response(404, "Not Found", Headers())), False),
+        (PSNError("x", code="bad_snapshot"), False),
+    ],
+    ids=repr,
+)
+def test_which_failures_are_drops(exc: BaseException, drop: bool) -> None:
+    assert is_drop(exc) is drop
+
+
+def test_retry_policy_is_bounded_and_checked() -> None:
+    policy = RetryPolicy(retries=5, backoff_s=0.1, max_backoff_s=0.3)
+    assert [policy.wait(i) for i in range(5)] == [0.0, 0.1, 0.2, 0.3, 0.3]
+    with pytest.raises(ValueError):
+        RetryPolicy(retries=0)
