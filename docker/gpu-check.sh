@@ -7,10 +7,11 @@
 #   4. psn bench runtime  --providers CUDAExecutionProvider CPUExecutionProvider
 #   5. psn bench serving  --providers CUDAExecutionProvider,CPUExecutionProvider (classify and streams)
 #
-# Results go to docs/gpu/<device>/ (the device as nvidia-smi names it, lower-case, dashes): each suite's
-# JSON and PNGs, environment.json (device, driver, versions, providers) and gpu-check.log. The whole run
-# stops at $PSN_GPU_CHECK_BUDGET_S seconds (600). Exit status: 0 all passed, 1 a step failed, 3 no GPU here
-# (said at once, nothing installed or written).
+# Results go to docs/gpu/<device>/ (or $PSN_GPU_CHECK_OUT/<device>/; the device as nvidia-smi names it,
+# lower-case, dashes): each suite's JSON and PNGs, environment.json (device, driver, versions, providers)
+# and gpu-check.log. The whole run stops at $PSN_GPU_CHECK_BUDGET_S seconds (600);
+# PSN_GPU_CHECK_SKIP_INSTALL=1 reuses the venv as it is. Exit status: 0 all passed, 1 a step failed or
+# CUDA is not usable (then nothing is measured), 3 no GPU here (said at once, nothing installed or written).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ if ! device=$("$NVIDIA_SMI" --query-gpu=name --format=csv,noheader 2>/dev/null |
 fi
 driver=$("$NVIDIA_SMI" --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
 slug=$(printf '%s' "$device" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
-out="docs/gpu/${slug:-unknown-gpu}"
+out="${PSN_GPU_CHECK_OUT:-docs/gpu}/${slug:-unknown-gpu}"
 mkdir -p "$out"
 log="$out/gpu-check.log"
 : >"$log"
@@ -60,13 +61,17 @@ step() {
 say "device: $device (driver $driver); results in $out"
 py="$VENV/bin/python"
 pip=("$py" -m pip --disable-pip-version-check -q)
-if [[ ! -x "$py" ]]; then
-  step "venv" "$PYTHON" -m venv "$VENV"
+if [[ ${PSN_GPU_CHECK_SKIP_INSTALL:-0} == 1 ]]; then  # a re-run on a venv made by an earlier run
+  say "installs skipped (PSN_GPU_CHECK_SKIP_INSTALL=1): using $VENV as it is"
+else
+  if [[ ! -x "$py" ]]; then
+    step "venv" "$PYTHON" -m venv "$VENV"
+  fi
+  # torch from PyPI: its Linux wheels are the CUDA builds (the same version the CPU venv pins)
+  step "install torch (CUDA)" "${pip[@]}" install torch==2.13.0
+  step "install psn-serve" "${pip[@]}" install -e ".[train,bench,dev]"
+  step "install onnxruntime-gpu[cuda,cudnn]" "${pip[@]}" install "onnxruntime-gpu[cuda,cudnn]"
 fi
-# torch from PyPI: its Linux wheels are the CUDA builds (the same version the CPU venv pins)
-step "install torch (CUDA)" "${pip[@]}" install torch==2.13.0
-step "install psn-serve" "${pip[@]}" install -e ".[train,bench,dev]"
-step "install onnxruntime-gpu[cuda,cudnn]" "${pip[@]}" install "onnxruntime-gpu[cuda,cudnn]"
 if ! command -v wrk >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
   step "install wrk" apt-get install -y -q wrk
 fi
@@ -92,6 +97,10 @@ print(json.dumps(env, indent=2))
 if not torch.cuda.is_available() or "CUDAExecutionProvider" not in providers:
     sys.exit("CUDA is not usable from torch or ONNX Runtime (see above)")
 EOF
+if ((${#failed[@]})); then  # the suites would fall back to the CPU and measure it under the GPU's name
+  say "CUDA is not usable here: no GPU measurement taken (see $log)"
+  exit 1
+fi
 
 step "export parity on CUDAExecutionProvider" env PSN_PARITY_PROVIDERS="$(IFS=,; echo "${CUDA_PROVIDERS[*]}")" \
   "$VENV/bin/pytest" -q -p no:cacheprovider tests/test_export_parity.py
@@ -109,7 +118,7 @@ step "psn bench serving (CUDA)" "$VENV/bin/psn" bench serving --quiet --out "$ou
 
 say "done in $((SECONDS - start)) s"
 if ((${#failed[@]})); then
-  say "failed: ${failed[*]}"
+  say "failed: $(printf '%s; ' "${failed[@]}")"
   exit 1
 fi
 say "all steps passed; commit $out"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -295,3 +296,23 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_3_at_once(tmp_path: Path, smi
     assert time.monotonic() - started < 5
     assert not (tmp_path / "venv").exists()
     assert set((ROOT / "docs").rglob("*")) == before
+
+
+def test_gpu_check_with_a_gpu_but_no_cuda_stops_before_measuring(tmp_path: Path) -> None:
+    """nvidia-smi names a device but torch/ONNX Runtime cannot use CUDA (this CPU venv): the script records
+    the environment under the device's name and stops with 1 instead of measuring the CPU as the GPU."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\ncase "$*" in *driver_version*) echo 999.1;; *) echo "Fake GPU X1";; esac\n')
+    fake.chmod(0o755)
+    env = {
+        **os.environ, "PSN_NVIDIA_SMI": str(fake), "PSN_GPU_VENV": sys.prefix,
+        "PSN_GPU_CHECK_SKIP_INSTALL": "1", "PSN_GPU_CHECK_OUT": str(tmp_path / "gpu"),
+    }  # fmt: skip
+    done = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = tmp_path / "gpu" / "fake-gpu-x1"
+    assert "CUDA is not usable here: no GPU measurement taken" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["environment.json", "gpu-check.log"]
+    env_doc = json.loads((out / "environment.json").read_text())
+    assert env_doc["device"] == "Fake GPU X1" and env_doc["driver"] == "999.1"
+    assert env_doc["torch_sees_cuda"] is False
