@@ -1,6 +1,7 @@
 """``psn train-zoo``: train a network of :mod:`psn.zoo` on MNIST digits as static images repeated over T
 (the paper's direct encoding) and write a checkpoint directory (``weights.safetensors``, ``config.json``,
-``metrics.json``) that ``psn export --module psn/zoo.py:NET --weights .../weights.safetensors`` reads.
+``metrics.json``) that ``psn export CHECKPOINT --out DIR`` reads (config.json names the builder, e.g.
+``psn.zoo:mnist2d_sliding_psn``, as ``psn export --module`` takes it).
 
 Example (the bundled model)::
 
@@ -201,7 +202,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
         "python_version": platform.python_version(),
     }
     config = {
-        "module": f"psn/zoo.py:{args.net}",
+        "module": f"psn.zoo:{args.net}",  # the builder, as psn export --module takes it
         "T": model.T,
         "input_shape": list(model.input_shape),
         "labels": model.labels,

@@ -122,7 +122,7 @@ def test_train_zoo_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path) -> None
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config == {
-        "module": "psn/zoo.py:mnist2d_sliding_psn",
+        "module": "psn.zoo:mnist2d_sliding_psn",
         "T": 4,
         "input_shape": [1, 28, 28],
         "labels": [str(i) for i in range(10)],
