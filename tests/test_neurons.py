@@ -382,3 +382,12 @@ def test_surrogate_gradients_finite_and_nonzero(name: str) -> None:
         assert g is not None
         assert torch.isfinite(g).all()
         assert float(g.abs().sum()) > 0
+
+
+def test_every_neuron_kind_has_its_facts_in_one_place() -> None:
+    from psn_runtime.manifest import KIND_FACTS, NeuronKind
+
+    assert set(KIND_FACTS) == set(NeuronKind)  # a new kind must say what it implies
+    import psn.neurons
+
+    assert psn.neurons.NeuronKind is NeuronKind  # one definition, re-exported
