@@ -38,6 +38,9 @@ $(VENV)/.serve-stamp: pyproject.toml | $(PY)
 $(VENV)/.dev-stamp: pyproject.toml | $(PY)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[train,bench,dev]"
+	# SpikingJelly without its declared deps: they pull torchvision/torchaudio builds that do not load with
+	# the CPU torch; its activation_based modules need only torch, numpy, tqdm and loguru (train extra)
+	$(PIP) install --no-deps spikingjelly==2.0.0
 	@touch $(VENV)/.serve-stamp $@
 
 serve: $(VENV)/.serve-stamp

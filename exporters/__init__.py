@@ -1,12 +1,26 @@
-"""Export PSN-family sequence classifiers to a model directory (manifest.json, full.onnx, step.onnx).
+"""Export PSN-family networks to a model directory (manifest.json, full.onnx, step.onnx).
 
-The graphs are built node by node with ``onnx.helper`` from ``model.layers`` (see exporters/graphs.py);
-psn_runtime/manifest.py defines their inputs, outputs and the manifest.
+Python API (stable; docs/export.md has the details)::
+
+    from exporters import export_module
+    manifest = export_module(
+        net,                      # nn.Module: x [T, N, *input_shape] -> per-step logits [T, N, C]
+        "models/my-net",          # model directory (written only when every check passes)
+        input_shape=(2, 64, 64),  # the per-step input shape
+        T=10,                     # sequence length (the longest accepted for variable-length networks)
+        name="my-net",
+        labels=["a", "b", "c"],   # optional: "0".."C-1"
+    )
+
+``net`` is built from this project's psn.neurons or SpikingJelly's ``activation_based`` (multi-step
+PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, IFNode) plus time-local layers; ``torch.onnx.export``
+lowers the layers, exporters/forms.py gives the neurons' export forms. ``export_model`` and
+``export_checkpoint`` do the same for a ``SeqClassifier`` / a ``psn train`` checkpoint.
 """
 
 from exporters.checks import CheckReport, Parity
 from exporters.errors import ExportCheckFailed, ExportError
-from exporters.export import export_checkpoint, export_model
+from exporters.export import export_checkpoint, export_model, export_module
 from exporters.graph import OPSET
 
 __all__ = [
@@ -17,4 +31,5 @@ __all__ = [
     "Parity",
     "export_checkpoint",
     "export_model",
+    "export_module",
 ]

@@ -1,4 +1,5 @@
-"""Export checks: the ONNX checker, then PyTorch == full.onnx == a loop over step.onnx on random inputs.
+"""Export checks: the ONNX checker, then the user's PyTorch module (its own forward: SpikingJelly's for a
+SpikingJelly network) == full.onnx == a loop over step.onnx on random inputs.
 
 Spikes are compared exactly. A spike may flip between two float paths only where the membrane potential
 sits on the threshold; such a flip is tolerated only where PyTorch's |H − θ| < ``TIE_TOL`` (times the
@@ -18,10 +19,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from exporters.build import spikes_name
 from exporters.errors import ExportCheckFailed
-from exporters.neuron_ops import spikes_name
-from psn.network import SeqClassifier
-from psn.neurons import LIF
+from exporters.prepare import Prepared, run
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, STEP_LOGITS_NAME, StateSpec
 
 TIE_TOL = 1e-5
@@ -100,45 +100,38 @@ def parity_providers() -> list[str]:
     return wanted or ["CPUExecutionProvider"]
 
 
-def _ntd(t: torch.Tensor) -> np.ndarray:
-    """[T, N, *] -> [N, T, D]."""
-    return t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 1).numpy()
+def _ntd(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Time-major [T, N, *] -> [N, T, D]."""
+    t = t.numpy() if isinstance(t, torch.Tensor) else t
+    return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 0, 2)
 
 
-def _margin(neuron: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """H − θ for the neuron's input x [T, N, *] (spike where >= 0)."""
-    if isinstance(neuron, LIF):
-        v, out = neuron.initial_state(x[0]), []
-        for t in range(x.shape[0]):
-            h = v + (x[t] - v) / neuron.tau
-            out.append(h - neuron.v_threshold)
-            _, v = neuron.step(x[t], v)
-        return torch.stack(out)
-    return neuron.membrane(x)
+def torch_trace(module: torch.nn.Module, p: Prepared, x: np.ndarray) -> Trace:
+    """x [N, T, *shape] through the user's own module (eval mode, states reset before and after); the
+    spikes of each neuron layer come from its own forward, H − θ from its export form."""
+    by_name = dict(module.named_modules())
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def hook(name: str):
+        return lambda mod, inp, out: seen.__setitem__(name, (inp[0], out))
 
-def torch_trace(model: SeqClassifier, x: np.ndarray) -> Trace:
-    """x [N, T, F] through the PyTorch model (eval mode)."""
-    seen: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out)))
-        for m in model.neurons()
-    ]
+    hooks = [by_name[f.name].register_forward_hook(hook(f.name)) for f in p.forms if f.name in by_name]
     try:
+        xt = torch.from_numpy(x).transpose(0, 1).contiguous()  # [T, N, *]
+        logits = run(module, xt, "the check input")  # [T, N, C]
         with torch.no_grad():
-            logits = model(torch.from_numpy(x).transpose(0, 1).contiguous())  # [T, N, C]
-            margins = [_ntd(_margin(mod, inp)) for mod, inp, _ in seen]
+            margins = [_ntd(f.margin(seen[f.name][0])) for f in p.forms]
     finally:
         for h in hooks:
             h.remove()
-    spikes = [_ntd(out) for _, _, out in seen]
+    spikes = [_ntd(seen[f.name][1].detach()) for f in p.forms]
     return Trace(logits.transpose(0, 1).numpy(), spikes, margins)
 
 
 def full_trace(sess: ort.InferenceSession, x: np.ndarray, layers: int) -> tuple[np.ndarray, Trace]:
     names = [LOGITS_NAME, STEP_LOGITS_NAME] + [spikes_name(i) for i in range(layers)]
     logits, step_logits, *spikes = sess.run(names, {INPUT_NAME: x})
-    return logits, Trace(step_logits, [s.reshape(s.shape[0], s.shape[1], -1) for s in spikes])
+    return logits, Trace(step_logits, [_ntd(s) for s in spikes])
 
 
 def initial_states(states: list[StateSpec], batch: int) -> dict[str, np.ndarray]:
@@ -147,7 +140,7 @@ def initial_states(states: list[StateSpec], batch: int) -> dict[str, np.ndarray]
 
 
 def step_trace(sess: ort.InferenceSession, states: list[StateSpec], x: np.ndarray, layers: int) -> Trace:
-    """A loop over the step graph for the T steps of x [N, T, F]."""
+    """A loop over the step graph for the T steps of x [N, T, *shape]."""
     feeds = initial_states(states, x.shape[0])
     names = [LOGITS_NAME] + [s.output for s in states] + [spikes_name(i) for i in range(layers)]
     logits, spikes = [], [[] for _ in range(layers)]
@@ -158,7 +151,7 @@ def step_trace(sess: ort.InferenceSession, states: list[StateSpec], x: np.ndarra
         for s, value in zip(states, out[1 : 1 + len(states)], strict=True):
             feeds[s.input] = value
         for i, value in enumerate(out[1 + len(states) :]):
-            spikes[i].append(value.reshape(value.shape[0], -1))
+            spikes[i].append(value.reshape(value.shape[1], -1))  # [1, N, *] -> [N, D]
     return Trace(np.stack(logits, 1), [np.stack(s, 1) for s in spikes])
 
 
@@ -206,21 +199,22 @@ def check_onnx(paths: list[Path]) -> None:
 
 
 def check_parity(
-    model: SeqClassifier,
+    module: torch.nn.Module,
+    p: Prepared,
     full: Path | onnx.ModelProto,
     step: Path | onnx.ModelProto | None,
     states: list[StateSpec],
     *,
+    variable_length: bool,
     batches: tuple[int, ...] = BATCHES,
     lengths: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> CheckReport:
-    """PyTorch == full.onnx (logits, step logits, spikes) == a loop over step.onnx, per batch size.
+    """The user's module == full.onnx (logits, step logits, spikes) == a loop over step.onnx, per batch.
 
     ``lengths``: sequence lengths to try (default: T, and for variable-length models T // 2 as well).
     """
-    cfg = model.cfg
-    layers = len(model.neurons())
+    layers = len(p.forms)
     spike_names = [spikes_name(i) for i in range(layers)]
     try:
         full_sess = session(full, spike_names)
@@ -228,18 +222,17 @@ def check_parity(
     except Exception as exc:  # onnxruntime raises its own (pybind) types
         raise ExportCheckFailed("ort_session", f"onnxruntime cannot load the graph: {exc}") from exc
     if lengths is None:
-        variable = cfg.kind.value in ("sliding_psn", "lif")
-        lengths = (cfg.T, max(1, cfg.T // 2)) if variable and cfg.T > 1 else (cfg.T,)
+        lengths = (p.T, max(1, p.T // 2)) if variable_length and p.T > 1 else (p.T,)
     rng = np.random.default_rng(seed)
     report = CheckReport()
-    was_training = model.training
-    model.eval()
+    was_training = module.training
+    module.eval()
     try:
         for steps in lengths:
-            suffix = "" if steps == cfg.T else f"@T={steps}"
+            suffix = "" if steps == p.T else f"@T={steps}"
             for n in batches:
-                x = rng.standard_normal((n, steps, cfg.features)).astype(np.float32)
-                ref = torch_trace(model, x)
+                x = rng.standard_normal((n, steps, *p.input_shape)).astype(np.float32)
+                ref = torch_trace(module, p, x)
                 try:
                     logits, got = full_trace(full_sess, x, layers)
                 except Exception as exc:  # onnxruntime raises its own (pybind) types
@@ -254,7 +247,7 @@ def check_parity(
                         raise ExportCheckFailed("step_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
                     report.results.append(compare("step_vs_full" + suffix, got, stepped, ref.margins))
     finally:
-        model.train(was_training)
+        module.train(was_training)
     total = sum(r.batch for r in report.results)
     excused = sum(r.excused for r in report.results)
     if excused > MAX_EXCUSED * total:

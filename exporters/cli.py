@@ -1,38 +1,119 @@
-"""``psn export CHECKPOINT --out models/NAME [--name NAME]``: checkpoint -> checked model directory."""
+"""``psn export``: a training checkpoint, or any PSN-family network given as Python code + weights, to a
+checked model directory.
+
+    psn export CHECKPOINT --out models/NAME [--name NAME]
+    psn export --module FILE.py:FUNCTION --weights W --input-shape T,D1[,D2,...] --name NAME --out DIR
+               [--labels a,b,c]
+
+FUNCTION (or ``package.module:FUNCTION``) takes no arguments and returns the network (an nn.Module,
+x [T, N, *shape] -> per-step logits [T, N, C]); W is a ``.safetensors`` file or a ``.pt`` state_dict
+(loaded with ``torch.load(weights_only=True)``: no pickled code runs).
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 PROG = "psn export"
 
 
+class UsageError(Exception):
+    """Bad command-line usage: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        raise UsageError(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
-        description="Export a training checkpoint to a model directory (manifest.json, full.onnx, "
-        "step.onnx). Nothing is written unless the ONNX checker and the PyTorch/ONNX Runtime parity "
-        "checks pass.",
+        description="Export a training checkpoint, or any PSN-family network (this project's psn modules or "
+        "SpikingJelly's) given as --module + --weights, to a model directory (manifest.json, full.onnx, "
+        "step.onnx when every neuron is causal). Nothing is written unless the ONNX checker and the "
+        "PyTorch/ONNX Runtime parity checks pass.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (weights.safetensors, config.json)")
+    p.add_argument(
+        "checkpoint", type=Path, nargs="?", help="checkpoint directory (weights.safetensors, config.json)"
+    )
+    p.add_argument("--module", help="FILE.py:FUNCTION or package.module:FUNCTION returning the network")
+    p.add_argument(
+        "--weights", type=Path, help="the network's state_dict: .safetensors or .pt (weights only)"
+    )
+    p.add_argument("--input-shape", help="T, then the per-step input shape: T,D1[,D2,...] (e.g. 10,2,64,64)")
+    p.add_argument("--labels", help="class labels, comma-separated (default 0..C-1)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
-    p.add_argument("--name", help="model name in the manifest (default: the --out directory's name)")
+    p.add_argument(
+        "--name", help="model name in the manifest (default for a checkpoint: the --out directory's name)"
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the parity table")
     return p
 
 
+def parse_shape(text: str) -> tuple[int, tuple[int, ...]]:
+    try:
+        dims = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: expected integers T,D1[,D2,...]") from None
+    if len(dims) < 2 or any(d < 1 for d in dims):
+        raise UsageError(f"--input-shape {text!r}: expected T,D1[,D2,...], all >= 1")
+    return dims[0], tuple(dims[1:])
+
+
+def _validate(args: argparse.Namespace) -> None:
+    module_flags = {"--weights": args.weights, "--input-shape": args.input_shape, "--labels": args.labels}
+    if args.module is None:
+        if args.checkpoint is None:
+            raise UsageError("give a CHECKPOINT directory or --module FILE.py:FUNCTION")
+        extra = [flag for flag, v in module_flags.items() if v is not None]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} only go with --module")
+        return
+    if args.checkpoint is not None:
+        raise UsageError("give either a CHECKPOINT or --module, not both")
+    missing = [f for f, v in (("--weights", args.weights), ("--input-shape", args.input_shape)) if v is None]
+    if args.name is None:
+        missing.append("--name")
+    if missing:
+        raise UsageError(f"--module needs {', '.join(missing)}")
+
+
+def _command(argv: list[str]) -> str:
+    return shlex.join(["psn", "export", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser().parse_args(argv)
+        _validate(args)
+        shape = parse_shape(args.input_shape) if args.module else None
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
+        return 2
     # imported here so that `psn export --help` is fast and a missing torch/onnx is reported by psn.cli
     from exporters.checks import CheckReport
     from exporters.errors import ExportCheckFailed, ExportError
-    from exporters.export import export_checkpoint
+    from exporters.export import export_checkpoint, export_module
+    from exporters.loading import load_network
 
     report = CheckReport()
     try:
-        manifest = export_checkpoint(args.checkpoint, args.out, args.name, report=report)
+        if args.module:
+            T, input_shape = shape
+            net = load_network(args.module, args.weights)
+            labels = args.labels.split(",") if args.labels else None
+            manifest = export_module(
+                net, args.out, input_shape=input_shape, T=T, name=args.name, labels=labels,
+                command=_command(argv), report=report,
+            )  # fmt: skip
+        else:
+            manifest = export_checkpoint(args.checkpoint, args.out, args.name, report=report)
     except ExportCheckFailed as exc:
         print(f"{PROG}: {exc}\n{PROG}: nothing was written to {args.out}", file=sys.stderr)
         return 2
@@ -42,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(report.summary())
     graphs = ", ".join(sorted(manifest.sha256))
+    acc = "" if manifest.test_accuracy is None else f", test accuracy {manifest.test_accuracy:.4f}"
+    neurons = ", ".join(str(k) for k in manifest.neurons)
     print(
-        f"{PROG}: {manifest.name} ({manifest.kind}, T={manifest.T}, k={manifest.k}, "
-        f"{manifest.parameters} parameters, test accuracy {manifest.test_accuracy:.4f}) -> {args.out} "
-        f"[{graphs}, manifest.json]"
+        f"{PROG}: {manifest.name} ({manifest.kind}, T={manifest.T}, k={manifest.k}, input "
+        f"{list(manifest.input_shape)}, neurons [{neurons}], {manifest.parameters} parameters{acc}) -> "
+        f"{args.out} [{graphs}, manifest.json]"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""Export a model or checkpoint to a model directory: ``full.onnx``, ``step.onnx`` (streaming kinds) and
+"""Export a network or checkpoint to a model directory: ``full.onnx``, ``step.onnx`` (streaming kinds) and
 ``manifest.json``. Everything is written to a temporary directory and checked there; only when every
 check passes are the files moved into the model directory (anything else in it, such as a bundled
 ``checkpoint/``, is left alone)."""
@@ -10,18 +10,27 @@ import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import pydantic
+from torch import nn
 
+from exporters.build import build_full, build_step
 from exporters.checks import CheckReport, check_onnx, check_parity
 from exporters.errors import ExportCheckFailed, ExportError
 from exporters.graph import OPSET
-from exporters.graphs import build_full, build_step, neuron_kind
+from exporters.prepare import check_time_local, prepare
 from psn.checkpoint import load_checkpoint
-from psn.network import SeqClassifier, count_parameters
-from psn_runtime.manifest import FULL_GRAPH, MANIFEST_FILE, STEP_GRAPH, Manifest
+from psn.network import SeqClassifier
+from psn_runtime.manifest import (
+    FULL_GRAPH,
+    MANIFEST_FILE,
+    STEP_GRAPH,
+    Manifest,
+    network_kind,
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -50,6 +59,98 @@ def _install(staged: Path, out_dir: Path, graphs: list[str]) -> None:
         (out_dir / STEP_GRAPH).unlink(missing_ok=True)
 
 
+def export_module(
+    module: nn.Module,
+    out: Path | str,
+    *,
+    input_shape: Sequence[int],
+    T: int,
+    name: str,
+    labels: Sequence[str] | None = None,
+    dataset: str = "unknown",
+    test_accuracy: float | None = None,
+    command: str = "exporters.export_module",
+    check: bool = True,
+    report: CheckReport | None = None,
+) -> Manifest:
+    """Export any PSN-family network to the model directory ``out``; returns the manifest written there.
+
+    ``module`` maps time-major x [T, N, *input_shape] to per-step logits [T, N, C] (the class decision is
+    the mean over T); its neurons are this project's (psn.neurons) or SpikingJelly's (multi-step
+    PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, IFNode) and every other layer is time-local. ``T`` is
+    the sequence length (the longest accepted when every neuron takes any length); ``labels`` default
+    to "0".."C-1". A network with a PSN gets full.onnx only; one whose neurons are all causal gets
+    step.onnx as well and streams.
+
+    With ``check`` (the default) nothing is written unless the ONNX checker and the parity checks pass
+    (``ExportCheckFailed`` names the check). ``ExportError``: the network cannot be exported (a layer
+    that mixes time, an unsupported neuron, a masked PSN at λ < 1, bad metadata...).
+    """
+    out_dir = Path(out)
+    input_shape = tuple(int(d) for d in input_shape)
+    was_training = module.training
+    module.eval()
+    try:
+        p = prepare(module, input_shape, int(T))
+        check_time_local(p)
+        infos = [f.info for f in p.forms]
+        kinds = [i.kind for i in infos]
+        kind = network_kind(kinds)
+        streams = all(i.streams for i in infos)
+        variable = all(i.variable_length for i in infos)
+        labels = [str(i) for i in range(p.classes)] if labels is None else [str(v) for v in labels]
+        if len(labels) != p.classes:
+            raise ExportError(f"{len(labels)} labels for a network with {p.classes} classes")
+        k = next((i.k for i in infos if i.kind is kind), None)
+        full = build_full(p, variable)
+        step = build_step(p) if streams else None
+        graphs = {FULL_GRAPH: full} | ({STEP_GRAPH: step.model} if step else {})
+        with tempfile.TemporaryDirectory(prefix="psn-export-") as tmp:
+            staged = Path(tmp)
+            for file_name, proto in graphs.items():
+                onnx.save(proto, str(staged / file_name))
+            try:
+                manifest = Manifest(
+                    name=name,
+                    kind=kind,
+                    neurons=kinds,
+                    T=p.T,
+                    k=k,
+                    input_shape=input_shape,
+                    labels=labels,
+                    variable_length=variable,
+                    streams=streams,
+                    max_steps=p.T if streams and any(k.facts.bounded for k in kinds) else None,
+                    states=step.states if step else [],
+                    opset=OPSET,
+                    sha256={f: sha256_file(staged / f) for f in graphs},
+                    dataset=dataset,
+                    test_accuracy=test_accuracy,
+                    parameters=count_parameters(module),
+                    command=command,
+                )
+            except pydantic.ValidationError as exc:
+                raise ExportError(f"invalid manifest: {exc}") from exc
+            manifest.dump(staged)
+            if check:
+                check_onnx([staged / f for f in graphs])
+                found = check_parity(
+                    module,
+                    p,
+                    staged / FULL_GRAPH,
+                    staged / STEP_GRAPH if step else None,
+                    manifest.states,
+                    variable_length=variable,
+                )
+                if report is not None:
+                    report.results.extend(found.results)
+                check_sha256(staged, Manifest.load(staged))
+            _install(staged, out_dir, list(graphs))
+    finally:
+        module.train(was_training)
+    return manifest
+
+
 def export_model(
     model: SeqClassifier,
     out_dir: Path | str,
@@ -61,63 +162,26 @@ def export_model(
     check: bool = True,
     report: CheckReport | None = None,
 ) -> Manifest:
-    """Export ``model`` to ``out_dir``; returns the manifest written there.
-
-    With ``check`` (the default) nothing is written unless the ONNX checker and the parity checks pass
-    (``ExportCheckFailed`` names the check that failed). ``report``, when given, receives the parity
-    numbers. Raises ``ExportError`` for a model that cannot be exported (e.g. a masked PSN at λ < 1).
-    """
-    out_dir = Path(out_dir)
+    """Export a ``SeqClassifier`` (what ``psn train`` builds): ``export_module`` with its T, features and
+    labels."""
     cfg = model.cfg
-    kind = neuron_kind(model)
-    streams = kind.facts.streams
-    was_training = model.training
-    model.eval()
-    try:
-        full = build_full(model)
-        step = build_step(model) if streams else None
-        graphs = {FULL_GRAPH: full} | ({STEP_GRAPH: step.model} if step else {})
-        with tempfile.TemporaryDirectory(prefix="psn-export-") as tmp:
-            staged = Path(tmp)
-            for file_name, proto in graphs.items():
-                onnx.save(proto, str(staged / file_name))
-            try:
-                manifest = Manifest(
-                    name=name,
-                    kind=kind,
-                    T=cfg.T,
-                    k=cfg.k if kind.facts.order else None,
-                    input_shape=(cfg.features,),
-                    labels=list(cfg.labels),
-                    variable_length=kind.facts.variable_length,
-                    streams=streams,
-                    max_steps=cfg.T if kind.facts.bounded else None,
-                    states=step.states if step else [],
-                    opset=OPSET,
-                    sha256={f: sha256_file(staged / f) for f in graphs},
-                    dataset=dataset,
-                    test_accuracy=test_accuracy,
-                    parameters=count_parameters(model),
-                    command=command,
-                )
-            except pydantic.ValidationError as exc:
-                raise ExportError(f"invalid manifest: {exc}") from exc
-            manifest.dump(staged)
-            if check:
-                check_onnx([staged / f for f in graphs])
-                found = check_parity(
-                    model,
-                    staged / FULL_GRAPH,
-                    staged / STEP_GRAPH if step else None,
-                    manifest.states,
-                )
-                if report is not None:
-                    report.results.extend(found.results)
-                check_sha256(staged, Manifest.load(staged))
-            _install(staged, out_dir, list(graphs))
-    finally:
-        model.train(was_training)
-    return manifest
+    return export_module(
+        model,
+        out_dir,
+        input_shape=(cfg.features,),
+        T=cfg.T,
+        name=name,
+        labels=cfg.labels,
+        dataset=dataset,
+        test_accuracy=test_accuracy,
+        command=command,
+        check=check,
+        report=report,
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(t.numel() for t in module.parameters())
 
 
 def export_command(ckpt_dir: Path | str, out_dir: Path | str, name: str | None) -> str:

@@ -232,4 +232,6 @@ def make_neuron(kind: NeuronKind, T: int, k: int | None = None, **lif_kwargs) ->
         return MaskedPSN(T, k)
     if kind is NeuronKind.SLIDING_PSN:
         return SlidingPSN(k)
-    return LIF(**lif_kwargs)
+    if kind is NeuronKind.LIF:
+        return LIF(**lif_kwargs)
+    raise ValueError(f"psn.neurons has no {kind} neuron (IF networks come from SpikingJelly)")

@@ -69,12 +69,12 @@ def _check(args: argparse.Namespace) -> None:
         args.dataset = parse_dataset_name(args.dataset)
     except UnknownDataset as exc:
         raise UsageError(str(exc)) from None
-    try:
-        args.kind = NeuronKind(args.kind)
-    except ValueError:
+    trainable = [k for k in NeuronKind if k is not NeuronKind.IF]  # IF: exported from SpikingJelly only
+    if args.kind not in trainable:
         raise UsageError(
-            f"unknown neuron kind {args.kind!r} (choose from {', '.join(k.value for k in NeuronKind)})"
+            f"unknown neuron kind {args.kind!r} (choose from {', '.join(k.value for k in trainable)})"
         ) from None
+    args.kind = NeuronKind(args.kind)
     info = dataset_info(args.dataset)
     if NeuronKind(args.kind).facts.order:
         if args.k is None:

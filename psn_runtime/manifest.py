@@ -44,6 +44,7 @@ class NeuronKind(StrEnum):
     MASKED_PSN = "masked_psn"
     SLIDING_PSN = "sliding_psn"
     LIF = "lif"
+    IF = "if"  # integrate-and-fire (SpikingJelly's IFNode): exported, not trained by psn train
 
     @property
     def facts(self) -> KindFacts:
@@ -65,7 +66,21 @@ KIND_FACTS: dict[NeuronKind, KindFacts] = {
     NeuronKind.MASKED_PSN: KindFacts(order=True, streams=True, variable_length=False, bounded=True),
     NeuronKind.SLIDING_PSN: KindFacts(order=True, streams=True, variable_length=True, bounded=False),
     NeuronKind.LIF: KindFacts(order=False, streams=True, variable_length=True, bounded=False),
+    NeuronKind.IF: KindFacts(order=False, streams=True, variable_length=True, bounded=False),
 }
+
+
+def network_kind(kinds: list[NeuronKind]) -> NeuronKind:
+    """The least streamable of a network's neuron kinds, what ``Manifest.kind`` holds for a network that
+    mixes kinds: PSN (full graph only) < masked PSN (streams at most T steps) < sliding PSN, LIF, IF
+    (stream without bound); ties go to the kind that comes first in the network."""
+    if not kinds:
+        raise ValueError("a network needs at least one neuron layer")
+
+    def rank(k: NeuronKind) -> int:
+        return 0 if not k.facts.streams else 1 if k.facts.bounded else 2
+
+    return min(kinds, key=rank)
 
 
 class StateSpec(BaseModel):
@@ -86,7 +101,12 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: str = "1"
-    kind: NeuronKind
+    kind: NeuronKind = Field(
+        description="the network's least streamable neuron kind (psn < masked_psn < sliding_psn < lif = if)"
+    )
+    neurons: list[NeuronKind] = Field(
+        default_factory=list, description="the kind of every neuron layer, in network order (schema 2)"
+    )
     T: int = Field(gt=0, description="trained sequence length; the longest accepted when variable_length")
     k: int | None = Field(None, gt=0, description="order of a masked or sliding PSN")
     input_shape: tuple[PositiveInt, ...] = Field(
@@ -95,7 +115,9 @@ class Manifest(BaseModel):
         description="per-step input shape, without the batch and time axes: [F], [C, L], [C, H, W]",
     )
     labels: list[str] = Field(min_length=2)
-    variable_length: bool = Field(description="full.onnx accepts any 1 <= T' <= T (sliding PSN, LIF)")
+    variable_length: bool = Field(
+        description="full.onnx accepts any 1 <= T' <= T (every neuron a sliding PSN, LIF or IF)"
+    )
     streams: bool = Field(description="a step graph exists: the model answers after every step")
     max_steps: int | None = Field(
         None, gt=0, description="most steps one stream may take (masked PSN: T); None = unbounded"
@@ -104,7 +126,7 @@ class Manifest(BaseModel):
     opset: int
     sha256: dict[str, str] = Field(description="file name -> hex sha256 of every ONNX file")
     dataset: str
-    test_accuracy: float = Field(ge=0.0, le=1.0)
+    test_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="None when not measured")
     parameters: int = Field(ge=0)
     command: str = Field(description="the command line that produced the checkpoint and the export")
 
@@ -138,6 +160,8 @@ class Manifest(BaseModel):
             raise ValueError(f"a streaming model must list {STEP_GRAPH} in sha256")
         if FULL_GRAPH not in self.sha256:
             raise ValueError(f"sha256 must list {FULL_GRAPH}")
+        if self.neurons and network_kind(self.neurons) is not self.kind:
+            raise ValueError(f"kind {self.kind} is not the least streamable of neurons {self.neurons}")
         if self.max_steps is not None and not self.streams:
             raise ValueError("max_steps only applies to streaming models")
         return self

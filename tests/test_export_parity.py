@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from exporters import checks
+from exporters.build import StepGraph, build_full, build_step, spikes_name
 from exporters.checks import Trace, compare
 from exporters.errors import ExportCheckFailed
-from exporters.graphs import StepGraph, build_full, build_step
-from exporters.neuron_ops import spikes_name
+from exporters.prepare import prepare
 from exporters.testing import tiny_model
 from psn.network import SeqClassifier
 
@@ -24,7 +24,8 @@ KINDS = [
     ("sliding_psn", 5),
     ("lif", None),
 ]
-CASES = [(kind, k, arch, T) for kind, k in KINDS for arch in ("conv", "mlp") for T in (6, 12)]
+# each kind at both architectures and both T (conv at T=6, mlp at T=12): exports take seconds each
+CASES = [(kind, k, arch, T) for kind, k in KINDS for arch, T in (("conv", 6), ("mlp", 12))]
 
 
 def _id(case: tuple) -> str:
@@ -34,20 +35,21 @@ def _id(case: tuple) -> str:
 
 @functools.cache
 def exported(kind: str, k: int | None, arch: str, T: int):
-    """(model, full session, step session or None, step graph or None), built once per case."""
+    """(model, prepared, full session, step session or None, step graph or None), built once per case."""
     model = tiny_model(kind, T, k, arch, seed=T)
+    p = prepare(model, (model.cfg.features,), T)
     spikes = [spikes_name(i) for i in range(len(model.neurons()))]
-    full = checks.session(build_full(model), spikes)
-    step: StepGraph | None = build_step(model) if kind != "psn" else None
+    full = checks.session(build_full(p, kind in ("sliding_psn", "lif")), spikes)
+    step: StepGraph | None = build_step(p) if kind != "psn" else None
     step_sess = checks.session(step.model, spikes) if step else None
-    return model, full, step_sess, step
+    return model, p, full, step_sess, step
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_torch_full_step_agree(case: tuple, batch: int) -> None:
     T = case[3]
-    model, full, step_sess, step = exported(*case)
+    model, p, full, step_sess, step = exported(*case)
     layers = len(model.neurons())
     x = (
         np.random.default_rng(batch * 100 + T)
@@ -55,7 +57,7 @@ def test_torch_full_step_agree(case: tuple, batch: int) -> None:
         .astype(np.float32)
     )
 
-    ref = checks.torch_trace(model, x)
+    ref = checks.torch_trace(model, p, x)
     logits, got = checks.full_trace(full, x, layers)
     p = compare("full_vs_torch", ref, got, ref.margins)
     assert p.spikes == sum(s.size for s in ref.spikes) > 0
@@ -77,8 +79,8 @@ def test_torch_full_step_agree(case: tuple, batch: int) -> None:
 @pytest.mark.parametrize("kind,k", KINDS, ids=[f"{a}-{b}" for a, b in KINDS])
 def test_plain_forward_matches(kind: str, k: int | None) -> None:
     """The same, with nothing but model(x) and session.run (no helper of the checks module)."""
-    model, full, _, _ = exported(kind, k, "conv", 12)
-    x = np.random.default_rng(7).standard_normal((5, 12, model.cfg.features)).astype(np.float32)
+    model, _, full, _, _ = exported(kind, k, "conv", 6)
+    x = np.random.default_rng(7).standard_normal((5, 6, model.cfg.features)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x).transpose(0, 1)).transpose(0, 1).numpy()  # [N, T, C]
     logits, step_logits = full.run(["logits", "step_logits"], {"x": x})
@@ -91,7 +93,7 @@ def test_plain_forward_matches(kind: str, k: int | None) -> None:
 def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> None:
     """Two streams, the second 4 steps behind, stepped in one batch: each equals its own full run."""
     T, lag = 12, 4
-    model, full, step_sess, step = exported(kind, k, "mlp", T)
+    model, _, full, step_sess, step = exported(kind, k, "mlp", T)
     x = np.random.default_rng(3).standard_normal((2, T, model.cfg.features)).astype(np.float32)
     _, ref = full.run(["logits", "step_logits"], {"x": x})  # [2, T, C]
     names = ["logits"] + [s.output for s in step.states]
@@ -114,8 +116,9 @@ def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> 
 
 def test_check_parity_report() -> None:
     model = tiny_model("sliding_psn", 8, 3, "mlp")
-    step = build_step(model)
-    report = checks.check_parity(model, build_full(model), step.model, step.states)
+    p = prepare(model, (model.cfg.features,), 8)
+    step = build_step(p)
+    report = checks.check_parity(model, p, build_full(p, True), step.model, step.states, variable_length=True)
     names = [r.check for r in report.results]
     assert names == ["full_vs_torch", "step_vs_full"] * 3 + ["full_vs_torch@T=4", "step_vs_full@T=4"] * 3
     assert [r.batch for r in report.results] == [1, 1, 3, 3, 64, 64] * 2
@@ -157,5 +160,6 @@ def test_compare_tolerates_flips_only_at_ties() -> None:
 
 def test_model_is_left_in_its_mode() -> None:
     model: SeqClassifier = tiny_model("psn", 6, None, "mlp").train()
-    checks.check_parity(model, build_full(model), None, [], batches=(2,))
+    p = prepare(model, (model.cfg.features,), 6)
+    checks.check_parity(model, p, build_full(p, False), None, [], variable_length=False, batches=(2,))
     assert model.training

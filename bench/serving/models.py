@@ -41,7 +41,7 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
             m = json.loads(manifest.read_text())
             ref = ModelRef(
                 m["name"], m["kind"], int(m["T"]), int(m["features"]), m.get("k"), bool(m["streams"]),
-                str(m.get("dataset", "?")), float(m.get("test_accuracy", 0.0)), int(m.get("parameters", 0)),
+                str(m.get("dataset", "?")), float(m.get("test_accuracy") or 0.0), int(m.get("parameters", 0)),
                 str(manifest.parent),
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):

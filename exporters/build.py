@@ -1,0 +1,207 @@
+"""Trace a prepared network into ``full.onnx`` and ``step.onnx`` with ``torch.onnx.export`` (its
+torch.export-based exporter, which keeps the batch and time axes symbolic through any reshape; the
+TorchScript one bakes the traced batch size into SpikingJelly's ``unflatten(0, (T, N))``).
+
+full.onnx:  x [N, T, *shape] -> logits [N, C] (mean over T), step_logits [N, T, C]
+step.onnx:  x [N, *shape] + states -> logits [N, C] + new states, one state per neuron layer (the last
+            k-1 inputs [N, k-1, *] of a masked / sliding PSN, V [N, *] of a LIF / IF) and, with a masked
+            PSN, the step index t [N] int64 shared by its layers.
+
+Both graphs also produce ``spikes_<i>`` (neuron layer i's spikes, time-major [T, N, *] / [1, N, *]),
+which the checks read; they are not graph outputs of the files written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+from exporters.errors import ExportError
+from exporters.forms import Mode
+from exporters.graph import OPSET
+from exporters.onnx_rewrite import lower_custom_ops
+from exporters.prepare import Prepared, reset_states
+from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, STEP_LOGITS_NAME, NeuronKind, StateSpec
+
+T_STATE, T_STATE_OUT = "t", "t_out"
+_BATCH = torch.export.Dim("N")
+
+
+def spikes_name(index: int) -> str:
+    return f"spikes_{index}"
+
+
+def state_names(index: int) -> tuple[str, str]:
+    return f"state_{index}", f"state_{index}_out"
+
+
+@dataclass(frozen=True)
+class StepGraph:
+    model: onnx.ModelProto
+    states: list[StateSpec]
+
+
+class _Full(nn.Module):
+    def __init__(self, p: Prepared) -> None:
+        super().__init__()
+        self.net = p.net
+        self.forms = p.forms
+
+    def forward(self, x: torch.Tensor):
+        y = self.net(x.transpose(0, 1).contiguous())  # [N, T, *] -> [T, N, *] -> [T, N, C]
+        step_logits = y.transpose(0, 1)  # [N, T, C]
+        return (step_logits.mean(1), step_logits, *[f.spikes for f in self.forms])
+
+
+class _Step(nn.Module):
+    def __init__(self, p: Prepared, masked: bool) -> None:
+        super().__init__()
+        self.net = p.net
+        self.forms = p.forms
+        self.masked = masked
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
+        t = states[-1] if self.masked else None
+        for f, s in zip(self.forms, states, strict=False):
+            f.state, f.t = s, t
+        y = self.net(x.unsqueeze(0))  # [1, N, *] -> [1, N, C]
+        new = [f.new_state for f in self.forms] + ([t + 1] if self.masked else [])
+        return (y[0], *new, *[f.spikes for f in self.forms])
+
+
+def _export(
+    wrapper: nn.Module,
+    args: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic: tuple,
+    shapes: dict[str, list[int | str]],
+    doc: str,
+    forms: list,
+) -> onnx.ModelProto:
+    """Export ``wrapper`` with torch.onnx's exporter (torch.export + onnxscript's optimizer); ``dynamic``
+    names the dynamic axes of each argument, ``shapes`` are the declared shapes of the graph inputs and
+    outputs."""
+    for f in forms:
+        f.exporting = True
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_logs():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+            )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter's own errors (an operator it cannot lower...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed: {first}") from exc
+    finally:
+        for f in forms:
+            f.exporting = False
+    model = lower_custom_ops(program.model_proto)
+    spikes = {n for n in output_names if n.startswith("spikes_")}
+    keep = [o for o in model.graph.output if o.name not in spikes]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name in shapes:
+            elem = value.type.tensor_type.elem_type
+            value.CopyFrom(onnx.helper.make_tensor_value_info(value.name, elem, shapes[value.name]))
+    model.producer_name = "psn-serve exporters (torch.onnx)"
+    model.doc_string = doc
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """torch.onnx logs every step of its exporter and each torchvision op it skips: keep that quiet."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def build_full(p: Prepared, variable_length: bool) -> onnx.ModelProto:
+    p.set_mode(Mode.FULL)
+    n = len(p.forms)
+    spikes = [spikes_name(i) for i in range(n)]
+    dims = {0: _BATCH} | ({1: torch.export.Dim("T", min=1, max=p.T)} if variable_length and p.T > 1 else {})
+    x = torch.randn(2, p.T, *p.input_shape)
+    reset_states(p.net)
+    kinds = ", ".join(f.info.kind for f in p.forms)
+    t: int | str = "T" if variable_length else p.T
+    shapes = {
+        INPUT_NAME: ["N", t, *p.input_shape], LOGITS_NAME: ["N", p.classes],
+        STEP_LOGITS_NAME: ["N", t, p.classes],
+    }  # fmt: skip
+    return _export(
+        _Full(p), (x,), [INPUT_NAME], [LOGITS_NAME, STEP_LOGITS_NAME, *spikes], (dims,), shapes,
+        f"psn-serve full graph: T={p.T}, input {list(p.input_shape)}, neurons [{kinds}]", p.forms,
+    )  # fmt: skip
+
+
+def build_step(p: Prepared) -> StepGraph:
+    kinds = [f.info.kind for f in p.forms]
+    if NeuronKind.PSN in kinds:
+        raise ExportError("a network with a PSN has no step graph: every H[t] reads all T inputs")
+    masked = NeuronKind.MASKED_PSN in kinds
+    x = torch.randn(2, *p.input_shape)
+    # state shapes: trace one step in full mode, recording each neuron's per-step input
+    seen: list[torch.Tensor] = []
+    hooks = [f.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0])) for f in p.forms]
+    try:
+        p.set_mode(Mode.IDENTITY)
+        with torch.no_grad():
+            p.net(x.unsqueeze(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    states: list[StateSpec] = []
+    example: list[torch.Tensor] = []
+    for i, (f, x_in) in enumerate(zip(p.forms, seen, strict=True)):
+        value, init = f.initial_state(x_in[0])  # x_in [1, N, *]
+        s_in, s_out = state_names(i)
+        states.append(
+            StateSpec(input=s_in, output=s_out, shape=tuple(value.shape[1:]), dtype="float32", init=init)
+        )
+        example.append(value)
+    if masked:
+        states.append(StateSpec(input=T_STATE, output=T_STATE_OUT, shape=(), dtype="int64", init=0.0))
+        example.append(torch.zeros(2, dtype=torch.int64))
+    p.set_mode(Mode.STEP)
+    try:
+        spikes = [spikes_name(i) for i in range(len(p.forms))]
+        dynamic = ({0: _BATCH}, tuple({0: _BATCH} for _ in states))  # x, *states
+        shapes = {INPUT_NAME: ["N", *p.input_shape], LOGITS_NAME: ["N", p.classes]}
+        shapes |= {s.input: ["N", *s.shape] for s in states} | {s.output: ["N", *s.shape] for s in states}
+        model = _export(
+            _Step(p, masked), (x, *example),
+            [INPUT_NAME, *(s.input for s in states)],
+            [LOGITS_NAME, *(s.output for s in states), *spikes],
+            dynamic, shapes,
+            f"psn-serve step graph: input {list(p.input_shape)}, neurons [{', '.join(kinds)}]", p.forms,
+        )  # fmt: skip
+    finally:
+        p.set_mode(Mode.FULL)
+        for f in p.forms:
+            f.state = f.t = f.new_state = None
+    return StepGraph(model, states)
