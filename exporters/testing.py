@@ -127,6 +127,9 @@ def tiny_net(kinds: tuple[str, str], rank: int, T: int, source: str = "psn", see
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        hidden = net[2][-2]  # the Linear in front of the second neuron: inputs of order 1
+        hidden.weight.mul_(2.0)
+        hidden.bias.uniform_(0.0, 1.0, generator=g)
         for m in net.modules():
             if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                 m.running_mean.normal_(0.0, 0.3, generator=g)
@@ -134,6 +137,13 @@ def tiny_net(kinds: tuple[str, str], rank: int, T: int, source: str = "psn", see
                 m.bias.normal_(0.5, 0.3, generator=g)
             elif hasattr(m, "bias") and getattr(m, "T", None) is not None and m.bias.numel() == m.T:
                 m.bias.uniform_(-0.5, 0.3, generator=g)  # PSN / masked PSN thresholds
+            elif (
+                hasattr(m, "k")
+                and isinstance(getattr(m, "weight", None), torch.Tensor)
+                and m.weight.ndim == 1
+            ):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))  # sliding PSN
+                m.bias.uniform_(-0.3, 0.3, generator=g)
     return net.eval()
 
 

@@ -102,7 +102,8 @@ class Manifest(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: str = "1"
     kind: NeuronKind = Field(
-        description="the network's least streamable neuron kind (psn < masked_psn < sliding_psn < lif = if)"
+        description="the network's least streamable neuron kind: psn < masked_psn < sliding_psn = lif = if, "
+        "ties to the first in the network"
     )
     neurons: list[NeuronKind] = Field(
         default_factory=list, description="the kind of every neuron layer, in network order (schema 2)"
