@@ -149,6 +149,10 @@ class Supervisor:
         self.options = {**self.options, "port": holder.getsockname()[1]}
         self.metrics_dir = tempfile.mkdtemp(prefix="psn-metrics-")
         env = {**self.settings.env(), MULTIPROC_ENV: self.metrics_dir}
+        # in this process's environment too, so a spawned worker has it before anything imports
+        # prometheus_client (which picks its value class once, at import)
+        previous_dir = os.environ.get(MULTIPROC_ENV)
+        os.environ[MULTIPROC_ENV] = self.metrics_dir
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         status = 0
         try:
@@ -163,6 +167,10 @@ class Supervisor:
                 signal.signal(s, handler)
             holder.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if previous_dir is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = previous_dir
         return status
 
     def _supervise(self, env: dict[str, str]) -> int:
