@@ -93,11 +93,11 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     )
     app.state.psn = state
     errors.install(app)
+    app.include_router(routes_v1.router)  # the hot routes first: routes are matched in order
+    app.include_router(routes_v2.router)
+    app.include_router(routes_stream.router)
     app.include_router(routes_health.router)
     app.include_router(routes_v2.health)
-    app.include_router(routes_v1.router)
-    app.include_router(routes_stream.router)
-    app.include_router(routes_v2.router)
     routes_demo.install(app, docs=docs)
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:

@@ -139,15 +139,14 @@ def _has_bool(value: list, ndim: int) -> bool:
 
 
 def _may_hold_bool(array: np.ndarray, raw: bytes | str | None) -> bool:
-    """Whether numpy may have taken JSON booleans for numbers (true -> 1, false -> 0); cheap checks first:
-    the array has a 0 or a 1, and the raw JSON text (when given) spells true or false somewhere."""
-    if not ((array == 0) | (array == 1)).any():
-        return False
-    if raw is None:
-        return True
+    """Whether numpy may have taken JSON booleans for numbers (true -> 1, false -> 0); the cheapest check
+    first: the raw JSON text (when given) spells true or false somewhere, and the array has a 0 or a 1."""
     if isinstance(raw, str):
-        return "true" in raw or "false" in raw
-    return b"true" in raw or b"false" in raw
+        if "true" not in raw and "false" not in raw:
+            return False
+    elif raw is not None and b"true" not in raw and b"false" not in raw:
+        return False
+    return bool(((array == 0) | (array == 1)).any())
 
 
 def to_float32(
