@@ -10,6 +10,8 @@ client processes, the profiler) runs on another core. Parts:
   body and as a V2 binary tensor: req/s and p50/p90/p99, beside the echo app's with the same body.
 - streams: one stream's step round trip (JSON and binary frames) and the aggregate steps/s of S closed-loop
   streams, step batching on and off (two servers), beside the echo app's WebSocket.
+- workers (``--workers 1,2``): ``psn serve --workers N`` on cores 0..N-1, classify req/s and 64 streams'
+  steps/s against one worker (``bench.serving.scaling``).
 - latency: a sequence streamed at one step every 2 ms to every model kind: time to first output and to
   decision; a plot of output times against input times.
 
