@@ -40,7 +40,6 @@ class OpenStream:
     shape: tuple[int, ...]  # per-step input shape
     max_steps: int  # steps before ``done`` (the model's bound, T for a full-only PSN, or the server's)
     steps: Counter = field(repr=False)  # the model's step counter (resolved once, not per step)
-    closed: bool = False
 
 
 class DataPlane:
@@ -143,7 +142,6 @@ class DataPlane:
 
     def close(self, stream: OpenStream) -> None:
         """Idempotent; a no-op once the runtime is gone."""
-        stream.closed = True
         if self._runtime is not None:
             self._runtime.close_stream(stream.id)
 
@@ -156,9 +154,6 @@ class Sequences:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self._open: dict[tuple[str, int | str], OpenStream] = {}
-
-    def __len__(self) -> int:
-        return len(self._open)
 
     def clear(self) -> None:
         self._open.clear()
