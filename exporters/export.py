@@ -6,6 +6,7 @@ check passes are the files moved into the model directory (anything else in it, 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -21,8 +22,9 @@ from exporters.build import build_full, build_step
 from exporters.checks import CheckReport, check_onnx, check_parity
 from exporters.errors import ExportCheckFailed, ExportError
 from exporters.graph import OPSET
+from exporters.loading import load_network
 from exporters.prepare import check_time_local, prepare
-from psn.checkpoint import load_checkpoint
+from psn.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_checkpoint
 from psn.network import SeqClassifier
 from psn_runtime.manifest import (
     FULL_GRAPH,
@@ -191,6 +193,15 @@ def export_command(ckpt_dir: Path | str, out_dir: Path | str, name: str | None) 
     return shlex.join(args)
 
 
+def _zoo_config(ckpt_dir: Path) -> dict | None:
+    """The config.json of a ``psn train-zoo`` checkpoint (it names its builder under "module"), else None."""
+    try:
+        config = json.loads((ckpt_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # load_checkpoint reports a missing or bad config.json
+    return config if isinstance(config, dict) and "module" in config else None
+
+
 def export_checkpoint(
     ckpt_dir: Path | str,
     out_dir: Path | str,
@@ -198,21 +209,32 @@ def export_checkpoint(
     *,
     report: CheckReport | None = None,
 ) -> Manifest:
-    """Export a training checkpoint (psn.checkpoint) to ``out_dir`` (name: the directory's name)."""
-    model, metrics = load_checkpoint(Path(ckpt_dir))  # CheckpointError (a ValueError) if missing/bad
+    """Export a training checkpoint to ``out_dir`` (name: the directory's name): a ``psn train`` one
+    (psn.checkpoint), or a ``psn train-zoo`` one, whose config.json names the builder (``psn.zoo:NET``),
+    T, the per-step input shape and the labels."""
+    ckpt_dir = Path(ckpt_dir)
+    zoo = _zoo_config(ckpt_dir)
+    if zoo is None:
+        model, metrics = load_checkpoint(ckpt_dir)  # CheckpointError (a ValueError) if missing/bad
+    else:
+        model = load_network(str(zoo["module"]), ckpt_dir / WEIGHTS_FILE)
+        metrics_path = ckpt_dir / METRICS_FILE
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for key in ("dataset", "test_accuracy"):
         if key not in metrics:
-            raise ExportError(f"{Path(ckpt_dir) / 'metrics.json'} has no {key!r}")
+            raise ExportError(f"{ckpt_dir / METRICS_FILE} has no {key!r}")
     train_cmd = metrics.get("command") or "unknown training command"
     if isinstance(train_cmd, list):
         train_cmd = shlex.join(str(a) for a in train_cmd)
-    model_name = name if name is not None else Path(out_dir).resolve().name
-    return export_model(
-        model,
-        out_dir,
-        name=model_name,
-        dataset=str(metrics["dataset"]),
-        test_accuracy=float(metrics["test_accuracy"]),
-        command=f"{train_cmd} && {export_command(ckpt_dir, out_dir, name)}",
-        report=report,
+    meta = {
+        "name": name if name is not None else Path(out_dir).resolve().name,
+        "dataset": str(metrics["dataset"]),
+        "test_accuracy": float(metrics["test_accuracy"]),
+        "command": f"{train_cmd} && {export_command(ckpt_dir, out_dir, name)}",
+        "report": report,
+    }
+    if zoo is None:
+        return export_model(model, out_dir, **meta)
+    return export_module(
+        model, out_dir, input_shape=zoo["input_shape"], T=zoo["T"], labels=zoo["labels"], **meta
     )

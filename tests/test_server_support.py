@@ -49,6 +49,8 @@ def _scan(root: Path) -> dict[NeuronKind, Manifest]:
                 manifest = Manifest.load(directory)
             except ValueError:
                 continue
+            if len(manifest.input_shape) != 1:
+                continue  # the helpers build [T, F] inputs; 2-D models: tests/test_zoo_export.py
             # prefer the model with the most features per step: tests slice and corrupt rows of x
             if manifest.kind not in found or manifest.features > found[manifest.kind].features:
                 found[manifest.kind] = manifest
