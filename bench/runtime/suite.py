@@ -160,7 +160,7 @@ def bench_classify(rt: Runtime, name: str, budget: float) -> list[dict[str, Any]
     session = model.full
     rows = []
     for batch in CLASSIFY_BATCHES:
-        x = np.random.default_rng(0).standard_normal((batch, m.T, m.features)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((batch, m.T, *m.input_shape)).astype(np.float32)
         t = time_paired(
             lambda x=x: session.run(OUTPUTS, {INPUT_NAME: x}), lambda x=x: rt.classify(name, x), budget
         )
@@ -187,7 +187,7 @@ def bench_raw_step(rt: Runtime, name: str, batch: int, budget: float) -> float:
     """Seconds per step of one raw session.run of step.onnx at this batch, divided by the batch."""
     model = rt._models[name]
     m = model.manifest
-    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch, m.features)).astype(np.float32)}
+    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch, *m.input_shape)).astype(np.float32)}
     for s in m.states:
         feed[s.input] = np.full((batch, *s.shape), s.init, dtype=s.dtype)
     names = [LOGITS_NAME] + [s.output for s in m.states]
@@ -197,7 +197,7 @@ def bench_raw_step(rt: Runtime, name: str, batch: int, budget: float) -> float:
 
 async def _closed_loop(rt: Runtime, name: str, streams: int, budget: float) -> dict[str, Any]:
     m = rt.model(name).manifest
-    xs = np.random.default_rng(1).standard_normal((streams, m.T, m.features)).astype(np.float32)
+    xs = np.random.default_rng(1).standard_normal((streams, m.T, *m.input_shape)).astype(np.float32)
     ids = [await rt.open_stream(name) for _ in range(streams)]
     limit = rt.stats()["models"][name]["max_steps_per_stream"]
     latencies: list[float] = []

@@ -34,7 +34,8 @@ class ModelRef:
 
 
 def scan(models_dir: Path) -> dict[str, ModelRef]:
-    """One model per neuron kind in models_dir/*/manifest.json: the most accurate, then the first by name."""
+    """One model per neuron kind in models_dir/*/manifest.json (1-D per-step inputs only): the most
+    accurate, then the first by name."""
     best: dict[str, ModelRef] = {}
     for manifest in sorted(models_dir.glob("*/manifest.json")):
         try:
@@ -46,6 +47,8 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a model directory the server would load either; it reports why
+        if len(m.get("input_shape") or [ref.features]) != 1:
+            continue  # the load generators send [T, F] bodies and F-float frames: 1-D per-step models only
         if ref.kind not in best or ref.test_accuracy > best[ref.kind].test_accuracy:
             best[ref.kind] = ref
     return best
