@@ -77,6 +77,52 @@ def _wake(fut: asyncio.Future | None) -> None:
         fut.set_result(None)
 
 
+class _LoneBinding:
+    """A step graph's batch of one, run inline through an ORT IOBinding: the inputs are the slot's rows of the
+    pool (views, bound once per slot), the outputs land in preallocated buffers (no allocation by ORT, no
+    copy into new numpy arrays). The same kernels run on the same values, so the answers keep their bits.
+    Only for sessions on the CPU provider (the binding points ORT at host memory)."""
+
+    def __init__(self, streams: ModelStreams, specs: list[ArraySpec], classes: int) -> None:
+        self.streams = streams
+        self.session = streams.session
+        self.x = np.zeros((1, *streams.shape), np.float32)  # [1, *shape], the step's input, copied in
+        self.outs = [np.zeros((1, classes), np.float32)] + [
+            np.zeros((1, *s.shape), s.dtype) for s in specs
+        ]  # logits [1, C], then each new state [1, *shape]
+        self._bound_arrays: list[np.ndarray] | None = None  # the pool arrays the cached bindings point into
+        self._bindings: dict[int, object] = {}  # slot -> IOBinding
+
+    @classmethod
+    def for_model(cls, streams: ModelStreams, specs: list[ArraySpec], classes: int) -> _LoneBinding | None:
+        if streams.full_only or streams.session.get_providers() != ["CPUExecutionProvider"]:
+            return None
+        return cls(streams, specs, classes)
+
+    def _binding(self, slot: int) -> object:
+        arrays = self.streams.pool.arrays
+        if arrays is not self._bound_arrays:  # the pool grew: its arrays moved
+            self._bindings.clear()
+            self._bound_arrays = arrays
+        binding = self._bindings.get(slot)
+        if binding is None:
+            binding = self.session.io_binding()
+            for name, arr in zip(self.streams.input_names, arrays, strict=True):
+                binding.bind_cpu_input(name, arr[slot : slot + 1])  # [1, *shape], a view of the slot
+            binding.bind_cpu_input(INPUT_NAME, self.x)
+            for name, out in zip(self.streams.output_names, self.outs, strict=True):
+                binding.bind_output(name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+            self._bindings[slot] = binding
+        return binding
+
+    def run(self, slot: int, xb: np.ndarray) -> list[np.ndarray]:
+        """xb [1, *shape] -> [logits [1, C], new states [1, *shape]...] (buffers reused by the next run)."""
+        binding = self._binding(slot)
+        self.x[...] = xb
+        self.session.run_with_iobinding(binding)
+        return self.outs
+
+
 class ModelStreams:
     """The streams of one READY model: state pool, step queue and batcher task."""
 
@@ -106,6 +152,7 @@ class ModelStreams:
                 self.limit_reason = f"the model's max_steps (kind {m.kind}, T={m.T})"
         self.input_names = [s.input for s in specs]
         self.pool = SlotPool(specs, m.num_classes)
+        self._lone = _LoneBinding.for_model(self, specs, m.num_classes)
         graph = FULL_GRAPH if self.full_only else STEP_GRAPH
         layouts = tuple(
             ArrayLayout(s.input or "buffer", s.dtype.name, tuple(s.shape)) for s in specs
@@ -277,9 +324,14 @@ class ModelStreams:
     async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> bool:
         """Run one batch and answer its steps; True when ORT ran inline (on this thread)."""
         n = len(batch)
-        if n == 1:  # views, no copies: nothing writes a slot while a step on it is pending
+        inline = n <= self.inline_rows
+        idx = None
+        feed: dict[str, np.ndarray] = {}
+        lone = self._lone if n == 1 and inline else None  # a step graph's batch of one on CPU: IOBinding
+        if lone is not None:
+            xb = batch[0].x[None]  # [1, F]
+        elif n == 1:  # views, no copies: nothing writes a slot while a step on it is pending
             slot = batch[0].stream.slot
-            idx = None
             gathered = [arr[slot : slot + 1] for arr in self.pool.arrays]  # each [1, *shape]
             xb = batch[0].x[None]  # [1, F]
             if self.full_only:  # full.onnx's MatMuls take another kernel for one row (last bits differ):
@@ -288,17 +340,19 @@ class ModelStreams:
             idx = np.fromiter((it.stream.slot for it in batch), dtype=np.intp, count=n)  # [B]
             gathered = self.pool.gather(idx)  # each [B, *shape]
             xb = np.stack([it.x for it in batch]) if not self.full_only else None  # [B, F]
-        if self.full_only:
-            feed = {INPUT_NAME: gathered[0]}  # [B, T, F]
-        else:
-            feed = dict(zip(self.input_names, gathered, strict=True))
-            feed[INPUT_NAME] = xb
+        if lone is None:
+            if self.full_only:
+                feed = {INPUT_NAME: gathered[0]}  # [B, T, F]
+            else:
+                feed = dict(zip(self.input_names, gathered, strict=True))
+                feed[INPUT_NAME] = xb
         self._inflight = batch
         t0 = time.perf_counter()
         session = self.session
-        inline = n <= self.inline_rows
         try:
-            if inline:  # nothing can cancel it or close the runtime meanwhile: no await until it is done
+            if lone is not None:
+                outs = lone.run(batch[0].stream.slot, xb)
+            elif inline:  # nothing can cancel it or close the runtime meanwhile: no await until it is done
                 outs = session.run(self.output_names, feed)
             else:
                 outs = await self._worker.submit(session.run, self.output_names, feed)
