@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
-from server import errors, routes_demo, routes_health, routes_stream, routes_v1, routes_v2
+from server import errors, fastpath, routes_demo, routes_health, routes_stream, routes_v1, routes_v2
 from server.dataplane import DataPlane
 from server.jsonio import JSONBytesResponse
 from server.metrics import Metrics, MetricsMiddleware
@@ -99,6 +99,9 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     app.include_router(routes_health.router)
     app.include_router(routes_v2.health)
     routes_demo.install(app, docs=docs)
+    app.add_middleware(
+        fastpath.ClassifyFastPath, state=state, route=fastpath.classify_route(routes_v1.router.routes)
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:
         app.add_middleware(

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from server.auth import require_key
 from server.body import read_body, require_media_type
-from server.dataplane import Plane
+from server.dataplane import DataPlane, Plane
 from server.errors import ErrorRoute
 from server.jsonio import JSONBytesResponse, input_dims, loads, to_float32
 from server.schemas import (
@@ -54,6 +54,12 @@ async def classify(name: str, request: Request, plane: Plane) -> Response:
     Answer: ``{"model", "predictions": [{"label", "probabilities", "logits"}], "latency_ms", "provider"}``,
     one prediction per sequence; ``latency_ms`` is measured in the server, from the request to the answer.
     """
+    return await classify_request(name, request, plane)
+
+
+async def classify_request(name: str, request: Request, plane: DataPlane) -> Response:
+    """The classify route's work, after the API key check (server.fastpath calls it too, without FastAPI's
+    routing in front)."""
     start = time.perf_counter()
     info = plane.model(name)  # 404 before reading any body
     require_media_type(request, ("application/json",))
