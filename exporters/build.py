@@ -25,7 +25,7 @@ from torch import nn
 from exporters.errors import ExportError
 from exporters.forms import Mode
 from exporters.graph import OPSET
-from exporters.onnx_rewrite import lower_custom_ops
+from exporters.onnx_rewrite import lower_custom_ops, strip_stack_traces
 from exporters.prepare import Prepared, reset_states
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, STEP_LOGITS_NAME, NeuronKind, StateSpec
 
@@ -112,7 +112,7 @@ def _export(
     finally:
         for f in forms:
             f.exporting = False
-    model = lower_custom_ops(program.model_proto)
+    model = strip_stack_traces(lower_custom_ops(program.model_proto))
     spikes = {n for n in output_names if n.startswith("spikes_")}
     keep = [o for o in model.graph.output if o.name not in spikes]
     del model.graph.output[:]

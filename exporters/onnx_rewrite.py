@@ -92,3 +92,17 @@ def lower_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     model.opset_import.extend(keep)
     # value_info entries written for the custom node's output stay valid (same tensor, same type)
     return model
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the Python stack trace torch.onnx records on every node (in place): it holds this machine's
+    absolute file paths, so without it an export is the same bytes wherever it runs. The module names
+    and scopes (``namespace``, ``pkg.torch.onnx.name_scopes``...) stay for debugging."""
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return model
