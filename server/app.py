@@ -99,9 +99,7 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     app.include_router(routes_health.router)
     app.include_router(routes_v2.health)
     routes_demo.install(app, docs=docs)
-    app.add_middleware(
-        fastpath.ClassifyFastPath, state=state, route=fastpath.classify_route(routes_v1.router.routes)
-    )
+    app.add_middleware(fastpath.FastPath, state=state, routes=fastpath.hot_routes())  # hot POSTs
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,66 +1,101 @@
-"""A raw ASGI fast path for the hottest HTTP request, ``POST /v1/models/{name}/classify``.
+"""A raw ASGI fast path for the hottest HTTP requests, ``POST /v1/models/{name}/classify`` and
+``POST /v2/models/{name}/infer``.
 
 FastAPI's router matches every route in turn, builds a Request, solves the dependencies (the data plane, the
 API key) and wraps the endpoint in several layers; on a classify of one sequence that is about a fifth of
-the server's CPU. This middleware sits just inside the metrics middleware, recognises that one request by
-its method and path, and calls the very same handler (``routes_v1.classify_request``) after the same key
-check, answering errors through the same ``error_response``. Every other request, and a classify under a
-``root_path`` (a proxy prefix), goes on to FastAPI unchanged; the FastAPI route stays registered, so the
+the server's CPU. This middleware sits just inside the metrics middleware, recognises those requests by
+method and path, and calls the very same handlers (``routes_v1.classify_request``,
+``routes_v2.infer_request``) after the same key check, answering errors through the same
+``error_response``. Every other request (a versioned V2 path included), and any request under a
+``root_path`` (a proxy prefix), goes on to FastAPI unchanged; the FastAPI routes stay registered, so the
 OpenAPI schema and the docs do not change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
 from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import auth
+from server import auth, routes_v1, routes_v2
+from server.dataplane import DataPlane
 from server.errors import error_response
-from server.routes_v1 import classify_request
 from server.state import AppState
 
-PREFIX = "/v1/models/"
-SUFFIX = "/classify"
-TEMPLATE = PREFIX + "{name}" + SUFFIX
+Handler = Callable[[str, Request, DataPlane], Awaitable[Response]]
 
 
-def classify_route(routes: list) -> APIRoute:
-    """The FastAPI route the fast path stands in for (its template labels the request's metrics)."""
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """``POST {prefix}{name}{suffix}``: the FastAPI route it stands in for and the handler both call."""
+
+    prefix: str
+    suffix: str
+    route: APIRoute
+    handler: Handler
+
+    def name(self, path: str) -> str | None:
+        """The model name when path is this route's (as the router would match ``{name}``: no slash)."""
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        name = path[len(self.prefix) : -len(self.suffix)]
+        return name if name and "/" not in name else None
+
+
+def _route(routes: list, template: str) -> APIRoute:
     for route in routes:
-        if isinstance(route, APIRoute) and route.path == TEMPLATE and "POST" in route.methods:
+        if isinstance(route, APIRoute) and route.path == template and "POST" in route.methods:
             return route
-    raise LookupError(f"no POST route {TEMPLATE}")
+    raise LookupError(f"no POST route {template}")
 
 
-class ClassifyFastPath:
-    def __init__(self, app: ASGIApp, state: AppState, route: APIRoute) -> None:
+def hot_routes() -> tuple[HotRoute, ...]:
+    """The routes the fast path serves (their templates label the requests' metrics, as the router's do)."""
+    return (
+        HotRoute(
+            "/v1/models/", "/classify", _route(routes_v1.router.routes, "/v1/models/{name}/classify"),
+            routes_v1.classify_request,
+        ),
+        HotRoute(
+            "/v2/models/", "/infer", _route(routes_v2.router.routes, "/v2/models/{name}/infer"),
+            routes_v2.infer_request,
+        ),
+    )  # fmt: skip
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, state: AppState, routes: tuple[HotRoute, ...]) -> None:
         self.app = app
         self.state = state
-        self.route = route
+        self.routes = routes
 
-    def _name(self, scope: Scope) -> str | None:
-        """The model name when scope is ``POST /v1/models/{name}/classify`` (as the router would match)."""
+    def match(self, scope: Scope) -> tuple[HotRoute, str] | None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             return None
         path: str = scope["path"]
-        if not (path.startswith(PREFIX) and path.endswith(SUFFIX)):
-            return None
-        name = path[len(PREFIX) : -len(SUFFIX)]
-        return name if name and "/" not in name else None
+        for hot in self.routes:
+            name = hot.name(path)
+            if name is not None:
+                return hot, name
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = self._name(scope)
-        if name is None:
+        found = self.match(scope)
+        if found is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route  # what the router would set (the metrics middleware reads both)
+        hot, name = found
+        scope["route"] = hot.route  # what the router would set (the metrics middleware reads both)
         scope["path_params"] = {"name": name}
         request = Request(scope, receive)
         state = self.state
         try:
             auth.check(state.api_key, request.headers)
-            response = await classify_request(name, request, state.plane)
+            response = await hot.handler(name, request, state.plane)
         except Exception as exc:  # as ErrorRoute does: every error becomes its answer
             response = error_response(request, exc)
         await response(scope, receive, send)

@@ -275,6 +275,12 @@ async def infer(name: str, request: Request, plane: Plane) -> Response:
     return await _infer(plane, name, None, request)
 
 
+async def infer_request(name: str, request: Request, plane: DataPlane) -> Response:
+    """The infer route's work, after the API key check (server.fastpath calls it without FastAPI's
+    routing in front)."""
+    return await _infer(plane, name, None, request)
+
+
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
 async def infer_version(name: str, version: str, request: Request, plane: Plane) -> Response:
     return await _infer(plane, name, version, request)

@@ -1,6 +1,6 @@
-"""The classify fast path (server/fastpath.py) answers exactly as FastAPI's route does: the same bodies,
-statuses and headers for good and bad requests, the same key check, the same metrics labels; requests it
-does not recognise go on to the router."""
+"""The fast path (server/fastpath.py: v1 classify, V2 infer) answers exactly as FastAPI's routes do: the
+same bodies, statuses and headers for good and bad requests, the same key check, the same metrics labels;
+requests it does not recognise go on to the router."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ from test_server_support import sequence, served, settings
 
 from psn_runtime.manifest import NeuronKind
 from server.app import build_app
-from server.fastpath import ClassifyFastPath
+from server.fastpath import FastPath, hot_routes
 
 KEY = "k" * 24
 
 
 def without_fast_path(**overrides):
     app = build_app(settings(**overrides))
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not ClassifyFastPath]
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastPath]
     return app
 
 
 def answers(client: TestClient, name: str, manifest) -> list[tuple[int, dict, dict]]:
     x = sequence(manifest, batch=2)
-    requests = [
+    v1_requests = [
         ({"inputs": x.tolist()}, {}),
         ({"inputs": x[0].tolist(), "return_logits": False}, {}),
         ({"inputs": [[1.0, "a"]]}, {}),
@@ -33,9 +33,24 @@ def answers(client: TestClient, name: str, manifest) -> list[tuple[int, dict, di
         (None, {"content": b"{not json", "headers": {"Content-Type": "application/json"}}),
         (None, {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
     ]
+    v2 = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32"}]}
+    header = json.dumps({**v2, "inputs": [{**v2["inputs"][0], "parameters": {"binary_data_size": x.nbytes}}]})
+    binary = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    v2_requests = [
+        ({**v2, "inputs": [{**v2["inputs"][0], "data": x.ravel().tolist()}]}, {}),
+        (None, {"content": header.encode() + x.tobytes(), "headers": binary}),
+        (None, {"content": header.encode() + x.tobytes()[:-4], "headers": binary}),
+        ({"inputs": []}, {}),
+    ]
     out = []
-    for target in (name, "no-such-model"):
-        for body, kwargs in requests:
+    for target, route, requests in (
+        (name, "/v1/models/{}/classify", v1_requests),
+        ("no-such-model", "/v1/models/{}/classify", v1_requests[:2]),
+        (name, "/v2/models/{}/infer", v2_requests),
+        ("no-such-model", "/v2/models/{}/infer", v2_requests[:1]),
+    ):
+        for body, given in requests:
+            kwargs = dict(given)
             if body is not None:
                 kwargs = {
                     "content": json.dumps(body).encode(),
@@ -43,7 +58,7 @@ def answers(client: TestClient, name: str, manifest) -> list[tuple[int, dict, di
                 }
             headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
             for auth in (headers, {k: v for k, v in headers.items() if k != "Authorization"}):
-                r = client.post(f"/v1/models/{target}/classify", headers=auth, **kwargs)
+                r = client.post(route.format(target), headers=auth, **dict(kwargs))
                 doc = r.json()
                 doc.pop("latency_ms", None)
                 kept = {
@@ -73,24 +88,30 @@ def test_fast_path_answers_as_the_router(key: str | None) -> None:
             'route="/v1/models/{name}/classify",status="200"}'
         )
         assert line in metrics
+        assert 'route="/v2/models/{name}/infer",status="200"' in metrics
 
 
 def test_other_paths_go_on_to_the_router() -> None:
     app = build_app(settings())
-    fast = next(m for m in app.user_middleware if m.cls is ClassifyFastPath)
-    path_of = ClassifyFastPath(None, None, None)._name  # type: ignore[arg-type]
+    assert any(m.cls is FastPath for m in app.user_middleware)
+    fast = FastPath(None, None, hot_routes())  # type: ignore[arg-type]
+
+    def path_of(scope: dict) -> str | None:
+        found = fast.match(scope)
+        return None if found is None else found[1]
 
     def scope(path: str, method: str = "POST", root_path: str = "") -> dict:
         return {"type": "http", "method": method, "path": path, "root_path": root_path}
 
-    assert fast is not None
     assert path_of(scope("/v1/models/m/classify")) == "m"
+    assert path_of(scope("/v2/models/m/infer")) == "m"
     for other in (
         scope("/v1/models/m/classify", "GET"),
         scope("/v1/models//classify"),
         scope("/v1/models/a/b/classify"),
         scope("/v1/models/m/classify/"),
-        scope("/v2/models/m/infer"),
+        scope("/v2/models/m/versions/1/infer"),
+        scope("/v2/models/m/ready"),
         scope("/v1/models/m/classify", root_path="/api"),
         {"type": "websocket", "path": "/v1/models/m/classify"},
     ):
