@@ -89,6 +89,35 @@ def _fold_batchnorm(net: nn.Module) -> None:
                     mods[i + 1] = seq[i + 1]
 
 
+class _PoolAsMatMul(nn.Module):
+    """AvgPool1d (kernel = stride, no padding) on a fixed length L as a MatMul with the [L, L // k]
+    pooling matrix: ONNX Runtime's CPU AveragePool is slow on short rows."""
+
+    def __init__(self, length: int, k: int) -> None:
+        super().__init__()
+        out = length // k
+        i = torch.arange(length).unsqueeze(1)  # [L, 1]
+        j = torch.arange(out).unsqueeze(0)  # [1, L // k]
+        self.register_buffer("pool", ((i // k == j) & (i < out * k)).float() / k)  # [L, L // k]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x, self.pool)  # [B, C, L] x [L, L // k] -> [B, C, L // k]
+
+
+def _plain_avgpool1d(m: nn.Module) -> bool:
+    if type(m) is not nn.AvgPool1d or m.ceil_mode:
+        return False
+    k, stride, pad = m.kernel_size[0], (m.stride or m.kernel_size)[0], m.padding[0]
+    return k == stride and pad == 0
+
+
+def _replace(net: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in net.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+
+
 def prepare(module: nn.Module, input_shape: tuple[int, ...], T: int) -> Prepared:
     """A deep copy of ``module`` ready to trace, with its forms in execution order; raises ExportError
     for a network that has no neuron, calls a neuron twice, or does not return [T, N, C]."""
@@ -106,12 +135,23 @@ def prepare(module: nn.Module, input_shape: tuple[int, ...], T: int) -> Prepared
     _fold_batchnorm(net)
     order: list[Form] = []
     hooks = [f.register_forward_hook(lambda mod, inp, out: order.append(mod)) for f in forms.values()]
+    pools: dict[nn.Module, set[int]] = {}
+    for m in net.modules():
+        if _plain_avgpool1d(m):
+            hooks.append(
+                m.register_forward_pre_hook(
+                    lambda mod, inp: pools.setdefault(mod, set()).add(inp[0].shape[-1])
+                )
+            )
     try:
         x = torch.randn(T, 2, *input_shape)
         y = run(net, x, "an input")
     finally:
         for h in hooks:
             h.remove()
+    for pool, lengths in pools.items():
+        if len(lengths) == 1:  # one input length (a module used once, or always on the same length)
+            _replace(net, pool, _PoolAsMatMul(lengths.pop(), pool.kernel_size[0]))
     if y.ndim != 3 or tuple(y.shape[:2]) != (T, 2):
         raise ExportError(
             f"the network must map x [T, N, *shape] to per-step logits [T, N, C]; for x {list(x.shape)} "
