@@ -1,4 +1,6 @@
-"""A small helper to build ONNX graphs by hand: nodes, numpy initializers, unique tensor names."""
+"""The opset, node counting, and a small builder of ONNX (sub)graphs (nodes, numpy initializers,
+unique tensor names) for the few nodes torch.onnx does not write: the LIF / IF Scan body
+(exporters/onnx_rewrite.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 21  # supported by onnxruntime >= 1.20
-IR_VERSION = 10  # the IR version that goes with opset 21
-
-Dim = int | str | None
-
-
-def value_info(name: str, elem_type: int, shape: Sequence[Dim]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, list(shape))
 
 
 class GraphBuilder:
@@ -103,17 +98,6 @@ class GraphBuilder:
         return helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.initializers)
 
 
-def make_model(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
-        producer_name="psn-serve exporters",
-        doc_string=doc,
-    )
-    return model
-
-
 def count_nodes(graph: onnx.GraphProto) -> int:
     """All nodes, including those of subgraphs (a Scan's body)."""
     total = 0
@@ -128,5 +112,3 @@ def count_nodes(graph: onnx.GraphProto) -> int:
 
 
 FLOAT = TensorProto.FLOAT
-INT64 = TensorProto.INT64
-BOOL = TensorProto.BOOL
