@@ -5,6 +5,7 @@ classify equals PyTorch, and the event-frame net's streamed steps equal its full
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ from psn import zoo
 from psn.data import load_mnist_images
 from psn_runtime.manifest import Manifest
 from tests.fixtures import make_runtime, running_means
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 
@@ -181,10 +184,13 @@ def test_bundled_mnist2d_model_reproduces_from_its_checkpoint(tmp_path: Path) ->
 
 # -- the README's SpikingJelly example ---------------------------------------------------------------------
 def test_readme_spikingjelly_example_exports_and_serves_like_spikingjelly(tmp_path: Path) -> None:
-    """examples/sj_quadrants.py:build (event frames [2, 32, 32], T = 8, sliding PSN + LIF) through
+    """docs/examples/sj_quadrants.py:build (event frames [2, 32, 32], T = 8, sliding PSN + LIF) through
     ``psn export --module``: classify and every streamed step equal SpikingJelly's own forward."""
     functional = pytest.importorskip("spikingjelly.activation_based.functional")
-    from examples.sj_quadrants import LABELS, build, events
+    spec = importlib.util.spec_from_file_location("sj_quadrants", ROOT / "docs/examples/sj_quadrants.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    LABELS, build, events = example.LABELS, example.build, example.events
 
     torch.manual_seed(0)
     net = build()
@@ -193,7 +199,7 @@ def test_readme_spikingjelly_example_exports_and_serves_like_spikingjelly(tmp_pa
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
     argv = [
         "--module",
-        "examples/sj_quadrants.py:build",
+        str(ROOT / "docs/examples/sj_quadrants.py") + ":build",
         "--weights",
         str(weights),
         "--input-shape",

@@ -1,9 +1,9 @@
 """A SpikingJelly network on event-camera-like frames [2, 32, 32], T = 8: sliding PSN + LIF, so it streams.
 
-``python examples/sj_quadrants.py`` trains it for a few steps on synthetic events (denser in one quadrant
+``python docs/examples/sj_quadrants.py`` trains it for a few steps on synthetic events (denser in one quadrant
 of the frame; the class is that quadrant) and writes ``sj_quadrants.safetensors`` (the weights) and
 ``sj_example.json`` (one test sequence, ``{"inputs": [T, 2, 32, 32]}``) in the current directory.
-``psn export --module examples/sj_quadrants.py:build ...`` builds the same network and loads the weights.
+``psn export --module docs/examples/sj_quadrants.py:build ...`` builds the same network and loads the weights.
 """
 
 import json
