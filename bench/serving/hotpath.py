@@ -3,8 +3,8 @@ shared machine where wall-clock latencies do not (thread CPU time, best of sever
 
 - ``stream``: the WebSocket route's whole loop (``server.routes_stream``: parse a JSON frame, validate,
   step through the data plane and the runtime, encode the answer) over a fake socket, one stream;
-- ``classify``: a v1 classify request (JSON body, batch 1) through the whole ASGI app (middleware, routing,
-  dependencies, body, validation, runtime, response) with a fake receive/send;
+- ``classify``: a v1 classify request (JSON body, batch 1) through the whole ASGI app (middleware, the fast
+  path of server/fastpath.py, body, validation, runtime, response) with a fake receive/send;
 - ``raw``: the model's step graph (batch 1) and full graph (batch 1) alone, ``session.run`` only.
 
 The answers' sha256 is printed too: a change that claims speed must leave it as it was (bit-identical).
