@@ -39,6 +39,7 @@ class Model:
     kind: str
     T: int
     features: int
+    input_shape: tuple[int, ...]  # per step; features = prod(input_shape)
     labels: list[str]
     streams: bool
     provider: str | None
@@ -90,6 +91,7 @@ def list_models(client: httpx.Client) -> list[Model]:
                 kind=manifest["kind"],
                 T=int(manifest["T"]),
                 features=int(manifest["features"]),
+                input_shape=tuple(int(d) for d in manifest.get("input_shape", [manifest["features"]])),
                 labels=list(manifest["labels"]),
                 streams=bool(manifest["streams"]),
                 provider=entry.get("provider"),
@@ -162,13 +164,15 @@ def probe(url: str, expect: list[str] | None, ready_timeout_s: float, timeout_s:
         names = sorted(m.name for m in models)
         print(
             "probe: models "
-            + ", ".join(f"{m.name} ({m.kind}, T={m.T}, F={m.features}, {m.provider})" for m in models)
+            + ", ".join(
+                f"{m.name} ({m.kind}, T={m.T}, shape={list(m.input_shape)}, {m.provider})" for m in models
+            )
         )
         if expect is not None:
             _check(names == sorted(expect), f"/v1/models lists {names}, expected {sorted(expect)}")
         rng = np.random.default_rng(0)
         for model in models:
-            x = rng.random((model.T, model.features), dtype=np.float32)  # [T, F]
+            x = rng.random((model.T, *model.input_shape), dtype=np.float32)  # [T, *shape]
             label, probabilities = classify(client, model, x)
             streamed, stream_probabilities = asyncio.run(stream(ws_url, model, x, timeout_s))
             got, want = stream_probabilities.round(4).tolist(), probabilities.round(4).tolist()
