@@ -16,25 +16,22 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
+from psn.cli_args import (
+    EXIT_USAGE,
+    OneLineParser,
+    UsageError,
+    check_out_dir,
+    check_ranges,
+    with_torch_settings,
+)
 from psn.data import UnknownDataset, dataset_info, parse_dataset_name
 
-EXIT_USAGE = 2
 PROG = "psn train"
 
 
-class UsageError(Exception):
-    """Bad command-line usage: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train a PSN-family sequence classifier and save a checkpoint.")
+    p = OneLineParser(prog=PROG, description="Train a PSN-family sequence classifier and save a checkpoint.")
     p.add_argument("--dataset", required=True, help="smnist (T=28, F=28) or mnist1d (T=40, F=1)")
     p.add_argument("--kind", required=True, help="psn, masked_psn, sliding_psn or lif")
     p.add_argument("--k", type=int, default=None, help="order of a masked or sliding PSN (2 <= k <= T)")
@@ -85,24 +82,15 @@ def _check(args: argparse.Namespace) -> None:
             )
     elif args.k is not None:
         raise UsageError(f"--k applies to masked_psn and sliding_psn only, not {args.kind.value}")
-    for name in ("channels", "depth", "hidden", "epochs", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    for name in ("weight_decay", "warmup", "shift", "stream_loss", "eval_every"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check_ranges(
+        args,
+        at_least_one=("channels", "depth", "hidden", "epochs", "batch_size", "threads"),
+        non_negative=("weight_decay", "warmup", "shift", "stream_loss", "eval_every"),
+    )
     if args.out is None:
         args.out = Path("runs") / f"{args.dataset.value}-{args.kind.value.replace('_', '-')}"
         args.out.mkdir(parents=True, exist_ok=True)
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {str(args.out)!r} exists and is not a directory")
-    parent = args.out.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {str(args.out)!r}: parent directory {str(parent)!r} does not exist")
+    check_out_dir(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,21 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _run(args, command)
-
-
-def _run(args: argparse.Namespace, command: str) -> int:
-    import torch
-
-    # process-wide torch settings: set for the run, restored after (main may be called in-process)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train(args, command)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return with_torch_settings(args.threads, lambda: _train(args, command))
 
 
 def _train(args: argparse.Namespace, command: str) -> int:

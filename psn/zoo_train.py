@@ -21,24 +21,22 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
-EXIT_USAGE = 2
+from psn.cli_args import (
+    EXIT_USAGE,
+    OneLineParser,
+    UsageError,
+    check_out_dir,
+    check_ranges,
+    with_torch_settings,
+)
+
 PROG = "psn train-zoo"
 TRAINABLE = ("mnist2d_sliding_psn",)  # zoo networks whose input is a [1, 28, 28] digit
 
 
-class UsageError(Exception):
-    """Bad command-line usage: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train a psn.zoo network on MNIST images repeated over T.")
+    p = OneLineParser(prog=PROG, description="Train a psn.zoo network on MNIST images repeated over T.")
     p.add_argument("--net", required=True, help=f"the psn.zoo builder ({', '.join(TRAINABLE)})")
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     p.add_argument("--epochs", type=int, default=8)
@@ -57,20 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> None:
     if args.net not in TRAINABLE:
         raise UsageError(f"unknown --net {args.net!r} (choose from {', '.join(TRAINABLE)})")
-    for name in ("epochs", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("weight_decay", "translate", "stream_loss"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {str(args.out)!r} exists and is not a directory")
-    if not args.out.absolute().parent.is_dir():
-        raise UsageError(f"--out {str(args.out)!r}: parent directory does not exist")
+    check_ranges(
+        args,
+        at_least_one=("epochs", "batch_size", "threads"),
+        non_negative=("weight_decay", "translate", "stream_loss"),
+    )
+    check_out_dir(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,16 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    import torch
-
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train(args, command)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return with_torch_settings(args.threads, lambda: _train(args, command))
 
 
 def random_translate(x, max_shift: int, generator):
