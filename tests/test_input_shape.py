@@ -10,20 +10,19 @@ against numpy:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 
 import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 
 from psn_runtime import Runtime, RuntimeConfig
 from psn_runtime.errors import BadInput
-from psn_runtime.manifest import FULL_GRAPH, STEP_GRAPH, Manifest, NeuronKind, StateSpec
+from psn_runtime.manifest import Manifest
 from server.app import build_app
 from server.settings import Settings
+from tests.frames_model import sum_model_graphs, write_sum_model
 
 SHAPE = (2, 3)
 F = 6
@@ -33,86 +32,13 @@ NAME = "shape23"
 W = np.random.default_rng(0).standard_normal((F, C)).astype(np.float32)
 
 
-def _full_graph() -> onnx.ModelProto:
-    nodes = [
-        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),  # [N, T, 2, 3] -> [N, T, 6]
-        helper.make_node("CumSum", ["flat", "t_axis"], ["acc"]),  # running sum over T
-        helper.make_node("MatMul", ["acc", "W"], ["step_logits"]),  # [N, T, C]
-        helper.make_node("ReduceMean", ["step_logits", "t_axes"], ["logits"], keepdims=0),  # [N, C]
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([0, 0, F], np.int64), "flat_shape"),
-        numpy_helper.from_array(np.array(1, np.int64), "t_axis"),
-        numpy_helper.from_array(np.array([1], np.int64), "t_axes"),
-        numpy_helper.from_array(W, "W"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "full",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", *SHAPE])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C]),
-            helper.make_tensor_value_info("step_logits", TensorProto.FLOAT, ["N", "T", C]),
-        ],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-
-
-def _step_graph() -> onnx.ModelProto:
-    nodes = [
-        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),  # [N, 2, 3] -> [N, 6]
-        helper.make_node("Add", ["s", "flat"], ["s_out"]),
-        helper.make_node("MatMul", ["s_out", "W"], ["logits"]),  # [N, C]
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([0, F], np.int64), "flat_shape"),
-        numpy_helper.from_array(W, "W"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "step",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *SHAPE]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", F]),
-        ],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C]),
-            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", F]),
-        ],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("shape-models")
-    d = root / NAME
-    d.mkdir()
-    sha = {}
-    for file, model in ((FULL_GRAPH, _full_graph()), (STEP_GRAPH, _step_graph())):
+    for model in sum_model_graphs(SHAPE, W):
         onnx.checker.check_model(model, full_check=True)
-        data = model.SerializeToString()
-        (d / file).write_bytes(data)
-        sha[file] = hashlib.sha256(data).hexdigest()
-    Manifest(
-        name=NAME,
-        kind=NeuronKind.SLIDING_PSN,
-        T=T,
-        k=2,
-        input_shape=SHAPE,
-        labels=[f"c{i}" for i in range(C)],
-        variable_length=True,
-        streams=True,
-        states=[StateSpec(input="s", output="s_out", shape=(F,), dtype="float32")],
-        opset=21,
-        sha256=sha,
-        dataset="none",
-        test_accuracy=0.0,
-        parameters=W.size,
-        command="tests/test_input_shape.py",
-    ).dump(d)
+    labels = [f"c{i}" for i in range(C)]
+    write_sum_model(root / NAME, name=NAME, shape=SHAPE, T=T, w=W, labels=labels, command=__file__)
     return root
 
 
