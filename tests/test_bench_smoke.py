@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -56,7 +57,9 @@ def test_memory_quick_writes_table_json_and_plot(tmp_path, capsys):
     assert {r["kind"] for r in data["results"]} == {"none", "if", "if_fused", "psn"}
     (row,) = data["rows"]
     assert row["hidden_state_MiB"] > 0
-    assert all(v >= 0 for v in row["peak_MiB"].values())
+    # peak RSS of a --quick step is under 1 MiB: page-level noise can take one below the RSS before the step
+    # (seen: -0.03 MiB on CI); the deterministic figure is the saved bytes below
+    assert all(math.isfinite(v) and v > -1.0 for v in row["peak_MiB"].values())
     assert all(v > 0 for v in row["saved_MiB"].values())
     # saved tensors are deterministic: PSN keeps one hidden state (its input X; H is recomputed in the
     # backward) above the no-neuron net, like a fused IF; autograd IF about 3 states
