@@ -14,11 +14,7 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +26,7 @@ import numpy as np
 import pytest
 from frames_model import NAME as FRAMES
 from frames_model import write_frames_model
-from test_server_support import free_socket
+from test_server_support import psn_serve as serve_process
 
 pytestmark = pytest.mark.browser
 
@@ -47,37 +43,8 @@ WINDOW = (1680, 1000)
 # -- a real server ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def psn_serve(log: Path, api_key: str | None = None, models: Path = MODELS) -> Iterator[str]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("PSN_API_KEY", None)
-    if api_key is not None:
-        env["PSN_API_KEY"] = api_key
-    command = [sys.executable, "-m", "psn.cli", "serve", "--port", str(port), "--models-dir", str(models)]
-    command += ["--providers", "CPUExecutionProvider"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"psn serve exited with {proc.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"psn serve was not ready in 90 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with serve_process(log, models, api_key=api_key) as proc:
+        yield proc.base
 
 
 @pytest.fixture(scope="module")

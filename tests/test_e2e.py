@@ -4,18 +4,14 @@ and classified with the project's client, then terminated."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from test_server_support import free_socket, sequence, served
+from test_server_support import psn_serve, sequence, served
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -23,55 +19,15 @@ from psn_runtime.manifest import NeuronKind
 from server.client import PSNClient
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
     log = tmp_path_factory.mktemp("e2e") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_LOG_LEVEL": "info"}
-    command = [
-        sys.executable,
-        "-m",
-        "psn.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--models-dir",
-        str(served().models_dir),
-    ]
-    command += ["--providers", "CPUExecutionProvider"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"psn serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"psn serve was not ready in 90 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield base, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            raise
-    assert code in (0, -signal.SIGTERM), (
-        log.read_text()
-    )  # uvicorn re-raises the signal after a clean shutdown
+    with psn_serve(log, served().models_dir, env={"PSN_LOG_LEVEL": "info"}) as proc:
+        yield proc.base, log
+    # uvicorn re-raises the signal after a clean shutdown
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Application shutdown complete" in log.read_text()
 
 
