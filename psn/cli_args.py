@@ -4,6 +4,8 @@ the output directory check, and the process-wide torch settings of a training ru
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
@@ -62,3 +64,23 @@ def with_torch_settings(threads: int, run: Callable[[], int]) -> int:
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
+
+
+def run_cli(
+    prog: str,
+    argv: list[str] | None,
+    parser: argparse.ArgumentParser,
+    check: Callable[[argparse.Namespace], None],
+    train: Callable[[argparse.Namespace, str], int],
+) -> int:
+    """Parse and check ``argv`` (one line and EXIT_USAGE on bad usage), then ``train(args, command)`` under
+    the run's torch settings; ``command`` is the command line as it would be typed (for the checkpoint)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join([*prog.split(), *(shlex.quote(a) for a in argv)])
+    try:
+        args = parser.parse_args(argv)
+        check(args)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return with_torch_settings(args.threads, lambda: train(args, command))

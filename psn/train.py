@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from psn.cli_args import (
-    EXIT_USAGE,
     OneLineParser,
     UsageError,
     check_out_dir,
     check_ranges,
-    with_torch_settings,
+    run_cli,
 )
 from psn.data import UnknownDataset, dataset_info, parse_dataset_name
 
@@ -94,15 +92,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join(["psn", "train", *(shlex.quote(a) for a in argv)])
-    try:
-        args = build_parser().parse_args(argv)
-        _check(args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return with_torch_settings(args.threads, lambda: _train(args, command))
+    return run_cli(PROG, argv, build_parser(), _check, _train)
 
 
 def _train(args: argparse.Namespace, command: str) -> int:

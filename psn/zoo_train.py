@@ -17,18 +17,16 @@ import argparse
 import json
 import math
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from psn.cli_args import (
-    EXIT_USAGE,
     OneLineParser,
     UsageError,
     check_out_dir,
     check_ranges,
-    with_torch_settings,
+    run_cli,
 )
 
 PROG = "psn train-zoo"
@@ -64,15 +62,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join(["psn", "train-zoo", *(shlex.quote(a) for a in argv)])
-    try:
-        args = build_parser().parse_args(argv)
-        _check(args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return with_torch_settings(args.threads, lambda: _train(args, command))
+    return run_cli(PROG, argv, build_parser(), _check, _train)
 
 
 def random_translate(x, max_shift: int, generator):

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from psn import zoo, zoo_train
+from psn.cli_args import EXIT_USAGE
 from psn.data import load_dataset, load_mnist_images
 from psn.neurons import LIF, PSN, MaskedPSN, SlidingPSN
 
@@ -147,7 +148,7 @@ def test_train_zoo_tiny_run_writes_a_loadable_checkpoint(tmp_path: Path) -> None
     ],
 )
 def test_train_zoo_usage_errors(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
-    assert zoo_train.main([*argv, "--out", str(tmp_path / "x")]) == zoo_train.EXIT_USAGE
+    assert zoo_train.main([*argv, "--out", str(tmp_path / "x")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("psn train-zoo: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
