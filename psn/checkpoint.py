@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from psn.network import NetConfig, SeqClassifier
 
@@ -21,14 +22,20 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
-def save_checkpoint(model: SeqClassifier, directory: Path, metrics: dict[str, Any]) -> Path:
+def write_checkpoint(directory: Path, model: nn.Module, config_json: str, metrics: dict[str, Any]) -> Path:
+    """Write ``model``'s weights, its config (JSON text) and the run's metrics into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(model.cfg.to_json() + "\n")
+    (directory / CONFIG_FILE).write_text(config_json + "\n")
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return directory
+
+
+def save_checkpoint(model: SeqClassifier, directory: Path, metrics: dict[str, Any]) -> Path:
+    """A SeqClassifier's checkpoint (its config is its NetConfig)."""
+    return write_checkpoint(directory, model, model.cfg.to_json(), metrics)
 
 
 def load_checkpoint(directory: Path) -> tuple[SeqClassifier, dict[str, Any]]:

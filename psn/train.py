@@ -11,7 +11,6 @@ for --out...) prints one line on stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -101,7 +100,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
     from psn.checkpoint import save_checkpoint
     from psn.data import load_dataset
     from psn.network import Arch, NetConfig, SeqClassifier, count_parameters
-    from psn.trainer import OptimizerName, TrainConfig, fit, seed_everything
+    from psn.trainer import OptimizerName, TrainConfig, fit, random_shift, run_metrics, seed_everything
 
     started = time.perf_counter()
     generator = seed_everything(args.seed)
@@ -132,40 +131,37 @@ def _train(args: argparse.Namespace, command: str) -> int:
         batch_size=args.batch_size,
         weight_decay=args.weight_decay,
         seed=args.seed,
-        shift=args.shift,
         stream_loss=args.stream_loss,
         warmup_epochs=args.warmup,
         eval_every=args.eval_every,
         progress=not args.quiet,
     )
+    parameters = count_parameters(model)
     if not args.quiet:
         print(
             f"{PROG}: {args.dataset.value} {args.kind.value} k={args.k} {arch.value} "
-            f"{count_parameters(model):,} parameters, {len(y_train)} training samples",
+            f"{parameters:,} parameters, {len(y_train)} training samples",
             file=sys.stderr,
         )
-    result = fit(model, x_train, y_train, x_test, y_test, train_cfg, generator)
+
+    def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_shift(x, args.shift, generator)  # [B, T, F]
+
+    result = fit(model, x_train, y_train, x_test, y_test, train_cfg, generator, augment=shift)
     metrics = {
         "dataset": args.dataset.value,
         "kind": args.kind.value,
         "k": args.k,
         "arch": arch.value,
-        "test_accuracy": result.test_accuracy,
-        "train_accuracy": result.train_accuracy,
-        "test_loss": result.test_loss,
-        "train_loss": result.train_loss,
-        "epoch_losses": result.epoch_losses,
-        "epochs": args.epochs,
-        "train_samples": len(y_train),
-        "test_samples": len(y_test),
-        "parameters": count_parameters(model),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(result.wall_time_s, 2),
-        "threads": args.threads,
-        "seed": args.seed,
-        "command": command,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **run_metrics(
+            result,
+            started=started,
+            parameters=parameters,
+            epochs=args.epochs,
+            threads=args.threads,
+            seed=args.seed,
+            command=command,
+        ),
     }
     save_checkpoint(model, args.out, metrics)
     print(

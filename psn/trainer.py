@@ -1,5 +1,7 @@
-"""The training loop behind ``psn train``: AdamW/Adam/SGD with a cosine learning rate, progressive
-masking for masked PSNs (λ = 1 at the end), optional random shifts, a fixed data order per seed.
+"""The one training loop, behind ``psn train`` and ``psn train-zoo``: AdamW/Adam/SGD with a cosine learning
+rate, progressive masking for masked PSNs (λ = 1 at the end), an optional augmentation, a fixed data order
+per seed. What differs between the two commands is how a batch of samples becomes the network's
+time-major input (``encode``) and how it is augmented (``augment``).
 
 Loss: cross-entropy of the mean over time of the per-step logits (the sequence's decision), plus, if
 ``stream_loss`` > 0, that weight times the mean over t of the cross-entropy of the running mean of the
@@ -9,6 +11,7 @@ logits of steps 0..t (what a stream reports after step t), which helps anytime c
 from __future__ import annotations
 
 import math
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from psn.network import SeqClassifier
 from psn.neurons import MaskedPSN, lambda_schedule
+
+Encode = Callable[[torch.Tensor], torch.Tensor]
+"""Samples [B, ...] as stored -> the network's input [T, B, *shape]."""
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""Samples [B, ...] -> augmented samples of the same shape, drawing from the run's generator."""
 
 
 class OptimizerName(StrEnum):
@@ -39,7 +46,6 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 0.01
     seed: int = 0
-    shift: int = 0  # random shifts of up to this many steps (and features, when F > 1), zero filled
     stream_loss: float = 0.0
     warmup_epochs: float = 0.0
     eval_every: int = 0  # report test accuracy every this many epochs (0: only at the end)
@@ -55,6 +61,8 @@ class TrainResult:
     test_loss: float = math.nan
     test_accuracy: float = math.nan
     wall_time_s: float = 0.0
+    train_samples: int = 0
+    test_samples: int = 0
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -95,14 +103,19 @@ def sequence_loss(logits: torch.Tensor, y: torch.Tensor, stream_loss: float = 0.
 
 @torch.no_grad()
 def evaluate(
-    model: SeqClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 500,
+    encode: Encode = to_time_major,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) of the decision (mean of the per-step logits) over x [N, T, F], y [N]."""
+    """(mean loss, accuracy) of the decision (mean of the per-step logits) over samples x (as ``encode``
+    takes them: [N, T, F] by default), y [N]."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
-        logits = model(to_time_major(x[i : i + batch_size])).mean(0)  # [n, C]
+        logits = model(encode(x[i : i + batch_size])).mean(0)  # [n, C]
         yb = y[i : i + batch_size]
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
@@ -134,15 +147,20 @@ def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
 
 
 def fit(
-    model: SeqClassifier,
+    model: nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
+    *,
+    encode: Encode = to_time_major,
+    augment: Augment | None = None,
 ) -> TrainResult:
-    """Train in place on x_train [N, T, F] / y_train [N]; ends with λ = 1 and the model in eval mode."""
+    """Train ``model`` (forward [T, B, *shape] -> logits [T, B, C]; ``neurons()`` and ``set_lambda``, as
+    psn.network.SeqClassifier and psn.zoo.SpikingNet have) in place on samples x_train (as ``encode`` takes
+    them: [N, T, F] by default) and labels y_train [N]; ends with λ = 1 and the model in eval mode."""
     start = time.perf_counter()
     n = len(y_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -151,7 +169,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(cfg.epochs * steps_per_epoch, warmup)
     )
-    result = TrainResult()
+    result = TrainResult(train_samples=n, test_samples=len(y_test))
     masked = any(isinstance(m, MaskedPSN) for m in model.neurons())
     for epoch in range(cfg.epochs):
         lam = lambda_schedule(epoch, cfg.epochs)
@@ -168,9 +186,9 @@ def fit(
         )
         for b in bar:
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xb = random_shift(x_train[idx], cfg.shift, generator)  # [B, T, F]
+            xb = x_train[idx] if augment is None else augment(x_train[idx], generator)  # [B, ...]
             yb = y_train[idx]
-            logits = model(to_time_major(xb))  # [T, B, C]
+            logits = model(encode(xb))  # [T, B, C]
             loss = sequence_loss(logits, yb, cfg.stream_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,12 +204,43 @@ def fit(
         line += f" λ {lam:.2f}" if masked else ""
         line += f" lr {scheduler.get_last_lr()[0]:.2e} {time.perf_counter() - start:.0f}s"
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
-            line += f" test {evaluate(model, x_test, y_test)[1]:.4f}"
+            line += f" test {evaluate(model, x_test, y_test, encode=encode)[1]:.4f}"
         if cfg.progress:
             tqdm.write(line, file=sys.stderr)
     model.set_lambda(1.0)  # the paper's schedule already ends at 1; make sure a streaming model is causal
     model.eval()
-    result.train_loss, result.train_accuracy = evaluate(model, x_train, y_train)
-    result.test_loss, result.test_accuracy = evaluate(model, x_test, y_test)
+    result.train_loss, result.train_accuracy = evaluate(model, x_train, y_train, encode=encode)
+    result.test_loss, result.test_accuracy = evaluate(model, x_test, y_test, encode=encode)
     result.wall_time_s = time.perf_counter() - start
     return result
+
+
+def run_metrics(
+    result: TrainResult,
+    *,
+    started: float,
+    parameters: int,
+    epochs: int,
+    threads: int,
+    seed: int,
+    command: str,
+) -> dict:
+    """What every checkpoint's metrics.json records of a finished run (a command adds its own keys)."""
+    return {
+        "test_accuracy": result.test_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "test_loss": result.test_loss,
+        "train_loss": result.train_loss,
+        "epoch_losses": result.epoch_losses,
+        "epochs": epochs,
+        "train_samples": result.train_samples,
+        "test_samples": result.test_samples,
+        "parameters": parameters,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(result.wall_time_s, 2),
+        "threads": threads,
+        "seed": seed,
+        "command": command,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+    }

@@ -14,9 +14,6 @@ adds random translations of up to ``--translate`` pixels. Bad usage prints one l
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -88,29 +85,16 @@ def repeat_over_time(x, T: int):
     return x.unsqueeze(0).expand(T, *x.shape)
 
 
-def evaluate(model, x, y, batch_size: int = 500) -> tuple[float, float]:
-    """(mean loss, accuracy) of the decision (mean over T of the per-step logits) on images x [N, *shape]."""
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(y), batch_size):
-            logits = model(repeat_over_time(x[i : i + batch_size], model.T)).mean(0)  # [n, C]
-            loss += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
-            correct += int((logits.argmax(1) == y[i : i + batch_size]).sum())
-    return loss / len(y), correct / len(y)
-
-
 def _train(args: argparse.Namespace, command: str) -> int:
+    import json
+    from functools import partial
+
     import torch
-    from safetensors.torch import save_file
 
     from psn import zoo
+    from psn.checkpoint import write_checkpoint
     from psn.data import load_mnist_images
-    from psn.neurons import lambda_schedule
-    from psn.trainer import TrainConfig, cosine_schedule, make_optimizer, seed_everything, sequence_loss
+    from psn.trainer import TrainConfig, fit, run_metrics, seed_everything
 
     started = time.perf_counter()
     generator = seed_everything(args.seed)
@@ -120,57 +104,39 @@ def _train(args: argparse.Namespace, command: str) -> int:
     if args.limit is not None:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    n = len(y_train)
-    steps = math.ceil(n / args.batch_size)
-    optimizer = make_optimizer(model, TrainConfig(lr=args.lr, weight_decay=args.weight_decay))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(args.epochs * steps, 0))
     parameters = sum(p.numel() for p in model.parameters())
     if not args.quiet:
         print(
-            f"{PROG}: {args.net} {parameters:,} parameters, {n} training images, T={model.T}", file=sys.stderr
+            f"{PROG}: {args.net} {parameters:,} parameters, {len(y_train)} training images, T={model.T}",
+            file=sys.stderr,
         )
-    for epoch in range(args.epochs):
-        model.set_lambda(lambda_schedule(epoch, args.epochs))
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        loss_sum, correct = 0.0, 0
-        for b in range(steps):
-            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
-            xb = random_translate(x_train[idx], args.translate, generator)  # [B, 1, 28, 28]
-            logits = model(repeat_over_time(xb, model.T))  # [T, B, 10]
-            loss = sequence_loss(logits, y_train[idx], args.stream_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.detach().mean(0).argmax(1) == y_train[idx]).sum())
-        if not args.quiet:
-            print(
-                f"epoch {epoch + 1}/{args.epochs} loss {loss_sum / n:.4f} acc {correct / n:.4f} "
-                f"{time.perf_counter() - started:.0f}s",
-                file=sys.stderr,
-            )
-    model.set_lambda(1.0)
-    train_loss, train_acc = evaluate(model, x_train, y_train)
-    test_loss, test_acc = evaluate(model, x_test, y_test)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        stream_loss=args.stream_loss,
+        progress=not args.quiet,
+    )
+
+    def translate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_translate(x, args.translate, generator)  # [B, 1, 28, 28]
+
+    encode = partial(repeat_over_time, T=model.T)  # [B, 1, 28, 28] -> [T, B, 1, 28, 28]
+    result = fit(model, x_train, y_train, x_test, y_test, cfg, generator, encode=encode, augment=translate)
     metrics = {
         "net": args.net,
         "dataset": "mnist2d",
-        "test_accuracy": test_acc,
-        "train_accuracy": train_acc,
-        "test_loss": test_loss,
-        "train_loss": train_loss,
-        "epochs": args.epochs,
-        "train_samples": n,
-        "test_samples": len(y_test),
-        "parameters": parameters,
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "threads": args.threads,
-        "seed": args.seed,
-        "command": command,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **run_metrics(
+            result,
+            started=started,
+            parameters=parameters,
+            epochs=args.epochs,
+            threads=args.threads,
+            seed=args.seed,
+            command=command,
+        ),
     }
     config = {
         "module": f"psn.zoo:{args.net}",  # the builder, as psn export --module takes it
@@ -178,13 +144,9 @@ def _train(args: argparse.Namespace, command: str) -> int:
         "input_shape": list(model.input_shape),
         "labels": model.labels,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out / "weights.safetensors"))
-    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_checkpoint(args.out, model, json.dumps(config, indent=2), metrics)
     print(
-        f"{PROG}: test accuracy {test_acc:.4f} (train {train_acc:.4f}), "
+        f"{PROG}: test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}), "
         f"{metrics['wall_time_s']:.0f}s -> {args.out}",
         file=sys.stderr,
     )

@@ -1,12 +1,31 @@
 """psn_runtime: serve PSN-family model directories with ONNX Runtime (no torch, no fastapi).
 
-The public API is documented in docs/runtime-api.md.
+The public API is documented in docs/runtime-api.md. Its names load on first use, so that importing a
+submodule that needs no onnxruntime (``psn_runtime.manifest``, which training and export read for the
+neuron kinds) does not load onnxruntime.
 """
 
-from psn_runtime.config import RuntimeConfig
-from psn_runtime.providers import available_providers
-from psn_runtime.results import ClassifyResult, ModelInfo, ModelStatus, RuntimeObserver, StepResult
-from psn_runtime.runtime import Runtime
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psn_runtime.config import RuntimeConfig
+    from psn_runtime.providers import available_providers
+    from psn_runtime.results import ClassifyResult, ModelInfo, ModelStatus, RuntimeObserver, StepResult
+    from psn_runtime.runtime import Runtime
+
+_HOMES = {
+    "ClassifyResult": "psn_runtime.results",
+    "ModelInfo": "psn_runtime.results",
+    "ModelStatus": "psn_runtime.results",
+    "Runtime": "psn_runtime.runtime",
+    "RuntimeConfig": "psn_runtime.config",
+    "RuntimeObserver": "psn_runtime.results",
+    "StepResult": "psn_runtime.results",
+    "available_providers": "psn_runtime.providers",
+}
 
 __all__ = [
     "ClassifyResult",
@@ -18,3 +37,16 @@ __all__ = [
     "StepResult",
     "available_providers",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'psn_runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

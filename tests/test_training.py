@@ -224,3 +224,18 @@ def test_psn_command_dispatches_train(capsys: pytest.CaptureFixture[str]) -> Non
 
     assert cli.main(["train", "--dataset", "nope", "--kind", "psn"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_training_imports_no_serving_stack() -> None:
+    """psn (training) reads the neuron kinds from psn_runtime.manifest without loading onnxruntime (nor the
+    server's FastAPI)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, psn.neurons, psn.network, psn.trainer, psn.zoo, psn_runtime.manifest; "
+        "bad = [m for m in ('onnxruntime', 'fastapi', 'onnx') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
