@@ -92,13 +92,13 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.psn = state
-    errors.install(app)
     app.include_router(routes_v1.router)  # the hot routes first: routes are matched in order
     app.include_router(routes_v2.router)
     app.include_router(routes_stream.router)
     app.include_router(routes_health.router)
     app.include_router(routes_v2.health)
     routes_demo.install(app, docs=docs)
+    errors.install(app, protocols=[(routes_v2.health, routes_v2.router)])  # after every route
     app.add_middleware(fastpath.FastPath, state=state, routes=fastpath.hot_routes())  # hot POSTs
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:

@@ -1,8 +1,17 @@
 """The one table that maps every error to an HTTP status and a WebSocket close code, and the handlers
 that turn errors into JSON bodies.
 
-Body (v1 and everything outside /v2): ``{"error": {"code", "message", "param"?}}``.
-Body under /v2 (Open Inference Protocol): ``{"error": "<message>"}``, what KServe clients parse.
+The body's format is a property of the route that answers, never of the URL path (a proxy may put any
+prefix, ``root_path``, in front of it):
+
+- ``ErrorFormat.V1`` (v1 and every route outside the Open Inference Protocol, the default):
+  ``{"error": {"code", "message", "param"?}}``, by the routes of ``ErrorRoute``;
+- ``ErrorFormat.V2`` (Open Inference Protocol, V2 HTTP): ``{"error": "<message>"}``, what KServe and Triton
+  clients parse, by the routes of ``V2Route``.
+
+A request that no route matches fully gets the format of the route that matched it partly (a wrong
+method: 405), else of the protocol's ``Fallback`` (the last route of the app for a protocol's prefix: 404),
+else V1. The fast path (server.fastpath) answers with its route's format.
 
 WebSocket: ``ws_close = None`` means the error is recoverable: the server sends an error event
 ``{"error": {...}}`` and keeps the socket (and the stream's state) open. Otherwise it closes the socket
@@ -12,20 +21,24 @@ with that code and the message as the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
 
 from psn_runtime import errors as rt
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import APIRouter, FastAPI
 
 log = logging.getLogger("psn.server")
 
@@ -37,6 +50,13 @@ WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011
 WS_SERVICE_RESTART = 1012
 WS_TRY_AGAIN_LATER = 1013
+
+
+class ErrorFormat(StrEnum):
+    """How an HTTP error body is written (module docstring): a property of the route that answers."""
+
+    V1 = "v1"  # {"error": {"code", "message", "param"?}}
+    V2 = "v2"  # Open Inference Protocol: {"error": "<message>"}
 
 
 class ServerError(Exception):
@@ -163,28 +183,36 @@ def ws_reason(exc: BaseException) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
+def format_body(payload: dict, fmt: ErrorFormat) -> dict:
+    """A v1 payload ``{"error": {"code", "message", ...}}`` in the format ``fmt``."""
+    return payload if fmt is ErrorFormat.V1 else {"error": payload["error"]["message"]}
+
+
+def route_format(scope: Scope) -> ErrorFormat:
+    """The error format of the route the router matched to this request, fully or partly (V1 when none)."""
+    return getattr(scope.get("route"), "error_format", ErrorFormat.V1)
+
+
 def _count(request: Request, kind: str) -> None:
     state = getattr(request.app.state, "psn", None)
     if state is not None:
         state.metrics.count_error(kind, "http")
 
 
-def error_response(request: Request, exc: BaseException) -> Response:
+def error_response(request: Request, exc: BaseException, fmt: ErrorFormat) -> Response:
+    """The answer to ``exc``: its status from the table, its body in the answering route's format."""
     spec = spec_for(exc)
     if is_internal(exc):
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     _count(request, error_code(exc))
-    payload = error_payload(exc)
-    if request.url.path.startswith("/v2"):
-        payload = {"error": payload["error"]["message"]}
     headers = {"Retry-After": str(spec.retry_after_s)} if spec.retry_after_s else {}
     if spec.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(payload, status_code=spec.status, headers=headers)
+    return JSONResponse(format_body(error_payload(exc), fmt), status_code=spec.status, headers=headers)
 
 
 async def _handle_any(request: Request, exc: Exception) -> Response:
-    return error_response(request, exc)
+    return error_response(request, exc, route_format(request.scope))
 
 
 async def _handle_validation(request: Request, exc: Exception) -> Response:
@@ -192,7 +220,7 @@ async def _handle_validation(request: Request, exc: Exception) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     param = ".".join(str(part) for part in first.get("loc", ())) or None
     message = f"{param}: {first.get('msg', 'invalid value')}" if param else "invalid request"
-    return error_response(request, InvalidRequest(message, param))
+    return error_response(request, InvalidRequest(message, param), route_format(request.scope))
 
 
 async def _handle_http(request: Request, exc: Exception) -> Response:
@@ -200,18 +228,21 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     _count(request, code)
     message = exc.detail if isinstance(exc.detail, str) else "error"
-    payload: dict = {"error": {"code": code, "message": message}}
-    if request.url.path.startswith("/v2"):
-        payload = {"error": message}
+    payload = format_body({"error": {"code": code, "message": message}}, route_format(request.scope))
     return JSONResponse(payload, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 class ErrorRoute(APIRoute):
-    """Routes whose every error, known or not, becomes :func:`error_response` right where it is raised
-    (a catch-all exception handler would also re-raise it into the server's log as a crash)."""
+    """Routes whose every error, known or not, becomes :func:`error_response` in the route's
+    ``error_format`` right where it is raised (a catch-all exception handler would also re-raise it into
+    the server's log as a crash). Request validation and HTTP errors go on to the app's handlers, which
+    read the format from the matched route (``scope["route"]``)."""
+
+    error_format: ClassVar[ErrorFormat] = ErrorFormat.V1
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        fmt = self.error_format
 
         async def route_handler(request: Request) -> Response:
             try:
@@ -219,14 +250,62 @@ class ErrorRoute(APIRoute):
             except (StarletteHTTPException, RequestValidationError):
                 raise
             except Exception as exc:
-                return error_response(request, exc)
+                return error_response(request, exc, fmt)
 
         return route_handler
 
 
-def install(app: FastAPI) -> None:
+class V2Route(ErrorRoute):
+    """The Open Inference Protocol's routes: errors are ``{"error": "<message>"}``."""
+
+    error_format = ErrorFormat.V2
+
+
+class Fallback(BaseRoute):
+    """The last route of the app for one protocol's routers (their common prefix, their route class's
+    error format): it matches partly every HTTP request under the prefix, so it answers (404, in the
+    protocol's format) only what no route matched, fully or partly (a route that matched the path but not
+    the method still answers 405 in its format). A path that a route matches with its trailing slash
+    toggled is left to the app's router, which redirects it."""
+
+    def __init__(self, *routers: APIRouter) -> None:
+        prefixes = {router.prefix for router in routers}
+        formats = {getattr(router.route_class, "error_format", ErrorFormat.V1) for router in routers}
+        if len(prefixes) != 1 or len(formats) != 1 or "" in prefixes:
+            raise ValueError(f"a fallback takes routers of one prefix and format: {prefixes}, {formats}")
+        self.prefix = prefixes.pop()
+        self.error_format = formats.pop()
+        self.routes: list[BaseRoute] = [route for router in routers for route in router.routes]
+
+    def _under(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def _redirects(self, scope: Scope, path: str) -> bool:
+        toggled = path.rstrip("/") if path.endswith("/") else path + "/"
+        probe = {**scope, "path": scope["path"][: len(scope["path"]) - len(path)] + toggled}
+        return any(route.matches(probe)[0] is not Match.NONE for route in self.routes)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        path = get_route_path(scope)
+        if not self._under(path) or self._redirects(scope, path):
+            return Match.NONE, {}
+        return Match.PARTIAL, {"route": self}  # what the error handler reads the format from
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise StarletteHTTPException(404)  # answered by _handle_http, in this route's format
+
+    def __repr__(self) -> str:
+        return f"Fallback({self.prefix!r}, {self.error_format})"
+
+
+def install(app: FastAPI, protocols: Iterable[tuple[APIRouter, ...]] = ()) -> None:
     """Register the handlers ErrorRoute leaves to the app: request validation and HTTP errors (no route,
-    wrong method), and the catch-all for what fails outside a route (a middleware): 500, generic body."""
+    wrong method), and the catch-all for what fails outside a route (a middleware): 500, generic body.
+    Then append a :class:`Fallback` for each protocol's routers (include them first)."""
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     app.add_exception_handler(Exception, _handle_any)
+    for routers in protocols:
+        app.router.routes.append(Fallback(*routers))

@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import auth, routes_v1, routes_v2
 from server.dataplane import DataPlane
-from server.errors import error_response
+from server.errors import ErrorRoute, error_response
 from server.state import AppState
 
 Handler = Callable[[str, Request, DataPlane], Awaitable[Response]]
@@ -35,7 +34,7 @@ class HotRoute:
 
     prefix: str
     suffix: str
-    route: APIRoute
+    route: ErrorRoute  # carries the error format
     handler: Handler
 
     def name(self, path: str) -> str | None:
@@ -46,9 +45,9 @@ class HotRoute:
         return name if name and "/" not in name else None
 
 
-def _route(routes: list, template: str) -> APIRoute:
+def _route(routes: list, template: str) -> ErrorRoute:
     for route in routes:
-        if isinstance(route, APIRoute) and route.path == template and "POST" in route.methods:
+        if isinstance(route, ErrorRoute) and route.path == template and "POST" in route.methods:
             return route
     raise LookupError(f"no POST route {template}")
 
@@ -96,6 +95,6 @@ class FastPath:
         try:
             auth.check(state.api_key, request.headers)
             response = await hot.handler(name, request, state.plane)
-        except Exception as exc:  # as ErrorRoute does: every error becomes its answer
-            response = error_response(request, exc)
+        except Exception as exc:  # as ErrorRoute does: every error becomes its answer, in the route's format
+            response = error_response(request, exc, hot.route.error_format)
         await response(scope, receive, send)

@@ -20,7 +20,7 @@ from psn_runtime.errors import BadInput
 from server.auth import require_key
 from server.body import read_body, require_media_type
 from server.dataplane import DataPlane, Plane
-from server.errors import ErrorRoute, InvalidRequest
+from server.errors import InvalidRequest, V2Route
 from server.jsonio import JSONBytesResponse, dumps, loads, to_float32
 from server.schemas import (
     V2InferRequest,
@@ -44,8 +44,8 @@ OUTPUTS = ("logits", "probabilities", "label_index")
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-health = APIRouter(prefix="/v2", route_class=ErrorRoute)  # no key: probes
-router = APIRouter(prefix="/v2", route_class=ErrorRoute, dependencies=[Depends(require_key)])
+health = APIRouter(prefix="/v2", route_class=V2Route)  # no key: probes
+router = APIRouter(prefix="/v2", route_class=V2Route, dependencies=[Depends(require_key)])
 
 
 def _version() -> str:
