@@ -13,11 +13,12 @@ PYTEST_ARGS ?=
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: serve test lint soak image-test cluster-test browser-test bench gpu-check clean help
+.PHONY: serve test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
 	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
+	@echo "make docs        rewrite the generated tables in docs/ (routes, errors, settings) from the code"
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
 	@echo "make browser-test  the demo page (GET /) and /docs in headless Chromium (installs chromium when missing)"
@@ -45,6 +46,10 @@ $(VENV)/.dev-stamp: pyproject.toml | $(PY)
 
 serve: $(VENV)/.serve-stamp
 	$(VENV)/bin/psn serve --host $(HOST) --port $(PORT)
+
+# the routes, errors and settings tables in docs/*.md, from the code (tests/test_docs.py fails when stale)
+docs: $(VENV)/.serve-stamp
+	$(PY) -m server.docsgen
 
 lint: $(VENV)/.dev-stamp
 	$(VENV)/bin/ruff check .

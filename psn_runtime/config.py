@@ -52,7 +52,10 @@ class RuntimeConfig(BaseModel):
         "calls of at most half as many sequences (no thread hop); 0 = always a worker thread",
     )
     max_queue: int = Field(
-        4096, ge=1, description="pending steps per model; beyond, steps are shed (Overloaded, HTTP 429)"
+        4096,
+        ge=1,
+        description="pending steps per model; beyond, a step is shed (an 'overloaded' error event on a "
+        "WebSocket, 429 for a V2 sequence step) and may be retried",
     )
     max_streams: int = Field(
         1024, ge=1, description="open streams over all models; beyond, StreamLimit (HTTP 503, close 1013)"

@@ -10,18 +10,54 @@ import argparse
 import importlib.util
 import logging
 import sys
+from enum import Enum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from server.settings import Settings
+from server.settings import BUNDLED_MODELS_DIR, Settings
 
 log = logging.getLogger("psn.server")
 
 
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def flag_text(name: str, field: FieldInfo) -> str:
+    """The setting's flag as ``--help`` and the docs show it (``--batching/--no-batching`` for a switch)."""
+    flag = _flag(name)
+    return f"{flag}/--no-{flag[2:]}" if field.annotation is bool else flag
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n} ({n // scale} {unit})"
+    return str(n)
+
+
+def default_text(name: str, field: FieldInfo) -> str:
+    """A setting's default in words, for ``psn serve --help`` and the settings table in docs/deploy.md."""
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, Path):
+        return "the bundled models/" if value == BUNDLED_MODELS_DIR else str(value)
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) if value else "empty"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and name.endswith("_bytes"):
+        return _size(value)
+    return str(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         env = f"PSN_{name.upper()}"
-        help_ = f"{field.description} [env {env}]"
+        help_ = f"{field.description} (default: {default_text(name, field)}) [env {env}]".replace("%", "%%")
         if field.annotation is bool:
             parser.add_argument(
                 _flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_

@@ -134,6 +134,7 @@ def _docs_router(title: str, openapi_url: str) -> APIRouter:
 
     @docs.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
+        """The API docs (Swagger UI, served offline)."""
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
             openapi_url=f"{root}{openapi_url}",
@@ -147,10 +148,12 @@ def _docs_router(title: str, openapi_url: str) -> APIRouter:
 
     @docs.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
+        """Swagger UI's OAuth2 redirect page."""
         return get_swagger_ui_oauth2_redirect_html()
 
     @docs.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
+        """The API docs (ReDoc, served offline)."""
         root = request.scope.get("root_path", "")
         return get_redoc_html(
             openapi_url=f"{root}{openapi_url}",
@@ -162,6 +165,7 @@ def _docs_router(title: str, openapi_url: str) -> APIRouter:
 
     @docs.get(f"{DOCS_ASSETS_URL}/{REDOC_JS}", include_in_schema=False)
     async def redoc_js() -> Response:
+        """ReDoc's script, its logo served by this server."""
         return Response(_offline_redoc_js(), media_type="text/javascript; charset=utf-8")
 
     return docs
