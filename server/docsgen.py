@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import re
 import sys
 import warnings
@@ -124,13 +125,16 @@ def routes_table() -> str:
     keyed = {_key(route): route for route in _route_entries(with_key)}
     rows = []
     for route in _route_entries(with_docs):
+        if not isinstance(getattr(route, "path", None), str):
+            continue  # router machinery (a protocol's fallback), not a route anyone calls
         twin = keyed.get(_key(route))
         auth = "only without a key" if twin is None else "key" if _needs_key(client, twin) else "no"
         name, tag, what = _describe(route)
         if route.path == "/openapi.json":
             what = what or "the OpenAPI schema"
-        rows.append([name, auth, tag, what])
-    return _table(["route", "auth", "tag", "what"], rows)
+        fmt = getattr(getattr(route, "original_route", route), "error_format", None)
+        rows.append([name, auth, str(fmt.value if fmt is not None else "–"), tag, what])
+    return _table(["route", "auth", "error body", "tag", "what"], rows)
 
 
 def _key(route: Any) -> tuple[str, frozenset[str]]:
@@ -177,6 +181,17 @@ def _what(cls: type) -> str:
     return " ".join(w if w.isupper() else w.lower() for w in words)
 
 
+def _bodies() -> str:
+    """One line per error body format, written by the server's own formatter."""
+    formats = getattr(errors, "ErrorFormat", None)
+    if formats is None:
+        return ""
+    sample = {"error": {"code": "<code>", "message": "<message>", "param": "<param, when one is at fault>"}}
+    lines = [f"- `{fmt.value}`: `{json.dumps(errors.format_body(sample, fmt))}`" for fmt in formats]
+    intro = "Error bodies, by the route's format (the routes table's *error body* column):"
+    return intro + "\n\n" + "\n".join(lines)
+
+
 def errors_table() -> str:
     table = errors.ERROR_TABLE
     spec_type = type(next(iter(table.values())))
@@ -188,7 +203,9 @@ def errors_table() -> str:
         rows.append([f"`{code}`", *(render(spec) for _, render in columns), _what(cls)])
     internal = errors.INTERNAL
     rows.append(["`internal_error`", *(render(internal) for _, render in columns), "anything unexpected"])
-    return _table(["code", *(header for header, _ in columns), "when"], rows)
+    bodies = _bodies()
+    table = _table(["code", *(header for header, _ in columns), "when"], rows)
+    return f"{bodies}\n\n{table}" if bodies else table
 
 
 # -- settings ----------------------------------------------------------------------------------------------

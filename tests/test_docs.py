@@ -66,7 +66,7 @@ def test_errors_table_has_a_column_per_field_of_the_spec(monkeypatch: pytest.Mon
     table = {cls: Spec(s.status, s.ws_close, s.retry_after_s) for cls, s in errors.ERROR_TABLE.items()}
     monkeypatch.setattr(errors, "ERROR_TABLE", table)
     monkeypatch.setattr(errors, "INTERNAL", Spec(500, errors.WS_INTERNAL_ERROR, None, "INTERNAL"))
-    lines = docsgen.errors_table().splitlines()
+    lines = [line for line in docsgen.errors_table().splitlines() if line.startswith("|")]
     assert lines[0] == "| code | HTTP | WebSocket | gRPC status | when |"
     overloaded = next(line for line in lines if line.startswith("| `overloaded`"))
     assert "| 429 + Retry-After | error event | UNKNOWN |" in overloaded
