@@ -28,16 +28,33 @@ help:
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -U pip
 
-# serving-only install: numpy, onnxruntime(-gpu), fastapi, uvicorn, pydantic(-settings), prometheus-client
-$(VENV)/.serve-stamp: pyproject.toml | $(PY)
-	$(PIP) install -e .
+# ONNX Runtime build for `make serve`: ORT=auto (default) takes onnxruntime-gpu[cuda,cudnn] where an NVIDIA
+# driver is present and the CPU onnxruntime elsewhere; ORT=gpu or ORT=cpu chooses. (The image: docker/.)
+ORT ?= auto
+NVIDIA_DRIVER := $(shell test -e /proc/driver/nvidia/version && echo yes || (nvidia-smi -L >/dev/null 2>&1 && echo yes))
+ORT_VARIANT := $(if $(filter auto,$(ORT)),$(if $(NVIDIA_DRIVER),gpu,cpu),$(ORT))
+ORT_OTHER := $(if $(filter gpu,$(ORT_VARIANT)),onnxruntime,onnxruntime-gpu)
+
+# serving-only install: numpy, onnxruntime (CPU or GPU build, above), fastapi, uvicorn, pydantic(-settings),
+# prometheus-client; the requirements are pyproject's, with ONNX Runtime chosen by docker/serve_requirements.py
+$(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
+	@case "$(ORT_VARIANT)" in cpu|gpu) ;; *) echo "ORT=$(ORT): expected auto, cpu or gpu" >&2; exit 2;; esac
+	@echo "onnxruntime: $(ORT_VARIANT) build (NVIDIA driver: $(or $(NVIDIA_DRIVER),none); ORT=cpu|gpu chooses)"
+	$(PY) docker/serve_requirements.py --variant $(ORT_VARIANT) pyproject.toml > $(VENV)/serve-requirements.txt
+	@# the two builds share the onnxruntime package folder: never leave both installed
+	@if $(PIP) show $(ORT_OTHER) >/dev/null 2>&1; then $(PIP) uninstall -y onnxruntime onnxruntime-gpu; fi
+	$(PIP) install -r $(VENV)/serve-requirements.txt
+	$(PIP) install --no-deps -e .
 	@touch $@
 
 # torch is pinned to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA)
 $(VENV)/.dev-stamp: pyproject.toml | $(PY)
+	$(PIP) install -U pip
 	$(PIP) install torch==2.13.0
+	@# a venv that `make serve` made with the CPU onnxruntime: the dev extras bring pyproject's build instead
+	@# (the two builds share the onnxruntime package folder: never leave both installed)
+	@if $(PIP) show onnxruntime >/dev/null 2>&1; then $(PIP) uninstall -y onnxruntime onnxruntime-gpu; fi
 	$(PIP) install -e ".[train,bench,dev]"
 	# SpikingJelly without its declared deps: they pull torchvision/torchaudio builds that do not load with
 	# the CPU torch; its activation_based modules need only torch, numpy, tqdm and loguru (train extra)

@@ -10,6 +10,8 @@ import importlib
 import sys
 from dataclasses import dataclass
 
+from psn.extras import missing_message, missing_package
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -41,6 +43,14 @@ class SuiteMissing(LookupError):
     """The suite's module is not written (yet) or not installed."""
 
 
+class SuiteNeeds(LookupError):
+    """The suite needs a package of an optional extra that is not installed (the message says which)."""
+
+    def __init__(self, name: str, package: str) -> None:
+        super().__init__(missing_message(f"psn bench {name}", package, ("bench",)))
+        self.package = package
+
+
 def load(name: str):
     suite = SUITES[name]
     try:
@@ -48,7 +58,10 @@ def load(name: str):
     except ModuleNotFoundError as exc:
         if exc.name == suite.module:
             raise SuiteMissing(f"suite {name!r}: module {suite.module} is not present") from exc
-        raise
+        package = missing_package(exc)
+        if package is None:
+            raise
+        raise SuiteNeeds(name, package) from exc
 
 
 def run_all(rest: list[str]) -> int:
@@ -59,13 +72,19 @@ def run_all(rest: list[str]) -> int:
             f"psn bench all: only --quick and --quiet pass on to every suite, not {unknown}", file=sys.stderr
         )
         return 2
-    worst = 0
+    modules, needs = {}, {}
     for name in SUITES:
         try:
-            module = load(name)
+            modules[name] = load(name)
         except SuiteMissing as exc:
             print(f"psn bench all: skipping {exc}", file=sys.stderr)
-            continue
+        except SuiteNeeds as exc:
+            needs[name] = exc.package
+    if needs:  # say it once, before any suite runs
+        print(missing_message("psn bench all", needs.values(), ("bench",)), file=sys.stderr)
+        return 2
+    worst = 0
+    for name, module in modules.items():
         print(f"\n===== psn bench {name} =====", flush=True)
         worst = max(worst, _run(name, module, list(passthrough)))
     return worst
@@ -78,6 +97,12 @@ def _run(name: str, module, rest: list[str]) -> int:
         return int(module.main(rest) or 0)
     except BenchError as exc:
         print(f"psn bench {name}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a package the suite imports only when it runs
+        package = missing_package(exc)
+        if package is None:
+            raise
+        print(missing_message(f"psn bench {name}", package, ("bench",)), file=sys.stderr)
         return 2
 
 
@@ -99,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         module = load(name)
     except SuiteMissing as exc:
         print(f"psn bench: {exc}", file=sys.stderr)
+        return 2
+    except SuiteNeeds as exc:
+        if "-h" in rest or "--help" in rest:  # the options are the suite's, which cannot load here
+            print(f"usage: psn bench {name} [options]\n\n{SUITES[name].help}\n\n{exc}")
+            return 0
+        print(exc, file=sys.stderr)
         return 2
     return _run(name, module, rest)
 

@@ -18,10 +18,28 @@ lowers the layers, exporters/forms.py gives the neurons' export forms. ``export_
 ``export_checkpoint`` do the same for a ``SeqClassifier`` / a ``psn train`` checkpoint.
 """
 
-from exporters.checks import CheckReport, Parity
-from exporters.errors import ExportCheckFailed, ExportError
-from exporters.export import export_checkpoint, export_model, export_module
-from exporters.graph import OPSET
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exporters.checks import CheckReport, Parity
+    from exporters.errors import ExportCheckFailed, ExportError
+    from exporters.export import export_checkpoint, export_model, export_module
+    from exporters.graph import OPSET
+
+# loaded on first use, so that `psn export --help` (exporters.cli) runs without torch or onnx installed
+_LAZY = {
+    "OPSET": "exporters.graph",
+    "CheckReport": "exporters.checks",
+    "Parity": "exporters.checks",
+    "ExportCheckFailed": "exporters.errors",
+    "ExportError": "exporters.errors",
+    "export_checkpoint": "exporters.export",
+    "export_model": "exporters.export",
+    "export_module": "exporters.export",
+}
 
 __all__ = [
     "OPSET",
@@ -33,3 +51,10 @@ __all__ = [
     "export_model",
     "export_module",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exporters' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
