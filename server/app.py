@@ -73,10 +73,16 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
             _log_models(state)
             if metrics.multiprocess:
                 sampler = asyncio.create_task(metrics.sample_forever(runtime.stats))
+            if settings.grpc_port is not None:  # the Open Inference Protocol over gRPC, on this loop
+                from server import grpc_server
+
+                state.grpc = await grpc_server.start(state)
             yield
         finally:
             if sampler is not None:
                 sampler.cancel()
+            if state.grpc is not None:
+                await state.grpc.stop()  # no-op when the server already drained
             await routes_stream.close_all(state)  # no-op when the server already drained
             plane.attach(None)
             await runtime.close()
@@ -115,13 +121,16 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
 
 async def drain_all() -> int:
     """Close (1001, going away) every stream WebSocket of the apps whose lifespan runs on this event loop,
-    and refuse new ones; HTTP requests in flight are untouched. The server calls it when it starts to shut
-    down, before uvicorn would close the sockets itself (1012). Returns how many sockets were closed."""
+    end their gRPC stream calls (UNAVAILABLE) and refuse new ones; HTTP requests and unary gRPC calls in
+    flight are untouched. The server calls it when it starts to shut down, before uvicorn would close the
+    sockets itself (1012). Returns how many streams were closed."""
     loop = asyncio.get_running_loop()
     closed = 0
     for app in list(_APPS):
         state = app_state(app)
         if state.loop is loop:
+            if state.grpc is not None:
+                closed += await state.grpc.drain()
             closed += await routes_stream.close_all(state)
     return closed
 

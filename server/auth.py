@@ -7,16 +7,17 @@ When no key is configured every check passes. Liveness and readiness routes neve
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from fastapi import Request
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.websockets import WebSocket
 
 from server.errors import Unauthorized
 from server.state import app_state
 
 
-def _presented(headers: Headers, query: QueryParams | None) -> str | None:
+def _presented(headers: Mapping[str, str], query: QueryParams | None) -> str | None:
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -30,8 +31,9 @@ def _presented(headers: Headers, query: QueryParams | None) -> str | None:
     return None
 
 
-def check(expected: str | None, headers: Headers, query: QueryParams | None = None) -> None:
-    """Raise Unauthorized unless the request carries the expected key (no-op when none is set)."""
+def check(expected: str | None, headers: Mapping[str, str], query: QueryParams | None = None) -> None:
+    """Raise Unauthorized unless the request carries the expected key (no-op when none is set). ``headers``:
+    HTTP headers, or gRPC metadata as a dict (lower-case keys, as gRPC sends them)."""
     if expected is None:
         return
     presented = _presented(headers, query)

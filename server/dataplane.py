@@ -187,6 +187,12 @@ class Sequences:
             )
         return stream
 
+    def close(self, name: str, sequence_id: int | str) -> None:
+        """End a sequence, if open (a gRPC stream that ends closes the sequences it started)."""
+        stream = self._open.pop((name, sequence_id), None)
+        if stream is not None:
+            self.plane.close(stream)
+
     async def step(
         self, name: str, sequence_id: int | str, x: np.ndarray, *, start: bool, end: bool, param: str
     ) -> StepResult:

@@ -1,5 +1,5 @@
-"""The one table that maps every error to an HTTP status and a WebSocket close code, and the handlers
-that turn errors into JSON bodies.
+"""The one table that maps every error to an HTTP status, a WebSocket close code and a gRPC status code, and
+the handlers that turn errors into JSON bodies.
 
 The body's format is a property of the route that answers, never of the URL path (a proxy may put any
 prefix, ``root_path``, in front of it):
@@ -16,6 +16,10 @@ else V1. The fast path (server.fastpath) answers with its route's format.
 WebSocket: ``ws_close = None`` means the error is recoverable: the server sends an error event
 ``{"error": {...}}`` and keeps the socket (and the stream's state) open. Otherwise it closes the socket
 with that code and the message as the reason.
+
+gRPC (server.grpc_service): a unary call ends with the table's status code and the message as its details;
+on a ModelStreamInfer stream an error is an in-stream ``error_message`` (Triton's behaviour) and the stream
+stays open, since it may carry other sequences.
 """
 
 from __future__ import annotations
@@ -104,43 +108,66 @@ class ResumeDisabled(ServerError):
     code = "resume_disabled"
 
 
+class ShuttingDown(ServerError):
+    """A new call while the server drains (SIGTERM): retry on another replica."""
+
+    code = "shutting_down"
+
+
 class NotFound(ServerError):
     """A resource under a known model that does not exist (an example index, a model with no examples)."""
 
     code = "not_found"
 
 
+class GrpcStatus(StrEnum):
+    """gRPC status codes this server answers: names of ``grpc.StatusCode`` (this module imports no grpc)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+G = GrpcStatus
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     status: int  # HTTP status
     ws_close: int | None  # WebSocket close code; None = error event, socket stays open
+    grpc: GrpcStatus  # gRPC status code of a unary call
     retry_after_s: int | None = None  # Retry-After header for load shedding
 
 
-INTERNAL = ErrorSpec(500, WS_INTERNAL_ERROR)
+INTERNAL = ErrorSpec(500, WS_INTERNAL_ERROR, G.INTERNAL)
 
 # Looked up along the exception's MRO, so the most specific entry wins.
 ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
-    rt.UnknownModel: ErrorSpec(404, 4404),
-    rt.ModelNotReady: ErrorSpec(503, WS_TRY_AGAIN_LATER, retry_after_s=1),
-    rt.ModelLoadError: ErrorSpec(503, WS_INTERNAL_ERROR),
-    rt.BadInput: ErrorSpec(422, None),
-    rt.UnknownStream: ErrorSpec(410, 4410),
-    rt.StreamLimit: ErrorSpec(503, WS_TRY_AGAIN_LATER, retry_after_s=1),
-    rt.StreamOver: ErrorSpec(409, None),
-    rt.Overloaded: ErrorSpec(429, None, retry_after_s=1),
-    rt.RuntimeClosed: ErrorSpec(503, WS_SERVICE_RESTART),
-    rt.BadSnapshot: ErrorSpec(422, None),
+    rt.UnknownModel: ErrorSpec(404, 4404, G.NOT_FOUND),
+    rt.ModelNotReady: ErrorSpec(503, WS_TRY_AGAIN_LATER, G.UNAVAILABLE, retry_after_s=1),
+    rt.ModelLoadError: ErrorSpec(503, WS_INTERNAL_ERROR, G.UNAVAILABLE),
+    rt.BadInput: ErrorSpec(422, None, G.INVALID_ARGUMENT),
+    rt.UnknownStream: ErrorSpec(410, 4410, G.NOT_FOUND),
+    rt.StreamLimit: ErrorSpec(503, WS_TRY_AGAIN_LATER, G.RESOURCE_EXHAUSTED, retry_after_s=1),
+    rt.StreamOver: ErrorSpec(409, None, G.FAILED_PRECONDITION),
+    rt.Overloaded: ErrorSpec(429, None, G.RESOURCE_EXHAUSTED, retry_after_s=1),
+    rt.RuntimeClosed: ErrorSpec(503, WS_SERVICE_RESTART, G.UNAVAILABLE),
+    rt.BadSnapshot: ErrorSpec(422, None, G.INVALID_ARGUMENT),
     rt.InferenceError: INTERNAL,
     rt.RuntimeErrorBase: INTERNAL,
-    InvalidJSON: ErrorSpec(400, None),
-    InvalidRequest: ErrorSpec(422, None),
-    SequenceNotStarted: ErrorSpec(400, None),
-    BodyTooLarge: ErrorSpec(413, WS_MESSAGE_TOO_BIG),
-    UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA),
-    Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION),
-    ResumeDisabled: ErrorSpec(409, None),
-    NotFound: ErrorSpec(404, None),
+    InvalidJSON: ErrorSpec(400, None, G.INVALID_ARGUMENT),
+    InvalidRequest: ErrorSpec(422, None, G.INVALID_ARGUMENT),
+    SequenceNotStarted: ErrorSpec(400, None, G.INVALID_ARGUMENT),
+    BodyTooLarge: ErrorSpec(413, WS_MESSAGE_TOO_BIG, G.RESOURCE_EXHAUSTED),
+    UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA, G.INVALID_ARGUMENT),
+    Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION, G.UNAUTHENTICATED),
+    ResumeDisabled: ErrorSpec(409, None, G.FAILED_PRECONDITION),
+    NotFound: ErrorSpec(404, None, G.NOT_FOUND),
+    ShuttingDown: ErrorSpec(503, WS_GOING_AWAY, G.UNAVAILABLE, retry_after_s=1),
 }
 
 

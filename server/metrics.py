@@ -43,6 +43,19 @@ class Metrics:
             "psn_http_request_duration_seconds", "server-side HTTP request latency",
             ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
+        self.grpc_requests = Counter(
+            "psn_grpc_requests",
+            "gRPC calls (a ModelStreamInfer message counts as one) by method, model and status code",
+            ["method", "model", "code"],
+            registry=reg,
+        )
+        self.grpc_latency = Histogram(
+            "psn_grpc_request_duration_seconds",
+            "server-side gRPC latency (of a ModelStreamInfer message: until its answer is queued)",
+            ["method", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.streams_open = Gauge(
             "psn_streams_open", "open streams", ["model"], registry=reg, multiprocess_mode="livesum"
         )

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from psn_runtime.config import RuntimeConfig, split_list
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+OFF_WORDS = frozenset({"off", "none", "false", "no"})  # a port setting that is switched off
 
 
 class LogLevel(StrEnum):
@@ -37,6 +38,12 @@ class Settings(BaseSettings, RuntimeConfig):
     models_dir: Path = Field(BUNDLED_MODELS_DIR, description="folder of model directories to serve")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    grpc_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="gRPC port of the Open Inference Protocol (0 = any free port, 'off' = no gRPC)",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_ws_message_bytes: int = Field(256 * 1024, ge=64, description="largest WebSocket message (close 1009)")
     api_key: SecretStr | None = Field(None, description="require this key (Bearer or X-API-Key) when set")
@@ -64,6 +71,11 @@ class Settings(BaseSettings, RuntimeConfig):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _grpc_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in OFF_WORDS else value
 
     @field_validator("models_dir")
     @classmethod
@@ -100,6 +112,8 @@ class Settings(BaseSettings, RuntimeConfig):
         out: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
             if value is None:
+                if type(self).model_fields[name].default is not None:
+                    out[f"PSN_{name.upper()}"] = "off"  # switched off (its default is on)
                 continue
             if isinstance(getattr(self, name), SecretStr):
                 value = getattr(self, name).get_secret_value()

@@ -25,6 +25,7 @@ class AppState:
     sockets: set[Any] = field(default_factory=set)  # open stream WebSockets (closed 1001 on shutdown)
     draining: bool = False  # shutting down: new streams are refused, open ones closed
     loop: Any = None  # the event loop the lifespan (and so every stream) runs on
+    grpc: Any = None  # server.grpc_server.GrpcServer while gRPC is served (``--grpc-port``), else None
 
     @property
     def runtime(self) -> Runtime | None:

@@ -8,7 +8,13 @@ serving-only install can still collect the tests it can run).
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests run in parallel and beside other runs on one machine: no server they start may bind a fixed port.
+# gRPC (default 8001) is off unless a test asks for it (grpc_port=0 or --grpc-port 0: any free port).
+os.environ.setdefault("PSN_GRPC_PORT", "off")
 
 OPT_IN = {"soak": "--run-soak", "browser": "--run-browser"}
 

@@ -1,0 +1,181 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol's RPCs bound to the data plane.
+
+Each unary RPC runs under ``_rpc``: the API key (metadata ``authorization: Bearer KEY`` or ``x-api-key:
+KEY``; ServerLive and ServerReady, the probes, need none), a refusal while the server drains, the error
+table's gRPC status code with the error's message as details, and the ``psn_grpc_*`` metrics. RPCs this
+server does not implement (model config and statistics, shared memory, trace and log settings) answer
+UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from psn_runtime import ModelStatus, StepResult
+from server import auth, grpc_tensors, routes_v2
+from server.dataplane import DataPlane
+from server.errors import ShuttingDown, error_code, error_payload, is_internal, spec_for
+from server.metrics import UNKNOWN_MODEL
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from server.grpc_server import GrpcServer
+    from server.state import AppState
+
+log = logging.getLogger("psn.server")
+
+SHUTDOWN = "server shutting down"
+Request = TypeVar("Request")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The error table's gRPC status code and the message a client sees (generic for internal errors)."""
+    return grpc.StatusCode[spec_for(exc).grpc], error_payload(exc)["error"]["message"]
+
+
+def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return dict(context.invocation_metadata() or ())
+
+
+def _rpc(method: str, *, key: bool = True) -> Callable[[Handler], Handler]:
+    def wrap(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(self: Service, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                if self.server.draining:
+                    raise ShuttingDown(SHUTDOWN)
+                if key and self.api_key is not None:
+                    auth.check(self.api_key, metadata(context))
+                return await fn(self, request, context)
+            except Exception as exc:
+                status, message = self.failed(exc, method)
+                code = status.name
+                await context.abort(status, message)
+            except BaseException:  # the client cancelled (asyncio.CancelledError)
+                code = grpc.StatusCode.CANCELLED.name
+                raise
+            finally:
+                model = self.model_label(getattr(request, "name", "") or getattr(request, "model_name", ""))
+                metrics = self.metrics
+                metrics.child(metrics.grpc_requests, method, model, code).inc()
+                metrics.child(metrics.grpc_latency, method, model).observe(time.perf_counter() - start)
+
+        return handler
+
+    return wrap
+
+
+def _outputs(result_logits: np.ndarray, probabilities: np.ndarray, label_index: np.ndarray) -> dict:
+    return {
+        "logits": ("FP32", result_logits),  # [B, C]
+        "probabilities": ("FP32", probabilities),  # [B, C]
+        "label_index": ("INT64", label_index),  # [B]
+    }
+
+
+def _step_outputs(result: StepResult, classes: int) -> dict:
+    """A sequence step's answer as V2 HTTP gives it: the running mean (one row), no rows before ready."""
+    import numpy as np
+
+    if result.ready and result.logits is not None and result.probabilities is not None:
+        logits = result.logits[None]  # [1, C]
+        return _outputs(logits, result.probabilities[None], logits.argmax(axis=1))
+    empty = np.zeros((0, classes), np.float32)  # [0, C]
+    return _outputs(empty, empty, np.zeros(0, np.int64))
+
+
+async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """One ModelInfer (a classification, or one step of a sequence with Triton's sequence parameters)."""
+    info, manifest = plane.loaded_model(request.model_name, request.model_version or None)
+    sequence_id, start, end = grpc_tensors.sequence(request)
+    grpc_tensors.wanted_outputs(request)  # a bad output name fails before any work
+    x, raw = grpc_tensors.input_array(request)
+    routes_v2._check_rank(list(x.shape), tuple(manifest.input_shape), sequence_id is not None)
+    if sequence_id is None:
+        result = await plane.classify(info.name, x)  # x [B, T, *shape]
+        arrays = _outputs(result.logits, result.probabilities, result.label_index)
+        return grpc_tensors.response(request, info.name, manifest.version, arrays, raw)
+    step = await plane.sequences.step(info.name, sequence_id, x, start=start, end=end, param="inputs[0]")
+    parameters = {
+        "sequence_id": sequence_id,
+        "t": step.t,
+        "ready": step.ready,
+        "done": step.done,
+        "label": step.label,
+    }
+    arrays = _step_outputs(step, manifest.num_classes)
+    return grpc_tensors.response(request, info.name, manifest.version, arrays, raw, parameters)
+
+
+class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: AppState, server: GrpcServer) -> None:
+        self.state = state
+        self.server = server
+        self.plane = state.plane
+        self.metrics = state.metrics
+        self.api_key = state.api_key
+
+    def model_label(self, name: str) -> str:
+        """A metrics label: the model's name when it is served (bounded cardinality), else a placeholder."""
+        if not name:
+            return ""
+        return name if name in self.state.model_names else UNKNOWN_MODEL
+
+    def failed(self, exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
+        self.metrics.count_error(error_code(exc), "grpc")
+        if is_internal(exc):
+            log.error("internal error on gRPC %s", where, exc_info=exc)
+        return status_of(exc)
+
+    @_rpc("ServerLive", key=False)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc("ServerReady", key=False)
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        ready, _ = self.plane.readiness()
+        return pb.ServerReadyResponse(ready=ready)
+
+    @_rpc("ModelReady")
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        info = self.plane.model(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=info.status is ModelStatus.READY)
+
+    @_rpc("ServerMetadata")
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**await routes_v2.server_metadata())
+
+    @_rpc("ModelMetadata")
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        meta = routes_v2._metadata(self.plane, request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**entry) for entry in meta["inputs"]],
+            outputs=[tensor(**entry) for entry in meta["outputs"]],
+        )
+
+    @_rpc("ModelInfer")
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await infer(self.plane, request)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
+        from server.grpc_stream import StreamCall
+
+        await StreamCall(self, context).run(request_iterator)
