@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class ModelControl(StrEnum):
+    """How the models dir is followed while serving (Triton's model control modes)."""
+
+    NONE = "none"  # load every version once at start; later changes on disk are ignored
+    POLL = "poll"  # rescan every poll_interval_s: load new or changed versions, unload removed ones
+    EXPLICIT = "explicit"  # load and unload on request (the V2 repository extension)
+
+
+VERSION_POLICY = re.compile(r"^(all|latest:([1-9][0-9]{0,5}))$")
+
+
+def latest_versions(policy: str) -> int | None:
+    """``latest:N`` -> N (keep the N highest versions on disk); ``all`` -> None."""
+    match = VERSION_POLICY.match(policy)
+    if match is None:
+        raise ValueError(f"version policy {policy!r}: expected 'all' or 'latest:N' (N >= 1)")
+    return int(match.group(2)) if match.group(2) else None
 
 
 def split_list(value: Any) -> Any:
@@ -69,6 +90,35 @@ class RuntimeConfig(BaseModel):
         description="classify calls computing or waiting at once; beyond, they are shed (Overloaded, 429)",
     )
     warmup: bool = Field(True, description="run every graph once at load")
+    model_control: ModelControl = Field(
+        ModelControl.NONE,
+        description="none: load the models dir once at start; poll: rescan it every poll_interval_s, load "
+        "new or changed versions and unload removed ones; explicit: load and unload through POST "
+        "/v2/repository/models/NAME/load and /unload",
+    )
+    poll_interval_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="with model_control poll: seconds between two scans of the models dir",
+    )
+    version_policy: str = Field(
+        "all",
+        description="which versions of a model on disk load: 'all', or 'latest:N' (the N highest version "
+        "numbers)",
+    )
+    unload_grace_s: float = Field(
+        600.0,
+        ge=0.0,
+        description="a version that is unloaded or removed takes no new work but keeps serving its open "
+        "streams until they end or go idle, at most this long (s); then they are closed and it unloads",
+    )
+
+    @field_validator("version_policy")
+    @classmethod
+    def _version_policy(cls, value: str) -> str:
+        latest_versions(value)  # raises ValueError naming the expected forms
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -82,3 +82,16 @@ class InferenceError(RuntimeErrorBase):
     """onnxruntime failed while running a loaded model (not the client's fault: a server-side error)."""
 
     code = "inference_error"
+
+
+class VersionUnavailable(RuntimeErrorBase):
+    """A version of a known model that this runtime cannot give new work to: not on its models dir, still
+    loading, failed, or being unloaded. Another replica may have it."""
+
+    code = "version_unavailable"
+
+
+class ModelControlDisabled(RuntimeErrorBase):
+    """A load or unload request to a runtime whose model control is not explicit."""
+
+    code = "model_control_disabled"

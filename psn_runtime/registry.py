@@ -17,7 +17,6 @@ from psn_runtime.manifest import (
     FULL_GRAPH,
     INPUT_NAME,
     LOGITS_NAME,
-    MANIFEST_FILE,
     SCHEMA_VERSION,
     STEP_GRAPH,
     STEP_LOGITS_NAME,
@@ -55,17 +54,6 @@ class LoadedModel:
             None,
             list(self.warnings),
         )
-
-
-def model_dirs(models_dir: Path) -> list[Path]:
-    """The direct subfolders of models_dir that hold a manifest.json, sorted by name."""
-    models_dir = Path(models_dir)
-    try:
-        if not models_dir.is_dir():
-            raise ModelLoadError(f"models_dir {str(models_dir)!r} is not a directory")
-        return sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file())
-    except OSError as e:
-        raise ModelLoadError(f"cannot read models_dir {str(models_dir)!r}: {e}") from e
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -15,8 +15,10 @@ from psn_runtime.manifest import Manifest
 
 class ModelStatus(StrEnum):
     LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
+    READY = "ready"  # takes new work
+    FAILED = "failed"  # did not load: ``error`` says why
+    UNLOADING = "unloading"  # unloaded or removed: serves the streams open on it, takes no new work
+    UNAVAILABLE = "unavailable"  # unloaded (explicitly); loads again on request
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class ModelInfo:
     providers: dict[str, list[str]] = field(default_factory=dict)  # graph file -> providers it got
     error: str | None = None  # the reason, when FAILED
     warnings: list[str] = field(default_factory=list)  # e.g. CUDA asked for but the session got CPU
+    version: str = ""  # the version this record describes (a model's record: the one that answers now)
+    versions: tuple[ModelInfo, ...] = ()  # a model's record: every version of it, lowest first
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class ClassifyResult:
     probabilities: np.ndarray  # [B, C] softmax of logits
     label_index: np.ndarray  # [B] int
     labels: list[str]  # [B] label names
+    version: str = ""  # the model version that answered
 
 
 @dataclass(frozen=True)

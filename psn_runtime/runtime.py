@@ -1,4 +1,9 @@
-"""The runtime: model registry, full-sequence classification and streams over ONNX Runtime sessions."""
+"""The runtime: model versions, full-sequence classification and streams over ONNX Runtime sessions.
+
+Every call that takes a model ``name`` also takes ``version``: None goes to the highest READY version.
+Classify calls and streams keep the version that took them to their end, also when it is unloaded
+meanwhile (psn_runtime.control loads and unloads versions while serving).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,24 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import KeysView
-from pathlib import Path
+from collections.abc import KeysView, Mapping
 
 from psn_runtime.config import RuntimeConfig
+from psn_runtime.control import Control
 from psn_runtime.errors import (
+    BadSnapshot,
     InferenceError,
-    ModelLoadError,
     ModelNotReady,
     Overloaded,
     RuntimeClosed,
     StreamLimit,
     UnknownModel,
     UnknownStream,
+    VersionUnavailable,
 )
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
-from psn_runtime.registry import LoadedModel, load_model, model_dirs, read_manifest
+from psn_runtime.registry import LoadedModel
+from psn_runtime.repository import IndexEntry, Repository, Version
 from psn_runtime.results import (
     ClassifyResult,
     ModelInfo,
@@ -32,7 +39,7 @@ from psn_runtime.results import (
     StepResult,
     softmax_fast,
 )
-from psn_runtime.snapshot import SnapshotSpec, StreamState
+from psn_runtime.snapshot import SnapshotOrigin, SnapshotSpec, StreamState
 from psn_runtime.streams import ModelStreams, Stream
 from psn_runtime.validate import ClassifyInput, StepInput, classify_input, step_input
 
@@ -45,80 +52,39 @@ class Runtime:
     def __init__(self, config: RuntimeConfig, observer: RuntimeObserver | None = None) -> None:
         self.config = config
         self._observer = observer
-        self._infos: dict[str, ModelInfo] = {}
-        self._models: dict[str, LoadedModel] = {}
-        self._model_streams: dict[str, ModelStreams] = {}
+        self._repo = Repository()
         self._streams: dict[str, Stream] = {}
         self._load_lock = threading.Lock()
         self._loaded = False
         self._closed = False
         self._reaper: asyncio.Task | None = None
         self._classify_pending = 0  # classify_async calls queued or running (event-loop thread only)
+        self._control = Control(self, self._repo)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load every model directory (in a thread) and start the idle-stream reaper."""
+        """Load every model version (in a thread), start the idle-stream reaper and, with model control
+        poll, the poller."""
         self._check_open()
         await asyncio.get_running_loop().run_in_executor(None, self.load)
         self._ensure_reaper()
+        self._control.start()
 
     def load(self) -> None:
-        """Load every model directory under models_dir, synchronously. A model that fails is FAILED with its
-        reason; the others still load. Raises ModelLoadError only if models_dir itself is unusable."""
+        """Load every model version under models_dir (as the version policy selects), synchronously. A
+        version that fails is FAILED with its reason; the others still load. Raises ModelLoadError only if
+        models_dir itself is unusable."""
         with self._load_lock:
             if self._loaded:
                 return
             try:
-                self._load_all()
+                self._control.load_all()
             finally:
                 self._loaded = True
 
-    def _load_all(self) -> None:
-        dirs = model_dirs(self.config.models_dir)
-        todo = []
-        for d in dirs:
-            try:
-                manifest = read_manifest(d)
-            except ModelLoadError as e:
-                self._record(ModelInfo(d.name, ModelStatus.FAILED, d, None, {}, e.message), d)
-                continue
-            if manifest.name in self._infos:
-                first = self._infos[manifest.name].directory
-                error = f"duplicate model name {manifest.name!r} (already loaded from {first})"
-                self._record(ModelInfo(d.name, ModelStatus.FAILED, d, manifest, {}, error), d)
-                continue
-            self._infos[manifest.name] = ModelInfo(manifest.name, ModelStatus.LOADING, d, manifest)
-            todo.append((d, manifest))
-        for d, manifest in todo:
-            try:
-                model = load_model(d, manifest, self.config)
-            except ModelLoadError as e:
-                self._infos[manifest.name] = ModelInfo(
-                    manifest.name, ModelStatus.FAILED, d, manifest, {}, e.message
-                )
-                log.error("model %s (%s) FAILED: %s", manifest.name, d, e.message)
-                continue
-            except Exception as e:  # a bug or an unexpected ORT error must not stop the other models
-                log.exception("model %s (%s) FAILED unexpectedly", manifest.name, d)
-                error = f"unexpected error: {e!r}"
-                self._infos[manifest.name] = ModelInfo(
-                    manifest.name, ModelStatus.FAILED, d, manifest, {}, error
-                )
-                continue
-            # streams first: a model in _models is served at once, while the others still load
-            self._model_streams[model.name] = ModelStreams(model, self.config, self._on_batch)
-            self._models[model.name] = model
-            self._infos[model.name] = model.info()
-            log.info("model %s ready (%s, providers %s)", model.name, manifest.kind, model.providers)
-
-    def _record(self, info: ModelInfo, directory: Path) -> None:
-        log.error("model directory %s FAILED: %s", directory, info.error)
-        if info.name in self._infos:  # the directory name is taken by a model already known
-            return
-        self._infos[info.name] = info
-
     async def close(self) -> None:
-        """Stop the batchers and the reaper, answer pending steps with RuntimeClosed, close every stream."""
+        """Stop the poller, the batchers and the reaper, answer pending steps with RuntimeClosed, close
+        every stream."""
         if self._closed:
             return
         self._closed = True
@@ -126,8 +92,7 @@ class Runtime:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for ms in self._model_streams.values():
-            await ms.stop()
+        await self._control.stop()
         for sid in list(self._streams):
             self.close_stream(sid, reason="shutdown")
 
@@ -135,35 +100,103 @@ class Runtime:
     def loaded(self) -> bool:
         return self._loaded
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- registry ----------------------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
-        return [self._infos[k] for k in sorted(self._infos)]
+        """One record per model name (the version that answers now, with every version's record)."""
+        return self._repo.infos()
 
-    def model(self, name: str) -> ModelInfo:
-        info = self._infos.get(name)
-        if info is None:
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        """A model's record, or one version's (VersionUnavailable when this runtime has no such version)."""
+        if name not in self._repo.names:
             raise UnknownModel(name)
-        return info
+        if version is None:
+            return self._repo.info(name)
+        entry = self._repo.get(name, version)
+        if entry is None:
+            raise VersionUnavailable(
+                f"model {name!r} has no version {version!r} here (versions: {self._version_list(name)})"
+            )
+        return entry.info()
 
-    def _ready(self, name: str) -> LoadedModel:
+    def versions(self, name: str) -> list[ModelInfo]:
+        """Every version of a model, lowest first."""
+        return [e.info() for e in self._repo.versions(name)]
+
+    def _version_list(self, name: str) -> str:
+        return ", ".join(f"{e.version} {e.status}" for e in self._repo.versions(name)) or "none"
+
+    def _serving(self, name: str, version: str | None = None) -> Version:
+        """The READY version that takes a new request (ModelNotReady, UnknownModel, VersionUnavailable)."""
         if self._closed:
             raise RuntimeClosed("the runtime is closed")
-        model = self._models.get(name)
-        if model is not None:
-            return model
-        info = self._infos.get(name)
-        if info is None:
+        if version is None:
+            entry = self._repo.default.get(name)
+            if entry is not None:
+                return entry
+        else:
+            entry = self._repo.get(name, version)
+            if entry is not None and entry.status is ModelStatus.READY:
+                return entry
+        if name not in self._repo.names:
             if not self._loaded:
                 raise ModelNotReady(f"model {name!r}: the runtime is still loading its models")
             raise UnknownModel(name)
-        if info.status is ModelStatus.LOADING:
+        if version is not None:
+            raise VersionUnavailable(
+                f"model {name!r} version {version!r} takes no new work here (versions: "
+                f"{self._version_list(name)})"
+            )
+        head = self._repo.representative(name)
+        if head.status is ModelStatus.LOADING:
             raise ModelNotReady(f"model {name!r} is still loading")
-        raise ModelNotReady(f"model {name!r} failed to load: {info.error}")
+        if head.status is ModelStatus.FAILED:
+            raise ModelNotReady(f"model {name!r} failed to load: {head.error}")
+        raise ModelNotReady(f"model {name!r} is not loaded (versions: {self._version_list(name)})")
+
+    @property
+    def _models(self) -> Mapping[str, LoadedModel]:
+        """name -> the loaded model that answers requests without a version (for benchmarks)."""
+        return {name: e.model for name, e in self._repo.default.items() if e.model is not None}
+
+    @property
+    def _model_streams(self) -> Mapping[str, ModelStreams]:
+        """name -> the streams of the version that takes new streams (for benchmarks and tests)."""
+        return {name: e.streams for name, e in self._repo.default.items() if e.streams is not None}
+
+    # -- model control (psn_runtime.control) -------------------------------------------------------------
+    async def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model version known or on disk, with its state and the reason (Triton's index)."""
+        return await self._control.index(ready_only)
+
+    async def load_model(self, name: str) -> list[ModelInfo]:
+        """Load (or reload) model ``name`` from the models dir: new or changed versions load, versions no
+        longer on disk unload. Only with model control explicit (ModelControlDisabled). Returns the
+        versions it loaded; ModelLoadError (with the reasons) when one failed, while what served before
+        keeps serving."""
+        return await self._control.load_model(name)
+
+    async def unload_model(self, name: str) -> list[ModelInfo]:
+        """Unload every version of model ``name``: each takes no new work at once, and unloads when its
+        open streams have ended (at most unload_grace_s). Only with model control explicit."""
+        return await self._control.unload_model(name)
+
+    async def poll(self) -> list[ModelInfo]:
+        """Scan the models dir once: load new or changed versions, unload removed ones (what the poller
+        does every poll_interval_s). Returns the versions it tried to load."""
+        return await self._control.poll()
 
     # -- full-sequence classification --------------------------------------------------------------------
-    def classify_input(self, name: str, x: object) -> ClassifyInput:
+    def classify_input(self, name: str, x: object, version: str | None = None) -> ClassifyInput:
         """x [B, T, *shape] or [T, *shape] validated for model ``name`` (BadInput naming what is wrong)."""
-        m = self._ready(name).manifest
+        return self._checked(self._serving(name, version), x)
+
+    def _checked(self, entry: Version, x: object) -> ClassifyInput:
+        assert entry.model is not None
+        m = entry.model.manifest
         return classify_input(
             x,
             T=m.T,
@@ -172,111 +205,186 @@ class Runtime:
             max_batch=self.config.max_classify_batch,
         )
 
-    def classify(self, name: str, x: object) -> ClassifyResult:
+    def classify(self, name: str, x: object, version: str | None = None) -> ClassifyResult:
         """x [B, T, *shape] or [T, *shape] -> one prediction per sequence. Synchronous and thread-safe."""
-        return self._classify(name, self.classify_input(name, x))
+        entry = self._serving(name, version)
+        return self._classify(entry, self._checked(entry, x))
 
-    def _classify(self, name: str, x: ClassifyInput) -> ClassifyResult:
-        model = self._ready(name)
+    def _classify(self, entry: Version, x: ClassifyInput) -> ClassifyResult:
+        model = entry.model
+        if model is None:  # unloaded since it was chosen (only a synchronous caller can see this)
+            raise VersionUnavailable(f"model {entry.name!r} version {entry.version!r} was unloaded")
         try:
             (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
         except Exception as e:
-            raise InferenceError(f"model {name!r}: onnxruntime failed: {e}") from e
+            raise InferenceError(f"model {entry.name!r}: onnxruntime failed: {e}") from e
         best = logits.argmax(axis=1)  # [B]
         labels = model.manifest.labels
-        return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()])
+        return ClassifyResult(
+            logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()], entry.version
+        )
 
-    async def classify_async(self, name: str, x: object) -> ClassifyResult:
+    async def classify_async(self, name: str, x: object, version: str | None = None) -> ClassifyResult:
         """classify; at most config.max_classify_pending at once (else Overloaded), so that a burst is shed
         instead of queueing without bound in the executor. Small work (at most config.inline_max_rows // 2
         sequences) runs on this (the event loop's) thread: a hop to a worker thread costs several context
-        switches, more than the ORT call itself; larger batches run in a worker thread."""
+        switches, more than the ORT call itself; larger batches run in a worker thread. The version chosen
+        first answers, also when it is unloaded meanwhile."""
         self._check_open()
         limit = self.config.max_classify_pending
         if self._classify_pending >= limit:
             raise Overloaded(f"{self._classify_pending} classify calls are pending (the limit); retry later")
         self._classify_pending += 1
         try:
-            checked = self.classify_input(name, x)
+            entry = self._serving(name, version)
+            checked = self._checked(entry, x)
             if checked.sequences <= self.config.inline_max_rows // 2:
                 await asyncio.sleep(0)  # one turn of the loop: calls that arrive together still count
-                return self._classify(name, checked)
-            return await asyncio.get_running_loop().run_in_executor(None, self._classify, name, checked)
+                return self._classify(entry, checked)
+            entry.busy += 1
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, self._classify, entry, checked)
+            finally:
+                entry.busy -= 1
         finally:
             self._classify_pending -= 1
 
     # -- streams -----------------------------------------------------------------------------------------
-    async def open_stream(self, name: str) -> str:
-        self._ready(name)
-        ms = self._model_streams[name]
+    async def open_stream(self, name: str, version: str | None = None) -> str:
+        """A new stream on version ``version`` of model ``name`` (None: the highest READY one); it stays on
+        that version until it is closed."""
+        entry = self._serving(name, version)
         if len(self._streams) >= self.config.max_streams:
             raise StreamLimit(
                 f"{len(self._streams)} streams are open, the limit is {self.config.max_streams}"
             )
         stream_id = uuid.uuid4().hex
-        self._streams[stream_id] = ms.open(stream_id)
+        self._streams[stream_id] = self._open_on(entry, stream_id)
         self._ensure_reaper()
         self._observe("on_stream_open", name)
         return stream_id
+
+    @staticmethod
+    def _open_on(entry: Version, stream_id: str) -> Stream:
+        assert entry.streams is not None
+        stream = entry.streams.open(stream_id)
+        stream.owner = entry
+        return stream
 
     async def step(self, stream_id: str, x: StepInput | object) -> StepResult:
         """One timestep x [*shape] -> the stream's result after it. x is a StepInput
         (``psn_runtime.validate.step_input``) or anything that validates into one."""
         stream = self._stream(stream_id)
-        ms = self._model_streams[stream.model]
+        ms = stream.owner.streams
         return await ms.step(stream, step_input(x, shape=ms.shape))
 
     def stream_shape(self, stream_id: str) -> tuple[int, ...]:
         """The per-step input shape of a stream's model (what its StepInputs must have)."""
-        return self._model_streams[self._stream(stream_id).model].shape
+        return self._stream(stream_id).owner.streams.shape
+
+    def stream_info(self, stream_id: str) -> ModelInfo:
+        """The record of the model version a stream is on."""
+        return self._stream(stream_id).owner.info()
 
     # -- stream snapshots (psn_runtime.snapshot packs, signs and checks them) ------------------------------
-    def snapshot_spec(self, name: str) -> SnapshotSpec:
-        """What a snapshot of a stream of model ``name`` holds (bound to its graph's sha256)."""
-        self._ready(name)
-        return self._model_streams[name].snapshot_spec
+    def snapshot_spec(self, name: str, version: str | None = None) -> SnapshotSpec:
+        """What a snapshot of a stream of model ``name`` holds (bound to its version and graph's sha256)."""
+        entry = self._serving(name, version)
+        assert entry.streams is not None
+        return entry.streams.snapshot_spec
+
+    def stream_snapshot_spec(self, stream_id: str) -> SnapshotSpec:
+        """What a snapshot of this open stream holds (its version's)."""
+        return self._stream(stream_id).owner.streams.snapshot_spec
+
+    def snapshot_version(self, made_by: SnapshotOrigin) -> str:
+        """The version here that resumes a snapshot made by ``made_by``: the version it names (with the same
+        graph), or for a snapshot without one, the version with its graph. VersionUnavailable when this
+        runtime has no such version READY (another replica may have it)."""
+        if made_by.model not in self._repo.names:
+            raise UnknownModel(made_by.model)
+        ready = [e for e in self._repo.versions(made_by.model) if e.status is ModelStatus.READY]
+        for entry in ready:
+            assert entry.streams is not None
+            same_graph = entry.streams.snapshot_spec.graph_sha256 == made_by.graph_sha256
+            if made_by.version is None and same_graph:
+                return entry.version
+            if entry.version == made_by.version:
+                if not same_graph:
+                    raise BadSnapshot(
+                        f"snapshot was made by other files of model {made_by.model!r} version "
+                        f"{made_by.version!r} (graph sha256 {made_by.graph_sha256[:12]}…) than this replica's"
+                    )
+                return entry.version
+        wanted = made_by.version if made_by.version is not None else f"sha256 {made_by.graph_sha256[:12]}…"
+        raise VersionUnavailable(
+            f"the snapshot's version of model {made_by.model!r} ({wanted}) is not ready here (versions: "
+            f"{self._version_list(made_by.model)}); another replica may have it"
+        )
+
+    async def move_stream(self, stream_id: str, version: str) -> None:
+        """Put an open stream on another READY version of its model (its state starts over: restore one
+        next). VersionUnavailable when there is no such version ready."""
+        stream = self._stream(stream_id)
+        old: Version = stream.owner
+        if old.version == version:
+            return
+        entry = self._serving(old.name, version)
+        async with stream.lock:  # no step of it in flight
+            new = self._open_on(entry, stream_id)
+            self._streams[stream_id] = new
+            old.streams.close(stream)
 
     async def stream_state(self, stream_id: str) -> StreamState:
         """A copy of an open stream's state, between two of its steps."""
         stream = self._stream(stream_id)
-        return await self._model_streams[stream.model].export_state(stream)
+        return await stream.owner.streams.export_state(stream)
 
     async def restore_stream(self, stream_id: str, state: StreamState) -> None:
         """Give an open stream the state ``state`` (from ``stream_state``, here or on another replica)."""
         stream = self._stream(stream_id)
-        await self._model_streams[stream.model].restore_state(stream, state)
+        await stream.owner.streams.restore_state(stream, state)
 
     def reset_stream(self, stream_id: str) -> None:
         stream = self._stream(stream_id)
-        self._model_streams[stream.model].reset(stream)
+        stream.owner.streams.reset(stream)
 
     def close_stream(self, stream_id: str, reason: str = "client") -> None:
         """Idempotent: closing an unknown or already closed stream does nothing."""
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
-        self._model_streams[stream.model].close(stream)
+        stream.owner.streams.close(stream)
         self._observe("on_stream_close", stream.model, reason)
 
     def stream_ids(self) -> KeysView[str]:
         """The ids of the open streams (a live view)."""
         return self._streams.keys()
 
-    def stream_count(self, name: str | None = None) -> int:
+    def streams_on(self, entry: Version) -> list[str]:
+        """The ids of the streams open on one model version."""
+        return [sid for sid, s in self._streams.items() if s.owner is entry]
+
+    def stream_count(self, name: str | None = None, version: str | None = None) -> int:
         if name is None:
             return len(self._streams)
-        if name not in self._infos:
-            raise UnknownModel(name)
-        ms = self._model_streams.get(name)
-        return 0 if ms is None else ms.open_streams
+        entries = self._repo.versions(name)  # UnknownModel
+        if version is not None:
+            entries = [e for e in entries if e.version == version]
+        return sum(s.owner in entries for s in self._streams.values())
 
     def stats(self) -> dict:
         models = {}
         for info in self.models():
             entry: dict = {"status": str(info.status), "streams": 0}
-            ms = self._model_streams.get(info.name)
-            if ms is not None:
-                entry.update(streams=ms.open_streams, **ms.stats())
+            head = self._repo.default.get(info.name)
+            if head is not None and head.streams is not None:
+                entry.update(**head.streams.stats())
+            entry["streams"] = self.stream_count(info.name)
+            entry["versions"] = {
+                e.version: {"status": str(e.status), "streams": self.stream_count(info.name, e.version)}
+                for e in self._repo.versions(info.name)
+            }
             models[info.name] = entry
         return {
             "streams": len(self._streams),
@@ -313,7 +421,7 @@ class Runtime:
                 log.info("closing idle stream %s", stream_id)
                 self.close_stream(stream_id, reason="idle")
 
-    def _on_batch(self, model: str, size: int, seconds: float) -> None:
+    def on_batch(self, model: str, size: int, seconds: float) -> None:
         self._observe("on_step_batch", model, size, seconds)
 
     def _observe(self, hook: str, *args) -> None:

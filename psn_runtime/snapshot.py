@@ -10,9 +10,10 @@ Layout (all little-endian)::
 
     b"PSNS"  u8 version  u32 header length  header (JSON, UTF-8)  payload  HMAC-SHA256 (32 bytes)
 
-The header names the model, the sha256 of the graph whose state this is (step.onnx; full.onnx for a
-full-only model, whose state is its input buffer), t (steps taken), count (step logits summed) and the
-arrays, in order, with dtype and per-sample shape. The payload is the running logit sum (float64 [C])
+The header names the model, its version, the sha256 of the graph whose state this is (step.onnx; full.onnx
+for a full-only model, whose state is its input buffer), t (steps taken), count (step logits summed) and
+the arrays, in order, with dtype and per-sample shape. (Snapshots made before versions existed have no
+version: their sha256 alone names the graph.) The payload is the running logit sum (float64 [C])
 followed by each array's raw bytes. The HMAC covers everything before it, under a secret the replicas
 share: a snapshot is checked (size, then signature, then everything else) before any of it is used.
 
@@ -62,6 +63,7 @@ class SnapshotSpec:
     classes: int
     arrays: tuple[ArrayLayout, ...]
     max_t: int  # most steps a stream of this model may have taken
+    version: str = ""  # the model version (its graph's sha256 says which files)
 
     @property
     def size(self) -> int:
@@ -76,6 +78,7 @@ class SnapshotSpec:
     def _header(self, t: int, count: int) -> bytes:
         doc = {
             "model": self.model,
+            "version": self.version,
             "sha256": self.graph_sha256,
             "t": t,
             "count": count,
@@ -120,8 +123,18 @@ def pack(spec: SnapshotSpec, state: StreamState, key: bytes) -> bytes:
     return body + _mac(key, body)
 
 
-def unpack(spec: SnapshotSpec, blob: bytes, key: bytes, max_bytes: int) -> StreamState:
-    """Check ``blob`` against ``spec`` and the secret and decode it; BadSnapshot names what is wrong."""
+@dataclass(frozen=True)
+class SnapshotOrigin:
+    """What made a snapshot: the model, its version (None in a snapshot made before versions existed) and
+    the sha256 of the graph."""
+
+    model: str
+    version: str | None
+    graph_sha256: str
+
+
+def _open(blob: bytes, key: bytes, max_bytes: int) -> tuple[bytes, dict, int]:
+    """(body, header, payload offset) of a snapshot whose size and signature check."""
     if len(blob) > max_bytes:
         raise BadSnapshot(f"snapshot of {len(blob)} bytes is over the limit of {max_bytes}")
     if len(blob) < _PREFIX.size + MAC_BYTES:
@@ -135,13 +148,39 @@ def unpack(spec: SnapshotSpec, blob: bytes, key: bytes, max_bytes: int) -> Strea
     start = _PREFIX.size + header_len
     try:
         header = json.loads(body[_PREFIX.size : start])
+        if not isinstance(header, dict):
+            raise TypeError("not an object")
+    except (ValueError, TypeError) as exc:
+        raise BadSnapshot(f"snapshot header is unreadable: {exc}") from None
+    return body, header, start
+
+
+def origin(blob: bytes, key: bytes, max_bytes: int) -> SnapshotOrigin:
+    """Which model, version and graph made ``blob`` (its size and signature checked first)."""
+    _, header, _ = _open(blob, key, max_bytes)
+    model, version, sha = header.get("model"), header.get("version"), header.get("sha256")
+    if not isinstance(model, str) or not isinstance(sha, str) or not isinstance(version, str | None):
+        raise BadSnapshot("snapshot header is unreadable: no model, version or sha256")
+    return SnapshotOrigin(model, version, sha)
+
+
+def unpack(spec: SnapshotSpec, blob: bytes, key: bytes, max_bytes: int) -> StreamState:
+    """Check ``blob`` against ``spec`` and the secret and decode it; BadSnapshot names what is wrong."""
+    body, header, start = _open(blob, key, max_bytes)
+    try:
         model, sha, t, count = header["model"], header["sha256"], header["t"], header["count"]
+        version = header.get("version")
         layouts = tuple(ArrayLayout(n, d, tuple(s)) for n, d, s in header["arrays"])
         classes = header["classes"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BadSnapshot(f"snapshot header is unreadable: {exc}") from None
     if model != spec.model:
         raise BadSnapshot(f"snapshot is of model {model!r}, not {spec.model!r}")
+    if version is not None and version != spec.version:
+        raise BadSnapshot(
+            f"snapshot was made by version {version!r} of model {spec.model!r}, this stream is on version "
+            f"{spec.version!r}"
+        )
     if sha != spec.graph_sha256:
         raise BadSnapshot(
             f"snapshot was made by another version of model {spec.model!r} (graph sha256 {str(sha)[:12]}…, "

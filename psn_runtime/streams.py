@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class Stream:
     released: bool = False  # the slot went back to the pool
     reset_requested: bool = False
     last_active: float = field(default_factory=time.monotonic)
+    owner: Any = None  # the runtime's record of the model version the stream is on (for its whole life)
 
 
 @dataclass(eq=False, slots=True)
@@ -129,6 +131,7 @@ class ModelStreams:
     def __init__(self, model: LoadedModel, config: RuntimeConfig, on_batch: BatchHook) -> None:
         m = model.manifest
         self.name = model.name
+        self.version = m.version
         self.labels = m.labels
         self.shape = tuple(m.input_shape)  # per-step input shape
         self.open_streams = 0
@@ -157,7 +160,9 @@ class ModelStreams:
         layouts = tuple(
             ArrayLayout(s.input or "buffer", s.dtype.name, tuple(s.shape)) for s in specs
         )  # full-only: the [T, F] input buffer
-        self.snapshot_spec = SnapshotSpec(model.name, m.sha256[graph], m.num_classes, layouts, self.limit)
+        self.snapshot_spec = SnapshotSpec(
+            model.name, m.sha256[graph], m.num_classes, layouts, self.limit, m.version
+        )
         self.max_batch = config.max_batch if config.batching else 1
         self.max_wait = config.max_wait_ms / 1000.0 if config.batching else 0.0
         self.max_queue = config.max_queue

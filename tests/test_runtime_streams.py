@@ -271,7 +271,7 @@ def test_idle_streams_are_reaped():
 def test_models_serve_as_soon_as_they_load(monkeypatch):
     import threading
 
-    import psn_runtime.runtime as rt_module
+    import psn_runtime.control as rt_module
     from psn_runtime import ModelStatus, Runtime, RuntimeConfig
 
     gate = threading.Event()

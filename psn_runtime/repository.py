@@ -1,0 +1,164 @@
+"""The runtime's model versions, by name and version: which one answers, what the index says.
+
+Each version found on disk has one record (``Version``): its status, and once READY its sessions and
+streams. A request that names no version goes to the model's highest READY version (``default``). A
+version being unloaded (UNLOADING) keeps its sessions and the streams open on it, takes no new work, and
+is forgotten (removed from disk, or replaced by a changed copy) or marked UNAVAILABLE once it unloads.
+
+Records are changed on the event loop's thread (the first load also from its loading thread, as each
+model becomes ready); readers only look up dicts, whose single assignments are atomic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from psn_runtime.errors import UnknownModel
+from psn_runtime.layout import Fingerprint, VersionDir, version_key
+from psn_runtime.registry import LoadedModel
+from psn_runtime.results import ModelInfo, ModelStatus
+from psn_runtime.streams import ModelStreams
+
+
+class Version:
+    """One model version: its folder, its status, and its sessions and streams while it has them."""
+
+    __slots__ = ("busy", "error", "failed_fingerprint", "found", "model", "removed", "status", "streams")
+
+    def __init__(self, found: VersionDir, status: ModelStatus, error: str | None = None) -> None:
+        self.found = found
+        self.status = status
+        self.error = error
+        self.model: LoadedModel | None = None
+        self.streams: ModelStreams | None = None
+        self.busy = 0  # classify calls running on it in a worker thread
+        self.removed = False  # gone from disk or replaced: forgotten once it has unloaded
+        self.failed_fingerprint: Fingerprint | None = (
+            None  # a changed copy that failed (retried once it changes)
+        )
+
+    @property
+    def name(self) -> str:
+        return self.found.name
+
+    @property
+    def version(self) -> str:
+        return self.found.version
+
+    @property
+    def idle(self) -> bool:
+        """No open stream, no step in flight, no classify call running."""
+        streams = self.streams
+        return self.busy == 0 and (
+            streams is None or (streams.open_streams == 0 and streams.pool.in_use == 0)
+        )
+
+    def info(self) -> ModelInfo:
+        model = self.model
+        manifest = model.manifest if model is not None else self.found.manifest
+        warnings = [*self.found.warnings, *(model.warnings if model is not None else [])]
+        providers = dict(model.providers) if model is not None else {}
+        return ModelInfo(
+            self.name,
+            self.status,
+            self.found.directory,
+            manifest,
+            providers,
+            self.error,
+            warnings,
+            self.version,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Version {self.name}/{self.version} {self.status}>"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of the repository index (Triton's): name, version, state, reason."""
+
+    name: str
+    version: str
+    state: str  # READY | LOADING | UNLOADING | UNAVAILABLE
+    reason: str
+
+
+_TRITON_STATE = {
+    ModelStatus.READY: "READY",
+    ModelStatus.LOADING: "LOADING",
+    ModelStatus.UNLOADING: "UNLOADING",
+    ModelStatus.FAILED: "UNAVAILABLE",
+    ModelStatus.UNAVAILABLE: "UNAVAILABLE",
+}
+
+
+class Repository:
+    def __init__(self) -> None:
+        self.names: dict[str, dict[str, Version]] = {}
+        self.default: dict[str, Version] = {}  # name -> the highest READY version
+
+    def get(self, name: str, version: str) -> Version | None:
+        versions = self.names.get(name)
+        return None if versions is None else versions.get(version)
+
+    def add(self, entry: Version) -> None:
+        """Make ``entry`` the record of its (name, version) (what it replaces is the caller's to retire)."""
+        versions = dict(self.names.get(entry.name, {}))
+        versions[entry.version] = entry
+        self.names[entry.name] = versions
+        self.refresh(entry.name)
+
+    def discard(self, entry: Version) -> None:
+        """Forget ``entry`` if it is still its (name, version)'s record."""
+        versions = self.names.get(entry.name)
+        if versions is None or versions.get(entry.version) is not entry:
+            return
+        versions = {v: e for v, e in versions.items() if e is not entry}
+        if versions:
+            self.names[entry.name] = versions
+        else:
+            del self.names[entry.name]
+        self.refresh(entry.name)
+
+    def refresh(self, name: str) -> None:
+        """Point ``default[name]`` at the highest READY version (or nowhere)."""
+        ready = [e for e in self.names.get(name, {}).values() if e.status is ModelStatus.READY]
+        if ready:
+            self.default[name] = max(ready, key=lambda e: version_key(e.version))
+        else:
+            self.default.pop(name, None)
+
+    def versions(self, name: str) -> list[Version]:
+        """Every version of ``name``, lowest first (UnknownModel when there is none)."""
+        versions = self.names.get(name)
+        if not versions:
+            raise UnknownModel(name)
+        return sorted(versions.values(), key=lambda e: version_key(e.version))
+
+    def entries(self) -> list[Version]:
+        return [e for name in sorted(self.names) for e in self.versions(name)]
+
+    def representative(self, name: str) -> Version:
+        """The version a model's record describes: the one that answers, else the highest."""
+        return self.default.get(name) or self.versions(name)[-1]
+
+    def info(self, name: str) -> ModelInfo:
+        """A model's record: its representative version's, with every version's."""
+        versions = tuple(e.info() for e in self.versions(name))
+        return replace(self.representative(name).info(), versions=versions)
+
+    def infos(self) -> list[ModelInfo]:
+        return [self.info(name) for name in sorted(self.names)]
+
+    def index(self, on_disk: list[IndexEntry], ready_only: bool) -> list[IndexEntry]:
+        """Every version known (loaded, loading, unloading, failed), then those of ``on_disk`` (versions
+        found on disk and not loaded, with the reason) that are not known, by name and version."""
+        out = [
+            IndexEntry(e.name, e.version, _TRITON_STATE[e.status], e.error or "")
+            for e in self.entries()
+            if not ready_only or e.status is ModelStatus.READY
+        ]
+        if not ready_only:
+            known = {(e.name, e.version) for e in out}
+            out += [e for e in on_disk if (e.name, e.version) not in known]
+        return sorted(out, key=lambda e: (e.name, version_key(e.version)))
