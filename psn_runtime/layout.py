@@ -39,6 +39,16 @@ def numbered(name: str) -> bool:
     return name.isdecimal() and name.isascii() and str(int(name)) == name
 
 
+def place_of(directory: Path) -> tuple[str, str | None]:
+    """(model name, version) that a model directory written to ``directory`` takes from its place: a
+    numbered folder ``NAME/V`` is version V of model NAME; any other folder is a model directory named
+    after itself, whose version is its manifest's (None here). For exporters (``--out models/NAME/2``)."""
+    directory = Path(directory).resolve()
+    if numbered(directory.name) and directory.parent.name:
+        return directory.parent.name, directory.name
+    return directory.name, None
+
+
 @dataclass(frozen=True)
 class VersionDir:
     """One model version found on disk (``error`` says why it cannot load; the manifest is None when it

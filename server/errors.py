@@ -157,6 +157,8 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     rt.Overloaded: ErrorSpec(429, None, G.RESOURCE_EXHAUSTED, retry_after_s=1),
     rt.RuntimeClosed: ErrorSpec(503, WS_SERVICE_RESTART, G.UNAVAILABLE),
     rt.BadSnapshot: ErrorSpec(422, None, G.INVALID_ARGUMENT),
+    rt.VersionUnavailable: ErrorSpec(404, None, G.NOT_FOUND),
+    rt.ModelControlDisabled: ErrorSpec(400, None, G.FAILED_PRECONDITION),
     rt.InferenceError: INTERNAL,
     rt.RuntimeErrorBase: INTERNAL,
     InvalidJSON: ErrorSpec(400, None, G.INVALID_ARGUMENT),

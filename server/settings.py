@@ -11,10 +11,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from psn_runtime.config import RuntimeConfig, split_list
+from psn_runtime.config import ModelControl, RuntimeConfig, split_list
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 OFF_WORDS = frozenset({"off", "none", "false", "no"})  # a port setting that is switched off
@@ -66,6 +66,16 @@ class Settings(BaseSettings, RuntimeConfig):
         le=64,
         description="serving processes, one per core, on one port (SO_REUSEPORT); each loads every model",
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _one_worker_for_explicit(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("model_control") is ModelControl.EXPLICIT:
+            raise ValueError(
+                "model_control explicit needs 1 worker: each worker process holds its own models, and a load "
+                "or unload request reaches only one of them (with several workers, use model_control poll)"
+            )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
