@@ -1,7 +1,7 @@
-"""Shared pieces of the benchmark suites: timing, devices, tables, JSON output, environment notes.
+"""Shared pieces of the benchmark suites: the one timing helper, devices, tables, goals, JSON output.
 
-Nothing here imports torch at module level, so suites without torch (serving) can use the table, JSON and
-progress helpers; the device helpers import torch when called.
+Nothing here imports torch at module level (the serving suite needs no torch); the device helpers import it
+when called.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,9 +43,12 @@ class BenchError(RuntimeError):
 
 
 def resolve_device(name: str) -> Any:
-    """The torch.device for ``cpu`` or ``cuda``; a clear error when CUDA is asked for but absent."""
+    """The torch.device for ``cpu``, ``cuda`` or ``auto`` (cuda when present); a clear error when CUDA is
+    asked for but absent."""
     import torch
 
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     kind = Device(name)
     if kind is Device.CUDA and not torch.cuda.is_available():
         raise BenchError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
@@ -53,20 +56,10 @@ def resolve_device(name: str) -> Any:
 
 
 def synchronize(device: Any) -> None:
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
-
-
-def device_label(device: Any) -> str:
-    """The device name the results are labelled with."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def cpu_model() -> str:
@@ -79,40 +72,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: Any) -> dict[str, Any]:
-    """What a reader needs to judge the numbers: versions, device, threads, load."""
-    import torch
-
-    env: dict[str, Any] = {
-        "device": device.type,
-        "device_name": device_label(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "loadavg_start": load_average(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-    }
-    if device.type == "cpu":
-        env["note"] = SHARED_MACHINE_NOTE
-    else:
-        env["cuda"] = torch.version.cuda
-        env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    return env
-
-
-def calm_openmp() -> None:
-    """OpenMP threads that sleep instead of spinning when idle (unless the user chose otherwise).
-
-    On a machine shared with other busy processes, spinning threads of a 2-thread parallel region wait a
-    whole scheduler slice for a preempted peer: a 40 us matrix product then takes 16 ms at the 90th
-    percentile. Takes effect only if set before torch starts its thread pool (before ``import torch``).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -120,12 +79,52 @@ def load_average() -> list[float] | None:
         return None
 
 
+def environment(device: Any = None, **extra: Any) -> dict[str, Any]:
+    """What a reader needs to judge the numbers: versions, device, threads, load (torch's only if given a
+    torch device)."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "loadavg_start": load_average(),
+    }
+    if device is not None:
+        import torch
+
+        threads = torch.get_num_threads()
+        env |= {
+            "device": device.type,
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}",
+            "torch": torch.__version__,
+            "torch_threads": threads,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        }
+        if device.type == "cuda":
+            env |= {"cuda": torch.version.cuda, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    if device is None or device.type == "cpu":
+        env["note"] = SHARED_MACHINE_NOTE
+    return env | extra
+
+
+def calm_openmp() -> None:
+    """OpenMP threads that sleep instead of spinning when idle (unless the user chose otherwise).
+
+    On a machine shared with other busy processes, spinning threads of a 2-thread parallel region wait a
+    whole scheduler slice for a preempted peer. Takes effect only if set before torch starts its thread
+    pool (before ``import torch``).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def reuse_freed_memory() -> bool:
     """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA.
 
     Without it every tensor above glibc's mmap threshold is a fresh mapping whose pages fault in on first
-    touch, which on this VM costs more than the arithmetic of a large elementwise op. Returns whether it
-    took effect (False off glibc).
+    touch, which can cost more than the arithmetic of a large elementwise op. Returns whether it took
+    effect (False off glibc).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -141,7 +140,7 @@ def reuse_freed_memory() -> bool:
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call over ``repeats`` blocks of ``inner`` calls each."""
+    """Seconds per call over ``repeats`` blocks of ``inner`` calls each; ``samples`` in round order."""
 
     median_s: float
     min_s: float
@@ -149,15 +148,10 @@ class Timing:
     q3_s: float
     repeats: int
     inner: int
+    samples: tuple[float, ...] = field(default=(), repr=False)
 
     def to_json(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-def _timing(samples: Sequence[float], inner: int) -> Timing:
-    per_call = sorted(s / inner for s in samples)
-    q = statistics.quantiles(per_call, n=4) if len(per_call) >= 2 else [per_call[0]] * 3
-    return Timing(statistics.median(per_call), per_call[0], q[0], q[2], len(per_call), inner)
+        return {k: v for k, v in asdict(self).items() if k != "samples"}
 
 
 def _block(fn: Callable[[], object], inner: int, device: Any) -> float:
@@ -171,23 +165,22 @@ def _block(fn: Callable[[], object], inner: int, device: Any) -> float:
 
 def time_interleaved(
     fns: Mapping[str, Callable[[], object]],
-    device: Any,
+    device: Any = None,
     *,
     budget_s: float = 1.0,
     min_repeats: int = 3,
     max_repeats: int = 25,
     min_block_s: float = 0.005,
 ) -> dict[str, Timing]:
-    """Median time per call of each function, timed in interleaved rounds.
+    """Median time per call of each function, timed in interleaved rounds (the one timing helper).
 
     Each function runs once cold and once or twice more to estimate its cost; a block repeats a call until it
     lasts ``min_block_s`` (tiny calls); each round times one block of every function, in an order that
     rotates, so load from other processes falls on all candidates alike. Rounds stop when ``budget_s`` is
     spent (at least ``min_repeats``). On CUDA a block is the wall time between two device synchronizations.
+    Garbage collection is off while timing.
     """
     names = list(fns)
-    if not names:
-        return {}
     inner: dict[str, int] = {}
     round_cost = 0.0
     for name in names:
@@ -199,19 +192,25 @@ def time_interleaved(
         est = max(est, 1e-7)
         inner[name] = max(1, min(10_000, math.ceil(min_block_s / est)))
         round_cost += est * inner[name]
-    repeats = max(min_repeats, min(max_repeats, int(budget_s / round_cost)))
+    repeats = max(min_repeats, min(max_repeats, int(budget_s / max(round_cost, 1e-9))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for r in range(repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                samples[name].append(_block(fns[name], inner[name], device))
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name].append(_block(fns[name], inner[name], device) / inner[name])
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {n: _timing(samples[n], inner[n]) for n in names}
+    out = {}
+    for n in names:
+        per_call = sorted(samples[n])
+        q = statistics.quantiles(per_call, n=4) if len(per_call) >= 2 else [per_call[0]] * 3
+        out[n] = Timing(
+            statistics.median(per_call), per_call[0], q[0], q[2], repeats, inner[n], tuple(samples[n])
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -241,6 +240,25 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: s
     return "\n".join(out)
 
 
+def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> str:
+    """A table of dict rows. ``columns``: ``"header=key:format | ..."``; ``=key`` may be left out when the
+    header is the key, ``:format`` is a format spec (``d`` rounds to an integer); a missing value prints -."""
+    specs = []
+    for column in columns.split("|"):
+        head, sep, rest = column.strip().rpartition("=")  # a header may hold "=" ("goal <= 1.2"), a key not
+        key, _, fmt = rest.partition(":")
+        specs.append((head if sep else key, key, fmt))
+
+    def cell(value: Any, fmt: str) -> Any:
+        if value is None or not fmt:
+            return value
+        return round(value) if fmt == "d" else format(value, fmt)
+
+    return format_table(
+        [h for h, _, _ in specs], [[cell(r.get(k), f) for _, k, f in specs] for r in rows], title
+    )
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -261,6 +279,28 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f}s"
 
 
+@dataclass(frozen=True)
+class Goal:
+    """One goal of a suite (the one goal system): what, its target, what was measured, met or not (None:
+    not measured)."""
+
+    goal: str
+    target: str
+    measured: str
+    met: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def goals_table(goals: Sequence[Goal], title: str = "goals") -> str:
+    rows = [
+        [g.goal, g.target, g.measured, "-" if g.met is None else ("met" if g.met else "MISSED")]
+        for g in goals
+    ]
+    return format_table(["goal", "target", "measured", ""], rows, title)
+
+
 def output_paths(out_dir: Path, stem: str, device: Any) -> tuple[Path, Path]:
     """docs/<stem>.json and .png; CUDA results get a ``-cuda`` suffix so they never overwrite CPU ones."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,5 +308,19 @@ def output_paths(out_dir: Path, stem: str, device: Any) -> tuple[Path, Path]:
     return out_dir / f"{stem}{suffix}.json", out_dir / f"{stem}{suffix}.png"
 
 
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=1, sort_keys=False, allow_nan=False) + "\n")
+def clean(value: Any, digits: int = 4) -> Any:
+    """JSON-safe: NaN/inf -> None, floats rounded, tuples -> lists, recursively."""
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v, digits) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:
+    """payload as indented JSON (rounded to ``digits`` when given; NaN/inf refused unless rounded away)."""
+    data = payload if digits is None else clean(dict(payload), digits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +41,7 @@ def ratio_heatmaps(
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
 
-    plt = _pyplot()
+    plt = pyplot()
     finite = [v for p in panels for row in p.values for v in row if v is not None and v > 0]
     span = max(1.0, max(abs(math.log2(v)) for v in finite)) if finite else 1.0
     norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
@@ -86,7 +86,7 @@ def bandwidth_bars(
     path: Path,
 ) -> None:
     """Grouped bars of effective bandwidth (GB/s) per T, with the DRAM copy bandwidth as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 4.2), constrained_layout=True)
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
@@ -112,7 +112,7 @@ def memory_bars(
     path: Path,
 ) -> None:
     """Grouped bars (one group per configuration) annotated with Δ_IF / Δ_PSN above each group."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 4.2), constrained_layout=True)
     width = 0.8 / max(1, len(series))
     top = max((max(v) for v in series.values() if v), default=1.0)

@@ -196,11 +196,8 @@ def summarize(results: list[dict[str, Any]], configs: list[tuple[int, int]]) -> 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
 
-    device = common.resolve_device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = common.resolve_device(args.device)
     configs = [tuple(c) for c in (args.config or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))]
     if any(T < 1 or N < 1 for T, N in configs):
         raise common.BenchError("--config T N needs positive numbers")

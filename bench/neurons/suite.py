@@ -247,9 +247,7 @@ def bandwidth_row(T: int, N: int, times: dict[str, Timing]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = common.resolve_device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = common.resolve_device(args.device)
     if args.threads < 1:
         raise BenchError("--threads must be >= 1")
     if device.type == "cpu":

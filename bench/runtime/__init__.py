@@ -1,2 +1,1 @@
-"""``psn bench runtime``: psn_runtime latency and throughput on ONNX Runtime sessions; ``report`` holds
-the tables."""
+"""``psn bench runtime``: psn_runtime latency and throughput on ONNX Runtime sessions."""

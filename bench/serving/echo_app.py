@@ -12,6 +12,8 @@ Run: ``python -m bench.serving.echo_app --port 8001`` (127.0.0.1 by default).
 from __future__ import annotations
 
 import argparse
+import socket
+from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -58,16 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.serving.echo_app", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--port", type=int, default=8001, help="0: any free port (see --port-file)")
+    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to this file")
     parser.add_argument("--ws", default="auto", help="uvicorn WebSocket implementation (auto, as psn serve)")
     args = parser.parse_args(argv)
     import uvicorn
 
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))  # the port is bound before it is reported: no race
+    if args.port_file is not None:
+        args.port_file.write_text(str(sock.getsockname()[1]))
     config = uvicorn.Config(
         create_app,
         factory=True,
-        host=args.host,
-        port=args.port,
         log_level="warning",
         access_log=False,
         ws=args.ws,
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

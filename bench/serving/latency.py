@@ -73,8 +73,9 @@ async def _one_sequence(ws, x: np.ndarray, period_s: float) -> dict[str, list]:
     }
 
 
-async def stream_sequences(jobs: list[LatencyJob]) -> dict[str, list[dict[str, list]]]:
-    """For each job (one model kind), its sequences streamed at the job's rate, one after the other."""
+async def stream_sequences(jobs: list[LatencyJob], conn: object = None) -> dict[str, list[dict[str, list]]]:
+    """For each job (one model kind), its sequences streamed at the job's rate, one after the other (in a
+    client process: ``conn`` is its pipe, unused)."""
     out: dict[str, list[dict[str, list]]] = {}
     for job in jobs:
         ws = await open_socket(job.url)

@@ -2,181 +2,225 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-KIND_COLORS = {"psn": "tab:red", "masked_psn": "tab:blue", "sliding_psn": "tab:green", "lif": "tab:gray"}
+from bench.plots import pyplot
+from bench.serving.report import GOAL_BATCHING_GAIN, KIND_COLORS
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _log2_x(ax, values: Sequence[int], label: str) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(values), [str(v) for v in values])
-    ax.minorticks_off()
-    ax.set_xlabel(label)
-    ax.grid(True, alpha=0.3)
-
-
-def classify_plot(
-    rows: list[dict[str, Any]],
-    goal_rps: float,
-    goal_p99_ms: float,
-    title: str,
-    path: Path,
-    limit_rps: dict[int, float] | None = None,
-) -> None:
-    """rows: {target: service|echo, format: json|v2-binary, batch, connections, rps, p50_ms, p99_ms};
-    limit_rps: the limit per connection count (1 / (1/echo rate + raw ORT cost)) for JSON, batch 1."""
-    plt = _pyplot()
-    fig, (ax_rps, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    conns = sorted({r["connections"] for r in rows})
-    styles = {"service": "-", "echo": "--"}
-    colors = {(1, "json"): "tab:blue", (16, "json"): "tab:orange", (1, "v2-binary"): "tab:green",
-              (16, "v2-binary"): "tab:olive"}  # fmt: skip
-    for (target, fmt, batch), group in _groups(rows, ("target", "format", "batch")).items():
-        group.sort(key=lambda r: r["connections"])
-        xs = [r["connections"] for r in group]
-        color = colors.get((batch, fmt), "tab:purple")
-        name = "psn serve" if target == "service" else "echo (stack ceiling)"
-        label = f"{name}, {fmt}, batch {batch}"
-        ax_rps.plot(xs, [r["rps"] for r in group], styles[target], marker="o", color=color, label=label)
-        ax_lat.plot(
-            xs, [r["p99_ms"] for r in group], styles[target], marker="o", color=color, label=label + " p99"
-        )
-        if target == "service":
-            ax_lat.plot(xs, [r["p50_ms"] for r in group], ":", marker=".", color=color, label=label + " p50")
-        cpu = [_nan(r.get("server_cpu_us_per_request")) for r in group]
-        ax_cpu.plot(xs, cpu, styles[target], marker="o", color=color, label=label)
-    if limit_rps:
-        xs = sorted(limit_rps)
-        ax_rps.plot(xs, [limit_rps[x] for x in xs], ":", marker="^", color="black",
-                    label="limit (echo + raw ORT), json, batch 1")  # fmt: skip
-    ax_rps.axhline(
-        goal_rps, color="black", linewidth=0.8, linestyle="-.", label=f"goal {goal_rps:,.0f} req/s (32)"
-    )
-    ax_lat.axhline(
-        goal_p99_ms, color="black", linewidth=0.8, linestyle="-.", label=f"goal p99 {goal_p99_ms:g} ms"
-    )
-    _log2_x(ax_rps, conns, "concurrent connections (wrk)")
-    _log2_x(ax_lat, conns, "concurrent connections (wrk)")
-    _log2_x(ax_cpu, conns, "concurrent connections (wrk)")
-    ax_cpu.set_ylabel("server CPU µs per request")
-    ax_cpu.set_ylim(bottom=0)
-    ax_cpu.set_title("server CPU per request (less sensitive to other load)", fontsize=10)
-    ax_cpu.legend(fontsize=7)
-    ax_rps.set_ylabel("requests / s (log)")
-    ax_rps.set_yscale("log")
-    ax_lat.set_yscale("log")
-    ax_lat.set_ylabel("latency (ms)")
-    ax_rps.set_title("throughput (a request = 1 or 16 sequences)", fontsize=10)
-    ax_lat.set_title("latency", fontsize=10)
-    ax_rps.legend(fontsize=7)
-    ax_lat.legend(fontsize=6, ncols=2)
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def streams_plot(rows: list[dict[str, Any]], goal_steps: float, title: str, path: Path) -> None:
-    """rows: {target: service|echo, batching: on|off|-, frames, streams, steps_per_s, p50_ms, p99_ms}."""
-    plt = _pyplot()
-    fig, (ax_rate, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    counts = sorted({r["streams"] for r in rows})
-    colors = {"on": "tab:green", "off": "tab:red", "-": "black"}
-    markers = {"binary": "o", "json": "s"}
-    for (target, batching, frames), group in _groups(rows, ("target", "batching", "frames")).items():
-        group.sort(key=lambda r: r["streams"])
-        xs = [r["streams"] for r in group]
-        style = "--" if target == "echo" else "-"
-        name = "echo (stack ceiling)" if target == "echo" else f"batching {batching}"
-        label = f"{name}, {frames} frames"
-        kw = {"color": colors.get(batching, "tab:purple"), "marker": markers.get(frames, "^")}
-        ax_rate.plot(xs, [r["steps_per_s"] for r in group], style, label=label, **kw)
-        ax_cpu.plot(xs, [_nan(r.get("server_cpu_us_per_step")) for r in group], style, label=label, **kw)
-        if target == "service":
-            ax_lat.plot(xs, [r["p50_ms"] for r in group], ":", label=label + " p50", **kw)
-            ax_lat.plot(xs, [r["p99_ms"] for r in group], "-", label=label + " p99", **kw)
-    ax_rate.axhline(
-        goal_steps, color="black", linewidth=0.8, linestyle="-.", label=f"goal {goal_steps:,.0f} (256)"
-    )
-    _log2_x(ax_rate, counts, "concurrent streams (closed loop)")
-    _log2_x(ax_lat, counts, "concurrent streams (closed loop)")
-    _log2_x(ax_cpu, counts, "concurrent streams (closed loop)")
-    ax_cpu.set_ylabel("server CPU µs per step")
-    ax_cpu.set_ylim(bottom=0)
-    ax_cpu.set_title("server CPU per step (less sensitive to other load)", fontsize=10)
-    ax_cpu.legend(fontsize=7)
-    ax_rate.set_ylabel("steps answered / s (all streams)")
-    ax_rate.set_ylim(bottom=0)
-    ax_lat.set_yscale("log")
-    ax_lat.set_ylabel("step round trip (ms)")
-    ax_rate.set_title("aggregate step rate", fontsize=10)
-    ax_lat.set_title("per-step round trip", fontsize=10)
-    ax_rate.legend(fontsize=7)
-    ax_lat.legend(fontsize=6, ncols=2)
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def first_output_plot(kinds: list[dict[str, Any]], period_ms: float, title: str, path: Path) -> None:
-    """kinds: KindLatency.to_json() dicts. Left: when each input's first output arrived against when the
-    input was sent; right: the wait of each input for its output."""
-    plt = _pyplot()
-    fig, (ax_t, ax_d) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
-    end = max(max(k["output_ms"]) for k in kinds)
-    ax_t.plot([0, end], [0, end], color="black", linewidth=0.6, linestyle=":", label="output = input")
-    for offset, k in enumerate(kinds):
-        color = KIND_COLORS.get(k["kind"])
-        xs, ys = k["input_ms"], k["output_ms"]
-        label = (
-            f"{k['kind']}: first output {k['first_output_ms']:.1f} ms, "
-            f"label settled {k['settled_ms']:.1f}, decision {k['decision_ms']:.1f}"
-        )
-        ax_t.plot(
-            xs, ys, "o-", color=color, linewidth=1.4, markersize=3, label=label, zorder=3 - offset * 0.1
-        )
-        # the output closest in time to the moment the running label became the final one (the last of ties)
-        settled = max(range(len(ys)), key=lambda i: (-round(abs(ys[i] - k["settled_ms"]), 3), i))
-        if ys:
-            ax_t.plot([xs[settled]], [ys[settled]], "*", color=color, markersize=14, markeredgecolor="black",
-                      zorder=5)  # fmt: skip
-        waits = [max(o - i, 1e-3) for i, o in zip(xs, ys, strict=True)]
-        ax_d.plot(range(len(waits)), waits, "o-", color=color, markersize=3, label=k["kind"])
-    ax_t.plot(
-        [], [], "*", color="white", markeredgecolor="black", markersize=11, label="label settled (final)"
-    )
-    ax_t.set_xlabel("input step sent at (ms from step 0)")
-    ax_t.set_ylabel("first output that has seen it (ms)")
-    ax_t.set_title(f"one step every {period_ms:g} ms: output time against input time", fontsize=10)
-    ax_t.grid(True, alpha=0.3)
-    ax_t.legend(fontsize=7, loc="lower right")
-    ax_d.set_yscale("log")
-    ax_d.set_xlabel("input step t")
-    ax_d.set_ylabel("wait for its output (ms)")
-    ax_d.set_title("wait of each input for an output (log)", fontsize=10)
-    ax_d.grid(True, which="both", alpha=0.3)
-    ax_d.legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def groups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-def _groups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out
+def line_panels(
+    rows: list[dict[str, Any]],
+    keys: tuple[str, ...],
+    x: str,
+    panels: Sequence[tuple[str, str, bool]],
+    style: Callable[[tuple], dict[str, Any]],
+    xlabel: str,
+    title: str,
+    path: Path,
+    extra: Callable[[list], None] | None = None,
+) -> None:
+    """One panel per (y key, y label, log y); a line per group of rows (values of ``keys``), x on a log2
+    axis; ``style(group) -> plot kwargs`` (label, color, marker, linestyle); p99 panels draw p50 dotted."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), constrained_layout=True)
+    xs_all = sorted({r[x] for r in rows})
+    for key_group, group in groups(rows, keys).items():
+        group = sorted(group, key=lambda r: r[x])
+        xs = [r[x] for r in group]
+        kw = style(key_group)
+        for ax, (y, _, _) in zip(axes, panels, strict=True):
+            ax.plot(xs, [_nan(r.get(y)) for r in group], **kw)
+            if y == "p99_ms" and kw.get("linestyle", "-") == "-":
+                ax.plot(xs, [_nan(r.get("p50_ms")) for r in group], ":", color=kw.get("color"), marker=".")
+    for ax, (_, ylabel, log) in zip(axes, panels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all, [str(v) for v in xs_all])
+        ax.minorticks_off()
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.set_yscale("log" if log else "linear")
+        if not log:
+            ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    if extra is not None:
+        extra(list(axes))
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def limit_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    """One panel per unit (req/s, steps/s, ms): service, echo and limit side by side for each figure, the
+    fraction of the limit written over the service's bar."""
+    plt = pyplot()
+    units = [u for u in ("req/s", "steps/s", "ms") if any(r["unit"] == u for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(units), figsize=(5.2 * len(units), 4.6), constrained_layout=True, squeeze=False
+    )
+    colors = {"service": "tab:green", "echo": "tab:gray", "limit": "tab:blue"}
+    for ax, unit in zip(axes[0], units, strict=True):
+        group = [r for r in rows if r["unit"] == unit]
+        for j, r in enumerate(group):
+            for k, name in enumerate(colors):
+                ax.bar(
+                    j + (k - 1) * 0.26,
+                    r[name] or 0.0,
+                    0.26,
+                    color=colors[name],
+                    label=name if j == 0 else None,
+                )
+            if r["fraction"] is not None:
+                ax.text(j - 0.26, r["service"], f"{r['fraction']:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(group)), [r["figure"].replace(", ", "\n", 2) for r in group], fontsize=7)
+        ax.set_ylabel(unit + (" (lower is better)" if unit == "ms" else ""))
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("number over the service: fraction of the limit", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def first_output_plot(kinds: list[dict[str, Any]], period_ms: float, title: str, path: Path) -> None:
+    """Left: when each input's first output arrived against when the input was sent; right: the wait of each
+    input for its output."""
+    plt = pyplot()
+    fig, (ax_t, ax_d) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    end = max(max(k["output_ms"]) for k in kinds)
+    ax_t.plot([0, end], [0, end], color="black", linewidth=0.6, linestyle=":", label="output = input")
+    for k in kinds:
+        color, xs, ys = KIND_COLORS.get(k["kind"]), k["input_ms"], k["output_ms"]
+        label = (
+            f"{k['kind']}: first output {k['first_output_ms']:.1f} ms, label settled {k['settled_ms']:.1f}, "
+            f"decision {k['decision_ms']:.1f}"
+        )
+        ax_t.plot(xs, ys, "o-", color=color, linewidth=1.4, markersize=3, label=label)
+        # the output closest in time to the moment the running label became the final one (the last of ties)
+        settled = max(range(len(ys)), key=lambda i: (-round(abs(ys[i] - k["settled_ms"]), 3), i))
+        ax_t.plot([xs[settled]], [ys[settled]], "*", color=color, markersize=14, markeredgecolor="black")
+        ax_d.plot(
+            range(len(xs)),
+            [max(o - i, 1e-3) for i, o in zip(xs, ys, strict=True)],
+            "o-",
+            color=color,
+            markersize=3,
+            label=k["kind"],
+        )
+    ax_t.plot(
+        [], [], "*", color="white", markeredgecolor="black", markersize=11, label="label settled (final)"
+    )
+    ax_t.set(xlabel="input step sent at (ms from step 0)", ylabel="first output that has seen it (ms)")
+    ax_t.set_title(f"one step every {period_ms:g} ms: output time against input time", fontsize=10)
+    ax_d.set(xlabel="input step t", ylabel="wait for its output (ms)", yscale="log")
+    ax_d.set_title("wait of each input for an output (log)", fontsize=10)
+    for ax in (ax_t, ax_d):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    env = results["environment"]
+    where = f"server on 1 core ({env['cpu']}), load avg {env['loadavg_start']}"
+    written = []
+
+    def out(name: str) -> Path:
+        written.append(out_dir / f"{stem}-{name}.png")
+        return written[-1]
+
+    if results.get("limit"):
+        limit_plot(results["limit"], f"service, echo and limit, same run, {where}", out("limit"))
+    if rows := results.get("classify", {}).get("rows"):
+        colors = {
+            (1, "json"): "tab:blue",
+            (16, "json"): "tab:orange",
+            (1, "v2-binary"): "tab:green",
+            (16, "v2-binary"): "tab:olive",
+        }
+        limits = {r["figure"]: r["limit"] for r in results.get("limit", [])}
+
+        def style(g: tuple) -> dict[str, Any]:
+            target, fmt, batch = g
+            name = "psn serve" if target == "service" else "echo (stack floor)"
+            return {
+                "label": f"{name}, {fmt}, batch {batch}",
+                "color": colors.get((batch, fmt), "tab:purple"),
+                "marker": "o",
+                "linestyle": "-" if target == "service" else "--",
+            }
+
+        def mark_limit(axes: list) -> None:
+            for name, value in limits.items():
+                if value and name.startswith("classify"):
+                    axes[0].axhline(
+                        value, color="black", linewidth=0.8, linestyle="-.", label=f"limit: {name}"
+                    )
+
+        line_panels(
+            rows,
+            ("target", "format", "batch"),
+            "connections",
+            [
+                ("rps", "requests / s (log)", True),
+                ("p99_ms", "latency p99 (p50 dotted), ms", True),
+                ("server_cpu_us_per_request", "server CPU µs per request", False),
+            ],
+            style,
+            "concurrent connections (wrk)",
+            f"POST classify ({results['classify']['model']}) vs echo, {where}",
+            out("classify"),
+            mark_limit,
+        )
+    if rows := results.get("streaming", {}).get("rows"):
+        colors = {"on": "tab:green", "off": "tab:red", "-": "black"}
+
+        def style(g: tuple) -> dict[str, Any]:
+            target, batching, frames = g
+            name = "echo (stack floor)" if target == "echo" else f"batching {batching}"
+            return {
+                "label": f"{name}, {frames} frames",
+                "color": colors.get(batching, "tab:purple"),
+                "marker": {"binary": "o", "json": "s"}.get(frames, "^"),
+                "linestyle": "--" if target == "echo" else "-",
+            }
+
+        line_panels(
+            rows,
+            ("target", "batching", "frames"),
+            "streams",
+            [
+                (
+                    "steps_per_s",
+                    f"steps answered / s (batching goal: {GOAL_BATCHING_GAIN:g}x off at 256)",
+                    False,
+                ),
+                ("p99_ms", "step round trip p99 (p50 dotted), ms", True),
+                ("server_cpu_us_per_step", "server CPU µs per step", False),
+            ],
+            style,
+            "concurrent streams (closed loop)",
+            f"WebSocket steps ({results['streaming']['model']}), {where}",
+            out("streams"),
+        )
+    if f := results.get("first_output"):
+        title = (
+            "first output: a PSN answers after all T steps, masked and sliding PSNs and LIF after each step"
+            f"\n{where}"
+        )
+        first_output_plot(f["kinds"], f["period_ms"], title, out("latency"))
+    return written

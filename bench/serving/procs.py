@@ -1,16 +1,18 @@
-"""Server processes of the serving suite: a ``psn serve`` or the echo app on 127.0.0.1, pinned to one core,
-started on a free port, waited for until ready, and always terminated; CPU time of any process.
+"""Server processes of the serving suite on 127.0.0.1, pinned to cores, always stopped; CPU time of any
+process.
 
-The server runs on one core (``taskset -c 0``) and the load (wrk, WebSocket clients) on another, so that
-the two do not compete for a core.
+A server binds its own port: ``psn serve`` and the floor apps take ``--port 0 --port-file FILE`` and write
+the port they bound there, so no port is chosen before a server binds it. Peers that cannot (KServe,
+LitServe) get a free port and are restarted on another one if it was taken meanwhile. The server runs on
+one core (or a set of cores: ``--workers``) and the load (wrk, WebSocket clients, the profiler) on another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import BenchError
+from bench.models import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
@@ -31,57 +33,48 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class Pinning:
-    """The core the server runs on and the core the load runs on (None: not pinned)."""
+    """The cores the server runs on and the core the load runs on (empty / None: not pinned)."""
 
-    server: int | None
-    load: int | None
+    server: tuple[int, ...] = ()
+    load: int | None = None
 
     @property
     def note(self) -> str:
-        if self.server is None:
-            return "not pinned (fewer than 2 cores available): server and load share the cores"
-        how = "taskset -c" if shutil.which("taskset") else "sched_setaffinity"
-        return (
-            f"server pinned to core {self.server} ({how} {self.server}), load (clients) on core {self.load}"
-        )
+        if not self.server:
+            return "not pinned: server and load share the cores"
+        where = "unpinned (shares the server's cores)" if self.load is None else f"on core {self.load}"
+        return f"server pinned to core(s) {','.join(map(str, self.server))}, load (clients) {where}"
 
-    def prefix(self) -> list[str]:
-        """The command prefix that pins a child process to the server's core."""
-        if self.server is None or not shutil.which("taskset"):
-            return []
-        return ["taskset", "-c", str(self.server)]
+    def server_setup(self):
+        return _child_setup(self.server)
 
-    def load_prefix(self) -> list[str]:
-        if self.load is None or not shutil.which("taskset"):
-            return []
-        return ["taskset", "-c", str(self.load)]
-
-    def pin_load(self) -> None:
-        """Pin the calling process (a load generator) to the load core."""
-        if self.load is not None:
-            os.sched_setaffinity(0, {self.load})
+    def load_setup(self):
+        return _child_setup(() if self.load is None else (self.load,))
 
 
-def choose_pinning(enabled: bool = True) -> Pinning:
+def choose_pinning(enabled: bool = True, server_cores: int = 1) -> Pinning:
+    """The first ``server_cores`` cores for the server, the next one (if any) for the load."""
     cores = sorted(os.sched_getaffinity(0))
-    if not enabled or len(cores) < 2:
-        return Pinning(None, None)
-    return Pinning(cores[0], cores[1])
+    if not enabled or len(cores) < server_cores + (1 if server_cores == 1 else 0):
+        return Pinning()
+    return Pinning(tuple(cores[:server_cores]), cores[server_cores] if server_cores < len(cores) else None)
 
 
-def _child_setup(core: int | None):
-    """In the child before exec: die with the suite (SIGTERM when its parent goes), optionally pin."""
+def _child_setup(cores: tuple[int, ...]):
+    """In the child before exec: die with the suite (SIGTERM when its parent goes), pin to ``cores``."""
 
     def setup() -> None:
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
-        if core is not None:
-            os.sched_setaffinity(0, {core})
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if cores:
+            os.sched_setaffinity(0, set(cores))
 
     return setup
+
+
+def pin_self(core: int | None) -> None:
+    if core is not None:
+        os.sched_setaffinity(0, {core})
 
 
 def free_port() -> int:
@@ -90,17 +83,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (psutil when installed, else /proc)."""
-    try:
-        import psutil
-    except ModuleNotFoundError:
-        psutil = None
-    if psutil is not None:
-        times = psutil.Process(pid).cpu_times()
-        return float(times.user + times.system)
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc)."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
 
 
 @dataclass(frozen=True)
@@ -120,8 +110,7 @@ class ThreadTimes:
 
 
 def thread_times(pid: int) -> ThreadTimes | None:
-    """From /proc/<pid>/task/*/{stat,status}; None where /proc is not there. Threads that ended in between
-    drop out of the sum (the server's threads live as long as it does)."""
+    """From /proc/<pid>/task/*; None where /proc is not there. Threads that ended in between drop out."""
     main = other = 0.0
     switches = 0
     try:
@@ -130,60 +119,50 @@ def thread_times(pid: int) -> ThreadTimes | None:
         return None
     for task in tasks:
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            status = (task / "status").read_text()
+            cpu, status = _stat_cpu(task / "stat"), (task / "status").read_text()
         except OSError:
             continue
-        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        if task.name == str(pid):
-            main += cpu
-        else:
-            other += cpu
+        main, other = (main + cpu, other) if task.name == str(pid) else (main, other + cpu)
         switches += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
     return ThreadTimes(main, other, switches)
 
 
-def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def post(
+def request(
     port: int,
+    method: str,
     path: str,
-    body: bytes,
-    content_type: str = "application/json",
-    header: str = "",
+    body: bytes | None = None,
+    headers: dict | None = None,
     timeout: float = 30.0,
-) -> tuple[int, bytes, int | None]:
-    """(status, body, Inference-Header-Content-Length of the answer or None)."""
+) -> tuple[int, bytes, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    headers = {"Content-Type": content_type}
-    if header:
-        name, value = header.split(":", 1)
-        headers[name.strip()] = value.strip()
     try:
-        conn.request("POST", path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        length = response.getheader("Inference-Header-Content-Length")
-        return response.status, response.read(), None if length is None else int(length)
+        return response.status, response.read(), response
     finally:
         conn.close()
 
 
 class ServerProcess:
-    """One server subprocess: ``with ServerProcess(...) as server:`` starts it and always stops it."""
+    """One server subprocess: ``with ServerProcess(...) as server:`` starts it and always stops it.
 
-    def __init__(self, label: str, argv: list[str], log_path: Path, pinning: Pinning) -> None:
-        self.label = label
-        self.argv = argv  # without --port: added at start
-        self.log_path = log_path
-        self.pinning = pinning
+    ``port_file``: the server takes ``--port 0 --port-file FILE`` and reports its port there; else it is
+    given ``--port N`` for a free N (retried on another port if N was taken meanwhile)."""
+
+    def __init__(
+        self,
+        label: str,
+        argv: list[str],
+        log_path: Path,
+        pinning: Pinning,
+        *,
+        ready_path: str = "/readyz",
+        port_file: bool = True,
+        env: dict | None = None,
+    ) -> None:
+        self.label, self.argv, self.log_path, self.pinning = label, argv, log_path, pinning
+        self.ready_path, self.port_file, self.env = ready_path, port_file, env or {}
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -194,22 +173,28 @@ class ServerProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [*self.pinning.prefix(), *self.argv, "--port", str(self.port)]
+        return [*self.argv, "--port", "0" if self.port_file else str(self.port)]
 
     def start(self) -> ServerProcess:
-        for attempt in range(3):  # a free port can be taken between free_port() and bind: try another
-            self.port = free_port()
-            env = dict(os.environ)
+        for attempt in range(3):
+            port_file = self.log_path.with_suffix(".port")
+            port_file.unlink(missing_ok=True)
+            self.port = 0 if self.port_file else free_port()
+            argv = self.command() + (["--port-file", str(port_file)] if self.port_file else [])
+            env = dict(os.environ, **self.env)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             with self.log_path.open("ab") as log:
-                core = self.pinning.server if not self.pinning.prefix() else None  # else taskset pins
-                pre = _child_setup(core)
                 self.proc = subprocess.Popen(
-                    self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, preexec_fn=pre,
-                )  # fmt: skip
+                    argv,
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=self.pinning.server_setup(),
+                )
             try:
-                self._wait_ready()
+                self._wait_ready(port_file)
                 return self
             except BenchError:
                 self.stop()
@@ -217,7 +202,7 @@ class ServerProcess:
                     raise
         raise AssertionError("unreachable")
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, port_file: Path) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -226,9 +211,10 @@ class ServerProcess:
                     f"{self.label} exited with status {self.proc.returncode} before it was ready; "
                     f"its log ({self.log_path}) ends:\n{self.log_tail()}"
                 )
+            if not self.port and port_file.is_file() and port_file.read_text().strip():
+                self.port = int(port_file.read_text().strip())
             try:
-                status, _ = get(self.port, "/readyz")
-                if status == 200:
+                if self.port and request(self.port, "GET", self.ready_path, timeout=2)[0] == 200:
                     return
             except OSError:
                 pass
@@ -278,17 +264,32 @@ def psn_server(
 ) -> ServerProcess:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
     argv = [
-        sys.executable, "-m", "psn.cli", "serve", "--host", HOST, "--models-dir", str(models_dir),
-        "--batching" if batching else "--no-batching", "--log-level", "warning",
-        "--max-streams", "4096", "--max-stream-steps", "100000000", "--idle-timeout-s", "120",
-    ]  # fmt: skip
-    if providers:
-        argv += ["--providers", ",".join(providers)]
+        sys.executable,
+        "-m",
+        "psn.cli",
+        "serve",
+        "--host",
+        HOST,
+        "--models-dir",
+        str(models_dir),
+        "--batching" if batching else "--no-batching",
+        "--log-level",
+        "warning",
+        "--max-streams",
+        "4096",
+        "--max-stream-steps",
+        "100000000",
+        "--idle-timeout-s",
+        "120",
+    ]
+    argv += ["--providers", ",".join(providers)] if providers else []
     name = "batching-on" if batching else "batching-off"
     if workers > 1:
         argv += ["--workers", str(workers)]
         name += f"-{workers}-workers"
-    return ServerProcess(f"psn serve ({name})", argv, log_dir / f"psn-serve-{name}.log", pinning)
+    return ServerProcess(
+        f"psn serve ({name})", argv, log_dir / f"psn-serve-{name}.log", pinning, port_file=False
+    )
 
 
 def echo_server(log_dir: Path, pinning: Pinning) -> ServerProcess:

@@ -58,16 +58,19 @@ class Recorder:
         self.name = name
         self.raw = out_dir / f"{name}.txt"
         cmd = [
-            *pinning.load_prefix(),
             exe,
             "record",
             "--pid",
             str(pid),
             "--duration",
             str(max(1, round(seconds))),
+            "--rate",
+            str(RATE_HZ),
         ]
-        cmd += ["--rate", str(RATE_HZ), "--nonblocking", "--format", "raw", "-o", str(self.raw)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cmd += ["--nonblocking", "--format", "raw", "-o", str(self.raw)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pinning.load_setup()
+        )
 
     def finish(self, timeout_s: float = 60.0) -> Profile:
         try:

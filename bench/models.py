@@ -1,18 +1,21 @@
-"""The model directories the serving suite loads: the bundled ones under models/ when they hold every
-neuron kind, else tiny untrained ones exported on the spot (that needs torch; serving them does not)."""
+"""The models the suites run: one model per neuron kind found in a models directory, or tiny untrained
+sMNIST-shaped ones exported on the spot (``export_tiny``: the one tiny-model maker; exporting needs torch,
+serving the result does not)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import BenchError
-from bench.serving.procs import REPO_ROOT
 
-KINDS = ("psn", "masked_psn", "sliding_psn", "lif")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "models"
+KINDS = ("psn", "masked_psn", "sliding_psn", "lif")
 TINY_K = 4
 
 
@@ -41,10 +44,17 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
         try:
             m = json.loads(manifest.read_text())
             ref = ModelRef(
-                m["name"], m["kind"], int(m["T"]), int(m["features"]), m.get("k"), bool(m["streams"]),
-                str(m.get("dataset", "?")), float(m.get("test_accuracy") or 0.0), int(m.get("parameters", 0)),
+                m["name"],
+                m["kind"],
+                int(m["T"]),
+                int(m["features"]),
+                m.get("k"),
+                bool(m["streams"]),
+                str(m.get("dataset", "?")),
+                float(m.get("test_accuracy") or 0.0),
+                int(m.get("parameters", 0)),
                 str(manifest.parent),
-            )  # fmt: skip
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a model directory the server would load either; it reports why
         if len(m.get("input_shape") or [ref.features]) != 1:
@@ -54,35 +64,62 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
     return best
 
 
-def export_tiny(dst: Path) -> Path:
-    """Tiny untrained sMNIST-shaped models (T=28, F=28, 10 classes), one per kind, masked at λ=1."""
+def export_tiny(
+    dst: Path,
+    *,
+    T: int = 28,
+    features: int = 28,
+    classes: int = 10,
+    arch: str = "conv",
+    channels: int = 16,
+    hidden: int = 64,
+    k: int = TINY_K,
+    kinds: tuple[str, ...] = KINDS,
+    prepare: Callable[[Any], Any] | None = None,
+) -> Path:
+    """One untrained model per kind into dst/<kind> (named ``tiny-<kind>``, masked PSN at λ = 1; k for the
+    masked and sliding PSN); ``prepare(model)`` may change a model before export (e.g. randomize it)."""
     try:
-        from exporters.export import export_model
+        import torch
+
+        from exporters import export_model
         from psn.network import NetConfig, SeqClassifier
     except ModuleNotFoundError as exc:
         raise BenchError(
-            f"no complete models/ to serve and cannot export tiny ones ({exc}); pass --models-dir DIR "
+            f"no models to run and cannot export tiny ones ({exc}); pass --models-dir DIR "
             "or install the training extras (pip install -e '.[train]')"
         ) from exc
-    import torch
-
     torch.manual_seed(0)
-    for kind in KINDS:
-        k = TINY_K if kind in ("masked_psn", "sliding_psn") else None
+    for kind in kinds:
+        order = k if kind in ("masked_psn", "sliding_psn") else None
         cfg = NetConfig(
-            T=28, features=28, classes=10, kind=kind, k=k, arch="conv", channels=16, depth=2, hidden=64
+            T=T,
+            features=features,
+            classes=classes,
+            kind=kind,
+            k=order,
+            arch=arch,
+            channels=channels,
+            depth=2,
+            hidden=hidden,
         )
         model = SeqClassifier(cfg)
         model.set_lambda(1.0)
+        model = (prepare or (lambda m: m))(model).eval()
         export_model(
-            model.eval(), dst / kind, name=f"tiny-{kind}", dataset="untrained", test_accuracy=0.0,
-            command=f"bench.serving.models.export_tiny (untrained {kind}, k={k})",
-        )  # fmt: skip
+            model,
+            dst / kind,
+            name=f"tiny-{kind}",
+            dataset="untrained",
+            test_accuracy=0.0,
+            command=f"bench.models.export_tiny (untrained {kind}, T={T}, F={features}, k={order})",
+        )
     return dst
 
 
 def resolve(models_dir: Path | None, work: Path, quiet: bool) -> tuple[Path, dict[str, ModelRef], str]:
-    """(directory to serve, model per kind, where they come from)."""
+    """(directory to serve, model per kind, where they come from): the given directory, else models/ if it
+    holds every kind, else tiny models exported into work/models."""
     if models_dir is not None:
         found = scan(models_dir)
         if not found:
@@ -95,7 +132,8 @@ def resolve(models_dir: Path | None, work: Path, quiet: bool) -> tuple[Path, dic
     if not quiet:
         print(
             f"bundled models/ lacks {', '.join(missing)}: exporting tiny untrained models instead",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
+            file=sys.stderr,
+            flush=True,
+        )
     dst = export_tiny(work / "models")
     return dst, scan(dst), "tiny untrained models exported for this run (bundled models/ incomplete)"
