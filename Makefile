@@ -59,6 +59,9 @@ $(VENV)/.dev-stamp: pyproject.toml | $(PY)
 	# SpikingJelly without its declared deps: they pull torchvision/torchaudio builds that do not load with
 	# the CPU torch; its activation_based modules need only torch, numpy, tqdm and loguru (train extra)
 	$(PIP) install --no-deps spikingjelly==2.0.0
+	# KServe's client for tests/test_grpc_kserve.py, without its server's dependency tree (the dev extra has what
+	# its client imports)
+	$(PIP) install --no-deps kserve==0.21.0
 	@touch $(VENV)/.serve-stamp $@
 
 serve: $(VENV)/.serve-stamp
