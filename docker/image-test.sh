@@ -267,15 +267,17 @@ show_logs() {
 run_and_probe() {
     local name="$1" expect="$2"
     shift 2
-    local port started
+    local port grpc_port started
     port="$(free_port)"
+    grpc_port="$(free_port)"
     CONTAINERS+=("$name")
     started=$SECONDS
     tpodman 60 run --detach --name "$name" --health-interval=disable \
-        -p "127.0.0.1:${port}:8000" "$@" "$IMAGE" >/dev/null || die "podman run $IMAGE failed"
-    log "$name: running on 127.0.0.1:$port, probing"
-    if ! timeout $((READY_TIMEOUT + 120)) "$VENV_PY" docker/probe_image.py --url "http://127.0.0.1:$port" \
-        --expect-models "$expect" --ready-timeout "$READY_TIMEOUT"; then
+        -p "127.0.0.1:${port}:8000" -p "127.0.0.1:${grpc_port}:8001" "$@" "$IMAGE" >/dev/null ||
+        die "podman run $IMAGE failed"
+    log "$name: running on 127.0.0.1:$port (gRPC 127.0.0.1:$grpc_port), probing"
+    if ! timeout $((READY_TIMEOUT + 180)) "$VENV_PY" docker/probe_image.py --url "http://127.0.0.1:$port" \
+        --grpc "127.0.0.1:$grpc_port" --expect-models "$expect" --ready-timeout "$READY_TIMEOUT"; then
         show_logs "$name"
         die "$name: probe failed"
     fi

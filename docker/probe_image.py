@@ -8,8 +8,10 @@ Checks, each bounded in time, and exits 1 with a message naming the first that f
   * POST /v1/models/{name}/classify on one T×F sequence: a known label, probabilities that sum to 1;
   * WS /v1/models/{name}/stream: a hello, then T steps (text and binary frames alternating), an answer per
     step with t = 0..T-1; after the last step the prediction equals classify's on the same sequence
-    (running T steps of the step graph gives the full graph's logits: the service's invariant).
-Needs httpx, websockets and numpy (the project's .venv has them).
+    (running T steps of the step graph gives the full graph's logits: the service's invariant);
+  * with --grpc HOST:PORT, the Open Inference Protocol over gRPC (tritonclient.grpc): ServerReady, and per
+    model a ModelInfer and a T-step sequence on a ModelStreamInfer stream, each giving classify's label.
+Needs httpx, websockets, numpy and tritonclient[grpc] (the project's .venv has them).
 """
 
 from __future__ import annotations
@@ -154,7 +156,50 @@ async def stream(ws_url: str, model: Model, x: np.ndarray, timeout_s: float) -> 
     return label, np.asarray(answer["probabilities"], dtype=np.float64)
 
 
-def probe(url: str, expect: list[str] | None, ready_timeout_s: float, timeout_s: float) -> None:
+def grpc_probe(address: str, model: Model, x: np.ndarray, label: str, timeout_s: float) -> None:
+    """ModelInfer on x [T, *shape] and a T-step sequence on one ModelStreamInfer stream: classify's label."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    def infer_input(array: np.ndarray) -> grpcclient.InferInput:
+        tensor = grpcclient.InferInput("x", list(array.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(array, np.float32))
+        return tensor
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        _check(client.is_server_ready(client_timeout=timeout_s), f"gRPC {address}: ServerReady is false")
+        result = client.infer(model.name, [infer_input(x[None])], client_timeout=timeout_s)  # [1, T, *shape]
+        got = model.labels[int(result.as_numpy("label_index")[0])]
+        _check(got == label, f"gRPC ModelInfer {model.name}: label {got!r}, classify gave {label!r}")
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for t in range(model.T):
+            flags = {"sequence_start": t == 0, "sequence_end": t == model.T - 1}
+            client.async_stream_infer(model.name, [infer_input(x[t][None, None])], sequence_id=1, **flags)
+        for t in range(model.T):
+            try:
+                result, error = answers.get(timeout=timeout_s)
+            except queue.Empty as exc:
+                raise ProbeError(
+                    f"gRPC stream {model.name}: no answer to step {t} in {timeout_s:.0f} s"
+                ) from exc
+            _check(error is None, f"gRPC stream {model.name} step {t}: {error}")
+        got = result.get_response().parameters["label"].string_param
+        _check(
+            got == label, f"gRPC stream {model.name}: label {got!r} after T steps, classify gave {label!r}"
+        )
+        client.stop_stream()
+    except grpcclient.InferenceServerException as exc:
+        raise ProbeError(f"gRPC {address} {model.name}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def probe(
+    url: str, expect: list[str] | None, ready_timeout_s: float, timeout_s: float, grpc: str | None = None
+) -> None:
     ws_url = "ws" + url[len("http") :]
     with httpx.Client(base_url=url, timeout=timeout_s) as client:
         waited = wait_ready(client, ready_timeout_s)
@@ -181,6 +226,9 @@ def probe(url: str, expect: list[str] | None, ready_timeout_s: float, timeout_s:
                 f"{model.name}: stream after T steps gave {streamed!r} {got}, classify gave {label!r} {want}",
             )
             print(f"probe: {model.name}: classify and {model.T}-step stream agree on {label!r}")
+            if grpc is not None:
+                grpc_probe(grpc, model, x, label, timeout_s)
+                print(f"probe: {model.name}: gRPC ModelInfer and a {model.T}-step gRPC sequence agree")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-models", help="comma-separated model names that must be listed, exactly")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /readyz")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds for any one request or message")
+    parser.add_argument("--grpc", help="HOST:PORT of the server's gRPC port: probe it too")
     args = parser.parse_args(argv)
     expect = [n for n in args.expect_models.split(",") if n] if args.expect_models is not None else None
     try:
-        probe(args.url.rstrip("/"), expect, args.ready_timeout, args.timeout)
+        probe(args.url.rstrip("/"), expect, args.ready_timeout, args.timeout, args.grpc)
     except (ProbeError, httpx.HTTPError, websockets.WebSocketException, OSError, KeyError, ValueError) as exc:
         print(f"probe FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

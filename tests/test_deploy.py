@@ -110,6 +110,10 @@ def test_deployment_matches_the_image_and_drains_streams() -> None:
     assert pod["terminationGracePeriodSeconds"] >= sleep + GRACE_S + 10
     port = c["ports"][0]
     assert port["containerPort"] == 8000 and "8000" in c["args"]
+    (grpc,) = [p for p in c["ports"] if p["name"] == "grpc"]
+    assert grpc["containerPort"] == 8001 and c["args"][c["args"].index("--grpc-port") + 1] == "8001"
+    service_grpc = [p for p in objects["Service"]["spec"]["ports"] if p["name"] == "grpc"]
+    assert service_grpc and service_grpc[0]["targetPort"] == "grpc"
     # Service, PDB and HPA select and scale this Deployment
     selector = dep["spec"]["selector"]["matchLabels"]
     assert objects["Service"]["spec"]["selector"] == selector
@@ -153,7 +157,21 @@ def test_kubectl_kustomize_renders(folder: str) -> None:
 
 def test_kserve_inference_service_is_raw_v2_with_the_v2_readiness_probe() -> None:
     objects = _by_kind("kserve")
-    isvc, runtime = objects["InferenceService"], objects["ServingRuntime"]
+    runtime = objects["ServingRuntime"]
+    isvcs = {
+        o["metadata"]["name"]: o for o in _resources(DEPLOY / "kserve") if o["kind"] == "InferenceService"
+    }
+    isvc, grpc = isvcs["psn-serve"], isvcs["psn-serve-grpc"]
+    # gRPC: KServe's grpc-v2 protocol on the container port named h2c, the server's --grpc-port
+    (container,) = runtime["spec"]["containers"]
+    grpc_model = grpc["spec"]["predictor"]["model"]
+    assert grpc_model["protocolVersion"] == "grpc-v2" and "grpc-v2" in runtime["spec"]["protocolVersions"]
+    (h2c,) = grpc_model["ports"]
+    assert (
+        h2c["name"] == "h2c"
+        and str(h2c["containerPort"]) == container["args"][container["args"].index("--grpc-port") + 1]
+    )
+    assert grpc_model["runtime"] == isvc["spec"]["predictor"]["model"]["runtime"]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     model = isvc["spec"]["predictor"]["model"]
@@ -187,10 +205,16 @@ def test_nginx_config_renders_one_server_line_per_replica() -> None:
     assert "max_fails=" in text and "fail_timeout=" in text
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "non_idempotent" in text
+    assert "grpc_pass" not in text and "http2" not in text  # gRPC only when its replicas are given
+    text = render.site(["10.9.0.2:8000", "10.9.0.6:8000"], "9999", grpc=["10.9.0.2:8001", "10.9.0.6:8001"])
+    assert text.count("server 10.9.0.2:8001 max_fails=") == 1 and text.count("server 10.9.0.") == 4
+    assert "listen 8081 http2;" in text and "grpc_pass grpc://psn_serve_grpc;" in text
     with pytest.raises(ValueError):
         render.site([])
     with pytest.raises(ValueError):
         render.site(["10.0.0.1:8000; evil"])
+    with pytest.raises(ValueError):
+        render.site(["10.0.0.1:8000"], grpc=["10.0.0.1:8001; evil"])
 
 
 @pytest.mark.skipif(
@@ -198,7 +222,8 @@ def test_nginx_config_renders_one_server_line_per_replica() -> None:
 )
 def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
-    conf.write_text(_render().standalone(["127.0.0.1:18001", "127.0.0.1:18002"], tmp_path, "127.0.0.1:18000"))
+    replicas, grpc = ["127.0.0.1:18001", "127.0.0.1:18002"], ["127.0.0.1:18011", "127.0.0.1:18012"]
+    conf.write_text(_render().standalone(replicas, tmp_path, "127.0.0.1:18000", "", grpc, "127.0.0.1:18010"))
     out = subprocess.run(
         ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
