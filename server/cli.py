@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from server.listen import ListenError, Listeners, bind_http, describe, hold_port
 from server.settings import BUNDLED_MODELS_DIR, Settings
 
 log = logging.getLogger("psn.server")
@@ -145,29 +146,45 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(_explain(exc, argv), file=sys.stderr)
         return 2
-    try:
-        import uvicorn
-    except ImportError:
+    if importlib.util.find_spec("uvicorn") is None:
         print("psn serve: needs uvicorn (pip install -e .)", file=sys.stderr)
         return 2
-    from server.app import build_app, runtime_config
-
+    listeners = Listeners(settings.host)
+    try:  # the ports first: a taken port or a bad address ends here, before any model loads
+        listeners.add("http", settings.port, partial(bind_http, workers=settings.workers))
+        if settings.grpc_port is not None:  # held here, served by each process's gRPC server (SO_REUSEPORT)
+            listeners.add("grpc", settings.grpc_port, hold_port)
+    except ListenError as exc:
+        print(f"psn serve: {exc}", file=sys.stderr)
+        return 1
     try:
-        runtime_config(settings)  # the runtime's own checks (e.g. providers this onnxruntime knows), up front
-    except ValidationError as exc:
-        print(_explain(exc, argv), file=sys.stderr)
-        return 2
+        try:
+            listeners.report(settings.port_file)
+        except OSError as exc:
+            print(f"psn serve: --port-file {settings.port_file}: {describe(exc)}", file=sys.stderr)
+            return 1
+        return _serve(settings.model_copy(update=listeners.bound_settings()), listeners)
+    finally:
+        listeners.close()
+
+
+def _serve(settings: Settings, listeners: Listeners) -> int:
+    import uvicorn
+
+    from server.app import build_app
+
     _configure_logging(settings.log_level)
+    port = listeners.ports()["http"]
     fast_loop = importlib.util.find_spec("uvloop") is not None
     fast_http = importlib.util.find_spec("httptools") is not None
     log.info(
         "serving %s on http://%s:%d (event loop %s, HTTP parser %s, %d worker(s))",
-        settings.models_dir, settings.host, settings.port,
+        settings.models_dir, settings.host, port,
         "uvloop" if fast_loop else "asyncio", "httptools" if fast_http else "h11", settings.workers,
     )  # fmt: skip
     options: dict[str, Any] = {
         "host": settings.host,
-        "port": settings.port,
+        "port": port,
         "log_level": settings.log_level.value,
         "access_log": settings.access_log,
         "ws_max_size": settings.max_ws_message_bytes,
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_workers(settings, options)
     server = server_class()(uvicorn.Config(partial(build_app, settings), factory=True, **options))
-    server.run()
+    server.run(sockets=[listeners.sockets["http"]])
     return 0 if server.started else 1
 
 

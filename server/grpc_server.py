@@ -69,9 +69,10 @@ class GrpcServer:
         settings = self.state.settings
         assert settings.grpc_port is not None
         options = [
-            # with --workers N every worker binds the same port (the kernel spreads connections); alone,
-            # a port already taken fails here instead of being shared silently
-            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            # psn serve holds the port from before the models load (server.listen.hold_port: SO_REUSEPORT,
+            # not listening) and refuses a port someone else holds; this server (each worker's, with
+            # --workers N: the kernel spreads connections) binds it with SO_REUSEPORT beside the holder
+            ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.max_body_bytes),
         ]
         server = grpc.aio.server(options=options)

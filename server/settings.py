@@ -44,6 +44,11 @@ class Settings(BaseSettings, RuntimeConfig):
         le=65535,
         description="gRPC port of the Open Inference Protocol (0 = any free port, 'off' = no gRPC)",
     )
+    port_file: Path | None = Field(
+        None,
+        description="once the port is bound, write it here as JSON "
+        '{"pid", "host", "ports": {"http": PORT, "grpc": PORT}, "urls"} (atomically; for --port 0)',
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_ws_message_bytes: int = Field(256 * 1024, ge=64, description="largest WebSocket message (close 1009)")
     api_key: SecretStr | None = Field(None, description="require this key (Bearer or X-API-Key) when set")
@@ -93,6 +98,16 @@ class Settings(BaseSettings, RuntimeConfig):
         value = value.expanduser().resolve()
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("port_file")
+    @classmethod
+    def _port_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser().resolve()
+        if not value.parent.is_dir():
+            raise ValueError(f"{value.parent} is not a directory")
         return value
 
     @field_validator("api_key")

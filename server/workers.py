@@ -23,7 +23,6 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,28 +36,6 @@ log = logging.getLogger("psn.server")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_TIMEOUT_S = 15.0  # beyond the drain grace: then SIGKILL
 _PR_SET_PDEATHSIG = 1
-
-
-def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A TCP socket bound to (host, port), SO_REUSEADDR and optionally SO_REUSEPORT (not listening)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raise OSError when (host, port) is taken, by anyone: a plain bind fails even against a group of
-    SO_REUSEPORT sockets (so two servers never share a port by accident)."""
-    if port != 0:
-        bind_socket(host, port, reuse_port=False).close()
 
 
 def _die_with_parent() -> None:
@@ -110,6 +87,7 @@ def worker_main(env: dict[str, str], options: dict[str, Any], ready: Any) -> Non
     import uvicorn
 
     from server.cli import _configure_logging, server_class
+    from server.listen import bind_socket
 
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -142,11 +120,9 @@ class Supervisor:
         return proc, ready
 
     def run(self) -> int:
+        # the port is held by the caller for the server's life (server.listen.bind_http): bound, not
+        # listening, SO_REUSEPORT; options["port"] is the port it bound (never 0)
         host, port = self.options["host"], self.options["port"]
-        check_port_free(host, port)
-        # held (bound, never listening) for the server's life: resolves port 0 and keeps the port ours
-        holder = bind_socket(host, port, reuse_port=True)
-        self.options = {**self.options, "port": holder.getsockname()[1]}
         self.metrics_dir = tempfile.mkdtemp(prefix="psn-metrics-")
         env = {**self.settings.env(), MULTIPROC_ENV: self.metrics_dir}
         # in this process's environment too, so a spawned worker has it before anything imports
@@ -156,16 +132,13 @@ class Supervisor:
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         status = 0
         try:
-            log.info(
-                "starting %d workers on http://%s:%d (SO_REUSEPORT)", self.count, host, self.options["port"]
-            )
+            log.info("starting %d workers on http://%s:%d (SO_REUSEPORT)", self.count, host, port)
             self.procs = [self._start(env) for _ in range(self.count)]
             status = self._supervise(env)
         finally:
             self._stop_all()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            holder.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             if previous_dir is None:
                 os.environ.pop(MULTIPROC_ENV, None)
@@ -214,8 +187,5 @@ class Supervisor:
 
 
 def serve_workers(settings: Settings, options: dict[str, Any]) -> int:
-    try:
-        return Supervisor(settings, options).run()
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc)
-        return 1
+    """Run ``settings.workers`` workers on options["port"], which the caller has bound and holds."""
+    return Supervisor(settings, options).run()

@@ -301,7 +301,7 @@ def soak(cfg: SoakConfig, out: Path | None, log_dir: Path | None = None) -> dict
         }
         pid = server.pid
     result = report(tally, cfg, pid, end_gauges)
-    if "Traceback" in (log_dir / f"server-{server.port}.log").read_text():
+    if "Traceback" in server.log.read_text():
         result["errors"] += 1
         result["errors_by_kind"]["server_traceback"] = 1
     if out is not None:

@@ -44,7 +44,7 @@ WINDOW = (1680, 1000)
 @contextlib.contextmanager
 def psn_serve(log: Path, api_key: str | None = None, models: Path = MODELS) -> Iterator[str]:
     with serve_process(log, models, api_key=api_key) as proc:
-        yield proc.base
+        yield proc.base_url
 
 
 @pytest.fixture(scope="module")

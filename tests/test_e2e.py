@@ -25,9 +25,9 @@ pytestmark = pytest.mark.e2e
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log = tmp_path_factory.mktemp("e2e") / "server.log"
     with psn_serve(log, served().models_dir, env={"PSN_LOG_LEVEL": "info"}) as proc:
-        yield proc.base, log
+        yield proc.base_url, log
     # uvicorn re-raises the signal after a clean shutdown
-    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
+    assert proc.process.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Application shutdown complete" in log.read_text()
 
 

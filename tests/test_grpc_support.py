@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import uvicorn
-from test_server_support import free_socket
 
 from server.app import build_app
 from server.cli import server_class
+from server.listen import bind_http
 from server.settings import Settings
 from server.state import AppState, app_state
 
@@ -37,7 +37,7 @@ class Live:
 def live(settings: Settings) -> Iterator[Live]:
     """``settings`` served on free loopback ports (HTTP and, with grpc_port=0, gRPC) by the server class
     of ``psn serve`` in a thread; leaving it shuts the server down (drain included)."""
-    sock = free_socket()
+    sock = bind_http("127.0.0.1", 0, workers=1)
     app = build_app(settings)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", ws_max_size=settings.max_ws_message_bytes

@@ -11,35 +11,46 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from test_server_support import free_socket, served
+from test_server_support import served
 
-REPO = Path(__file__).resolve().parents[1]
+from server import launcher
 
 
-@dataclass
 class ServerProcess:
-    proc: subprocess.Popen
-    port: int
-    log: Path
+    """A ``psn serve`` started by server/launcher.py, with what the reliability suites read from it."""
+
+    def __init__(self, server: launcher.Server) -> None:
+        self.server = server
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.server.process
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def log(self) -> Path:
+        return self.server.log
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.base_url
 
     def ws_url(self, model: str, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/models/{model}/stream" + (f"?{query}" if query else "")
+        return self.server.ws_url(f"/v1/models/{model}/stream" + (f"?{query}" if query else ""))
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.server.pid
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
@@ -49,48 +60,26 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signal the server and wait for it to exit; killed if it does not. Returns its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return self.server.stop(sig, timeout)
 
 
 @contextmanager
 def server_process(
     tmp: Path, *flags: str, models_dir: Path | None = None, ready_timeout: float = 90.0
 ) -> Iterator[ServerProcess]:
-    """``python -m server.cli`` (what ``psn serve`` runs) on a free loopback port, CPU provider, INFO log
-    in ``tmp/server.log``; terminated (SIGTERM, then SIGKILL) whatever happens."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    log = tmp / f"server-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_LOG_LEVEL": "info"}
-    command = [sys.executable, "-m", "server.cli", "--port", str(port), "--providers", "CPUExecutionProvider"]
-    command += ["--models-dir", str(models_dir or served().models_dir), *flags]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    server = ServerProcess(proc, port, log)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{server.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready in {ready_timeout} s:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
+    """``psn serve`` (server/launcher.py: on a port it binds itself), CPU provider, INFO log in
+    ``tmp/server-*.log``; ready (/readyz 200); terminated (SIGTERM, then SIGKILL) whatever happens."""
+    fd, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=tmp)
+    os.close(fd)
+    args = ["--providers", "CPUExecutionProvider", *flags]
+    with launcher.serve(
+        *args,
+        models_dir=models_dir or served().models_dir,
+        log=Path(name),
+        env={"PSN_LOG_LEVEL": "info"},
+        ready_timeout=ready_timeout,
+    ) as server:
+        yield ServerProcess(server)
 
 
 def rss_mb(pid: int) -> float:

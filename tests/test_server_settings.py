@@ -134,23 +134,23 @@ def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, t
             seen["config"] = config
             self.started = True
 
-        def run(self) -> None:
-            seen["ran"] = True
+        def run(self, sockets: list | None = None) -> None:
+            seen["port"] = sockets[0].getsockname()[1] if sockets else None
 
     monkeypatch.setattr(uvicorn, "Server", FakeServer)
     assert cli.main(["--models-dir", str(tmp_path), "--port", "0", "--max-ws-message-bytes", "4096"]) == 0
     config = seen["config"]
-    assert seen["ran"] and config.factory and config.port == 0 and config.host == "127.0.0.1"
+    assert config.factory and config.host == "127.0.0.1" and config.port == seen["port"] != 0  # bound first
     assert config.ws_max_size == 4096 and config.lifespan == "on"
     app = config.app()  # the factory builds a fresh app with these settings
     assert app.state.psn.settings.models_dir == tmp_path.resolve()
 
     calls: dict = {}
     monkeypatch.setattr("server.workers.serve_workers", lambda s, options: calls.update(s=s, **options) or 0)
-    assert cli.main(["--models-dir", str(tmp_path), "--workers", "2", "--port", "8123"]) == 0
-    assert calls["s"].workers == 2 and calls["port"] == 8123 and calls["lifespan"] == "on"
+    assert cli.main(["--models-dir", str(tmp_path), "--workers", "2", "--port", "0"]) == 0
+    assert calls["s"].workers == 2 and calls["port"] != 0 and calls["lifespan"] == "on"
     env = calls["s"].env()  # what each worker process rebuilds its settings from
-    assert env["PSN_PORT"] == "8123" and env["PSN_MODELS_DIR"] == str(tmp_path.resolve())
+    assert env["PSN_WORKERS"] == "2" and env["PSN_MODELS_DIR"] == str(tmp_path.resolve())
 
 
 def test_every_runtime_config_field_is_a_setting_and_passes_through() -> None:

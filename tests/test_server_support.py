@@ -7,28 +7,22 @@ F and the labels from the manifests, so they hold for either.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import pytest
 import uvicorn
 
 from psn_runtime.manifest import MANIFEST_FILE, Manifest, NeuronKind
+from server import launcher
 from server.app import build_app
+from server.listen import bind_http
 from server.settings import BUNDLED_MODELS_DIR, Settings
 
 NEEDED = (NeuronKind.PSN, NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN)
@@ -87,17 +81,11 @@ def sequence(manifest: Manifest, batch: int | None = None, seed: int = 0) -> np.
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextmanager
 def live_server(app_settings: Settings) -> Iterator[str]:
-    """A real uvicorn server (in a thread, on a free loopback port) for clients that need a socket."""
-    sock = free_socket()
+    """A real uvicorn server (in a thread, on a loopback port it holds from the start) for clients that need
+    a socket."""
+    sock = bind_http("127.0.0.1", 0, workers=1)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         build_app(app_settings),
@@ -121,51 +109,13 @@ def live_server(app_settings: Settings) -> Iterator[str]:
         sock.close()
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class ServeProcess:
-    base: str  # http://127.0.0.1:PORT
-    log: Path
-    returncode: int | None = field(default=None)  # set once the process has exited
-
-
 @contextmanager
 def psn_serve(
     log: Path, models: Path, *, api_key: str | None = None, env: dict[str, str] | None = None
-) -> Iterator[ServeProcess]:
-    """A real ``psn serve`` subprocess on a free loopback port, ready (/readyz 200) within 90 s; SIGTERM on
-    exit (SIGKILL after 20 s). ``returncode`` tells how it ended."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    environ.pop("PSN_API_KEY", None)
-    if api_key is not None:
-        environ["PSN_API_KEY"] = api_key
-    command = [sys.executable, "-m", "psn.cli", "serve", "--port", str(port), "--models-dir", str(models)]
-    command += ["--providers", "CPUExecutionProvider"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=REPO)
-    handle = ServeProcess(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"psn serve exited with {proc.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{handle.base}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"psn serve was not ready in 90 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield handle
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        handle.returncode = proc.returncode
+) -> Iterator[launcher.Server]:
+    """A real ``psn serve`` subprocess (server/launcher.py: on a loopback port it binds itself), CPU
+    provider, ready (/readyz 200); SIGTERM on exit (SIGKILL after 20 s): ``process.returncode`` tells how it
+    ended."""
+    args = ["--providers", "CPUExecutionProvider"] + (["--api-key", api_key] if api_key is not None else [])
+    with launcher.serve(*args, models_dir=models, log=log, env=env) as server:
+        yield server

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from test_server_support import sequence, served
 
 from psn_runtime.manifest import NeuronKind
 from server.cli import GRACE_S
-from server.workers import bind_socket
+from server.listen import bind_socket
 
 pytestmark = pytest.mark.e2e
 STREAMS = 12
@@ -79,7 +78,6 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
         for pid, count in where.items():
             assert metric(server.base, "psn_worker_streams_open", pid=pid) == count
 
-        start = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for ws in streams:
             code, reason, _ = ws.recv_until_close()
@@ -88,7 +86,6 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
         code = server.proc.wait(GRACE_S + 20)
         log = server.log.read_text()
     assert code == 0, log
-    assert time.monotonic() - start < GRACE_S + 10
     for pid in workers:  # every worker drained its own streams with 1001 and is gone
         assert f"Finished server process [{pid}]" in log, log[-3000:]
         assert not Path(f"/proc/{pid}").exists()
@@ -139,5 +136,6 @@ def test_workers_refuse_a_port_that_is_taken(tmp_path: Path) -> None:
     finally:
         taken.close()
     assert done.returncode == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Address already in use" in done.stderr
-    assert "starting 2 workers" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"psn serve: cannot listen on http://127.0.0.1:{port}: address already in use (--host, --port)"
+    ]  # one line, before anything started or loaded
