@@ -4,7 +4,8 @@ Each unary RPC runs under ``_rpc``: the API key (metadata ``authorization: Beare
 KEY``; ServerLive and ServerReady, the probes, need none), a refusal while the server drains, the error
 table's gRPC status code with the error's message as details, and the ``psn_grpc_*`` metrics. RPCs this
 server does not implement (model config and statistics, shared memory, trace and log settings) answer
-UNIMPLEMENTED.
+UNIMPLEMENTED. The repository calls (index, load, unload) are the runtime's model control: load and
+unload need ``--model-control explicit`` (else FAILED_PRECONDITION, as V2 HTTP's 400).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tritonclient.grpc import service_pb2_grpc
 from psn_runtime import ModelStatus, StepResult
 from server import auth, grpc_tensors, routes_v2
 from server.dataplane import DataPlane
-from server.errors import ShuttingDown, error_code, error_payload, is_internal, spec_for
+from server.errors import InvalidRequest, ShuttingDown, error_code, error_payload, is_internal, spec_for
 from server.metrics import UNKNOWN_MODEL
 
 if TYPE_CHECKING:
@@ -119,6 +120,20 @@ async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInfe
     return grpc_tensors.response(request, info.name, manifest.version, arrays, raw, parameters)
 
 
+def _one_repository(request: Any, allowed: frozenset[str] = frozenset()) -> None:
+    """This server has one repository (the models dir): a request may name none. Triton's load parameters
+    (a config or files to load instead of the directory's) are not supported; an unload's
+    ``unload_dependents`` (tritonclient sends it) has nothing to act on (no ensembles)."""
+    if request.repository_name:
+        raise InvalidRequest(
+            f"repository_name: one repository here, leave it empty (got {request.repository_name!r})",
+            "repository_name",
+        )
+    unknown = sorted(set(getattr(request, "parameters", ())) - allowed)
+    if unknown:
+        raise InvalidRequest(f"parameters: not supported here (got {', '.join(unknown)})", "parameters")
+
+
 class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: AppState, server: GrpcServer) -> None:
         self.state = state
@@ -174,6 +189,34 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc("ModelInfer")
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await infer(self.plane, request)
+
+    # -- the repository extension (model control: --model-control explicit) ------------------------------
+    @_rpc("RepositoryIndex")
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        _one_repository(request)
+        entries = await self.plane.runtime.repository_index(request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[index(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries]
+        )
+
+    @_rpc("RepositoryModelLoad")
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        _one_repository(request)
+        await self.plane.runtime.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc("RepositoryModelUnload")
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        _one_repository(request, frozenset({"unload_dependents"}))
+        await self.plane.runtime.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
         from server.grpc_stream import StreamCall
