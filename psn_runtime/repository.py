@@ -6,7 +6,9 @@ version being unloaded (UNLOADING) keeps its sessions and the streams open on it
 is forgotten (removed from disk, or replaced by a changed copy) or marked UNAVAILABLE once it unloads.
 
 Records are changed on the event loop's thread (the first load also from its loading thread, as each
-model becomes ready); readers only look up dicts, whose single assignments are atomic.
+model becomes ready); readers only look up dicts, whose single assignments are atomic. Every change bumps
+one counter (``EPOCH``), so that the records a reader gets stay the same objects, cheaply, until something
+changes (callers may cache on a record's identity).
 """
 
 from __future__ import annotations
@@ -19,11 +21,24 @@ from psn_runtime.registry import LoadedModel
 from psn_runtime.results import ModelInfo, ModelStatus
 from psn_runtime.streams import ModelStreams
 
+EPOCH = [0]  # bumped by every change of a version's status, error or sessions and of the repository
+_TRACKED = frozenset({"status", "error", "model"})
+
 
 class Version:
     """One model version: its folder, its status, and its sessions and streams while it has them."""
 
-    __slots__ = ("busy", "error", "failed_fingerprint", "found", "model", "removed", "status", "streams")
+    __slots__ = (
+        "_info",
+        "busy",
+        "error",
+        "failed_fingerprint",
+        "found",
+        "model",
+        "removed",
+        "status",
+        "streams",
+    )
 
     def __init__(self, found: VersionDir, status: ModelStatus, error: str | None = None) -> None:
         self.found = found
@@ -33,9 +48,13 @@ class Version:
         self.streams: ModelStreams | None = None
         self.busy = 0  # classify calls running on it in a worker thread
         self.removed = False  # gone from disk or replaced: forgotten once it has unloaded
-        self.failed_fingerprint: Fingerprint | None = (
-            None  # a changed copy that failed (retried once it changes)
-        )
+        self.failed_fingerprint: Fingerprint | None = None  # changed files that failed (until they change)
+        self._info: tuple[int, ModelInfo] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _TRACKED:
+            EPOCH[0] += 1
 
     @property
     def name(self) -> str:
@@ -54,6 +73,17 @@ class Version:
         )
 
     def info(self) -> ModelInfo:
+        """Its record: the same object until its status, error or sessions change (callers may cache on
+        the record's identity)."""
+        epoch = EPOCH[0]  # read first: a change made meanwhile makes the next call build it again
+        cached = self._info
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        info = self._make_info()
+        self._info = (epoch, info)
+        return info
+
+    def _make_info(self) -> ModelInfo:
         model = self.model
         manifest = model.manifest if model is not None else self.found.manifest
         warnings = [*self.found.warnings, *(model.warnings if model is not None else [])]
@@ -94,8 +124,9 @@ _TRITON_STATE = {
 
 class Repository:
     def __init__(self) -> None:
-        self.names: dict[str, dict[str, Version]] = {}
+        self.names: dict[str, dict[str, Version]] = {}  # name -> version -> record, lowest version first
         self.default: dict[str, Version] = {}  # name -> the highest READY version
+        self._infos: dict[str, tuple[int, ModelInfo]] = {}
 
     def get(self, name: str, version: str) -> Version | None:
         versions = self.names.get(name)
@@ -105,7 +136,8 @@ class Repository:
         """Make ``entry`` the record of its (name, version) (what it replaces is the caller's to retire)."""
         versions = dict(self.names.get(entry.name, {}))
         versions[entry.version] = entry
-        self.names[entry.name] = versions
+        self.names[entry.name] = dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
+        EPOCH[0] += 1
         self.refresh(entry.name)
 
     def discard(self, entry: Version) -> None:
@@ -118,6 +150,7 @@ class Repository:
             self.names[entry.name] = versions
         else:
             del self.names[entry.name]
+        EPOCH[0] += 1
         self.refresh(entry.name)
 
     def refresh(self, name: str) -> None:
@@ -127,13 +160,14 @@ class Repository:
             self.default[name] = max(ready, key=lambda e: version_key(e.version))
         else:
             self.default.pop(name, None)
+        EPOCH[0] += 1
 
     def versions(self, name: str) -> list[Version]:
         """Every version of ``name``, lowest first (UnknownModel when there is none)."""
         versions = self.names.get(name)
         if not versions:
             raise UnknownModel(name)
-        return sorted(versions.values(), key=lambda e: version_key(e.version))
+        return list(versions.values())
 
     def entries(self) -> list[Version]:
         return [e for name in sorted(self.names) for e in self.versions(name)]
@@ -143,9 +177,16 @@ class Repository:
         return self.default.get(name) or self.versions(name)[-1]
 
     def info(self, name: str) -> ModelInfo:
-        """A model's record: its representative version's, with every version's."""
+        """A model's record: its representative version's, with every version's (the same object while
+        none of them changes)."""
+        epoch = EPOCH[0]
+        cached = self._infos.get(name)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         versions = tuple(e.info() for e in self.versions(name))
-        return replace(self.representative(name).info(), versions=versions)
+        info = replace(self.representative(name).info(), versions=versions)
+        self._infos[name] = (epoch, info)
+        return info
 
     def infos(self) -> list[ModelInfo]:
         return [self.info(name) for name in sorted(self.names)]
