@@ -187,6 +187,11 @@ class Sequences:
             )
         return stream
 
+    async def stream(self, name: str, sequence_id: int | str, *, start: bool) -> OpenStream:
+        """The sequence's stream: a new one with ``start`` (an open sequence of that id starts over), else
+        the open one (SequenceNotStarted). For what is not a step: a snapshot, a resume."""
+        return await self._stream((name, sequence_id), start)
+
     def close(self, name: str, sequence_id: int | str) -> None:
         """End a sequence, if open (a gRPC stream that ends closes the sequences it started)."""
         stream = self._open.pop((name, sequence_id), None)

@@ -21,8 +21,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from psn_runtime import ModelStatus, StepResult
-from server import auth, grpc_tensors, routes_v2
-from server.dataplane import DataPlane
+from server import auth, grpc_tensors, resume, routes_v2
+from server.dataplane import DataPlane, OpenStream
 from server.errors import InvalidRequest, ShuttingDown, error_code, error_payload, is_internal, spec_for
 from server.metrics import UNKNOWN_MODEL
 
@@ -97,17 +97,45 @@ def _step_outputs(result: StepResult, classes: int) -> dict:
     return _outputs(empty, empty, np.zeros(0, np.int64))
 
 
+def resumer(plane: DataPlane, stream: OpenStream) -> resume.StreamResume:
+    return resume.StreamResume.open(plane.runtime, plane.settings, stream.info.name, stream.id, 0)
+
+
+async def _control(plane: DataPlane, name: str, sequence_id: int | str, asked: str, snapshot: str) -> dict:
+    """A sequence's snapshot, or a resume that opens it with a snapshot's state: the answer's parameters."""
+    if asked == "snapshot":
+        stream = await plane.sequences.stream(name, sequence_id, start=False)
+        text, t = await resumer(plane, stream).snapshot()
+        return {"sequence_id": sequence_id, "snapshot": text, "t": t}
+    stream = await plane.sequences.stream(name, sequence_id, start=True)
+    try:
+        t = await resumer(plane, stream).resume(snapshot)
+    except BaseException:
+        plane.sequences.close(name, sequence_id)  # a snapshot that does not resume opens nothing
+        raise
+    return {"sequence_id": sequence_id, "resumed": True, "t": t}
+
+
 async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-    """One ModelInfer (a classification, or one step of a sequence with Triton's sequence parameters)."""
+    """One ModelInfer: a classification, one step of a sequence (Triton's sequence parameters), or a
+    sequence's snapshot or resume (``snapshot``, ``resume``: no inputs, no outputs, the answer's parameters
+    say ``snapshot`` and ``t``, or ``resumed`` and ``t``)."""
     info, manifest = plane.loaded_model(request.model_name, request.model_version or None)
     sequence_id, start, end = grpc_tensors.sequence(request)
-    grpc_tensors.wanted_outputs(request)  # a bad output name fails before any work
+    asked = grpc_tensors.control(request, sequence_id, start)
+    if asked is not None:
+        assert sequence_id is not None
+        parameters = await _control(plane, info.name, sequence_id, *asked)
+        if end:
+            plane.sequences.close(info.name, sequence_id)
+        return grpc_tensors.response(request, info.name, manifest.version, (), {}, True, parameters)
+    wanted = grpc_tensors.wanted_outputs(request)  # a bad output name fails before any work
     x, raw = grpc_tensors.input_array(request)
     routes_v2._check_rank(list(x.shape), tuple(manifest.input_shape), sequence_id is not None)
     if sequence_id is None:
         result = await plane.classify(info.name, x)  # x [B, T, *shape]
         arrays = _outputs(result.logits, result.probabilities, result.label_index)
-        return grpc_tensors.response(request, info.name, manifest.version, arrays, raw)
+        return grpc_tensors.response(request, info.name, manifest.version, wanted, arrays, raw)
     step = await plane.sequences.step(info.name, sequence_id, x, start=start, end=end, param="inputs[0]")
     parameters = {
         "sequence_id": sequence_id,
@@ -117,7 +145,7 @@ async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInfe
         "label": step.label,
     }
     arrays = _step_outputs(step, manifest.num_classes)
-    return grpc_tensors.response(request, info.name, manifest.version, arrays, raw, parameters)
+    return grpc_tensors.response(request, info.name, manifest.version, wanted, arrays, raw, parameters)
 
 
 def _one_repository(request: Any, allowed: frozenset[str] = frozenset()) -> None:

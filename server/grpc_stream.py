@@ -11,8 +11,11 @@ request's ``id`` and the sequence parameters.
 
 An error answers its message only, in-stream (``error_message``, with ``infer_response.id`` naming the
 request), and the call goes on: it may carry other sequences. A wrong API key ends the call itself
-(UNAUTHENTICATED), as does a drain (UNAVAILABLE, after the answers in flight). When the call ends, the
-sequences it started and did not end are closed (as a WebSocket's stream is when its socket closes).
+(UNAUTHENTICATED), as does a drain (UNAVAILABLE), after the answers in flight and, with resumable streams
+(``--stream-secret``), a snapshot of each sequence the call holds (an answer with the parameters
+``sequence_id``, ``snapshot``, ``t``: the WebSocket's drain); the client resumes it on another replica
+with ``sequence_start`` and the parameter ``resume``, then replays its steps from ``t`` on. When the call
+ends, the sequences it started and did not end are closed (as a WebSocket's stream is with its socket).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from server import auth, grpc_tensors
 from server.errors import ShuttingDown
-from server.grpc_service import SHUTDOWN, infer, metadata
+from server.grpc_service import SHUTDOWN, infer, metadata, resumer
 
 if TYPE_CHECKING:
     from server.grpc_service import Service
@@ -146,8 +149,21 @@ class StreamCall:
             metrics.child(metrics.grpc_requests, METHOD, model, code).inc()
             metrics.child(metrics.grpc_latency, METHOD, model).observe(time.perf_counter() - start)
 
+    async def _snapshot(self, name: str, sequence_id: int | str) -> None:
+        """The sequence's snapshot as an answer (parameters sequence_id, snapshot, t), if it is resumable."""
+        stream = await self.plane.sequences.stream(name, sequence_id, start=False)
+        resumable = resumer(self.plane, stream)
+        if not resumable.enabled:
+            return
+        snapshot, t = await resumable.snapshot()
+        answer = pb.ModelInferResponse(model_name=name, model_version=stream.manifest.version)
+        for key, value in (("sequence_id", sequence_id), ("snapshot", snapshot), ("t", t)):
+            answer.parameters[key].CopyFrom(grpc_tensors.parameter(value))
+        self.answers.put_nowait(pb.ModelStreamInferResponse(infer_response=answer))
+
     async def drain(self) -> None:
-        """Stop reading, let the answers in flight go out, then end the call with UNAVAILABLE."""
+        """Stop reading, let the answers in flight go out, send a snapshot of every resumable sequence this
+        call holds, then end the call with UNAVAILABLE."""
         if self.draining or self.finished.is_set():
             return
         self.draining = True
@@ -157,6 +173,9 @@ class StreamCall:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while self.tasks:
                     await asyncio.wait(list(self.tasks))
+                for name, sequence_id in list(self.opened):
+                    with contextlib.suppress(Exception):  # a sequence that cannot give one is closed anyway
+                        await self._snapshot(name, sequence_id)
         self.answers.put_nowait(_END)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):

@@ -107,6 +107,37 @@ def sequence(request: pb.ModelInferRequest) -> tuple[int | str | None, bool, boo
     return sequence_id, flags[0], flags[1]
 
 
+def control(
+    request: pb.ModelInferRequest, sequence_id: int | str | None, start: bool
+) -> tuple[str, str] | None:
+    """A resumable sequence's control request, or None for a step: ("snapshot", "") for the parameter
+    ``snapshot`` (true), ("resume", SNAPSHOT) for ``resume`` (a snapshot, with ``sequence_start``), as
+    the WebSocket's ``{"snapshot": true}`` and ``{"resume": "..."}``. Such a request has no inputs."""
+    params = request.parameters
+    asked = [name for name in ("snapshot", "resume") if name in params]
+    if not asked:
+        return None
+    if len(asked) > 1:
+        raise InvalidRequest("parameters: snapshot or resume, not both", "parameters.resume")
+    name = asked[0]
+    value = _value(params[name])
+    if sequence_id is None:
+        raise InvalidRequest(f"parameters.{name}: a sequence's (send sequence_id)", f"parameters.{name}")
+    if request.inputs or request.raw_input_contents:
+        raise InvalidRequest(f"inputs: a {name} request has none", "inputs")
+    if name == "snapshot":
+        if value is not True:
+            raise InvalidRequest("parameters.snapshot: true (bool_param)", "parameters.snapshot")
+        return name, ""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("parameters.resume: a snapshot (string_param)", "parameters.resume")
+    if not start:
+        raise InvalidRequest(
+            "parameters.resume: resuming opens the sequence: set sequence_start", "parameters.sequence_start"
+        )
+    return name, value
+
+
 def wanted_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     """The outputs asked for, in order (all three when the request names none)."""
     if not request.outputs:
@@ -120,7 +151,7 @@ def wanted_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return names
 
 
-def _parameter(value: bool | int | str) -> pb.InferParameter:
+def parameter(value: bool | int | str) -> pb.InferParameter:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
     if isinstance(value, int):
@@ -132,13 +163,14 @@ def response(
     request: pb.ModelInferRequest,
     model: str,
     version: str,
+    outputs: tuple[str, ...],
     arrays: dict[str, tuple[str, np.ndarray]],
     raw: bool,
     parameters: dict[str, bool | int | str | None] | None = None,
 ) -> pb.ModelInferResponse:
-    """The answer: ``arrays`` maps an output name to (datatype, array) and holds at least the wanted ones."""
+    """The answer: ``outputs`` in order, from ``arrays`` (output name -> (datatype, array))."""
     answer = pb.ModelInferResponse(model_name=model, model_version=version, id=request.id)
-    for name in wanted_outputs(request):
+    for name in outputs:
         datatype, array = arrays[name]
         dtype, field = OUTPUT_TYPES[datatype]
         out = answer.outputs.add(name=name, datatype=datatype, shape=array.shape)
@@ -148,5 +180,5 @@ def response(
             getattr(out.contents, field).extend(array.reshape(-1).tolist())
     for key, value in (parameters or {}).items():
         if value is not None:
-            answer.parameters[key].CopyFrom(_parameter(value))
+            answer.parameters[key].CopyFrom(parameter(value))
     return answer

@@ -96,10 +96,22 @@ class StreamResume:
             raise ResumeDisabled(self.off_reason or "resuming is off")
         return self.key
 
-    async def snapshot_message(self) -> str:
+    async def snapshot(self) -> tuple[str, int]:
+        """(the stream's state as a signed snapshot, base64; the steps it has taken)."""
         key = self._key()
         state = await self.runtime.stream_state(self.stream_id)
-        return dumps_text({"snapshot": encode(pack(self.spec, state, key)), "t": state.t})
+        return encode(pack(self.spec, state, key)), state.t
+
+    async def snapshot_message(self) -> str:
+        snapshot, t = await self.snapshot()
+        return dumps_text({"snapshot": snapshot, "t": t})
+
+    async def resume(self, snapshot: str) -> int:
+        """The stream takes the snapshot's state; returns its step count (the client replays from there)."""
+        key = self._key()
+        state = unpack(self.spec, decode(snapshot, self.max_bytes), key, self.max_bytes)
+        await self.runtime.restore_stream(self.stream_id, state)
+        return state.t
 
     async def control(self, doc: dict[str, Any]) -> str:
         """Answer a ``{"snapshot": true}`` or ``{"resume": "..."}`` message."""
@@ -109,7 +121,4 @@ class StreamResume:
             if doc["snapshot"] is not True:
                 raise InvalidRequest('snapshot: send exactly {"snapshot": true}', "snapshot")
             return await self.snapshot_message()
-        key = self._key()
-        state = unpack(self.spec, decode(doc["resume"], self.max_bytes), key, self.max_bytes)
-        await self.runtime.restore_stream(self.stream_id, state)
-        return dumps_text({"resumed": True, "t": state.t})
+        return dumps_text({"resumed": True, "t": await self.resume(doc["resume"])})
