@@ -12,30 +12,52 @@
                 print(step.t, step.ready, step.label)
 
 ``AsyncPSNClient`` has the same methods as coroutines (``async with client.stream(name) as s``).
-``client.stream(name, resumable=True)`` survives the loss of its replica (see server/client_resume.py).
+``client.stream(name, resumable=True)`` survives the loss of its replica (server/client_resume.py).
+``classify`` sends inputs above ``binary_threshold`` bytes (64 KiB by default) as a V2 binary tensor,
+smaller ones as JSON (``binary=True/False`` decides for one call); the answer is the same either way.
 Errors come back as :class:`PSNError` (HTTP status or WebSocket close code, error code, message, param).
+
+Everything the client decides lives in the sans-IO core (server/client_core.py, client_http.py,
+client_resume.py) as flows; this module only runs them: :class:`SyncDriver` with httpx.Client and
+websockets' sync client, :class:`AsyncDriver` with httpx.AsyncClient and websockets' asyncio client.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-import numpy as np
-from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.asyncio.client import connect as async_connect
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
-from server.client_resume import AsyncResumableStream, AsyncResumer, ResumableStream, RetryPolicy, SyncResumer
+from server.client_core import (
+    ClassifyResponse,
+    Close,
+    Connect,
+    Effect,
+    Flow,
+    HTTPAnswer,
+    HTTPCall,
+    Prediction,
+    PSNError,
+    Recv,
+    Send,
+    Sleep,
+    Step,
+    frame,
+    to_step,
+    ws_url,
+)
+from server.client_http import BINARY_THRESHOLD, ClientCore
+from server.client_resume import RetryPolicy, StreamMachine, stream_machine
 
 __all__ = [
+    "BINARY_THRESHOLD",
     "AsyncPSNClient",
     "AsyncResumableStream",
     "AsyncStream",
@@ -49,191 +71,215 @@ __all__ = [
     "Stream",
 ]
 
-
-class PSNError(Exception):
-    """An error answer: ``status`` (HTTP) or ``close_code`` (WebSocket), ``code``, ``message``, ``param``."""
-
-    def __init__(
-        self, message: str, *, code: str = "error", status: int | None = None, close_code: int | None = None,
-        param: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
-        self.message = message
-        self.code = code
-        self.status = status
-        self.close_code = close_code
-        self.param = param
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    probabilities: list[float]
-    logits: list[float] | None = None
+def _answer(response: httpx.Response, started: float) -> HTTPAnswer:
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return HTTPAnswer(response.status_code, headers, response.content, elapsed_ms)
 
 
-@dataclass(frozen=True)
-class ClassifyResponse:
-    model: str
-    predictions: list[Prediction]
-    latency_ms: float
-    provider: str | None
+class SyncDriver:
+    """Runs flows with blocking I/O."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def run(self, flow: Flow[T]) -> T:
+        value: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as done:
+                    return done.value
+                value, error = None, None
+                try:
+                    value = self._do(effect)
+                except Exception as exc:  # the flow decides what it means (a drop, an error answer)
+                    error = exc
+        finally:
+            flow.close()
+
+    def _do(self, effect: Effect) -> Any:
+        if isinstance(effect, HTTPCall):
+            started = time.perf_counter()
+            response = self.http.request(
+                effect.method, effect.path, headers=dict(effect.headers), content=effect.content
+            )
+            return _answer(response, started)
+        if isinstance(effect, Connect):
+            connection = sync_connect(
+                effect.url,
+                additional_headers=dict(effect.headers),
+                compression=None,
+                open_timeout=effect.open_timeout,
+            )
+            return connection.__enter__()  # entered (closed by Close): no legacy-use warning
+        if isinstance(effect, Send):
+            return effect.ws.send(effect.data)
+        if isinstance(effect, Recv):
+            return effect.ws.recv(timeout=effect.timeout)
+        if isinstance(effect, Close):
+            with contextlib.suppress(Exception):  # already broken: nothing to close
+                effect.ws.close()
+            return None
+        if isinstance(effect, Sleep):
+            time.sleep(effect.seconds)
+            return None
+        raise TypeError(f"not an effect: {effect!r}")
 
 
-@dataclass(frozen=True)
-class Step:
-    t: int
-    ready: bool
-    label: str | None
-    probabilities: list[float] | None
-    done: bool = False
-    logits: list[float] | None = None
+class AsyncDriver:
+    """Runs flows with asyncio I/O."""
 
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
 
-def _http_error(response: httpx.Response) -> PSNError:
-    try:
-        error = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
-        return PSNError(response.text[:200] or response.reason_phrase, status=response.status_code)
-    if isinstance(error, str):  # /v2 error body
-        return PSNError(error, status=response.status_code)
-    return PSNError(
-        error.get("message", ""), code=error.get("code", "error"), status=response.status_code,
-        param=error.get("param"),
-    )  # fmt: skip
+    async def run(self, flow: Flow[T]) -> T:
+        value: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as done:
+                    return done.value
+                value, error = None, None
+                try:
+                    value = await self._do(effect)
+                except Exception as exc:  # the flow decides what it means (a drop, an error answer)
+                    error = exc
+        finally:
+            flow.close()
 
-
-def _checked(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        raise _http_error(response)
-    return response.json()
-
-
-def _classify_body(inputs: Any, return_logits: bool) -> dict[str, Any]:
-    data = inputs.tolist() if isinstance(inputs, np.ndarray) else inputs
-    return {"inputs": data, "return_logits": return_logits}
-
-
-def _classify_result(doc: dict[str, Any]) -> ClassifyResponse:
-    predictions = [Prediction(p["label"], p["probabilities"], p.get("logits")) for p in doc["predictions"]]
-    return ClassifyResponse(doc["model"], predictions, doc["latency_ms"], doc.get("provider"))
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def _ws_url(base_url: str, name: str, logits: bool, snapshot_every: int = 0) -> str:
-    url = base_url.rstrip("/")
-    url = "ws" + url[4:] if url.startswith("http") else url
-    query = (["logits=true"] if logits else []) + (
-        [f"snapshot_every={snapshot_every}"] if snapshot_every else []
-    )
-    return f"{url}/v1/models/{name}/stream" + ("?" + "&".join(query) if query else "")
-
-
-def _error(error: dict[str, Any]) -> PSNError:
-    return PSNError(error.get("message", ""), code=error.get("code", "error"), param=error.get("param"))
-
-
-def _frame(x: Any, binary: bool) -> bytes | str:
-    if binary:
-        return np.ascontiguousarray(x, dtype="<f4").tobytes()  # [F] little-endian float32
-    data = x.tolist() if isinstance(x, np.ndarray) else list(x)
-    return json.dumps({"x": data})
-
-
-def _parse_answer(text: str | bytes) -> dict[str, Any]:
-    doc = json.loads(text)
-    error = doc.get("error")
-    if error is not None:
-        raise PSNError(error.get("message", ""), code=error.get("code", "error"), param=error.get("param"))
-    return doc
-
-
-def _closed(exc: ConnectionClosed) -> PSNError:
-    received = exc.rcvd
-    code = received.code if received is not None else None
-    reason = received.reason if received is not None else "connection lost"
-    return PSNError(reason or "socket closed", code="closed", close_code=code)
-
-
-def _step(doc: dict[str, Any]) -> Step:
-    return Step(
-        doc["t"], doc["ready"], doc["label"], doc["probabilities"], doc.get("done", False), doc.get("logits")
-    )
+    async def _do(self, effect: Effect) -> Any:
+        if isinstance(effect, HTTPCall):
+            started = time.perf_counter()
+            response = await self.http.request(
+                effect.method, effect.path, headers=dict(effect.headers), content=effect.content
+            )
+            return _answer(response, started)
+        if isinstance(effect, Connect):
+            return await async_connect(
+                effect.url,
+                additional_headers=dict(effect.headers),
+                compression=None,
+                open_timeout=effect.open_timeout,
+            )
+        if isinstance(effect, Send):
+            return await effect.ws.send(effect.data)
+        if isinstance(effect, Recv):
+            async with asyncio.timeout(effect.timeout):
+                return await effect.ws.recv()
+        if isinstance(effect, Close):
+            with contextlib.suppress(Exception):  # already broken: nothing to close
+                await effect.ws.close()
+            return None
+        if isinstance(effect, Sleep):
+            await asyncio.sleep(effect.seconds)
+            return None
+        raise TypeError(f"not an effect: {effect!r}")
 
 
 class Stream:
     """A synchronous stream: ``step(x)`` sends one timestep and waits for its answer."""
 
-    def __init__(self, connection: SyncConnection, binary: bool) -> None:
-        self._ws = connection
-        self.binary = binary
-        self.hello: dict[str, Any] = self._receive()
+    def __init__(self, machine: StreamMachine, driver: SyncDriver, binary: bool) -> None:
+        self._machine, self._driver, self.binary = machine, driver, binary
 
-    def _receive(self) -> dict[str, Any]:
-        try:
-            return _parse_answer(self._ws.recv())
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self._machine.hello
+
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._machine.ws
 
     def step(self, x: Any) -> Step:
-        try:
-            self._ws.send(_frame(x, self.binary))
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
-        return _step(self._receive())
+        return to_step(self._driver.run(self._machine.step(frame(x, self.binary))))
 
     def reset(self) -> None:
-        self._ws.send('{"reset": true}')
-        self._receive()
+        self._driver.run(self._machine.reset())
 
     def close(self) -> None:
-        self._ws.close()
+        self._driver.run(self._machine.close())
+
+
+class ResumableStream(Stream):
+    """A :class:`Stream` that survives the loss of its replica (a dropped step is slower, not lost)."""
+
+    @property
+    def reconnects(self) -> int:
+        return self._machine.reconnects
+
+    @property
+    def replayed(self) -> int:
+        """Frames sent again after reconnects (those since the last snapshot)."""
+        return self._machine.replayed
 
 
 class AsyncStream:
     """An asynchronous stream: ``await step(x)``."""
 
-    def __init__(self, connection: AsyncConnection, binary: bool) -> None:
-        self._ws = connection
-        self.binary = binary
-        self.hello: dict[str, Any] = {}
+    def __init__(self, machine: StreamMachine, driver: AsyncDriver, binary: bool) -> None:
+        self._machine, self._driver, self.binary = machine, driver, binary
 
-    async def _receive(self) -> dict[str, Any]:
-        try:
-            return _parse_answer(await self._ws.recv())
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self._machine.hello
+
+    @property
+    def connection(self) -> Any:
+        """The WebSocket connection in use now (a new one after each resume)."""
+        return self._machine.ws
 
     async def step(self, x: Any) -> Step:
-        try:
-            await self._ws.send(_frame(x, self.binary))
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
-        return _step(await self._receive())
+        return to_step(await self._driver.run(self._machine.step(frame(x, self.binary))))
 
     async def reset(self) -> None:
-        await self._ws.send('{"reset": true}')
-        await self._receive()
+        await self._driver.run(self._machine.reset())
 
     async def close(self) -> None:
-        await self._ws.close()
+        await self._driver.run(self._machine.close())
+
+
+class AsyncResumableStream(AsyncStream):
+    """:class:`ResumableStream` for asyncio."""
+
+    @property
+    def reconnects(self) -> int:
+        return self._machine.reconnects
+
+    @property
+    def replayed(self) -> int:
+        return self._machine.replayed
 
 
 class PSNClient:
-    """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient)."""
+    """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient).
+
+    ``binary_threshold``: classify sends inputs of more than this many bytes (as float32) as a V2 binary
+    tensor (default :data:`BINARY_THRESHOLD`; None = always JSON, 0 = always binary)."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0,
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
         http: httpx.Client | None = None,
-    ) -> None:  # fmt: skip
+        binary_threshold: int | None = BINARY_THRESHOLD,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self._core = ClientCore(api_key=api_key, binary_threshold=binary_threshold)
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
-        self._http.headers.update(_headers(api_key))
         self._owns_http = http is None
+        self._driver = SyncDriver(self._http)
 
     def __enter__(self) -> PSNClient:
         return self
@@ -246,72 +292,70 @@ class PSNClient:
             self._http.close()
 
     def health(self) -> bool:
-        return self._http.get("/healthz").status_code == 200
+        return self._driver.run(self._core.health())
 
     def ready(self) -> dict[str, Any]:
         """The readiness body (``status``, every model's status); does not raise when not ready."""
-        return self._http.get("/readyz").json()
+        return self._driver.run(self._core.ready())
 
     def models(self) -> list[dict[str, Any]]:
-        return _checked(self._http.get("/v1/models"))["models"]
+        return self._driver.run(self._core.models())
 
     def model(self, name: str) -> dict[str, Any]:
-        return _checked(self._http.get(f"/v1/models/{name}"))
+        return self._driver.run(self._core.model(name))
 
-    def classify(self, name: str, inputs: Any, *, return_logits: bool = True) -> ClassifyResponse:
-        """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists."""
-        body = _classify_body(inputs, return_logits)
-        return _classify_result(_checked(self._http.post(f"/v1/models/{name}/classify", json=body)))
+    def classify(
+        self, name: str, inputs: Any, *, return_logits: bool = True, binary: bool | None = None
+    ) -> ClassifyResponse:
+        """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists.
+        binary: None = by size (``binary_threshold``), True = a V2 binary tensor, False = JSON."""
+        return self._driver.run(self._core.classify(name, inputs, return_logits=return_logits, binary=binary))
 
     @contextmanager
     def stream(
-        self, name: str, *, binary: bool = True, logits: bool = False, resumable: bool = False,
-        snapshot_every: int = 16, retry: RetryPolicy | None = None,
-    ) -> Iterator[Stream | ResumableStream]:  # fmt: skip
+        self,
+        name: str,
+        *,
+        binary: bool = True,
+        logits: bool = False,
+        resumable: bool = False,
+        snapshot_every: int = 16,
+        retry: RetryPolicy | None = None,
+    ) -> Iterator[Stream]:
         """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False.
 
         resumable=True: the stream survives the loss of its replica (reconnect to this URL, resume from the
         last snapshot, which the server sends every ``snapshot_every`` steps and on drain, replay the steps
         since); PSNError ``resume_disabled`` when the server cannot, ``stream_lost`` after ``retry.retries``
         failed reconnects."""
-        if resumable:
-            url = _ws_url(self.base_url, name, logits, snapshot_every)
-            headers = _headers(self.api_key)
-            resumer = SyncResumer(
-                # entered as a context manager (it is closed by the stream): no legacy-use warning
-                lambda: sync_connect(
-                    url, additional_headers=headers, compression=None, open_timeout=10
-                ).__enter__(),
-                retry or RetryPolicy(),
-                _error,
-            )
-            resumable_stream = ResumableStream(resumer, partial(_frame, binary=binary), _step, _closed)
-            try:
-                yield resumable_stream
-            finally:
-                resumable_stream.close()
-            return
-        url = _ws_url(self.base_url, name, logits)
+        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
+        machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
+        self._driver.run(machine.open())
+        stream = (ResumableStream if resumable else Stream)(machine, self._driver, binary)
         try:
-            connection = sync_connect(url, additional_headers=_headers(self.api_key), compression=None)
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
-        with connection:
-            yield Stream(connection, binary)
+            yield stream
+        finally:
+            stream.close()
 
 
 class AsyncPSNClient:
     """Asynchronous client with the methods of :class:`PSNClient` as coroutines."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0,
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
-    ) -> None:  # fmt: skip
+        binary_threshold: int | None = BINARY_THRESHOLD,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self._core = ClientCore(api_key=api_key, binary_threshold=binary_threshold)
         self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
-        self._http.headers.update(_headers(api_key))
         self._owns_http = http is None
+        self._driver = AsyncDriver(self._http)
 
     async def __aenter__(self) -> AsyncPSNClient:
         return self
@@ -324,45 +368,40 @@ class AsyncPSNClient:
             await self._http.aclose()
 
     async def health(self) -> bool:
-        return (await self._http.get("/healthz")).status_code == 200
+        return await self._driver.run(self._core.health())
 
     async def ready(self) -> dict[str, Any]:
-        return (await self._http.get("/readyz")).json()
+        return await self._driver.run(self._core.ready())
 
     async def models(self) -> list[dict[str, Any]]:
-        return _checked(await self._http.get("/v1/models"))["models"]
+        return await self._driver.run(self._core.models())
 
     async def model(self, name: str) -> dict[str, Any]:
-        return _checked(await self._http.get(f"/v1/models/{name}"))
+        return await self._driver.run(self._core.model(name))
 
-    async def classify(self, name: str, inputs: Any, *, return_logits: bool = True) -> ClassifyResponse:
-        body = _classify_body(inputs, return_logits)
-        return _classify_result(_checked(await self._http.post(f"/v1/models/{name}/classify", json=body)))
+    async def classify(
+        self, name: str, inputs: Any, *, return_logits: bool = True, binary: bool | None = None
+    ) -> ClassifyResponse:
+        return await self._driver.run(
+            self._core.classify(name, inputs, return_logits=return_logits, binary=binary)
+        )
 
     @asynccontextmanager
     async def stream(
-        self, name: str, *, binary: bool = True, logits: bool = False, resumable: bool = False,
-        snapshot_every: int = 16, retry: RetryPolicy | None = None,
-    ) -> AsyncIterator[AsyncStream | AsyncResumableStream]:  # fmt: skip
-        if resumable:
-            url = _ws_url(self.base_url, name, logits, snapshot_every)
-            headers = _headers(self.api_key)
-
-            async def connect() -> AsyncConnection:
-                return await async_connect(url, additional_headers=headers, compression=None, open_timeout=10)
-
-            resumer = AsyncResumer(connect, retry or RetryPolicy(), _error)
-            resumable_stream = AsyncResumableStream(resumer, partial(_frame, binary=binary), _step, _closed)
-            await resumable_stream._open()
-            try:
-                yield resumable_stream
-            finally:
-                await resumable_stream.close()
-            return
-        url = _ws_url(self.base_url, name, logits)
-        async with async_connect(
-            url, additional_headers=_headers(self.api_key), compression=None
-        ) as connection:
-            stream = AsyncStream(connection, binary)
-            stream.hello = await stream._receive()
+        self,
+        name: str,
+        *,
+        binary: bool = True,
+        logits: bool = False,
+        resumable: bool = False,
+        snapshot_every: int = 16,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[AsyncStream]:
+        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
+        machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
+        await self._driver.run(machine.open())
+        stream = (AsyncResumableStream if resumable else AsyncStream)(machine, self._driver, binary)
+        try:
             yield stream
+        finally:
+            await stream.close()

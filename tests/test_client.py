@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 from test_server_support import live_server, sequence, served, settings
@@ -127,3 +128,67 @@ def test_async_client(url: str, reference: Runtime) -> None:
     for scale, steps in zip((1.0, -1.0, 0.5), streams, strict=True):
         want = reference.classify(m.name, (x * scale).astype(np.float32))
         np.testing.assert_allclose(steps[-1].logits, want.logits[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [PSN, SLIDING])
+def test_classify_as_v2_binary_tensors_gives_the_json_answer(url: str, kind: NeuronKind) -> None:
+    m = served().manifest(kind)
+    x = sequence(m, batch=3, seed=24)
+    paths: list[str] = []
+    http = httpx.Client(
+        base_url=url, event_hooks={"request": [lambda request: paths.append(request.url.path)]}
+    )
+    with http, PSNClient(url, api_key=KEY, http=http, binary_threshold=x[0].nbytes) as client:
+        as_json = client.classify(m.name, x, binary=False)
+        assert paths == [f"/v1/models/{m.name}/classify"]
+        as_binary = client.classify(m.name, x)  # 3 sequences: above the threshold of one
+        assert paths[1:] == [f"/v2/models/{m.name}", f"/v2/models/{m.name}/infer"]
+        one = client.classify(m.name, x[1], return_logits=False)  # one sequence: JSON again
+        assert paths[3:] == [f"/v1/models/{m.name}/classify"]
+        one_binary = client.classify(m.name, x[1], binary=True)  # [T, F] sent as [1, T, F]
+        assert paths[4:] == [f"/v2/models/{m.name}/infer"]  # the metadata was kept
+    assert (
+        (as_binary.model, as_binary.provider)
+        == (as_json.model, as_json.provider)
+        == (m.name, "CPUExecutionProvider")
+    )
+    assert [p.label for p in as_binary.predictions] == [p.label for p in as_json.predictions]
+    for got, want in zip(as_binary.predictions, as_json.predictions, strict=True):
+        np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-6)
+        np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6)
+    assert one_binary.predictions[0].label == one.predictions[0].label == as_json.predictions[1].label
+    np.testing.assert_allclose(
+        one_binary.predictions[0].probabilities, one.predictions[0].probabilities, rtol=1e-6
+    )
+
+
+def test_async_classify_as_v2_binary_tensors(url: str) -> None:
+    m = served().manifest(MASKED)
+    x = sequence(m, batch=2, seed=25)
+
+    async def run() -> tuple:
+        async with AsyncPSNClient(url, api_key=KEY, binary_threshold=0) as c:
+            return await c.classify(m.name, x), await c.classify(m.name, x, binary=False)
+
+    as_binary, as_json = asyncio.run(run())
+    assert [p.label for p in as_binary.predictions] == [p.label for p in as_json.predictions]
+    np.testing.assert_allclose(
+        [p.probabilities for p in as_binary.predictions],
+        [p.probabilities for p in as_json.predictions],
+        rtol=1e-6,
+    )
+    with pytest.raises(PSNError) as info, PSNClient(url, api_key=KEY, binary_threshold=0) as c:
+        c.classify("no-such-model", x)
+    assert info.value.status == 404 and "no-such-model" in info.value.message
+
+
+def test_a_closed_stream_fails_with_psn_errors(client: PSNClient) -> None:
+    m = served().manifest(SLIDING)
+    with client.stream(m.name) as stream:
+        stream.step(sequence(m)[0])
+        stream.connection.close()  # closed (1000) under the stream
+        with pytest.raises(PSNError) as info:
+            stream.reset()
+        assert (info.value.code, info.value.close_code) == ("closed", 1000)
+        with pytest.raises(PSNError):
+            stream.step(sequence(m)[1])

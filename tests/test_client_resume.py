@@ -68,11 +68,11 @@ def test_sync_stream_survives_sigkill_and_sigterm_of_its_server(tmp_path: Path) 
             srv.stop(signal.SIGKILL)
             srv.restart(ready=False)  # not waited for: the step below retries until the new server answers
             got += [stream.step(x) for x in xs[10:20]]
-            assert stream.reconnects == 1 and stream._resumer.log.replayed == 2
+            assert stream.reconnects == 1 and stream.replayed == 2
             srv.stop(signal.SIGTERM)  # drain: the snapshot at t=20, then 1001
             srv.restart(ready=False)
             got += [stream.step(x) for x in xs[20:]]
-            assert stream.reconnects == 2 and stream._resumer.log.replayed == 2  # nothing to replay
+            assert stream.reconnects == 2 and stream.replayed == 2  # nothing to replay
     _same(got, want)
     assert _starts(srv) == 3
 
@@ -94,7 +94,7 @@ def test_async_stream_survives_a_restart_and_a_reset(tmp_path: Path) -> None:
                 srv.stop(signal.SIGKILL)
                 srv.restart(ready=False)
                 got += [await stream.step(x) for x in xs[7:]]
-                assert stream.reconnects == 1 and stream._resumer.log.replayed == 2
+                assert stream.reconnects == 1 and stream.replayed == 2
             return got, want
 
     with server(tmp_path, "--stream-secret", SECRET) as srv:
