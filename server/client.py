@@ -49,7 +49,9 @@ from server.client_core import (
     Send,
     Sleep,
     Step,
+    advance,
     frame,
+    run_blocking,
     to_step,
     ws_url,
 )
@@ -87,21 +89,7 @@ class SyncDriver:
         self.http = http
 
     def run(self, flow: Flow[T]) -> T:
-        value: Any = None
-        error: Exception | None = None
-        try:
-            while True:
-                try:
-                    effect = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as done:
-                    return done.value
-                value, error = None, None
-                try:
-                    value = self._do(effect)
-                except Exception as exc:  # the flow decides what it means (a drop, an error answer)
-                    error = exc
-        finally:
-            flow.close()
+        return run_blocking(flow, self._do)
 
     def _do(self, effect: Effect) -> Any:
         if isinstance(effect, HTTPCall):
@@ -139,21 +127,19 @@ class AsyncDriver:
         self.http = http
 
     async def run(self, flow: Flow[T]) -> T:
+        """As :func:`~server.client_core.run_blocking`, awaiting each effect."""
         value: Any = None
         error: Exception | None = None
-        try:
+        with contextlib.closing(flow):
             while True:
-                try:
-                    effect = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as done:
-                    return done.value
+                done, out = advance(flow, value, error)
+                if done:
+                    return out
                 value, error = None, None
                 try:
-                    value = await self._do(effect)
+                    value = await self._do(out)
                 except Exception as exc:  # the flow decides what it means (a drop, an error answer)
                     error = exc
-        finally:
-            flow.close()
 
     async def _do(self, effect: Effect) -> Any:
         if isinstance(effect, HTTPCall):
@@ -184,11 +170,11 @@ class AsyncDriver:
         raise TypeError(f"not an effect: {effect!r}")
 
 
-class Stream:
-    """A synchronous stream: ``step(x)`` sends one timestep and waits for its answer."""
+class _StreamState:
+    """What both kinds of stream show: the hello, the connection in use, what resuming did."""
 
-    def __init__(self, machine: StreamMachine, driver: SyncDriver, binary: bool) -> None:
-        self._machine, self._driver, self.binary = machine, driver, binary
+    def __init__(self, machine: StreamMachine, binary: bool) -> None:
+        self._machine, self.binary = machine, binary
 
     @property
     def hello(self) -> dict[str, Any]:
@@ -198,6 +184,24 @@ class Stream:
     def connection(self) -> Any:
         """The WebSocket connection in use now (a new one after each resume)."""
         return self._machine.ws
+
+    @property
+    def reconnects(self) -> int:
+        """Connections lost and resumed (0 unless resumable=True)."""
+        return self._machine.reconnects
+
+    @property
+    def replayed(self) -> int:
+        """Frames sent again after reconnects (those since the last snapshot)."""
+        return self._machine.replayed
+
+
+class Stream(_StreamState):
+    """A synchronous stream: ``step(x)`` sends one timestep and waits for its answer."""
+
+    def __init__(self, machine: StreamMachine, driver: SyncDriver, binary: bool) -> None:
+        super().__init__(machine, binary)
+        self._driver = driver
 
     def step(self, x: Any) -> Step:
         return to_step(self._driver.run(self._machine.step(frame(x, self.binary))))
@@ -209,33 +213,12 @@ class Stream:
         self._driver.run(self._machine.close())
 
 
-class ResumableStream(Stream):
-    """A :class:`Stream` that survives the loss of its replica (a dropped step is slower, not lost)."""
-
-    @property
-    def reconnects(self) -> int:
-        return self._machine.reconnects
-
-    @property
-    def replayed(self) -> int:
-        """Frames sent again after reconnects (those since the last snapshot)."""
-        return self._machine.replayed
-
-
-class AsyncStream:
+class AsyncStream(_StreamState):
     """An asynchronous stream: ``await step(x)``."""
 
     def __init__(self, machine: StreamMachine, driver: AsyncDriver, binary: bool) -> None:
-        self._machine, self._driver, self.binary = machine, driver, binary
-
-    @property
-    def hello(self) -> dict[str, Any]:
-        return self._machine.hello
-
-    @property
-    def connection(self) -> Any:
-        """The WebSocket connection in use now (a new one after each resume)."""
-        return self._machine.ws
+        super().__init__(machine, binary)
+        self._driver = driver
 
     async def step(self, x: Any) -> Step:
         return to_step(await self._driver.run(self._machine.step(frame(x, self.binary))))
@@ -247,16 +230,8 @@ class AsyncStream:
         await self._driver.run(self._machine.close())
 
 
-class AsyncResumableStream(AsyncStream):
-    """:class:`ResumableStream` for asyncio."""
-
-    @property
-    def reconnects(self) -> int:
-        return self._machine.reconnects
-
-    @property
-    def replayed(self) -> int:
-        return self._machine.replayed
+ResumableStream = Stream  # resumable=True: the same class (a dropped step is slower, not lost)
+AsyncResumableStream = AsyncStream
 
 
 class PSNClient:
@@ -331,7 +306,7 @@ class PSNClient:
         url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
         machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
         self._driver.run(machine.open())
-        stream = (ResumableStream if resumable else Stream)(machine, self._driver, binary)
+        stream = Stream(machine, self._driver, binary)
         try:
             yield stream
         finally:
@@ -400,7 +375,7 @@ class AsyncPSNClient:
         url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
         machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
         await self._driver.run(machine.open())
-        stream = (AsyncResumableStream if resumable else AsyncStream)(machine, self._driver, binary)
+        stream = AsyncStream(machine, self._driver, binary)
         try:
             yield stream
         finally:

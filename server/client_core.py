@@ -14,8 +14,8 @@ Modules: this one (results, errors, effects, WebSocket messages, a plain stream)
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -131,6 +131,32 @@ class Sleep:
 
 Effect = HTTPCall | Connect | Send | Recv | Close | Sleep
 Flow = Generator[Effect, Any, T_]
+
+
+def advance(flow: Flow[T_], value: Any, error: Exception | None) -> tuple[bool, Any]:
+    """Resume ``flow`` with the last effect's result (or its exception): (True, the flow's answer) when it
+    is done, else (False, the next effect)."""
+    try:
+        return False, (flow.throw(error) if error is not None else flow.send(value))
+    except StopIteration as done:
+        return True, done.value
+
+
+def run_blocking(flow: Flow[T_], do: Callable[[Effect], Any]) -> T_:
+    """Run ``flow`` to its answer, ``do(effect)`` performing each effect (blocking); an exception ``do``
+    raises is thrown into the flow, which decides what it means (a drop, an error answer)."""
+    value: Any = None
+    error: Exception | None = None
+    with closing(flow):
+        while True:
+            done, out = advance(flow, value, error)
+            if done:
+                return out
+            value, error = None, None
+            try:
+                value = do(out)
+            except Exception as exc:
+                error = exc
 
 
 # -- HTTP answers ------------------------------------------------------------------------------------------

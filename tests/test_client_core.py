@@ -26,6 +26,7 @@ from server.client_core import (
     Send,
     Sleep,
     frame,
+    run_blocking,
 )
 from server.client_http import HEADER_LENGTH, ClientCore
 from server.client_resume import ResumableStream, RetryPolicy
@@ -81,18 +82,7 @@ class Script:
         self.calls: list[HTTPCall] = []
 
     def run(self, flow: Flow[Any]) -> Any:
-        value: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as done:
-                return done.value
-            value, error = None, None
-            try:
-                value = self._do(effect)
-            except Exception as exc:
-                error = exc
+        return run_blocking(flow, self._do)
 
     def _do(self, effect: Any) -> Any:
         if isinstance(effect, HTTPCall):
