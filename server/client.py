@@ -53,10 +53,9 @@ from server.client_core import (
     frame,
     run_blocking,
     to_step,
-    ws_url,
 )
 from server.client_http import BINARY_THRESHOLD, ClientCore
-from server.client_resume import RetryPolicy, StreamMachine, stream_machine
+from server.client_resume import RetryPolicy, StreamMachine
 
 __all__ = [
     "BINARY_THRESHOLD",
@@ -251,7 +250,7 @@ class PSNClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        self._core = ClientCore(api_key=api_key, binary_threshold=binary_threshold)
+        self._core = ClientCore(self.base_url, api_key=api_key, binary_threshold=binary_threshold)
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
         self._owns_http = http is None
         self._driver = SyncDriver(self._http)
@@ -303,8 +302,9 @@ class PSNClient:
         last snapshot, which the server sends every ``snapshot_every`` steps and on drain, replay the steps
         since); PSNError ``resume_disabled`` when the server cannot, ``stream_lost`` after ``retry.retries``
         failed reconnects."""
-        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
-        machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
+        machine = self._core.stream(
+            name, logits=logits, resumable=resumable, snapshot_every=snapshot_every, retry=retry
+        )
         self._driver.run(machine.open())
         stream = Stream(machine, self._driver, binary)
         try:
@@ -327,7 +327,7 @@ class AsyncPSNClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        self._core = ClientCore(api_key=api_key, binary_threshold=binary_threshold)
+        self._core = ClientCore(self.base_url, api_key=api_key, binary_threshold=binary_threshold)
         self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._owns_http = http is None
         self._driver = AsyncDriver(self._http)
@@ -372,8 +372,9 @@ class AsyncPSNClient:
         snapshot_every: int = 16,
         retry: RetryPolicy | None = None,
     ) -> AsyncIterator[AsyncStream]:
-        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
-        machine = stream_machine(url, self._core.headers, resumable=resumable, retry=retry)
+        machine = self._core.stream(
+            name, logits=logits, resumable=resumable, snapshot_every=snapshot_every, retry=retry
+        )
         await self._driver.run(machine.open())
         stream = AsyncStream(machine, self._driver, binary)
         try:

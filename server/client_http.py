@@ -23,12 +23,15 @@ from server.client_core import (
     Flow,
     HTTPAnswer,
     HTTPCall,
+    PlainStream,
     Prediction,
     PSNError,
     auth_headers,
     checked,
     http_error,
+    ws_url,
 )
+from server.client_resume import ResumableStream, RetryPolicy, StreamMachine
 
 BINARY_THRESHOLD = 64 * 1024  # bytes of float32 inputs above which classify sends a V2 binary tensor
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary extension's JSON header length
@@ -147,9 +150,12 @@ class ClientCore:
     """The client's requests as flows (run by server/client.py's drivers), and what they remember: the V2
     metadata of the models classified with binary tensors."""
 
-    def __init__(self, *, api_key: str | None, binary_threshold: int | None = BINARY_THRESHOLD) -> None:
+    def __init__(
+        self, base_url: str = "", *, api_key: str | None, binary_threshold: int | None = BINARY_THRESHOLD
+    ) -> None:
         if binary_threshold is not None and binary_threshold < 0:
             raise ValueError(f"binary_threshold must be >= 0 or None, got {binary_threshold}")
+        self.base_url = base_url.rstrip("/")
         self.headers = auth_headers(api_key)
         self.binary_threshold = binary_threshold
         self._v2_models: dict[tuple[str, str | None], V2Model] = {}
@@ -206,3 +212,12 @@ class ClientCore:
             model = V2Model.from_metadata(checked((yield from self._get(v2_path(name, version)))))
             self._v2_models[key] = self._v2_models[(name, model.version)] = model
         return self._v2_models[key]
+
+    def stream(
+        self, name: str, *, logits: bool, resumable: bool, snapshot_every: int, retry: RetryPolicy | None
+    ) -> StreamMachine:
+        """The flows of a stream of model ``name`` (not yet open): resumable or plain."""
+        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
+        if resumable:
+            return ResumableStream(url, self.headers, retry or RetryPolicy())
+        return PlainStream(url, self.headers)

@@ -230,9 +230,3 @@ class ResumableStream:
 
 
 StreamMachine = PlainStream | ResumableStream
-
-
-def stream_machine(
-    url: str, headers: Mapping[str, str], *, resumable: bool, retry: RetryPolicy | None
-) -> StreamMachine:
-    return ResumableStream(url, headers, retry or RetryPolicy()) if resumable else PlainStream(url, headers)
