@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from fastapi.testclient import TestClient
-from test_grpc_support import Live, Stream, infer_input, live
+from test_grpc_support import Live, infer_input, live, params_of
 from test_server_support import sequence, served, settings
+from test_server_v2_sequence import assert_same_answer as assert_v2_answer
+from test_server_v2_sequence import ws_answers
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -36,9 +38,8 @@ def server() -> Iterator[Live]:
 
 @pytest.fixture(scope="module")
 def triton(server: Live) -> Iterator:
-    client = server.client()
-    yield client
-    client.close()
+    with server.client() as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +54,9 @@ def ws() -> Iterator[TestClient]:
         yield c
 
 
-def ws_answers(client: TestClient, name: str, xs: np.ndarray) -> list[dict]:
-    """The WebSocket stream's answers (with logits) to the timesteps xs [T, *shape], sent as binary frames."""
-    with client.websocket_connect(f"/v1/models/{name}/stream?logits=true") as socket:
-        socket.receive_json()
-        answers = []
-        for x in xs:
-            socket.send_bytes(np.ascontiguousarray(x, "<f4").tobytes())
-            answers.append(socket.receive_json())
-    return answers
-
-
 def assert_same_answer(result, answer: dict, labels: list[str]) -> None:
     """A gRPC sequence step's answer == the WebSocket's answer for the same step, bit for bit."""
-    parameters = result.get_response().parameters
-    params = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()}
-    assert (params["t"], params["ready"], params["done"], params.get("label")) == (
-        answer["t"],
-        answer["ready"],
-        answer["done"],
-        answer["label"],
-    )
-    logits = result.as_numpy("logits")
-    if not answer["ready"]:  # a full-only PSN before its T-th step: no rows yet
-        assert logits.shape == (0, len(labels))
-        return
-    np.testing.assert_array_equal(logits[0], np.float32(answer["logits"]))
-    np.testing.assert_array_equal(result.as_numpy("probabilities")[0], np.float32(answer["probabilities"]))
-    assert labels[int(result.as_numpy("label_index")[0])] == answer["label"]
+    assert_v2_answer(result, params_of(result), answer, labels)
 
 
 # -- health and metadata ---------------------------------------------------------------------------------
@@ -168,91 +144,57 @@ def test_streamed_sequences_equal_the_websocket_answers(
     m = served().manifest(kind)
     inputs = {sid: sequence(m, seed=50 + i) for i, sid in enumerate((101, "seq-b", 103))}  # [T, F] each
     want = {sid: ws_answers(ws, m.name, xs) for sid, xs in inputs.items()}
-    client = server.client()
-    stream = Stream(client)
-    try:
+    with server.stream() as stream:
         for t in range(m.T):
             for sid, xs in inputs.items():
-                first, last = t == 0, t == m.T - 1
+                ids = {"request_id": f"{sid}/{t}", "sequence_id": sid}
                 step = xs[t][None, None]  # [1, 1, F]
-                stream.send(
-                    m.name,
-                    step,
-                    request_id=f"{sid}/{t}",
-                    sequence_id=sid,
-                    sequence_start=first,
-                    sequence_end=last,
-                )
+                stream.send(m.name, step, **ids, sequence_start=t == 0, sequence_end=t == m.T - 1)
         got: dict[str, object] = {}
         for _ in range(m.T * len(inputs)):
             result, error = stream.get()
             assert error is None, error
             got[result.get_response().id] = result
-        for sid, answers in want.items():
-            for t, answer in enumerate(answers):
-                assert_same_answer(got[f"{sid}/{t}"], answer, m.labels)
-    finally:
-        stream.close()
-        client.close()
+    for sid, answers in want.items():
+        for t, answer in enumerate(answers):
+            assert_same_answer(got[f"{sid}/{t}"], answer, m.labels)
 
 
 def test_a_stream_answers_errors_in_stream_and_goes_on(server: Live) -> None:
     m = served().manifest(SLIDING)
     xs = sequence(m, seed=60)
-    client = server.client()
-    stream = Stream(client)
-    try:
+    bad = xs[1].copy()
+    bad[0] = np.nan
+    with server.stream() as stream:
         stream.send(m.name, xs[0][None, None], request_id="a0", sequence_id=7, sequence_start=True)
         stream.send(m.name, xs[0][None, None], request_id="lost", sequence_id=424242)  # never started
-        bad = xs[1].copy()
-        bad[0] = np.nan
         stream.send(m.name, bad[None, None], request_id="nan", sequence_id=7)
-        stream.send(
-            "no-such-model", xs[0][None, None], request_id="unknown", sequence_id=8, sequence_start=True
-        )
+        unknown = {"request_id": "unknown", "sequence_id": 8, "sequence_start": True}
+        stream.send("no-such-model", xs[0][None, None], **unknown)
         stream.send(m.name, xs[1][None, None], request_id="a1", sequence_id=7, sequence_end=True)
-        errors, answers = [], {}
-        for _ in range(5):
-            result, error = stream.get()
-            if error is not None:
-                errors.append(error.message())
-            else:
-                answers[result.get_response().id] = result
-        assert sorted(answers) == ["a0", "a1"]
-        assert any("sequence_start" in e for e in errors)
-        assert any("NaN or Inf" in e for e in errors)
-        assert any("no-such-model" in e for e in errors)
-        assert answers["a1"].get_response().parameters["t"].int64_param == 1  # the NaN step left no trace
-    finally:
-        stream.close()
-        client.close()
+        results = [stream.get() for _ in range(5)]
+    errors = [error.message() for _, error in results if error is not None]
+    answers = {result.get_response().id: result for result, error in results if error is None}
+    assert sorted(answers) == ["a0", "a1"]
+    assert any("sequence_start" in e for e in errors)
+    assert any("NaN or Inf" in e for e in errors)
+    assert any("no-such-model" in e for e in errors)
+    assert answers["a1"].get_response().parameters["t"].int64_param == 1  # the NaN step left no trace
 
 
 def test_many_sequences_on_one_stream_are_bounded_by_max_streams(server: Live) -> None:
     m = served().manifest(SLIDING)
     x = sequence(m, seed=61)[0][None, None]
-    client = server.client()
-    stream = Stream(client)
-    try:
+    with server.stream() as stream:
         for sid in range(1, 11):  # max_streams=8
             stream.send(m.name, x, request_id=str(sid), sequence_id=sid, sequence_start=True)
         results = [stream.get() for _ in range(10)]
-        refused = [error.message() for _, error in results if error is not None]
-        assert len(refused) == 2 and all("streams" in message for message in refused), refused
-    finally:
-        stream.close()  # the stream's open sequences are closed with it
-        client.close()
-    again = server.client()
-    try:  # all 8 slots are free again
-        stream = Stream(again)
+    refused = [error.message() for _, error in results if error is not None]
+    assert len(refused) == 2 and all("streams" in message for message in refused), refused
+    with server.stream() as stream:  # the first stream's sequences closed with it: 8 slots are free
         for sid in range(20, 28):
-            stream.send(
-                m.name, x, request_id=str(sid), sequence_id=sid, sequence_start=True, sequence_end=True
-            )
+            stream.send(m.name, x, sequence_id=sid, sequence_start=True, sequence_end=True)
         assert all(stream.get()[1] is None for _ in range(8))
-        stream.close()
-    finally:
-        again.close()
 
 
 # -- errors ----------------------------------------------------------------------------------------------
@@ -298,44 +240,32 @@ def test_errors_have_the_tables_status_codes(triton, stub) -> None:
 
 def test_a_message_over_the_body_limit_is_resource_exhausted(tmp_path) -> None:
     m = served().manifest(SLIDING)
-    with live(settings(grpc_port=0, max_body_bytes=4096)) as small:
-        client = small.client()
-        try:
-            x = np.zeros((64, m.T, m.features), np.float32)  # far over 4 KiB
-            assert _code(client.infer, m.name, [infer_input(x)])[0] == "StatusCode.RESOURCE_EXHAUSTED"
-        finally:
-            client.close()
+    x = np.zeros((64, m.T, m.features), np.float32)  # far over 4 KiB
+    with live(settings(grpc_port=0, max_body_bytes=4096)) as small, small.client() as client:
+        assert _code(client.infer, m.name, [infer_input(x)])[0] == "StatusCode.RESOURCE_EXHAUSTED"
 
 
 # -- API key ---------------------------------------------------------------------------------------------
 def test_the_api_key_is_required_but_not_by_the_probes() -> None:
     m = served().manifest(SLIDING)
     x = sequence(m, batch=1, seed=80)
-    with live(settings(grpc_port=0, api_key=KEY)) as keyed:
-        plain = keyed.client()
-        try:
-            assert plain.is_server_live() and plain.is_server_ready()  # probes: no key
-            status, message = _code(plain.infer, m.name, [infer_input(x)])
-            assert status == "StatusCode.UNAUTHENTICATED" and "missing API key" in message
-            assert _code(plain.get_server_metadata)[0] == "StatusCode.UNAUTHENTICATED"
-            wrong = {"authorization": "Bearer not-the-key"}
-            assert (
-                _code(plain.infer, m.name, [infer_input(x)], headers=wrong)[0] == "StatusCode.UNAUTHENTICATED"
-            )
-            for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
-                assert plain.infer(m.name, [infer_input(x)], headers=headers).as_numpy("logits").shape[0] == 1
-            stream = Stream(plain)  # a stream without the key ends with UNAUTHENTICATED, in the callback
+    with live(settings(grpc_port=0, api_key=KEY)) as keyed, keyed.client() as plain:
+        assert plain.is_server_live() and plain.is_server_ready()  # probes: no key
+        status, message = _code(plain.infer, m.name, [infer_input(x)])
+        assert status == "StatusCode.UNAUTHENTICATED" and "missing API key" in message
+        assert _code(plain.get_server_metadata)[0] == "StatusCode.UNAUTHENTICATED"
+        wrong = {"authorization": "Bearer not-the-key"}
+        assert _code(plain.infer, m.name, [infer_input(x)], headers=wrong)[0] == "StatusCode.UNAUTHENTICATED"
+        for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
+            assert plain.infer(m.name, [infer_input(x)], headers=headers).as_numpy("logits").shape[0] == 1
+        with keyed.stream() as stream:  # a stream without the key ends with UNAUTHENTICATED, in the callback
             with contextlib.suppress(InferenceServerException):  # once it has ended: "no longer valid"
                 stream.send(m.name, x[:, :1], sequence_id=3, sequence_start=True)
             result, error = stream.get()
-            assert result is None and error.status() == "StatusCode.UNAUTHENTICATED"
-            stream.close()
-            stream = Stream(plain, headers={"x-api-key": KEY})
+        assert result is None and error.status() == "StatusCode.UNAUTHENTICATED"
+        with keyed.stream(headers={"x-api-key": KEY}) as stream:
             stream.send(m.name, x[:, :1], sequence_id=3, sequence_start=True, sequence_end=True)
             assert stream.get()[1] is None
-            stream.close()
-        finally:
-            plain.close()
 
 
 # -- metrics ---------------------------------------------------------------------------------------------

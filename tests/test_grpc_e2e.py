@@ -12,16 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
-from test_grpc_support import Stream
+from test_grpc_support import Stream, streaming
 from test_reliability_support import metric
 from test_server_support import sequence, served
-from tritonclient.utils import InferenceServerException
 
 from psn_runtime.manifest import NeuronKind
 from server.launcher import serve
 
 pytestmark = pytest.mark.e2e
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # no TCP connection shared between clients
+OWN = [("grpc.use_local_subchannel_pool", 1)]  # no TCP connection shared between clients
 
 
 @pytest.mark.timeout(240)
@@ -33,14 +32,13 @@ def test_two_workers_serve_grpc_on_one_port_and_drain_on_sigterm(tmp_path: Path)
     with serve(*args, models_dir=served().models_dir, grpc=True, log=log) as server:
         address = f"127.0.0.1:{server.ports['grpc']}"
         assert server.report["urls"]["grpc"].endswith(address)
-        clients, streams = [], []
-        try:
+        with contextlib.ExitStack() as stack:
+            streams: list[Stream] = []
             workers: set[str] = set()
             while len(workers) < 2:  # a new connection per client until both workers hold a stream
                 assert len(streams) < 48, f"every gRPC stream landed on workers {workers}"
-                client = grpcclient.InferenceServerClient(address, channel_args=OWN_CONNECTION)
-                clients.append(client)
-                stream = Stream(client)
+                client = stack.enter_context(grpcclient.InferenceServerClient(address, channel_args=OWN))
+                stream = stack.enter_context(streaming(client))
                 streams.append(stream)
                 sid = len(streams)
                 stream.send(m.name, x, request_id=str(sid), sequence_id=sid, sequence_start=True)
@@ -57,12 +55,6 @@ def test_two_workers_serve_grpc_on_one_port_and_drain_on_sigterm(tmp_path: Path)
                 result, error = stream.get()
                 assert result is None and error.status() == "StatusCode.UNAVAILABLE", error
                 assert "shutting down" in error.message()
-        finally:
-            for stream in streams:
-                with contextlib.suppress(InferenceServerException):
-                    stream.close()
-            for client in clients:
-                client.close()
     assert "Traceback" not in log.read_text()
 
 

@@ -35,10 +35,8 @@ def test_kserve_grpc_client(tmp_path: Path, key: str | None) -> None:
     x = sequence(m, batch=2, seed=7)  # [B, T, F]
     with live(settings(grpc_port=0, api_key=key)) as running:
         report = kserve(running.grpc, m.name, x, tmp_path, key)
-        client = running.client()
-        headers = {"x-api-key": key} if key else None
-        want = client.infer(m.name, [infer_input(x)], headers=headers)
-        client.close()
+        with running.client() as client:
+            want = client.infer(m.name, [infer_input(x)], headers={"x-api-key": key} if key else None)
     assert (report["live"], report["ready"], report["model_ready"]) == (True, True, True)
     assert report["unknown_model"] == "NOT_FOUND"
     for form in ("raw", "typed"):

@@ -5,17 +5,15 @@ refused)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import grpc
 import pytest
 from pydantic import ValidationError
-from test_grpc_support import Stream, live
+from test_grpc_support import live
 from test_server_support import sequence, served, settings
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from psn_runtime.manifest import NeuronKind
 from server import cli
@@ -60,9 +58,7 @@ def test_a_taken_port_fails_with_a_message() -> None:
 def test_drain_ends_streams_with_unavailable_and_refuses_new_calls() -> None:
     m = served().manifest(NeuronKind.SLIDING_PSN)
     x = sequence(m, seed=5)[0][None, None]
-    with live(settings(grpc_port=0)) as running:
-        client = running.client()
-        stream = Stream(client)
+    with live(settings(grpc_port=0)) as running, running.stream() as stream:
         stream.send(m.name, x, request_id="first", sequence_id=1, sequence_start=True)
         assert stream.get()[1] is None
         closed = asyncio.run_coroutine_threadsafe(running.state.grpc.drain(), running.state.loop).result(30)
@@ -75,9 +71,6 @@ def test_drain_ends_streams_with_unavailable_and_refuses_new_calls() -> None:
             with pytest.raises(grpc.RpcError) as info:
                 stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        with contextlib.suppress(InferenceServerException):
-            stream.close()
-        client.close()
 
 
 def test_every_error_has_a_grpc_status_code() -> None:

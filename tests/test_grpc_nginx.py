@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from test_grpc_support import Live, Stream, infer_input, live
+from test_grpc_support import Live, infer_input, live, streaming
 from test_server_support import sequence, served, settings
 
 from psn_runtime.manifest import NeuronKind
@@ -64,30 +64,25 @@ def nginx(tmp: Path, replica: Live) -> Iterator[str]:
 def test_grpc_through_nginx(tmp_path: Path) -> None:
     m = served().manifest(NeuronKind.SLIDING_PSN)
     x = sequence(m, batch=2, seed=3)  # [B, T, F]
-    with live(settings(grpc_port=0)) as replica, nginx(tmp_path, replica) as address:
-        direct, proxied = replica.client(), grpcclient.InferenceServerClient(address)
-        try:
-            assert proxied.is_server_ready()
-            want = direct.infer(m.name, [infer_input(x)]).as_numpy("logits")
-            np.testing.assert_array_equal(proxied.infer(m.name, [infer_input(x)]).as_numpy("logits"), want)
-            stream = Stream(proxied)
+    with (
+        live(settings(grpc_port=0)) as replica,
+        nginx(tmp_path, replica) as address,
+        replica.client() as direct,
+        grpcclient.InferenceServerClient(address) as proxied,
+    ):
+        assert proxied.is_server_ready()
+        want = direct.infer(m.name, [infer_input(x)]).as_numpy("logits")
+        np.testing.assert_array_equal(proxied.infer(m.name, [infer_input(x)]).as_numpy("logits"), want)
+        with streaming(proxied) as stream:
             for t in range(m.T):
                 for sid in (1, 2):
                     step = x[sid - 1, t][None, None]  # [1, 1, F]
-                    first, last = t == 0, t == m.T - 1
                     ids = {"request_id": f"{sid}/{t}", "sequence_id": sid}
-                    stream.send(m.name, step, **ids, sequence_start=first, sequence_end=last)
+                    stream.send(m.name, step, **ids, sequence_start=t == 0, sequence_end=t == m.T - 1)
             answers = {}
             for _ in range(2 * m.T):
                 result, error = stream.get()
                 assert error is None, error
                 answers[result.get_response().id] = result.as_numpy("logits")
-            stream.close()
-            # after T steps a sliding PSN's running mean logits are the whole sequence's
-            for sid in (1, 2):
-                np.testing.assert_allclose(
-                    answers[f"{sid}/{m.T - 1}"][0], want[sid - 1], rtol=1e-5, atol=1e-6
-                )
-        finally:
-            direct.close()
-            proxied.close()
+    for sid in (1, 2):  # after T steps a sliding PSN's running mean logits are the whole sequence's
+        np.testing.assert_allclose(answers[f"{sid}/{m.T - 1}"][0], want[sid - 1], rtol=1e-5, atol=1e-6)

@@ -4,8 +4,6 @@ load that brings it back; without ``--model-control explicit`` a load is FAILED_
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from test_grpc_support import infer_input, live
 from test_server_support import sequence, served, settings
@@ -23,36 +21,24 @@ def _states(client) -> dict[str, str]:
 def test_index_unload_and_load() -> None:
     m = served().manifest(NeuronKind.SLIDING_PSN)
     x = sequence(m, batch=1, seed=11)
-    with live(settings(grpc_port=0, model_control="explicit")) as running:
-        client = running.client()
-        try:
-            assert _states(client)[m.name] == "READY"
-            client.unload_model(m.name)
-            deadline = time.monotonic() + 30
-            while client.is_model_ready(m.name):
-                assert time.monotonic() < deadline, "the model is still ready 30 s after its unload"
-                time.sleep(0.05)
-            assert _states(client)[m.name] != "READY"
-            with pytest.raises(InferenceServerException):
-                client.infer(m.name, [infer_input(x)])
-            client.load_model(m.name)
-            assert client.is_model_ready(m.name) and _states(client)[m.name] == "READY"
-            assert client.infer(m.name, [infer_input(x)]).as_numpy("logits").shape == (1, len(m.labels))
-            with pytest.raises(InferenceServerException) as info:
-                client.load_model("no-such-model")
-            assert info.value.status() == "StatusCode.NOT_FOUND"
-        finally:
-            client.close()
+    with live(settings(grpc_port=0, model_control="explicit")) as running, running.client() as client:
+        assert _states(client)[m.name] == "READY"
+        client.unload_model(m.name)  # no new work from now on (it unloads when its streams have ended)
+        assert not client.is_model_ready(m.name) and _states(client)[m.name] != "READY"
+        with pytest.raises(InferenceServerException):
+            client.infer(m.name, [infer_input(x)])
+        client.load_model(m.name)
+        assert client.is_model_ready(m.name) and _states(client)[m.name] == "READY"
+        assert client.infer(m.name, [infer_input(x)]).as_numpy("logits").shape == (1, len(m.labels))
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("no-such-model")
+        assert info.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_load_needs_explicit_model_control() -> None:
     m = served().manifest(NeuronKind.SLIDING_PSN)
-    with live(settings(grpc_port=0)) as running:
-        client = running.client()
-        try:
-            assert _states(client)[m.name] == "READY"  # the index answers in every mode
-            with pytest.raises(InferenceServerException) as info:
-                client.load_model(m.name)
-            assert info.value.status() == "StatusCode.FAILED_PRECONDITION"
-        finally:
-            client.close()
+    with live(settings(grpc_port=0)) as running, running.client() as client:
+        assert _states(client)[m.name] == "READY"  # the index answers in every mode
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model(m.name)
+        assert info.value.status() == "StatusCode.FAILED_PRECONDITION"

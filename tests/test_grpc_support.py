@@ -3,6 +3,7 @@ as ``psn serve`` serves it, and tritonclient.grpc helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import uvicorn
+from tritonclient.utils import InferenceServerException
 
 from server.app import build_app
 from server.cli import server_class
@@ -29,8 +31,20 @@ class Live:
     state: AppState
     server: Any  # the uvicorn server (PSNServer: its shutdown drains, as on SIGTERM)
 
-    def client(self, **kwargs: Any) -> Any:
-        return grpcclient.InferenceServerClient(self.grpc, **kwargs)
+    @contextmanager
+    def client(self, **kwargs: Any) -> Iterator[Any]:
+        """A tritonclient.grpc client of this server, closed on the way out."""
+        client = grpcclient.InferenceServerClient(self.grpc, **kwargs)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    @contextmanager
+    def stream(self, **kwargs: Any) -> Iterator[Stream]:
+        """A ModelStreamInfer stream on a client of its own (``kwargs``: start_stream's, e.g. headers)."""
+        with self.client() as client, streaming(client, **kwargs) as stream:
+            yield stream
 
 
 @contextmanager
@@ -60,6 +74,12 @@ def live(settings: Settings) -> Iterator[Live]:
         sock.close()
 
 
+def params_of(result: Any) -> dict[str, Any]:
+    """A tritonclient.grpc result's response parameters as plain values."""
+    parameters = result.get_response().parameters
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()}
+
+
 def infer_input(x: np.ndarray) -> Any:
     inp = grpcclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(np.ascontiguousarray(x, np.float32))
@@ -77,8 +97,25 @@ class Stream:
     def send(self, model: str, x: np.ndarray, **kwargs: Any) -> None:
         self.client.async_stream_infer(model, [infer_input(x)], **kwargs)
 
+    def control(self, model: str, sequence_id: int | str, start: bool = False, **parameters: Any) -> None:
+        """A request with no inputs and custom ``parameters`` (a sequence's ``snapshot`` or ``resume``)."""
+        self.client.async_stream_infer(
+            model, [], sequence_id=sequence_id, sequence_start=start, parameters=parameters
+        )
+
     def get(self, timeout: float = 30) -> tuple[Any, Any]:
         return self.results.get(timeout=timeout)
 
     def close(self) -> None:
-        self.client.stop_stream()
+        with contextlib.suppress(InferenceServerException):  # a stream the server ended
+            self.client.stop_stream()
+
+
+@contextmanager
+def streaming(client: Any, **kwargs: Any) -> Iterator[Stream]:
+    """A ModelStreamInfer stream of ``client``, stopped on the way out."""
+    stream = Stream(client, **kwargs)
+    try:
+        yield stream
+    finally:
+        stream.close()

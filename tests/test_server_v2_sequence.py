@@ -51,6 +51,24 @@ def ws_answers(client: TestClient, name: str, xs: np.ndarray) -> list[dict]:
     return answers
 
 
+def assert_same_answer(result, params: dict, answer: dict, labels: list[str]) -> None:
+    """A V2 sequence step's answer (over HTTP or gRPC: ``result.as_numpy``, the response parameters as a
+    dict) == the WebSocket stream's answer for the same step, bit for bit."""
+    assert (params["t"], params["ready"], params["done"], params.get("label")) == (
+        answer["t"],
+        answer["ready"],
+        answer["done"],
+        answer["label"],
+    )
+    logits = result.as_numpy("logits")
+    if not answer["ready"]:  # a full-only PSN before its T-th step: no rows yet
+        assert logits.shape == (0, len(labels))
+        return
+    np.testing.assert_array_equal(logits[0], np.float32(answer["logits"]))  # bit-equal
+    np.testing.assert_array_equal(result.as_numpy("probabilities")[0], np.float32(answer["probabilities"]))
+    assert labels[int(result.as_numpy("label_index")[0])] == answer["label"]
+
+
 def step(triton, name: str, x: np.ndarray, sequence_id, start=False, end=False, shape=None):
     inp = httpclient.InferInput("x", shape or [1, 1, *x.shape], "FP32")
     inp.set_data_from_numpy(x.reshape(shape or [1, 1, *x.shape]).astype(np.float32))
@@ -66,23 +84,7 @@ def test_sequence_steps_equal_the_websocket_streams_answers(
     want = ws_answers(client, m.name, xs)
     for t, x in enumerate(xs):
         result = step(triton, m.name, x, sequence_id=IDS[kind], start=t == 0, end=t == m.T - 1)
-        params = result.get_response()["parameters"]
-        answer = want[t]
-        assert (params["t"], params["ready"], params["done"], params["label"]) == (
-            answer["t"],
-            answer["ready"],
-            answer["done"],
-            answer["label"],
-        )
-        logits = result.as_numpy("logits")
-        if not answer["ready"]:  # a full-only PSN before its T-th step: no rows yet
-            assert logits.shape == (0, len(m.labels))
-            continue
-        np.testing.assert_array_equal(logits[0], np.float32(answer["logits"]))  # bit-equal
-        np.testing.assert_array_equal(
-            result.as_numpy("probabilities")[0], np.float32(answer["probabilities"])
-        )
-        assert m.labels[int(result.as_numpy("label_index")[0])] == answer["label"]
+        assert_same_answer(result, result.get_response()["parameters"], want[t], m.labels)
 
 
 def test_interleaved_sequences_keep_their_own_state(triton, client: TestClient) -> None:
