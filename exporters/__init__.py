@@ -24,16 +24,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exporters.checks import CheckReport, Parity
     from exporters.errors import ExportCheckFailed, ExportError
     from exporters.export import export_checkpoint, export_model, export_module
     from exporters.graph import OPSET
+    from exporters.parity import MAX_TIE_SAMPLES, CheckReport, Parity
 
 # loaded on first use, so that `psn export --help` (exporters.cli) runs without torch or onnx installed
 _LAZY = {
     "OPSET": "exporters.graph",
-    "CheckReport": "exporters.checks",
-    "Parity": "exporters.checks",
+    "MAX_TIE_SAMPLES": "exporters.parity",
+    "CheckReport": "exporters.parity",
+    "Parity": "exporters.parity",
     "ExportCheckFailed": "exporters.errors",
     "ExportError": "exporters.errors",
     "export_checkpoint": "exporters.export",
@@ -42,6 +43,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "MAX_TIE_SAMPLES",
     "OPSET",
     "CheckReport",
     "ExportCheckFailed",

@@ -1,17 +1,12 @@
 """Export checks: the ONNX checker, then the user's PyTorch module (its own forward: SpikingJelly's for a
-SpikingJelly network) == full.onnx == a loop over step.onnx on random inputs.
-
-Spikes are compared exactly. A spike may flip between two float paths only where the membrane potential
-sits on the threshold; such a flip is tolerated only where PyTorch's |H − θ| < ``TIE_TOL`` (times the
-layer's largest |H − θ| when that exceeds 1: float error grows with the size of the sums), and the
-logits of a sample with a tolerated flip are then not compared (every layer is per sample, so a flip
-touches nothing else). Everything else must match: logits to ``ATOL`` + ``RTOL`` · |logit|.
+SpikingJelly network) == full.onnx == a loop over step.onnx on random inputs, compared as
+exporters/parity.py says (spikes exactly but for threshold ties, whose samples are set aside after the
+tie; logits to 1e-4; a bounded share of samples set aside).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,57 +16,13 @@ import torch
 
 from exporters.build import spikes_name
 from exporters.errors import ExportCheckFailed
+from exporters.parity import ATOL, MAX_TIE_SAMPLES, RTOL, CheckReport, Trace, compare
 from exporters.prepare import Prepared, run
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, STEP_LOGITS_NAME, StateSpec
 
-TIE_TOL = 1e-5
-ATOL = 1e-4
-RTOL = 1e-4
 BATCHES = (1, 3, 64)
-MAX_EXCUSED = 0.25  # at most this share of samples may be set aside for threshold ties
-
-
-@dataclass
-class Parity:
-    """One comparison of two paths on the same inputs."""
-
-    check: str
-    batch: int
-    steps: int
-    max_abs_err: float = 0.0  # largest logit difference over the compared samples
-    spikes: int = 0  # spike values compared
-    spike_mismatch: int = 0  # of which differ
-    tie_mismatch: int = 0  # of those, at |H − θ| < TIE_TOL (tolerated)
-    excused: int = 0  # samples whose logits were not compared (a tolerated flip)
-    spike_rate: list[float] = field(default_factory=list)  # per neuron layer (reference path)
-
-    def line(self) -> str:
-        rates = ", ".join(f"{r:.2f}" for r in self.spike_rate)
-        return (
-            f"{self.check:<15} N={self.batch:<3} T={self.steps:<3} max|Δlogit|={self.max_abs_err:.2e} "
-            f"spikes {self.spike_mismatch}/{self.spikes} differ ({self.tie_mismatch} at ties), "
-            f"{self.excused} samples excused, spike rates [{rates}]"
-        )
-
-
-@dataclass
-class CheckReport:
-    results: list[Parity] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return "\n".join(r.line() for r in self.results)
-
 
 PROVIDERS_ENV = "PSN_PARITY_PROVIDERS"
-
-
-@dataclass
-class Trace:
-    """One forward pass: per-step logits [N, T, C], and per neuron layer spikes and H − θ [N, T, D]."""
-
-    step_logits: np.ndarray
-    spikes: list[np.ndarray]
-    margins: list[np.ndarray] | None = None
 
 
 def session(model: onnx.ModelProto | Path, extra_outputs: list[str] = ()) -> ort.InferenceSession:
@@ -155,41 +106,6 @@ def step_trace(sess: ort.InferenceSession, states: list[StateSpec], x: np.ndarra
     return Trace(np.stack(logits, 1), [np.stack(s, 1) for s in spikes])
 
 
-def compare(check: str, ref: Trace, got: Trace, margins: list[np.ndarray]) -> Parity:
-    """Spikes exactly (flips at ties tolerated), then logits of the samples without a tolerated flip."""
-    n, steps = ref.step_logits.shape[:2]
-    p = Parity(check, n, steps, spike_rate=[float(s.mean()) for s in ref.spikes])
-    flipped = np.zeros(n, dtype=bool)
-    for i, (a, b, m) in enumerate(zip(ref.spikes, got.spikes, margins, strict=True)):
-        if a.shape != b.shape:
-            raise ExportCheckFailed(check, f"neuron layer {i}: spikes of shape {b.shape}, expected {a.shape}")
-        diff = a != b
-        tol = TIE_TOL * max(1.0, float(np.abs(m).max(initial=0.0)))  # relative for large potentials
-        ties = diff & (np.abs(m) < tol)
-        p.spikes += a.size
-        p.spike_mismatch += int(diff.sum())
-        p.tie_mismatch += int(ties.sum())
-        if (diff & ~ties).any():
-            worst = float(np.abs(m[diff & ~ties]).max())
-            raise ExportCheckFailed(
-                check,
-                f"neuron layer {i}: {int((diff & ~ties).sum())} of {a.size} spikes differ away from the "
-                f"threshold (|H - θ| up to {worst:.3g} >= {tol:.3g}); {p.line()}",
-            )
-        flipped |= ties.reshape(n, -1).any(axis=1)
-    p.excused = int(flipped.sum())
-    keep = ~flipped
-    if ref.step_logits.shape != got.step_logits.shape:
-        raise ExportCheckFailed(
-            check, f"step logits {got.step_logits.shape}, expected {ref.step_logits.shape}"
-        )
-    a, b = ref.step_logits[keep], got.step_logits[keep]
-    p.max_abs_err = float(np.abs(a - b).max()) if a.size else 0.0
-    if not np.allclose(b, a, rtol=RTOL, atol=ATOL):
-        raise ExportCheckFailed(check, f"logits differ (atol {ATOL:g}, rtol {RTOL:g}); {p.line()}")
-    return p
-
-
 def check_onnx(paths: list[Path]) -> None:
     for path in paths:
         try:
@@ -209,12 +125,18 @@ def check_parity(
     batches: tuple[int, ...] = BATCHES,
     lengths: tuple[int, ...] | None = None,
     seed: int = 0,
+    max_tie_samples: float = MAX_TIE_SAMPLES,
 ) -> CheckReport:
     """The user's module == full.onnx (logits, step logits, spikes) == a loop over step.onnx, per batch.
 
     ``lengths``: sequence lengths to try (default: T, and for variable-length models T // 2 as well).
+    ``max_tie_samples``: the share of each check's samples (over its batches) that may be set aside for
+    threshold ties. The step loop is compared with the full graph on the samples the full graph's check
+    did not set aside (the reference margins are PyTorch's).
     """
-    layers = len(p.forms)
+    forms = p.forms  # the neuron layers whose spikes are compared, in network order
+    layers = len(forms)
+    kinds = [str(f.info.kind) for f in forms]
     spike_names = [spikes_name(i) for i in range(layers)]
     try:
         full_sess = session(full, spike_names)
@@ -224,7 +146,9 @@ def check_parity(
     if lengths is None:
         lengths = (p.T, max(1, p.T // 2)) if variable_length and p.T > 1 else (p.T,)
     rng = np.random.default_rng(seed)
-    report = CheckReport()
+    report = CheckReport(
+        layer_names=[f.name for f in forms], layer_kinds=kinds, max_tie_samples=max_tie_samples
+    )
     was_training = module.training
     module.eval()
     try:
@@ -237,7 +161,8 @@ def check_parity(
                     logits, got = full_trace(full_sess, x, layers)
                 except Exception as exc:  # onnxruntime raises its own (pybind) types
                     raise ExportCheckFailed("full_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
-                report.results.append(compare("full_vs_torch" + suffix, ref, got, ref.margins))
+                vs_torch = compare("full_vs_torch" + suffix, ref, got, ref.margins, kinds)
+                report.results.append(vs_torch)
                 if not np.allclose(logits, got.step_logits.mean(1), rtol=RTOL, atol=ATOL):
                     raise ExportCheckFailed("full_vs_torch" + suffix, "logits != mean of step_logits")
                 if step_sess is not None:
@@ -245,13 +170,11 @@ def check_parity(
                         stepped = step_trace(step_sess, states, x, layers)
                     except Exception as exc:  # onnxruntime raises its own (pybind) types
                         raise ExportCheckFailed("step_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
-                    report.results.append(compare("step_vs_full" + suffix, got, stepped, ref.margins))
+                    aside = vs_torch.aside_from
+                    report.results.append(
+                        compare("step_vs_full" + suffix, got, stepped, ref.margins, kinds, aside)
+                    )
     finally:
         module.train(was_training)
-    total = sum(r.batch for r in report.results)
-    excused = sum(r.excused for r in report.results)
-    if excused > MAX_EXCUSED * total:
-        raise ExportCheckFailed(
-            "ties", f"{excused} of {total} samples had a spike on the threshold: too many to trust the check"
-        )
+    report.check_bound()
     return report

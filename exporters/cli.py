@@ -1,9 +1,9 @@
 """``psn export``: a training checkpoint, or any PSN-family network given as Python code + weights, to a
 checked model directory.
 
-    psn export CHECKPOINT --out models/NAME [--name NAME]
+    psn export CHECKPOINT --out models/NAME [--name NAME] [--max-tie-samples SHARE]
     psn export --module FILE.py:FUNCTION --weights W --input-shape T,D1[,D2,...] --name NAME --out DIR
-               [--labels a,b,c]
+               [--labels a,b,c] [--max-tie-samples SHARE]
 
 FUNCTION (or ``package.module:FUNCTION``) takes no arguments and returns the network (an nn.Module,
 x [T, N, *shape] -> per-step logits [T, N, C]); W is a ``.safetensors`` file or a ``.pt`` state_dict
@@ -51,8 +51,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name", help="model name in the manifest (default for a checkpoint: the --out directory's name)"
     )
+    p.add_argument(
+        "--max-tie-samples",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="the share of each parity check's samples that may be set aside because a spike sat on the "
+        "threshold (a float tie; its sample is not compared after that layer), as 0.0625 or 1/16 "
+        "(default 1/16)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the parity table")
     return p
+
+
+def _share(text: str) -> float:
+    """A share in [0, 1): ``0.0625`` or ``1/16``."""
+    num, sep, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share such as 0.0625 or 1/16") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share in [0, 1)")
+    return value
 
 
 def parse_shape(text: str) -> tuple[int, tuple[int, ...]]:
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from exporters.loading import load_network
 
     report = CheckReport()
+    ties = {} if args.max_tie_samples is None else {"max_tie_samples": args.max_tie_samples}
     try:
         if args.module:
             T, input_shape = shape
@@ -110,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             labels = args.labels.split(",") if args.labels else None
             manifest = export_module(
                 net, args.out, input_shape=input_shape, T=T, name=args.name, labels=labels,
-                command=_command(argv), report=report,
+                command=_command(argv), report=report, **ties,
             )  # fmt: skip
         else:
-            manifest = export_checkpoint(args.checkpoint, args.out, args.name, report=report)
+            manifest = export_checkpoint(args.checkpoint, args.out, args.name, report=report, **ties)
     except ExportCheckFailed as exc:
         print(f"{PROG}: {exc}\n{PROG}: nothing was written to {args.out}", file=sys.stderr)
         return 2

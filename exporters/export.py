@@ -19,10 +19,11 @@ import pydantic
 from torch import nn
 
 from exporters.build import build_full, build_step
-from exporters.checks import CheckReport, check_onnx, check_parity
+from exporters.checks import check_onnx, check_parity
 from exporters.errors import ExportCheckFailed, ExportError
 from exporters.graph import OPSET
 from exporters.loading import load_network
+from exporters.parity import MAX_TIE_SAMPLES, CheckReport
 from exporters.prepare import check_time_local, prepare
 from psn.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_checkpoint
 from psn.network import SeqClassifier
@@ -74,6 +75,7 @@ def export_module(
     command: str = "exporters.export_module",
     check: bool = True,
     report: CheckReport | None = None,
+    max_tie_samples: float = MAX_TIE_SAMPLES,
 ) -> Manifest:
     """Export any PSN-family network to the model directory ``out``; returns the manifest written there.
 
@@ -85,11 +87,16 @@ def export_module(
     step.onnx as well and streams.
 
     With ``check`` (the default) nothing is written unless the ONNX checker and the parity checks pass
-    (``ExportCheckFailed`` names the check). ``ExportError``: the network cannot be exported (a layer
+    (``ExportCheckFailed`` names the check). A sample whose spike sits on the threshold in one path and
+    not in another (a float tie) is set aside after that layer; ``max_tie_samples`` bounds the share of
+    each check's samples set aside (exporters/parity.py). ``report`` (a ``CheckReport``) receives every
+    comparison. ``ExportError``: the network cannot be exported (a layer
     that mixes time, an unsupported neuron, a masked PSN at λ < 1, bad metadata...).
     """
     out_dir = Path(out)
     input_shape = tuple(int(d) for d in input_shape)
+    if not 0.0 <= max_tie_samples < 1.0:
+        raise ExportError(f"max_tie_samples={max_tie_samples!r}: expected a share in [0, 1)")
     was_training = module.training
     module.eval()
     try:
@@ -143,9 +150,12 @@ def export_module(
                     staged / STEP_GRAPH if step else None,
                     manifest.states,
                     variable_length=variable,
+                    max_tie_samples=max_tie_samples,
                 )
                 if report is not None:
                     report.results.extend(found.results)
+                    report.layer_names, report.layer_kinds = found.layer_names, found.layer_kinds
+                    report.max_tie_samples = found.max_tie_samples
                 check_sha256(staged, Manifest.load(staged))
             _install(staged, out_dir, list(graphs))
     finally:
@@ -163,6 +173,7 @@ def export_model(
     command: str,
     check: bool = True,
     report: CheckReport | None = None,
+    max_tie_samples: float = MAX_TIE_SAMPLES,
 ) -> Manifest:
     """Export a ``SeqClassifier`` (what ``psn train`` builds): ``export_module`` with its T, features and
     labels."""
@@ -179,6 +190,7 @@ def export_model(
         command=command,
         check=check,
         report=report,
+        max_tie_samples=max_tie_samples,
     )
 
 
@@ -208,6 +220,7 @@ def export_checkpoint(
     name: str | None = None,
     *,
     report: CheckReport | None = None,
+    max_tie_samples: float = MAX_TIE_SAMPLES,
 ) -> Manifest:
     """Export a training checkpoint to ``out_dir`` (name: the directory's name): a ``psn train`` one
     (psn.checkpoint), or a ``psn train-zoo`` one, whose config.json names the builder (``psn.zoo:NET``),
@@ -232,6 +245,7 @@ def export_checkpoint(
         "test_accuracy": float(metrics["test_accuracy"]),
         "command": f"{train_cmd} && {export_command(ckpt_dir, out_dir, name)}",
         "report": report,
+        "max_tie_samples": max_tie_samples,
     }
     if zoo is None:
         return export_model(model, out_dir, **meta)

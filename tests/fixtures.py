@@ -25,8 +25,8 @@ STREAMING = ("masked_psn", "sliding_psn", "lif")
 
 
 def tiny_model(kind: str, k: int | None, seed: int = 0):
-    """A tiny mlp network whose neurons all fire (see exporters.testing), in eval mode."""
-    from exporters.testing import tiny_model as randomized_tiny_model
+    """A tiny mlp network whose neurons all fire (see tests/nets.py), in eval mode."""
+    from tests.nets import tiny_model as randomized_tiny_model
 
     return randomized_tiny_model(kind, T, k, arch="mlp", features=F, classes=C, seed=seed)
 

@@ -19,10 +19,10 @@ from exporters.build import build_full, build_step
 from exporters.checks import session
 from exporters.graph import OPSET, count_nodes
 from exporters.prepare import prepare
-from exporters.testing import tiny_model
 from psn.checkpoint import save_checkpoint
 from psn.network import SeqClassifier, count_parameters
 from psn_runtime.manifest import Manifest
+from tests.nets import tiny_model
 
 KINDS = [("psn", None), ("masked_psn", 3), ("sliding_psn", 3), ("lif", None)]
 META = {"name": "tiny", "dataset": "smnist", "test_accuracy": 0.5, "command": "psn train --dataset smnist"}

@@ -18,9 +18,9 @@ from exporters import ExportError, export_module
 from exporters import cli as export_cli
 from exporters.loading import load_weights
 from exporters.prepare import reset_states
-from exporters.testing import PerStep, make_neuron
 from psn_runtime import Runtime, RuntimeConfig
 from psn_runtime.manifest import Manifest
+from tests.nets import PerStep, make_neuron
 
 pytest.importorskip("spikingjelly.activation_based.neuron")
 from safetensors.torch import save_file

@@ -20,9 +20,9 @@ from exporters import CheckReport, export_module
 from exporters.build import build_full
 from exporters.graph import count_nodes
 from exporters.prepare import prepare, reset_states
-from exporters.testing import INPUT_SHAPES, tiny_net
 from psn_runtime import Runtime, RuntimeConfig
 from psn_runtime.manifest import Manifest
+from tests.nets import INPUT_SHAPES, tiny_net
 
 pytest.importorskip("spikingjelly.activation_based.neuron")
 

@@ -1,4 +1,4 @@
-"""Small untrained-but-randomized models for export tests and benchmarks.
+"""Small untrained-but-randomized networks for the export and runtime tests (test-only: not shipped).
 
 A fresh model is a poor parity test: BatchNorm's running statistics are 0/1 and most neurons never fire,
 so the logits are the last layer's bias whatever the graph does. ``tiny_model`` randomizes the
