@@ -13,7 +13,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
-from server import errors, fastpath, routes_demo, routes_health, routes_stream, routes_v1, routes_v2
+from server import (
+    errors,
+    fastpath,
+    routes_demo,
+    routes_health,
+    routes_repository,
+    routes_stream,
+    routes_v1,
+    routes_v2,
+)
 from server.dataplane import DataPlane
 from server.jsonio import JSONBytesResponse
 from server.metrics import Metrics, MetricsMiddleware
@@ -103,8 +112,11 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     app.include_router(routes_stream.router)
     app.include_router(routes_health.router)
     app.include_router(routes_v2.health)
+    app.include_router(routes_repository.router)
     routes_demo.install(app, docs=docs)
-    errors.install(app, protocols=[(routes_v2.health, routes_v2.router)])  # after every route
+    errors.install(
+        app, protocols=[(routes_v2.health, routes_v2.router, routes_repository.router)]
+    )  # after every route
     app.add_middleware(fastpath.FastPath, state=state, routes=fastpath.hot_routes())  # hot POSTs
     app.add_middleware(MetricsMiddleware, metrics=metrics, served=lambda: state.model_names)
     if settings.cors_origins:

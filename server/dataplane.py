@@ -16,10 +16,11 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from psn_runtime import ClassifyResult, ModelInfo, ModelStatus, Runtime, StepResult
-from psn_runtime.errors import ModelNotReady, UnknownModel, UnknownStream
+from psn_runtime.errors import ModelLoadError, ModelNotReady, UnknownModel, UnknownStream
 from psn_runtime.manifest import Manifest
+from psn_runtime.repository import IndexEntry
 from psn_runtime.validate import StepInput, step_input
-from server.errors import SequenceNotStarted
+from server.errors import LoadFailed, SequenceNotStarted
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -144,6 +145,23 @@ class DataPlane:
         """Idempotent; a no-op once the runtime is gone."""
         if self._runtime is not None:
             self._runtime.close_stream(stream.id)
+
+    # -- model repository (Triton's extension; model control) -------------------------------------------
+    async def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model version known or on the models dir: name, version, state, reason."""
+        return await self.runtime.repository_index(ready_only)
+
+    async def load_model(self, name: str) -> list[ModelInfo]:
+        """Load or reload a model from the models dir (model control explicit); LoadFailed (400) with the
+        reasons when a version failed, what served before serving on."""
+        try:
+            return await self.runtime.load_model(name)
+        except ModelLoadError as e:
+            raise LoadFailed(e.message) from None
+
+    async def unload_model(self, name: str) -> list[ModelInfo]:
+        """Unload every version of a model once its streams end (model control explicit)."""
+        return await self.runtime.unload_model(name)
 
 
 class Sequences:

@@ -108,6 +108,13 @@ class ResumeDisabled(ServerError):
     code = "resume_disabled"
 
 
+class LoadFailed(ServerError):
+    """A model load requested through the repository API failed (each failed version's reason); what served
+    before keeps serving."""
+
+    code = "load_failed"
+
+
 class ShuttingDown(ServerError):
     """A new call while the server drains (SIGTERM): retry on another replica."""
 
@@ -168,6 +175,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     UnsupportedMediaType: ErrorSpec(415, WS_UNSUPPORTED_DATA, G.INVALID_ARGUMENT),
     Unauthorized: ErrorSpec(401, WS_POLICY_VIOLATION, G.UNAUTHENTICATED),
     ResumeDisabled: ErrorSpec(409, None, G.FAILED_PRECONDITION),
+    LoadFailed: ErrorSpec(400, None, G.FAILED_PRECONDITION),
     NotFound: ErrorSpec(404, None, G.NOT_FOUND),
     ShuttingDown: ErrorSpec(503, WS_GOING_AWAY, G.UNAVAILABLE, retry_after_s=1),
 }

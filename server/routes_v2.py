@@ -72,7 +72,11 @@ async def ready(plane: Plane) -> Response:
 
 @router.get("", response_model=V2ServerMetadata, responses=errors(401, v2=True))
 async def server_metadata() -> dict:
-    return {"name": "psn-serve", "version": _version(), "extensions": ["binary_tensor_data", "sequence"]}
+    return {
+        "name": "psn-serve",
+        "version": _version(),
+        "extensions": ["binary_tensor_data", "sequence", "model_repository"],
+    }
 
 
 def _metadata(plane: DataPlane, name: str, version: str | None) -> dict[str, Any]:
