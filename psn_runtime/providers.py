@@ -34,8 +34,7 @@ def nvidia_driver_present() -> bool:
     then fails (with a page of errors per session) where there is no driver; we check once instead."""
     try:
         ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        log.warning("%s asked for but no NVIDIA driver is present: sessions run on the CPU", CUDA)
+    except OSError:  # reported once by the server, with the models it concerns (ModelInfo.warnings)
         return False
     return True
 

@@ -85,8 +85,8 @@ def load_model(directory: Path, manifest: Manifest, config: RuntimeConfig) -> Lo
     got = {FULL_GRAPH: full.get_providers()}
     if step is not None:
         got[STEP_GRAPH] = step.get_providers()
-    for w in warnings:
-        log.warning("model %s: %s", manifest.name, w)
+    for w in warnings:  # reported by the server once per cause (ModelInfo.warnings), not once per model
+        log.debug("model %s: %s", manifest.name, w)
     return LoadedModel(manifest.name, Path(directory), manifest, full, step, got, warnings)
 
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from psn_runtime import ModelStatus, Runtime, RuntimeConfig
+from psn_runtime import ModelStatus, Runtime, RuntimeConfig, available_providers
 from server import (
     errors,
     fastpath,
@@ -37,8 +37,14 @@ _APPS: weakref.WeakSet[FastAPI] = weakref.WeakSet()  # every app built in this p
 
 
 def runtime_config(settings: Settings) -> RuntimeConfig:
-    """The runtime's share of the settings: every RuntimeConfig field has a setting of the same name."""
-    return RuntimeConfig(**settings.model_dump(include=set(RuntimeConfig.model_fields)))
+    """The runtime's share of the settings: every RuntimeConfig field has a setting of the same name.
+    Providers left at their default are narrowed to those this onnxruntime build has (the CPU build on a
+    host without a GPU is no cause for a warning); providers asked for by name are kept, and reported."""
+    fields = settings.model_dump(include=set(RuntimeConfig.model_fields))
+    if "providers" not in settings.model_fields_set:
+        available = set(available_providers())
+        fields["providers"] = [p for p in settings.providers if p in available] or settings.providers
+    return RuntimeConfig(**fields)
 
 
 def _default_runtime(config: RuntimeConfig, metrics: Metrics) -> Runtime:
@@ -50,6 +56,7 @@ def _log_models(state: AppState) -> None:
     infos = state.runtime.models()
     if not infos:
         log.warning("no model directories in %s", state.settings.models_dir)
+    causes: dict[str, list[str]] = {}  # one warning per cause, naming the models it concerns
     for info in infos:
         provider = primary_provider(info)
         if info.status is ModelStatus.READY:
@@ -59,7 +66,10 @@ def _log_models(state: AppState) -> None:
             log.error("model %s: %s: %s", info.name, info.status, info.error)
             state.metrics.model_ready.labels(info.name, provider or "").set(0)
         for warning in info.warnings:
-            log.warning("model %s: %s", info.name, warning)
+            causes.setdefault(warning, []).append(info.name)
+    for warning, names in causes.items():
+        which = f"model {names[0]}" if len(names) == 1 else f"{len(names)} models ({', '.join(names)})"
+        log.warning("%s: %s", which, warning)
 
 
 def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = None) -> FastAPI:

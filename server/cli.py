@@ -113,6 +113,14 @@ def server_class() -> type:
     from server.app import drain_all
 
     class PSNServer(uvicorn.Server):
+        app: Any = None  # the FastAPI app, once the factory made it (for the ready line)
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.app is not None and self.servers and self.servers[0].sockets:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                log.info("%s", ready_line(self.app, host, port))
+
         async def shutdown(self, sockets: list | None = None) -> None:
             for server in self.servers:
                 server.close()
@@ -128,13 +136,37 @@ def server_class() -> type:
     return PSNServer
 
 
+def ready_line(app: Any, host: str, port: int) -> str:
+    """The last start-up line: where the page and the API docs are, and which models are ready."""
+    from psn_runtime import ModelStatus
+    from server.state import app_state
+
+    state = app_state(app)
+    infos = state.runtime.models() if state.runtime is not None else []
+    ready = [info.name for info in infos if info.status is ModelStatus.READY]
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    docs = f", API docs {base}/docs" if state.api_key is None else ""
+    line = f"ready: the page {base}/{docs}; {len(ready)} of {len(infos)} models ready"
+    line += f": {', '.join(ready)}" if ready else ""
+    failed = [info.name for info in infos if info.status is not ModelStatus.READY]
+    return line + (f" (not ready: {', '.join(failed)}; see GET /readyz)" if failed else "")
+
+
+def _level(name: str) -> int:
+    return logging.getLevelNamesMapping()[name.upper()]
+
+
 def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("psn")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    # psn_runtime's own INFO lines repeat what the server reports about each model: shown only at debug
+    runtime_floor = _level(level) if _level(level) <= logging.DEBUG else max(logging.WARNING, _level(level))
+    for name, floor in (("psn", _level(level)), ("psn_runtime", runtime_floor)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(floor)
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +228,12 @@ def _serve(settings: Settings, listeners: Listeners) -> int:
         from server.workers import serve_workers
 
         return serve_workers(settings, options)
-    server = server_class()(uvicorn.Config(partial(build_app, settings), factory=True, **options))
+
+    def make_app() -> Any:
+        server.app = build_app(settings)
+        return server.app
+
+    server = server_class()(uvicorn.Config(make_app, factory=True, **options))
     server.run(sockets=[listeners.sockets["http"]])
     return 0 if server.started else 1
 

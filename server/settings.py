@@ -98,6 +98,11 @@ class Settings(BaseSettings, RuntimeConfig):
         value = value.expanduser().resolve()
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
+        if (value / "manifest.json").is_file():
+            raise ValueError(
+                f"{value} is one model directory (it holds manifest.json); give the folder that holds model "
+                f"directories: --models-dir {value.parent} (every folder in it with a manifest.json is served)"
+            )
         return value
 
     @field_validator("port_file")
