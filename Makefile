@@ -36,6 +36,11 @@ NVIDIA_DRIVER := $(shell test -e /proc/driver/nvidia/version && echo yes || (nvi
 ORT_VARIANT := $(if $(filter auto,$(ORT)),$(if $(NVIDIA_DRIVER),gpu,cpu),$(ORT))
 ORT_OTHER := $(if $(filter gpu,$(ORT_VARIANT)),onnxruntime,onnxruntime-gpu)
 
+ifneq ($(wildcard $(VENV)/.dev-stamp),)
+# a dev venv (make test) serves as it is: refreshing it is the dev install's job, never a serving-only one's
+$(VENV)/.serve-stamp: $(VENV)/.dev-stamp
+	@touch $@
+else
 # serving-only install: numpy, onnxruntime (CPU or GPU build, above), fastapi, uvicorn, pydantic(-settings),
 # prometheus-client; the requirements are pyproject's, with ONNX Runtime chosen by docker/serve_requirements.py
 $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
@@ -47,6 +52,7 @@ $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
 	$(PIP) install -r $(VENV)/serve-requirements.txt
 	$(PIP) install --no-deps -e .
 	@touch $@
+endif
 
 # torch is pinned to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA)
 $(VENV)/.dev-stamp: pyproject.toml | $(PY)

@@ -100,8 +100,9 @@ class Settings(BaseSettings, RuntimeConfig):
             raise ValueError(f"{value} is not a directory")
         if (value / "manifest.json").is_file():
             raise ValueError(
-                f"{value} is one model directory (it holds manifest.json); give the folder that holds model "
-                f"directories: --models-dir {value.parent} (every folder in it with a manifest.json is served)"
+                f"{value} is one model directory (it holds manifest.json); give the folder that holds "
+                f"model directories: --models-dir {value.parent} (every folder in it with a manifest.json "
+                "is served)"
             )
         return value
 

@@ -5,7 +5,8 @@ Marked ``browser``: ``make browser-test`` runs them (``--run-browser``); plain `
 With ``--run-browser`` a missing Chromium is a failure, not a skip.
 
 Every test checks that the browser asked no host but the server for anything, and (except where errors are
-the point) that the console stayed free of errors. The autoplay test saves ``docs/demo.png``.
+the point) that the console stayed free of errors. The layout test saves ``docs/demo.png`` (1680×900) and
+``docs/demo-phone.png`` (390×844).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from frames_model import NAME as FRAMES
-from frames_model import write_frames_model
+from frames_model import write_frames_model, write_sum_model
 from test_server_support import psn_serve as serve_process
 
 pytestmark = pytest.mark.browser
@@ -33,11 +34,15 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 SCREENSHOT = REPO / "docs" / "demo.png"
+PHONE_SCREENSHOT = REPO / "docs" / "demo-phone.png"
+SIZES = {"wide": (1680, 900), "laptop": (1280, 800), "phone": (390, 844)}
+EVENTS = "events-no-examples"  # a model whose step is an event frame [2, 16, 16], with no examples.json
+BROKEN = "broken-model"  # a model directory whose graph is not ONNX: it fails to load
 SMNIST = ("smnist-psn", "smnist-masked-psn", "smnist-sliding-psn", "smnist-lif")
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 KEY = "browser-test-key-5c1e"
-WINDOW = (1680, 1000)
+WINDOW = SIZES["wide"]
 
 
 # -- a real server ---------------------------------------------------------------------------------------
@@ -66,6 +71,30 @@ def frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for name in ("smnist-psn", "smnist-sliding-psn"):
         shutil.copytree(MODELS / name, root / name, ignore=shutil.ignore_patterns("checkpoint"))
     write_frames_model(root, MODELS / "smnist-psn" / "examples.json")
+    with psn_serve(root / "server.log", models=root) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two sMNIST models, an event-frame model without examples and a model that fails to load."""
+    root = tmp_path_factory.mktemp("mixed-models")
+    for name in ("smnist-psn", "smnist-sliding-psn"):
+        shutil.copytree(MODELS / name, root / name, ignore=shutil.ignore_patterns("checkpoint"))
+    w = np.random.default_rng(0).normal(size=(2 * 16 * 16, 3)).astype(np.float32)
+    write_sum_model(
+        root / EVENTS,
+        name=EVENTS,
+        shape=(2, 16, 16),
+        T=6,
+        w=w,
+        labels=["left", "right", "up"],
+        dataset="events",
+    )
+    shutil.copytree(root / EVENTS, root / BROKEN)
+    manifest = json.loads((root / BROKEN / "manifest.json").read_text())
+    (root / BROKEN / "manifest.json").write_text(json.dumps({**manifest, "name": BROKEN}))
+    (root / BROKEN / "full.onnx").write_bytes(b"not an onnx graph")
     with psn_serve(root / "server.log", models=root) as base:
         yield base
 
@@ -203,8 +232,7 @@ def classify_labels(
 # -- tests ---------------------------------------------------------------------------------------------
 def test_autoplay_of_a_real_digit_shows_the_psn_wait(page: Page, server: str) -> None:
     """The deep link plays test example 5 through the four sMNIST models: the PSN's first answer comes at
-    step T-1 = 27, the others' at step 0; final labels equal POST classify of the same example. The
-    screenshot (mid-sequence: the PSN still waiting, the others answering) is docs/demo.png."""
+    step T-1 = 27, the others' at step 0; final labels equal POST classify of the same example."""
     page.open(f"/?models={','.join(SMNIST)}&sample=5&autoplay=1&interval_ms=120")
     page.wait(
         "the sliding PSN to reach step 12",
@@ -213,8 +241,6 @@ def test_autoplay_of_a_real_digit_shows_the_psn_wait(page: Page, server: str) ->
     psn = page.panels()["smnist-psn"]
     assert psn["label"] == "" and psn["firstReady"] == "" and psn["done"] == "false"  # still waiting
     assert page.driver.find_element("css selector", '[data-model="smnist-psn"] .waiting').is_displayed()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.driver.save_screenshot(str(SCREENSHOT))
 
     panels = page.wait_done(SMNIST)
     order = page.js("return [...document.querySelectorAll('[data-model]')].map((p) => p.dataset.model)")
@@ -342,29 +368,171 @@ def test_a_model_whose_step_is_a_whole_image(driver, frames_server: str, tmp_pat
     page.check_offline()
 
 
-def test_wrong_api_key_shows_an_error_in_the_page(driver, keyed_server: str) -> None:
+def test_an_api_key_is_asked_for_as_a_browser_user_expects(driver, keyed_server: str) -> None:
+    """A server with a key: the page asks for it (no talk of HTTP headers), says when it is wrong, keeps
+    the right one, and hides the links to /docs, which such a server does not serve."""
     page = Page(driver, keyed_server)
     page.open("/")
-    error = page.driver.find_element("id", "error")
-    page.wait("the missing-key error", lambda: error.is_displayed() and "missing API key" in error.text)
+    form = page.driver.find_element("id", "key-form")
+    page.wait("the key form", form.is_displayed)
+    assert "This server needs an API key" in form.text and "header" not in form.text.lower()
+    assert page.js("return document.body.dataset.state") == "locked"
+    assert not page.driver.find_element("id", "docs-link").is_displayed()
     key_field = page.driver.find_element("id", "api-key")
-    assert key_field.is_displayed()
+    assert key_field.get_attribute("type") == "password"
     key_field.send_keys("not-the-key")
     page.driver.find_element("id", "key-submit").click()
-    page.wait("the wrong-key error", lambda: "invalid API key" in error.text)
-    assert "401" in error.text and page.js("return document.body.dataset.state") == "error"
+    hint = page.driver.find_element("id", "key-hint")
+    page.wait("the wrong-key message", lambda: "not accepted" in hint.text)
+    assert "401" in hint.text and "invalid API key" in hint.text
     assert not page.panels()
 
     key_field.clear()
     key_field.send_keys(KEY)
     page.driver.find_element("id", "key-submit").click()
     page.wait_ready()
-    assert not error.is_displayed()
+    assert not form.is_displayed() and not page.driver.find_element("id", "error").is_displayed()
+    time.sleep(0.5)  # the page asks the server whether it serves /docs
+    assert not page.driver.find_element("id", "docs-link").is_displayed()
     page.driver.find_element("id", "play").click()
     panels = page.wait_done(SMNIST)  # the stream sockets carry the key too (?api_key=)
     assert panels["smnist-psn"]["firstReady"] == "27"
     page.js("localStorage.clear()")
     page.check_offline(console_errors_allowed=True)  # the two 401s are logged by the browser
+
+
+def test_docs_links_show_on_a_server_without_a_key(page: Page) -> None:
+    page.open("/")
+    page.wait_ready()
+    assert page.driver.find_element("id", "docs-link").is_displayed()
+    assert httpx.get(page.base + "/docs").status_code == 200
+    page.check_offline()
+
+
+# -- the page on every screen ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def viewport(page: Page, width: int, height: int) -> Iterator[None]:
+    """The page as a screen of width × height CSS pixels sees it (a phone's: mobile, with its viewport)."""
+    page.driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+    try:
+        yield
+    finally:
+        page.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+OUTSIDE = """
+const vw = window.innerWidth, vh = window.innerHeight, out = [];
+for (const [what, el] of arguments[0]) {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.left < 0 || r.top < 0 || r.right > vw + 0.5 || r.bottom > vh + 0.5)
+    out.push(`${what}: ${[r.left, r.top, r.right, r.bottom].map(Math.round)}`);
+}
+return {out, vw, vh, doc: document.documentElement.scrollWidth};
+"""
+
+
+def outside(page: Page, named: list[tuple[str, object]]) -> dict:
+    """The named elements whose box is not wholly inside the viewport; the viewport's and page's widths."""
+    return page.js(OUTSIDE, [[what, element] for what, element in named])
+
+
+@pytest.mark.parametrize("size", list(SIZES), ids=lambda s: f"{s}-{SIZES[s][0]}x{SIZES[s][1]}")
+def test_layout_fits_the_screen(page: Page, size: str) -> None:
+    """Mid-sequence, without scrolling: no sideways scroll; Play, Classify, the interval and all four sMNIST
+    panels with their name, answer and first-answer row inside the viewport (the phone shows the picker
+    folded into one line). Writes docs/demo.png (wide) and docs/demo-phone.png (phone)."""
+    width, height = SIZES[size]
+    with viewport(page, width, height):
+        page.open(f"/?models={','.join(SMNIST)}&sample=5&autoplay=1&interval_ms=150")
+        page.wait(
+            "the sliding PSN to reach step 12",
+            lambda: int(page.panels().get("smnist-sliding-psn", {}).get("t", "-1")) >= 12,
+        )
+        if size in ("wide", "phone"):  # mid-sequence: the PSN still waits, the others answer
+            shot = SCREENSHOT if size == "wide" else PHONE_SCREENSHOT
+            shot.parent.mkdir(exist_ok=True)
+            page.driver.save_screenshot(str(shot))
+        assert page.panels()["smnist-psn"]["firstReady"] == ""  # the PSN still waits (in the screenshot too)
+        find = page.driver.find_element
+        named = [(what, find("id", what)) for what in ("play", "classify", "interval")]
+        for name in SMNIST:
+            for part in ("h2", ".answer", ".stats > div:first-child"):
+                named.append((f"{name} {part}", find("css selector", f'[data-model="{name}"] {part}')))
+        picker = "picker-summary" if size == "phone" else "model-picker"
+        named.append((picker, find("id", picker)))
+        if size == "phone":
+            assert not find("id", "model-picker").is_displayed()  # folded: the summary names the models
+            assert find("id", "picker-summary").text.startswith("models (4 of 9)")
+        result = outside(page, named)
+        assert (result["vw"], result["vh"]) == (width, height)
+        assert result["doc"] <= width, f"the page scrolls sideways: {result['doc']} px wide"
+        assert not result["out"], f"outside the {width}×{height} viewport: {result['out']}"
+        page.wait_done(SMNIST)
+    page.check_offline()
+
+
+@pytest.mark.parametrize("width", [360, 375, 390, 412, 430])
+def test_no_sideways_scroll_on_phones(page: Page, width: int) -> None:
+    with viewport(page, width, 800):
+        page.open("/?sample=3")
+        page.wait_ready()
+        for mode in ("draw", "sample"):
+            page.driver.find_element("id", f"tab-{mode}").click()
+            doc = page.js("return document.documentElement.scrollWidth")
+            assert doc <= width, f"{mode}: the page is {doc} px wide on a {width} px screen"
+    page.check_offline()
+
+
+def test_header_and_thumbnails_follow_the_input_kind(page: Page) -> None:
+    """The header says what one step is for the models on screen; the draw tab is off where a digit does
+    not fit (a 1-D signal)."""
+    page.open("/?models=smnist-psn,smnist-lif")
+    page.wait_ready()
+    lede = page.driver.find_element("id", "lede-input")
+    assert lede.text == "one image column per step"
+    assert page.driver.find_element("id", "tab-draw").is_enabled()
+    page.open("/?models=mnist1d-psn,mnist1d-sliding-psn&sample=1&autoplay=1&interval_ms=0")
+    page.wait_done(("mnist1d-psn", "mnist1d-sliding-psn"))
+    assert page.driver.find_element("id", "lede-input").text == "one value of a 1-D signal per step"
+    assert not page.driver.find_element("id", "tab-draw").is_enabled()
+    page.open("/?models=mnist2d-sliding-psn")
+    page.wait_ready()
+    assert page.driver.find_element("id", "lede-input").text == "the whole 1×28×28 image at every step"
+    titles = page.js("return [...document.querySelectorAll('.picker-title')].map((t) => t.textContent)")
+    assert "sMNIST · a digit, one column per step" in titles and any(t.startswith("MNIST-1D") for t in titles)
+    page.check_offline()
+
+
+def test_a_failed_model_and_one_without_examples(driver, mixed_server: str) -> None:
+    """A model that failed to load is a disabled chip with its reason (and a deep link naming it says so);
+    a model without examples offers random inputs of its shape, which play and classify like any input."""
+    page = Page(driver, mixed_server)
+    page.open(f"/?models={BROKEN},smnist-psn")
+    page.wait_ready()
+    chip = page.driver.find_element("css selector", f'.model-chip[data-name="{BROKEN}"]')
+    assert not chip.is_enabled() and chip.get_attribute("data-status") == "failed"
+    assert chip.get_attribute("title").startswith(f"{BROKEN} failed to load: ")
+    assert "failed" in chip.text
+    error = page.driver.find_element("id", "error")
+    assert error.is_displayed() and f"{BROKEN} failed to load" in error.text
+    assert list(page.panels()) == ["smnist-psn"]
+
+    page.open(f"/?models={EVENTS}&sample=2&autoplay=1&interval_ms=0")
+    panels = page.wait_done((EVENTS,))
+    assert panels[EVENTS]["t"] == "5" and panels[EVENTS]["firstReady"] == "0"
+    thumbs = page.js("return [...document.querySelectorAll('.thumb')].map((t) => t.textContent)")
+    assert thumbs == [f"r{i}" for i in range(10)]  # random inputs, as the model ships no examples
+    x = np.asarray(page.js(f"return window.psnDemo.inputs('{EVENTS}')"))
+    assert x.shape == (6, 2, 16, 16) and x.min() >= 0 and x.max() < 1
+    assert panels[EVENTS]["label"] == classify_labels(mixed_server, x.tolist(), (EVENTS,))[EVENTS]
+    note = page.driver.find_element("css selector", f'[data-model="{EVENTS}"] .panel-note')
+    assert note.is_displayed() and "random input 2" in note.text
+    assert page.driver.find_element("id", "lede-input").text == "one event frame (ON and OFF) per step"
+    assert not page.driver.find_element("id", "tab-draw").is_enabled()  # no digit fits [2, 16, 16]
+    page.check_offline()
 
 
 def test_swagger_ui_renders_offline(page: Page) -> None:

@@ -29,6 +29,29 @@ export function drawable(shape, T) {
   return isColumns(shape, T) || isFrames28(shape);
 }
 
+/** What one step of a model's input is, in words: {kind, step, group}. `step` finishes "streamed ...". */
+export function inputKind(shape, T) {
+  if (isColumns(shape, T)) return { kind: "columns", step: "one image column per step" };
+  if (shape.length === 1 && shape[0] === 1) return { kind: "signal", step: "one value of a 1-D signal per step" };
+  if (shape.length === 1) return { kind: "vector", step: `a vector of ${shape[0]} values per step` };
+  if (shape.length === 3 && shape[0] === 2) return { kind: "events", step: "one event frame (ON and OFF) per step" };
+  return { kind: "image", step: `the whole ${shape.join("×")} image at every step` };
+}
+
+/** A random input of the model's shape, [T][...shape] in [0, 1), the same for the same seed (a model
+ * without examples still has something to stream). */
+export function randomSequence(shape, T, seed) {
+  let a = (seed + 1) * 0x9e3779b1;
+  const next = () => {
+    a = (a + 0x6d2b79f5) | 0; // mulberry32
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+  const fill = (dims) => (dims.length ? Array.from({ length: dims[0] }, () => fill(dims.slice(1))) : next());
+  return Array.from({ length: T }, () => fill(shape));
+}
+
 /** A 28×28 image (row-major Float32Array of 784) as the model's input: [T][...shape] nested arrays. */
 export function sequenceFromImage(img, shape, T) {
   if (isColumns(shape, T)) {
@@ -203,18 +226,25 @@ function renderSignal(ctx, W, H, values, t, accent) {
 }
 
 function renderFrame(ctx, W, H, seq, shape, t, accent) {
-  // a static image per step (e.g. [1, 28, 28] or [3, 32, 32]): show the frame being sent
-  const frame = seq[Math.max(0, Math.min(seq.length - 1, t))];
+  // an image per step ([1, 28, 28], [3, 32, 32], event frames [2, H, W]): the frame being sent, or the
+  // mean over all steps when none is (the image itself when it repeats, where the events were otherwise)
+  const frame = t >= 0 ? seq[Math.min(seq.length - 1, t)] : meanFrame(seq);
   const channels = shape.length === 3 ? shape[0] : 1;
   const h = shape[shape.length - 2], w = shape[shape.length - 1];
   const at = (c, y, x) => (shape.length === 3 ? frame[c][y][x] : frame[y][x]);
   const [lo, hi] = range(frame.flat(3));
+  const norm = (v) => Math.max(0, Math.min(1, (v - lo) / (hi - lo || 1)));
   const image = new ImageData(w, h);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
       const o = 4 * (y * w + x);
       if (channels === 3) {
-        for (let c = 0; c < 3; c++) image.data[o + c] = (255 * (at(c, y, x) - lo)) / (hi - lo || 1);
+        for (let c = 0; c < 3; c++) image.data[o + c] = 255 * norm(at(c, y, x));
+      } else if (channels === 2) { // events: ON green, OFF magenta, both white
+        const on = norm(at(0, y, x)), off = norm(at(1, y, x));
+        image.data[o] = BG[0] + (255 - BG[0]) * off;
+        image.data[o + 1] = BG[1] + (255 - BG[1]) * on;
+        image.data[o + 2] = BG[2] + (255 - BG[2]) * Math.max(on * 0.55, off);
       } else {
         const [r, g, b] = mix(at(0, y, x), lo, hi);
         image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b;
@@ -228,6 +258,12 @@ function renderFrame(ctx, W, H, seq, shape, t, accent) {
     ctx.lineWidth = Math.max(2, W / 100);
     ctx.strokeRect(1, 1, W - 2, H - 2);
   }
+}
+
+function meanFrame(seq) {
+  const add = (a, b) => (Array.isArray(a) ? a.map((v, i) => add(v, b[i])) : a + b);
+  const scale = (a, k) => (Array.isArray(a) ? a.map((v) => scale(v, k)) : a * k);
+  return scale(seq.reduce(add), 1 / seq.length);
 }
 
 export function hexAlpha(hex, alpha) {

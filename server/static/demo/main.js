@@ -3,16 +3,27 @@
 //   /?models=a,b,c&sample=I&autoplay=1&interval_ms=N
 
 import { Api } from "./api.js";
-import { drawable, preprocessStrokes, renderSequence, sequenceFromImage, stepShape } from "./digits.js";
+import {
+  drawable, inputKind, preprocessStrokes, randomSequence, renderSequence, sequenceFromImage, stepShape,
+} from "./digits.js";
 import { KIND, ModelPanel } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "psn-serve-api-key";
 const KIND_ORDER = ["psn", "masked_psn", "sliding_psn", "lif"];
 const DRAW_PEN = 20; // stage pixels (the stage is 280×280)
+const PHONE = window.matchMedia("(max-width: 560px)");
+const RANDOM_INPUTS = 10; // thumbnails offered for models that ship no examples
+// the bundled data sets, as the picker names them; any other data set is described by its input's shape
+const DATASETS = {
+  smnist: { title: "sMNIST", hint: "a digit, one column per step" },
+  mnist1d: { title: "MNIST-1D", hint: "a 1-D signal, one value per step" },
+  mnist2d: { title: "MNIST-2D", hint: "the whole digit at every step" },
+};
 
 const state = {
   api: new Api(storedKey()),
+  all: [], // every entry of GET /v1/models (loading and failed ones too)
   models: [], // READY entries of GET /v1/models
   selected: [], // model names, in panel order
   panels: new Map(), // name -> ModelPanel
@@ -21,7 +32,8 @@ const state = {
   interval: 80,
   autoplay: false,
   examples: new Map(), // `${name}/${i}` -> Promise of the example
-  thumbs: null, // {model, count}
+  lists: new Map(), // name -> Promise of GET /v1/models/{name}/examples
+  thumbs: null, // {model, count, random}
   strokes: [],
   drawing: null, // Float32Array(784), the preprocessed digit
   run: null, // the play in progress: {cancelled}
@@ -77,24 +89,25 @@ async function connect(params) {
     doc = await state.api.models();
   } catch (e) {
     $("server-dot").className = "dot bad";
-    $("server-version").textContent = e.status === 401 ? "API key needed" : "unreachable";
-    if (e.status === 401) {
-      $("key-form").hidden = false;
-      $("api-key").focus();
-    }
+    if (e.status === 401) return askForKey(e);
+    $("server-version").textContent = "unreachable";
     showError(`Cannot list the models: ${e}`);
     setState("error");
     return;
   }
+  $("key-form").hidden = true;
+  $("key-forget").hidden = !state.api.key;
   state.api.server().then(
     (v) => { $("server-version").textContent = `${v.name} ${v.version}`; },
     () => { $("server-version").textContent = "psn-serve"; },
   );
+  showDocLinks();
   $("server-dot").className = "dot ok";
+  state.all = doc.models;
   state.models = doc.models.filter((m) => m.status === "ready" && m.manifest);
-  const failed = doc.models.filter((m) => m.status !== "ready");
   if (!state.models.length) {
-    showError("The server has no model ready" + (failed.length ? `: ${failed.map((m) => `${m.name} (${m.status})`).join(", ")}` : "."));
+    buildPicker();
+    showError(`The server has no model ready: ${doc.models.map(notReadyText).join("; ") || "no model directories"}.`);
     setState("error");
     return;
   }
@@ -106,6 +119,38 @@ async function connect(params) {
   if (params.autoplay) play();
 }
 
+function askForKey(e) {
+  // a browser user does not send headers: the page asks for the key and sends it for them
+  $("server-version").textContent = "needs an API key";
+  $("key-form").hidden = false;
+  $("key-forget").hidden = !state.api.key;
+  $("key-hint").textContent = state.api.key
+    ? `That key was not accepted (${e.status}: ${e.message}).`
+    : "Ask its operator for one; the page keeps it in this browser only.";
+  $("key-hint").classList.toggle("bad", Boolean(state.api.key));
+  $("doc-links").hidden = true; // a server with a key serves no /docs
+  setState("locked");
+  $("api-key").focus();
+}
+
+function showDocLinks() {
+  // /docs and /redoc exist only on a server without a key: with a key in use, ask before showing them
+  const links = $("doc-links");
+  if (!state.api.key) {
+    links.hidden = false;
+    return;
+  }
+  links.hidden = true;
+  fetch("/openapi.json", { method: "HEAD", cache: "no-store" }).then(
+    (r) => { links.hidden = !r.ok; },
+    () => {},
+  );
+}
+
+function notReadyText(m) {
+  return m.status === "failed" ? `${m.name} failed to load: ${m.error || "no reason given"}` : `${m.name} is ${m.status}`;
+}
+
 function byKind(a, b) {
   return KIND_ORDER.indexOf(a.manifest.kind) - KIND_ORDER.indexOf(b.manifest.kind) || a.name.localeCompare(b.name);
 }
@@ -113,8 +158,11 @@ function byKind(a, b) {
 function chooseModels(wanted) {
   const names = new Set(state.models.map((m) => m.name));
   if (wanted.length) {
-    const unknown = wanted.filter((n) => !names.has(n));
-    if (unknown.length) showError(`Not served here (or not ready): ${unknown.join(", ")}`);
+    const missing = wanted.filter((n) => !names.has(n));
+    if (missing.length) {
+      const known = new Map(state.all.map((m) => [m.name, m]));
+      showError(missing.map((n) => (known.has(n) ? notReadyText(known.get(n)) : `${n} is not served here`)).join("\n"));
+    }
     state.selected = wanted.filter((n) => names.has(n));
     if (state.selected.length) return;
   }
@@ -130,33 +178,64 @@ function info(name) {
 
 // ---- model picker and panels ---------------------------------------------------------------------
 
+function datasetOf(m) {
+  return (m.manifest && m.manifest.dataset) || "other";
+}
+
+function groupTitle(dataset, models) {
+  const known = DATASETS[dataset];
+  const m = models.find((x) => x.manifest);
+  const hint = known ? known.hint : m ? inputKind(stepShape(m.manifest), m.manifest.T).step : "";
+  const title = document.createElement("span");
+  title.className = "picker-title";
+  title.title = hint;
+  const name = document.createElement("b");
+  name.textContent = known ? known.title : dataset;
+  const small = document.createElement("span");
+  small.className = "picker-hint";
+  small.textContent = hint ? ` · ${hint}` : "";
+  title.append(name, small);
+  return title;
+}
+
+function modelChip(m) {
+  const chip = document.createElement("button");
+  chip.type = "button";
+  chip.className = "model-chip";
+  chip.dataset.name = m.name;
+  chip.dataset.status = m.status;
+  chip.textContent = m.name;
+  if (m.status === "ready" && m.manifest) {
+    chip.style.setProperty("--accent", (KIND[m.manifest.kind] || {}).accent || "#9aa4bf");
+    const acc = typeof m.manifest.test_accuracy === "number" ? `, test accuracy ${(100 * m.manifest.test_accuracy).toFixed(1)} %` : "";
+    chip.title = `${m.manifest.kind}, T = ${m.manifest.T}${acc}`;
+    chip.addEventListener("click", () => toggleModel(m.name));
+  } else {
+    chip.disabled = true; // shown, with its reason, never playable
+    chip.classList.add(m.status);
+    chip.title = notReadyText(m);
+    const why = document.createElement("span");
+    why.className = "why";
+    why.textContent = m.status === "failed" ? "failed" : m.status;
+    chip.append(why);
+  }
+  return chip;
+}
+
 function buildPicker() {
   const picker = $("model-picker");
   picker.replaceChildren();
   const groups = new Map();
-  for (const m of [...state.models].sort(byKind)) {
-    const key = m.manifest.dataset;
+  const order = (a, b) => (a.manifest && b.manifest ? byKind(a, b) : a.manifest ? -1 : b.manifest ? 1 : a.name.localeCompare(b.name));
+  for (const m of [...state.all].sort(order)) {
+    const key = datasetOf(m);
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key).push(m);
   }
   for (const [dataset, models] of groups) {
     const group = document.createElement("div");
     group.className = "picker-group";
-    const title = document.createElement("span");
-    title.className = "picker-title";
-    title.textContent = dataset;
-    group.append(title);
-    for (const m of models) {
-      const chip = document.createElement("button");
-      chip.type = "button";
-      chip.className = "model-chip";
-      chip.dataset.name = m.name;
-      chip.style.setProperty("--accent", (KIND[m.manifest.kind] || {}).accent || "#9aa4bf");
-      chip.textContent = m.name;
-      chip.title = `${m.manifest.kind}, T = ${m.manifest.T}, test accuracy ${(100 * m.manifest.test_accuracy).toFixed(1)} %`;
-      chip.addEventListener("click", () => toggleModel(m.name));
-      group.append(chip);
-    }
+    group.append(groupTitle(dataset, models), ...models.map(modelChip));
     picker.append(group);
   }
   syncPicker();
@@ -166,6 +245,15 @@ function syncPicker() {
   for (const chip of document.querySelectorAll(".model-chip")) {
     chip.setAttribute("aria-pressed", String(state.selected.includes(chip.dataset.name)));
   }
+  const failed = state.all.length - state.models.length;
+  $("picker-summary").textContent =
+    `models (${state.selected.length} of ${state.models.length}${failed ? `, ${failed} not ready` : ""}): ` +
+    state.selected.join(", ");
+}
+
+function fitPicker() {
+  // a phone shows the picker folded into one line; a wider screen always shows it whole
+  $("picker-box").open = !PHONE.matches;
 }
 
 async function toggleModel(name) {
@@ -187,9 +275,21 @@ async function applySelection() {
   }
   container.replaceChildren(...state.selected.map((n) => state.panels.get(n).root));
   container.dataset.count = String(state.selected.length);
+  describeInputs();
   await loadThumbs();
   await loadInputs();
   updateLink();
+}
+
+function describeInputs() {
+  // the header and the draw tab say what one step is for the models on screen
+  const shapes = state.selected.map((n) => info(n).manifest);
+  const steps = [...new Set(shapes.map((m) => inputKind(stepShape(m), m.T).step))];
+  $("lede-input").textContent = steps.length === 1 ? steps[0] : "one step at a time";
+  const canDraw = shapes.some((m) => drawable(stepShape(m), m.T));
+  $("tab-draw").disabled = !canDraw;
+  $("tab-draw").title = canDraw ? "" : "none of these models takes a 28×28 digit";
+  if (!canDraw && state.mode === "draw") state.mode = "sample";
 }
 
 function activePanels() {
@@ -197,6 +297,15 @@ function activePanels() {
 }
 
 // ---- inputs --------------------------------------------------------------------------------------
+
+function exampleList(name) {
+  if (!state.lists.has(name)) {
+    const p = state.api.examples(name);
+    p.catch(() => state.lists.delete(name)); // do not cache failures
+    state.lists.set(name, p);
+  }
+  return state.lists.get(name);
+}
 
 function example(name, i) {
   const key = `${name}/${i}`;
@@ -217,16 +326,23 @@ async function loadInputs() {
       if (state.mode === "draw") {
         const ok = drawable(shape, m.T);
         panel.setInput(ok && state.drawing ? sequenceFromImage(state.drawing, shape, m.T) : null, shape, null);
-        if (!ok) panel.showError(`A drawing does not fit this model's input (per step ${JSON.stringify(shape)}, T = ${m.T}).`);
+        if (!ok) panel.setNote(`a drawing does not fit this model's input (${inputKind(shape, m.T).step})`);
         return;
       }
       try {
+        const list = await exampleList(panel.name);
+        if (state.sample >= list.count) {
+          // no example i: a random input of the model's shape, the same for the same i
+          panel.setInput(randomSequence(shape, m.T, state.sample), shape, null);
+          panel.setNote(`random input ${state.sample}: this model ships no example ${state.sample}`);
+          return;
+        }
         const ex = await example(panel.name, state.sample);
         panel.setInput(ex.inputs, shape, ex.label);
       } catch (e) {
         panel.setInput(null, shape, null);
         panel.showError(`No example ${state.sample}: ${e.message}`);
-        if (e.status !== 404) problems.push(`${panel.name}: ${e}`);
+        problems.push(`${panel.name}: ${e}`);
       }
     }),
   );
@@ -242,7 +358,7 @@ async function loadThumbs() {
     if (state.thumbs && state.thumbs.model === name) return;
     let list;
     try {
-      list = await state.api.examples(name);
+      list = await exampleList(name);
     } catch (e) {
       showError(`Cannot list the examples of ${name}: ${e}`);
       continue;
@@ -272,8 +388,29 @@ async function loadThumbs() {
     syncThumbs();
     return;
   }
-  state.thumbs = null;
-  box.replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "These models ship no examples: draw one." }));
+  // no model here ships examples: random inputs of the first model's shape (and drawing, where it fits)
+  const m = info(state.selected[0]).manifest;
+  const shape = stepShape(m);
+  state.thumbs = { model: state.selected[0], count: RANDOM_INPUTS, random: true };
+  if (state.sample >= RANDOM_INPUTS) state.sample = 0;
+  const buttons = Array.from({ length: RANDOM_INPUTS }, (_, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "thumb random";
+    b.dataset.sample = String(i);
+    b.setAttribute("role", "option");
+    b.title = `random input ${i} of shape [${shape.join(", ")}] × ${m.T} steps`;
+    const c = document.createElement("canvas");
+    c.width = c.height = 56;
+    const label = document.createElement("span");
+    label.textContent = `r${i}`;
+    b.append(c, label);
+    b.addEventListener("click", () => pickSample(i));
+    renderSequence(c, randomSequence(shape, m.T, i), shape);
+    return b;
+  });
+  box.replaceChildren(...buttons);
+  syncThumbs();
 }
 
 function syncThumbs() {
@@ -294,6 +431,7 @@ async function pickSample(i) {
 async function setMode(mode) {
   stop();
   state.mode = mode;
+  document.body.dataset.mode = mode;
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === mode);
   $("samples").hidden = mode !== "sample";
   $("draw-tools").hidden = mode !== "draw";
@@ -332,7 +470,9 @@ function updateCaption() {
     return;
   }
   const p = primaryPanel();
-  cap.textContent = p && p.seq ? `test example ${state.sample} · true label ${p.truth} · T = ${p.seq.length} steps` : "";
+  if (!p || !p.seq) cap.textContent = "";
+  else if (p.truth === null) cap.textContent = `random input ${state.sample} · T = ${p.seq.length} steps`;
+  else cap.textContent = `test example ${state.sample} · true label ${p.truth} · T = ${p.seq.length} steps`;
 }
 
 // ---- drawing -------------------------------------------------------------------------------------
@@ -538,7 +678,8 @@ function setupControls() {
   $("classify").addEventListener("click", () => classifyAll());
   const slider = $("interval");
   const showInterval = () => {
-    $("interval-out").textContent = state.interval === 0 ? "as fast as answers come" : `${state.interval} ms / step`;
+    $("interval-out").textContent = state.interval === 0 ? "no wait" : `${state.interval} ms`;
+    $("interval").title = state.interval === 0 ? "each step as soon as the last one is answered" : "";
   };
   slider.addEventListener("input", () => {
     state.interval = Number(slider.value);
@@ -547,23 +688,31 @@ function setupControls() {
   slider.addEventListener("change", updateLink);
   slider.value = String(state.interval); // a deep link may ask for more than the slider's end
   showInterval();
-  $("key-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const key = $("api-key").value.trim();
+  const useKey = (key) => {
     try {
-      localStorage.setItem(KEY_STORE, key);
+      if (key) localStorage.setItem(KEY_STORE, key);
+      else localStorage.removeItem(KEY_STORE);
     } catch {
       /* private mode: the key lives for this page only */
     }
     state.api = new Api(key);
     state.examples.clear();
+    state.lists.clear();
     state.thumbs = null;
     connect(readParams());
+  };
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    useKey($("api-key").value.trim());
   });
-  if (state.api.key) {
-    $("key-form").hidden = false;
-    $("api-key").value = state.api.key;
-  }
+  $("key-forget").addEventListener("click", () => {
+    $("api-key").value = "";
+    useKey("");
+  });
+  if (state.api.key) $("api-key").value = state.api.key;
+  fitPicker();
+  PHONE.addEventListener("change", fitPicker);
+  document.body.dataset.mode = state.mode;
   document.addEventListener("keydown", (e) => {
     if (e.code === "Space" && !["INPUT", "BUTTON", "A"].includes(document.activeElement?.tagName) && !$("play").disabled) {
       e.preventDefault();

@@ -34,6 +34,10 @@ export function providerName(provider) {
   return provider.replace(/ExecutionProvider$/, "");
 }
 
+function accuracyText(accuracy) {
+  return typeof accuracy === "number" ? `acc ${(100 * accuracy).toFixed(1)} %` : "acc –";
+}
+
 export function fmtMs(ms) {
   if (ms === null || ms === undefined || !Number.isFinite(ms)) return "–";
   if (ms < 10) return `${ms.toFixed(2)} ms`;
@@ -86,6 +90,7 @@ export class ModelPanel {
     const stat = (name, dd, title) => el("div", { title }, el("dt", { text: name }), dd);
     this.classifyEl = el("div", { class: "classify-result", hidden: "" });
     this.errorEl = el("div", { class: "panel-error", role: "alert", hidden: "" });
+    this.noteEl = el("div", { class: "panel-note", hidden: "" });
     this.root = el(
       "article",
       { class: `panel kind-${m.kind}`, "data-model": this.name },
@@ -93,17 +98,18 @@ export class ModelPanel {
       el("div", { class: "meta" },
         el("span", { class: "chip kind", text: kindText }),
         this.providerEl,
-        el("span", { class: "chip", title: "test accuracy (from the manifest)", text: `acc ${(100 * m.test_accuracy).toFixed(1)} %` })),
+        el("span", { class: "chip acc", title: "test accuracy (from the manifest)", text: accuracyText(m.test_accuracy) })),
       el("p", { class: "blurb", text: this.kind.blurb }),
+      this.noteEl,
       el("div", { class: "panel-main" },
         this.mini,
         el("div", { class: "answer" }, this.big, this.conf, this.waiting)),
-      this.bars,
-      el("div", { class: "chart-wrap" }, el("div", { class: "chart-title", text: "top probability over t" }), this.chart),
       el("dl", { class: "stats" },
         stat("first answer", this.firstEl, "step of the first ready answer, and the time from sending step 0 to it"),
         stat("step RTT p50", this.rttEl, "median round trip of one step as this page sees it (send → answer), so far"),
         stat("step", this.stepEl, "last step answered")),
+      this.bars,
+      el("div", { class: "chart-wrap" }, el("div", { class: "chart-title", text: "top probability over t" }), this.chart),
       this.classifyEl,
       this.errorEl,
     );
@@ -114,7 +120,13 @@ export class ModelPanel {
     this.seq = seq;
     this.shape = shape;
     this.truth = truth ?? null;
+    this.setNote(null);
     this.reset();
+  }
+
+  setNote(text) {
+    this.noteEl.hidden = !text;
+    this.noteEl.textContent = text || "";
   }
 
   reset() {
