@@ -51,7 +51,7 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
 
     classify = doc["classify"]["rows"]
     assert {(r["target"], r["format"], r["connections"]) for r in classify} == {
-        (t, f, c) for t in ("service", "echo") for f in ("json", "v2-binary") for c in (1, 32)
+        (t, f, c) for t in ("service", "echo", "fastapi-echo") for f in ("json", "v2-binary") for c in (1, 32)
     }
     for r in classify:
         assert r["errors"] == 0, r
@@ -60,7 +60,9 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
 
     streams = doc["streaming"]["rows"]
     assert {(r["target"], r["batching"], r["streams"]) for r in streams} == {
-        (t, b, n) for t, b in (("service", "on"), ("service", "off"), ("echo", "-")) for n in (1, 64)
+        (t, b, n)
+        for t, b in (("service", "on"), ("service", "off"), ("echo", "-"), ("fastapi-echo", "-"))
+        for n in (1, 64)
     }
     for r in streams:
         assert r["errors"] == 0, r
@@ -100,7 +102,16 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     goals = {g["goal"]: g for g in doc["goals"]}
     assert set(limits) <= set(goals)
     assert goals["classify, 32 conns, batch 1, JSON"]["met"] == (json32["fraction"] >= 0.7)
-    for name in ("limit", "classify", "streams", "latency"):
+    # the open-loop sweep: every request sent was answered or counted lost, latencies from the due time
+    sweep = doc["sweep"]
+    assert {(r["workload"], r["level"]) for r in sweep["rows"]} == {("classify", 0.5), ("streams", 0.5)}
+    assert sweep["saturation"]["classify"] == pytest.approx(json32["service"], rel=1e-3)
+    for r in sweep["rows"]:
+        assert r["offered_per_s"] == pytest.approx(0.5 * sweep["saturation"][r["workload"]])
+        assert r["sent"] == int(r["offered_per_s"] * 0.5) and 0 < r["answered"] <= r["sent"], r
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        assert r["client_cpu_util"] > 0
+    for name in ("limit", "classify", "streams", "latency", "sweep"):
         png = tmp_path / f"bench-serving-quick-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

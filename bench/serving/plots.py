@@ -134,6 +134,32 @@ def first_output_plot(kinds: list[dict[str, Any]], period_ms: float, title: str,
     plt.close(fig)
 
 
+def sweep_plot(sweep: dict[str, Any], title: str, path: Path) -> None:
+    """Per workload: p50, p99, p99.9 (log) against the offered load as a fraction of saturation."""
+    plt = pyplot()
+    workloads = list(dict.fromkeys(r["workload"] for r in sweep["rows"]))
+    fig, axes = plt.subplots(
+        1, len(workloads), figsize=(5.5 * len(workloads), 4.5), constrained_layout=True, squeeze=False
+    )
+    for ax, workload in zip(axes[0], workloads, strict=True):
+        rows = [r for r in sweep["rows"] if r["workload"] == workload]
+        xs = [100 * r["level"] for r in rows]
+        for key, style in (("p50_ms", "o:"), ("p99_ms", "s-"), ("p999_ms", "^--")):
+            ax.plot(xs, [r[key] for r in rows], style, label=key.removesuffix("_ms").replace("p999", "p99.9"))
+        unit = "req/s" if workload == "classify" else "steps/s"
+        ax.set(
+            xlabel=f"offered load, % of saturation ({sweep['saturation'][workload]:.0f} {unit})",
+            ylabel="latency from due time (ms)",
+            yscale="log",
+            title=workload,
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     env = results["environment"]
     where = f"server on 1 core ({env['cpu']}), load avg {env['loadavg_start']}"
@@ -156,12 +182,12 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
 
         def style(g: tuple) -> dict[str, Any]:
             target, fmt, batch = g
-            name = "psn serve" if target == "service" else "echo (stack floor)"
+            name = "psn serve" if target == "service" else f"{target} (floor)" if target == "echo" else target
             return {
                 "label": f"{name}, {fmt}, batch {batch}",
                 "color": colors.get((batch, fmt), "tab:purple"),
                 "marker": "o",
-                "linestyle": "-" if target == "service" else "--",
+                "linestyle": {"service": "-", "echo": "--"}.get(target, "-."),
             }
 
         def mark_limit(axes: list) -> None:
@@ -191,12 +217,18 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
 
         def style(g: tuple) -> dict[str, Any]:
             target, batching, frames = g
-            name = "echo (stack floor)" if target == "echo" else f"batching {batching}"
+            name = (
+                f"batching {batching}"
+                if target == "service"
+                else f"{target} (floor)"
+                if target == "echo"
+                else target
+            )
             return {
                 "label": f"{name}, {frames} frames",
-                "color": colors.get(batching, "tab:purple"),
+                "color": colors.get(batching, "black") if target != "fastapi-echo" else "tab:gray",
                 "marker": {"binary": "o", "json": "s"}.get(frames, "^"),
-                "linestyle": "--" if target == "echo" else "-",
+                "linestyle": {"service": "-", "echo": "--"}.get(target, "-."),
             }
 
         line_panels(
@@ -217,6 +249,8 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             f"WebSocket steps ({results['streaming']['model']}), {where}",
             out("streams"),
         )
+    if sweep := results.get("sweep"):
+        sweep_plot(sweep, f"open-loop sweep, {where}", out("sweep"))
     if f := results.get("first_output"):
         title = (
             "first output: a PSN answers after all T steps, masked and sliding PSNs and LIF after each step"

@@ -263,25 +263,9 @@ def psn_server(
     workers: int = 1,
 ) -> ServerProcess:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
-    argv = [
-        sys.executable,
-        "-m",
-        "psn.cli",
-        "serve",
-        "--host",
-        HOST,
-        "--models-dir",
-        str(models_dir),
-        "--batching" if batching else "--no-batching",
-        "--log-level",
-        "warning",
-        "--max-streams",
-        "4096",
-        "--max-stream-steps",
-        "100000000",
-        "--idle-timeout-s",
-        "120",
-    ]
+    limits = "--max-streams 4096 --max-stream-steps 100000000 --idle-timeout-s 120 --grpc-port off"
+    argv = [sys.executable, "-m", "psn.cli", "serve", "--host", HOST, "--models-dir", str(models_dir)]
+    argv += ["--batching" if batching else "--no-batching", "--log-level", "warning", *limits.split()]
     argv += ["--providers", ",".join(providers)] if providers else []
     name = "batching-on" if batching else "batching-off"
     if workers > 1:
@@ -292,6 +276,7 @@ def psn_server(
     )
 
 
-def echo_server(log_dir: Path, pinning: Pinning) -> ServerProcess:
-    argv = [sys.executable, "-m", "bench.serving.echo_app", "--host", HOST]
-    return ServerProcess("echo app", argv, log_dir / "echo-app.log", pinning)
+def echo_server(log_dir: Path, pinning: Pinning, kind: str = "raw") -> ServerProcess:
+    """The stack's floor (``raw``: a raw ASGI app that parses the body with orjson) or the FastAPI echo."""
+    argv = [sys.executable, "-m", "bench.serving.echo_app", "--kind", kind, "--host", HOST]
+    return ServerProcess(f"echo app ({kind})", argv, log_dir / f"echo-{kind}.log", pinning)

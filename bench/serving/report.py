@@ -28,6 +28,7 @@ LIMIT_STREAMS = 64
 GOAL_FRACTION = 0.7  # of the limit: classify and 64 streams, JSON and binary
 GOAL_RTT_OVER_ECHO = 2.0  # a lone stream's step round trip against the echo's
 GOAL_BATCHING_GAIN = 3.0  # steps/s with batching on / off at 256 streams
+GOAL_TAIL_LEVEL, GOAL_TAIL_RATIO = 0.75, 3.0  # open loop at 75 % of saturation: classify p99 <= 3x its p50
 KIND_COLORS = {"psn": "tab:red", "masked_psn": "tab:blue", "sliding_psn": "tab:green", "lif": "tab:gray"}
 
 
@@ -167,7 +168,18 @@ def goals(results: dict[str, Any]) -> list[Goal]:
                 None if gain is None else gain >= GOAL_BATCHING_GAIN,
             )
         )
-    return out + [Goal(**g) for g in results.get("extra_goals", [])]
+    for r in results.get("sweep", {}).get("rows", []):
+        if r["workload"] == "classify" and r["level"] == GOAL_TAIL_LEVEL:
+            ratio = r["p99_ms"] / r["p50_ms"]
+            out.append(
+                Goal(
+                    f"classify, open loop at {GOAL_TAIL_LEVEL:.0%} of saturation: p99 / p50",
+                    f"<= {GOAL_TAIL_RATIO:g}",
+                    f"{ratio:.2f} (p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)",
+                    ratio <= GOAL_TAIL_RATIO,
+                )
+            )
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -179,15 +191,14 @@ def tables(results: dict[str, Any]) -> list[str]:
     blocks = []
     if crows:
         c = results["classify"]
-        rows = _beside(
-            crows, ("format", "batch", "connections"), s={"target": "service"}, e={"target": "echo"}
-        )
+        sides = {"s": {"target": "service"}, "e": {"target": "echo"}, "f": {"target": "fastapi-echo"}}
+        rows = _beside(crows, ("format", "batch", "connections"), **sides)
         for r in rows:
             r["svc/echo"] = _ratio(r["s.rps"], r.get("e.rps"))
         title = (
-            "classify (wrk; body json: v1 JSON, v2-binary: V2 binary tensor) vs the echo app with "
-            "the same body "
-            "(us/req: server CPU per request)"
+            "classify (wrk; body json: v1 JSON, v2-binary: V2 binary tensor) vs the raw ASGI echo "
+            "(the floor) "
+            "and the FastAPI echo with the same body (us/req: server CPU per request)"
         )
         columns = (
             "body=format | batch | conns=connections | req/s=s.rps:d | seq/s=s.seq_per_s:d | p50 "
@@ -195,13 +206,15 @@ def tables(results: dict[str, Any]) -> list[str]:
             "p90 ms=s.p90_ms | p99 ms=s.p99_ms | p99.9 ms=s.p999_ms | srv cpu=s.server_cpu_util | "
             "us/req=s.server_cpu_us_per_request:d | errors=s.errors | echo req/s=e.rps:d | echo "
             "p99=e.p99_ms | "
-            "us/req=e.server_cpu_us_per_request:d | svc/echo"
+            "us/req=e.server_cpu_us_per_request:d | svc/echo | fastapi req/s=f.rps:d | "
+            "us/req=f.server_cpu_us_per_request:d"
         )
         blocks.append(table(rows, columns, title) + f"\n(model {c['model']}, body bytes {c['body_bytes']})")
     if srows:
         s = results["streaming"]
         ones = [
-            r | {"server": "echo" if r["target"] == "echo" else f"psn serve, batching {r['batching']}"}
+            r
+            | {"server": r["target"] if r["target"] != "service" else f"psn serve, batching {r['batching']}"}
             for r in sorted(srows, key=lambda r: (r["frames"], r["target"], r["batching"]))
             if r["streams"] == 1
         ]
@@ -218,6 +231,7 @@ def tables(results: dict[str, Any]) -> list[str]:
             on={"target": "service", "batching": "on"},
             off={"target": "service", "batching": "off"},
             e={"target": "echo"},
+            f={"target": "fastapi-echo"},
         )
         for r in rows:
             r["on/off"] = _ratio(r.get("on.steps_per_s"), r.get("off.steps_per_s"))
@@ -228,7 +242,7 @@ def tables(results: dict[str, Any]) -> list[str]:
             "off steps/s=off.steps_per_s:d | p99 ms=off.p99_ms | "
             "us/step=off.server_cpu_us_per_step:d | on/off | "
             "echo steps/s=e.steps_per_s:d | us/step=e.server_cpu_us_per_step:d | on/echo | "
-            "cli us/step=on.client_cpu_us_per_step:d"
+            "cli us/step=on.client_cpu_us_per_step:d | fastapi steps/s=f.steps_per_s:d"
         )
         title = (
             "streams: aggregate steps/s with step batching on and off, and the echo app "
@@ -239,7 +253,7 @@ def tables(results: dict[str, Any]) -> list[str]:
         rows = [
             r
             | {
-                "server": f"classify {'echo' if r['target'] == 'echo' else 'psn serve'}",
+                "server": f"classify {r['target'] if r['target'] != 'service' else 'psn serve'}",
                 "cpu": r.get("server_cpu_us_per_request"),
                 "load": f"{r['format']}, batch {r['batch']}, {r['connections']} conns",
             }
@@ -248,7 +262,8 @@ def tables(results: dict[str, Any]) -> list[str]:
         rows += [
             r
             | {
-                "server": f"streams {'echo' if r['target'] == 'echo' else 'batching ' + r['batching']}",
+                "server": "streams "
+                + (r["target"] if r["target"] != "service" else f"batching {r['batching']}"),
                 "load": f"{r['frames']}, {r['streams']} streams",
                 "cpu": r.get("server_cpu_us_per_step"),
             }
@@ -269,6 +284,28 @@ def tables(results: dict[str, Any]) -> list[str]:
         title = f"time to first output and to decision, one step every {first['period_ms']:g} ms "
         title += "(medians, ms from step 0)"
         blocks.append(table(first["kinds"], columns, title) + f"\n(inputs: {first['inputs']})")
+    if sweep := results.get("sweep"):
+        rows = [
+            r
+            | {
+                "of": f"{r['level']:.0%}",
+                "p99/p50": r["p99_ms"] / r["p50_ms"],
+                "lag p99": r["send_lag_ms"]["p99"],
+            }
+            for r in sweep["rows"]
+        ]
+        columns = (
+            "workload | load=of | offered/s=offered_per_s:d | answered/s=achieved_per_s:d | p50 ms=p50_ms | "
+            "p90 ms=p90_ms | p99 ms=p99_ms | p99.9 ms=p999_ms | max ms=max_ms | p99/p50 | errors | lost | "
+            "srv cpu=server_cpu_util | gen cpu=client_cpu_util | gen lag p99 ms=lag p99 | conns=connections"
+        )
+        sat = sweep["saturation"]
+        title = (
+            f"open-loop sweep: constant offered rate, latency from each request's due time; saturation = "
+            f"{sat['classify']:.0f} req/s ({sat['classify_from']}), {sat.get('streams') or 0:.0f} steps/s "
+            f"({sat['streams_from']}); gen = the load generator's own CPU and lateness"
+        )
+        blocks.append(table(rows, columns, title))
     if results["limit"]:
         rows = [
             r

@@ -17,6 +17,7 @@ from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, reque
 from bench.serving.wrk import Body, check_answer, classify_body, run_wrk, v2_binary_body
 from bench.serving.ws import Frames, run_in_client_process, run_streams
 
+SWEEP_STREAMS = 64
 STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
 _BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
@@ -28,9 +29,13 @@ class Context:
     work: Path
     models: dict[str, ModelRef]
     quiet: bool
-    echo: ServerProcess
+    echo: ServerProcess  # the floor: a raw ASGI app on the same uvicorn that parses the body with orjson
     on: ServerProcess
     off: ServerProcess | None
+    fastapi: ServerProcess | None = None  # the FastAPI echo (second reference)
+
+    def echoes(self) -> list[tuple[str, ServerProcess]]:
+        return [("echo", self.echo)] + ([("fastapi-echo", self.fastapi)] if self.fastapi else [])
 
     def classify_model(self) -> ModelRef:
         return self.models.get("psn") or next(iter(self.models.values()))
@@ -111,7 +116,7 @@ def classify_targets(ctx: Context, model: ModelRef, batch: int) -> dict[tuple[st
         else:
             body, path = v2_binary_body(model.T, model.features, batch), f"/v2/models/{model.name}/infer"
         out[("service", fmt)] = (ctx.on, path, body)
-        out[("echo", fmt)] = (ctx.echo, "/echo", body)
+        out |= {(name, fmt): (server, "/echo", body) for name, server in ctx.echoes()}
     return out
 
 
@@ -120,7 +125,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
     targets: dict[tuple[str, str, int], tuple[ServerProcess, str, Body]] = {}
     for batch in plan.batches:
         for (target, fmt), (server, path, body) in classify_targets(ctx, model, batch).items():
-            expect = "ok" if target == "echo" else ("predictions" if fmt == "json" else "outputs")
+            expect = "ok" if target != "service" else ("predictions" if fmt == "json" else "outputs")
             answer = check_answer(server, path, body, expect)
             if target == "service" and fmt == "json" and len(answer["predictions"]) != batch:
                 raise BenchError(
@@ -169,7 +174,9 @@ def run_classify(ctx: Context) -> dict[str, Any]:
             "label_index answered binary",
         },
         "load": "wrk -t1 -cN, keep-alive, one pre-built POST (bench/serving/post_json.lua)",
-        "echo": "POST /echo with the same body: reads it, answers a small JSON; no parsing, no model",
+        "echo": "POST /echo with the same body on the raw ASGI floor (reads it, parses it with "
+        "orjson, answers a "
+        "small JSON) and on the FastAPI echo (reads it, answers a small JSON); no model",
         "rows": best_rounds(rows, ("target", "format", "batch", "connections"), "rps"),
         "all_rounds": rows,
     }
@@ -190,9 +197,9 @@ def _batch_totals(server: ServerProcess, model: str) -> tuple[float, float]:
 def run_streams_part(ctx: Context) -> dict[str, Any]:
     plan, model = ctx.plan, ctx.stream_model()
     service_path = f"/v1/models/{model.name}/stream"
-    targets = [("service", "on", ctx.on, service_path), ("echo", "-", ctx.echo, "/stream")]
-    if ctx.off is not None:
-        targets.insert(1, ("service", "off", ctx.off, service_path))
+    targets = [("service", "on", ctx.on, service_path)]
+    targets += [("service", "off", ctx.off, service_path)] if ctx.off is not None else []
+    targets += [(name, "-", server, "/stream") for name, server in ctx.echoes()]
     points = [
         (r, f, n, t) for r in range(plan.rounds) for f in plan.frames for n in plan.streams for t in targets
     ]
@@ -234,7 +241,9 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
         "model": model.name,
         "kind": model.kind,
         "load": "closed-loop streams (send a step, await its answer); asyncio + websockets, client processes",
-        "echo": "WS /stream on the echo app: one small JSON text answer per message, nothing parsed",
+        "echo": "WS /stream on the raw ASGI floor (text frames parsed with orjson) and the FastAPI "
+        "echo (nothing "
+        "parsed): one small JSON text answer per message",
         "rows": best_rounds(rows, ("target", "batching", "frames", "streams"), "steps_per_s"),
         "all_rounds": rows,
     }
@@ -327,3 +336,86 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
 
             record(name, server, ws_action)
     return out
+
+
+# ------------------------------------------------------------------------------------------ open-loop sweep
+
+
+def _closed_loop_rate(rows: list[dict[str, Any]], rate: str, **match: Any) -> float | None:
+    row = next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+    return None if row is None else row[rate]
+
+
+def run_sweep(
+    ctx: Context, classify: dict[str, Any] | None, streaming: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Open-loop constant-rate load at fractions of saturation (the closed-loop rate: wrk at 32 connections
+    for classify, 64 closed-loop streams for steps), p50/p99/p99.9 from each request's due time."""
+    from bench.serving.openloop import run_http, run_ws
+    from bench.serving.ws import make_frames
+
+    plan, rows = ctx.plan, []
+    cmodel, smodel = ctx.classify_model(), ctx.stream_model(required=False)
+    body = classify_body(cmodel.T, cmodel.features, 1)
+    url = f"http://{HOST}:{ctx.on.port}/v1/models/{cmodel.name}/classify"
+    sat = {
+        "classify": _closed_loop_rate(
+            (classify or {}).get("rows", []), "rps", target="service", format="json", batch=1, connections=32
+        )
+    }
+    if sat["classify"] is None:
+        r = run_wrk(
+            ctx.on,
+            url.split(str(ctx.on.port), 1)[1],
+            body,
+            ctx.work / "sweep.body",
+            connections=32,
+            duration_s=plan.duration_s,
+            pinning=ctx.pinning,
+        )
+        sat["classify"] = r.rps
+    jobs = [("classify", level) for level in plan.levels]
+    if smodel is not None:
+        ws_url = f"ws://{HOST}:{ctx.on.port}/v1/models/{smodel.name}/stream"
+        frames = make_frames(Frames.BINARY, smodel.features, 0)
+        sat["streams"] = _closed_loop_rate(
+            (streaming or {}).get("rows", []),
+            "steps_per_s",
+            target="service",
+            batching="on",
+            frames="binary",
+            streams=SWEEP_STREAMS,
+        )
+        if sat["streams"] is None:
+            sat["streams"] = run_streams(
+                ws_url,
+                streams=SWEEP_STREAMS,
+                frames=Frames.BINARY,
+                features=smodel.features,
+                duration_s=plan.duration_s,
+                warmup_s=plan.warmup_s,
+                client_procs=plan.client_procs,
+                pinning=ctx.pinning,
+                server=ctx.on,
+            ).steps_per_s
+        jobs += [("streams", level) for level in plan.levels]
+    for workload, level in progress(jobs, desc="open-loop sweep", quiet=ctx.quiet):
+        rate = level * sat[workload]
+        if workload == "classify":
+            r = run_http(url, body.data, body.all_headers(), rate, plan.duration_s, ctx.pinning, ctx.on)
+        else:
+            r = run_ws(ws_url, SWEEP_STREAMS, frames, rate, plan.duration_s, ctx.pinning, ctx.on)
+        rows.append({"workload": workload, "level": level, **r.to_json(), **_ms(r.latency_ms)})
+    return {
+        "load": "open loop at a constant rate (latency from each request's due time, wrk2's way): classify = "
+        "v1 JSON batch 1 over keep-alive connections opened as needed; streams = "
+        f"{SWEEP_STREAMS} WebSocket streams, binary frames, steps pipelined",
+        "saturation": sat
+        | {
+            "classify_from": "closed loop, wrk 32 connections",
+            "streams_from": f"closed loop, {SWEEP_STREAMS} streams",
+        },
+        "classify_model": cmodel.name,
+        "stream_model": None if smodel is None else smodel.name,
+        "rows": rows,
+    }

@@ -1,5 +1,6 @@
-"""``psn bench serving``: the HTTP/WebSocket service under load, on this machine, against an echo app on
-the same stack (FastAPI + uvicorn, no model work) measured in the same run: the floor.
+"""``psn bench serving``: the HTTP/WebSocket service under load, on this machine, against the floor of its
+stack measured in the same run: a raw ASGI echo on the same uvicorn, uvloop and httptools that reads the
+body and parses it with orjson (and, as a second reference, a FastAPI echo).
 
 Servers run as subprocesses on 127.0.0.1 pinned to one core; the load (wrk, WebSocket client processes, the
 profiler) runs on another core. Parts:
@@ -14,9 +15,11 @@ profiler) runs on another core. Parts:
   steps/s against one worker (``bench.serving.scaling``).
 - latency: a sequence streamed at one step every 2 ms to every model kind: time to first output and to
   decision; a plot of output times against input times.
+- sweep: open-loop constant-rate load (``bench.serving.openloop``) at 25, 50, 75 and 90 % of saturation (the
+  closed-loop rate), classify and 64 streams: p50 / p99 / p99.9 per level.
 
-Writes docs/bench-serving.json and docs/bench-serving-{limit,classify,streams,latency}.png (``--quick``: the
-``bench-serving-quick*`` files, so a smoke run never overwrites the real numbers).
+Writes docs/bench-serving.json and docs/bench-serving-{limit,classify,streams,latency,sweep}.png
+(``--quick``: the ``bench-serving-quick*`` files, so a smoke run never overwrites the real numbers).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bench.serving.runs import (
     run_profiles,
     run_raw,
     run_streams_part,
+    run_sweep,
 )
 from bench.serving.wrk import WRK_MISSING, wrk_version
 
@@ -54,6 +58,7 @@ class Part(StrEnum):
     CLASSIFY = "classify"
     STREAMS = "streams"
     LATENCY = "latency"
+    SWEEP = "sweep"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Plan:
     period_ms: float = 2.0
     client_procs: int = 2
     rounds: int = 1
+    levels: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)  # open-loop sweep: fractions of saturation
 
 
 FULL = Plan()
@@ -78,6 +84,7 @@ QUICK = Plan(
     streams=(1, 64),
     frames=("binary",),
     duration_s=0.5,
+    levels=(0.5,),
     warmup_s=0.1,
     sequences=2,
 )
@@ -91,7 +98,11 @@ def _list(kind: type, choices: tuple[str, ...] = ()):
             values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
         except ValueError:
             values = ()
-        if not values or (choices and not set(values) <= set(choices)) or (kind is int and min(values) < 1):
+        if (
+            not values
+            or (choices and not set(values) <= set(choices))
+            or (kind in (int, float) and min(values) <= 0)
+        ):
             want = f"a subset of {','.join(choices)}" if choices else "comma-separated positive integers"
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return values
@@ -127,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     add("--client-procs", type=int, help="WebSocket client processes (2)")
     add("--rounds", type=int, help="times each load point is run, interleaved; the best is reported (1)")
     add("--sequences", type=int, help="sequences streamed per kind (latency part)")
+    add("--levels", type=_list(float), help="open-loop sweep: fractions of saturation (0.25,0.5,0.75,0.9)")
     add(
         "--workers",
         type=_list(int),
@@ -235,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         results["models"] = {"source": source, "by_kind": {k: m.to_json() for k, m in models.items()}}
         print(f"psn bench serving: {pinning.note}; servers on {HOST}, models from {source}")
         print(f"load average at start: {env['loadavg_start']} (other people share these cores: expect noise)")
-        echo = stack.enter_context(echo_server(work, pinning))
+        echo = stack.enter_context(echo_server(work, pinning, "raw"))
+        fastapi = stack.enter_context(echo_server(work, pinning, "fastapi"))
         serve = {"log_dir": work, "pinning": pinning, "providers": providers}
         on = stack.enter_context(psn_server(models_dir, batching=True, **serve))
         off = (
@@ -243,8 +256,9 @@ def run(args: argparse.Namespace) -> int:
             if Part.STREAMS in parts
             else None
         )
-        results["servers"] = {s.label: " ".join(s.command()) for s in (echo, on, off) if s is not None}
-        ctx = Context(plan, pinning, work, models, args.quiet, echo, on, off)
+        servers = (echo, fastapi, on, off)
+        results["servers"] = {s.label: " ".join(s.command()) for s in servers if s is not None}
+        ctx = Context(plan, pinning, work, models, args.quiet, echo, on, off, fastapi)
         if Part.CLASSIFY in parts or Part.STREAMS in parts:
             results["raw"] = run_raw(ctx, providers)
         if Part.CLASSIFY in parts:
@@ -253,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
             results["streaming"] = run_streams_part(ctx)
         if Part.LATENCY in parts:
             results["first_output"] = run_first_output(ctx)
+        if Part.SWEEP in parts:
+            results["sweep"] = run_sweep(ctx, results.get("classify"), results.get("streaming"))
+        if Part.SWEEP in parts:
+            results["sweep"] = run_sweep(ctx, results.get("classify"), results.get("streaming"))
         extra = []
         if args.workers:
             from bench.serving.scaling import run_workers_part, workers_table
