@@ -1,8 +1,8 @@
 """Server processes of the serving suite on 127.0.0.1, pinned to cores, always stopped; CPU time of any
 process.
 
-A server binds its own port: ``psn serve`` and the floor apps take ``--port 0 --port-file FILE`` and write
-the port they bound there, so no port is chosen before a server binds it. Peers that cannot (KServe,
+A server binds its own port: ``psn serve`` through the one launcher (server/launcher.py), the floor apps with
+``--port 0 --port-file FILE``, so no port is chosen before a server binds it. Peers that cannot (KServe,
 LitServe) get a free port and are restarted on another one if it was taken meanwhile. The server runs on
 one core (or a set of cores: ``--workers``) and the load (wrk, WebSocket clients, the profiler) on another.
 """
@@ -253,6 +253,34 @@ class ServerProcess:
         self.stop()
 
 
+class PsnServer(ServerProcess):
+    """``psn serve`` started by the one launcher (server/launcher.py): it binds its port itself."""
+
+    def __init__(self, label: str, args: list[str], log_path: Path, pinning: Pinning) -> None:
+        super().__init__(label, ["psn", "serve", *args], log_path, pinning)
+        self.args, self.server = args, None
+
+    def command(self) -> list[str]:
+        return [*self.argv, "--port", str(self.port)]
+
+    def start(self) -> PsnServer:
+        from server.launcher import LaunchError, start
+
+        try:
+            self.server = start(
+                *self.args, host=HOST, log=self.log_path, preexec_fn=self.pinning.server_setup()
+            )
+        except LaunchError as exc:
+            raise BenchError(f"{self.label}: {exc}") from exc
+        self.proc, self.port = self.server.process, self.server.port
+        return self
+
+    def stop(self) -> None:
+        server, self.server, self.proc = self.server, None, None
+        if server is not None:
+            server.close()
+
+
 def psn_server(
     models_dir: Path,
     *,
@@ -261,19 +289,17 @@ def psn_server(
     pinning: Pinning,
     providers: list[str] | None = None,
     workers: int = 1,
-) -> ServerProcess:
+) -> PsnServer:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
-    limits = "--max-streams 4096 --max-stream-steps 100000000 --idle-timeout-s 120 --grpc-port off"
-    argv = [sys.executable, "-m", "psn.cli", "serve", "--host", HOST, "--models-dir", str(models_dir)]
-    argv += ["--batching" if batching else "--no-batching", "--log-level", "warning", *limits.split()]
-    argv += ["--providers", ",".join(providers)] if providers else []
+    limits = "--max-streams 4096 --max-stream-steps 100000000 --idle-timeout-s 120"
+    args = ["--models-dir", str(models_dir), "--batching" if batching else "--no-batching"]
+    args += ["--log-level", "warning", *limits.split()]
+    args += ["--providers", ",".join(providers)] if providers else []
     name = "batching-on" if batching else "batching-off"
     if workers > 1:
-        argv += ["--workers", str(workers)]
+        args += ["--workers", str(workers)]
         name += f"-{workers}-workers"
-    return ServerProcess(
-        f"psn serve ({name})", argv, log_dir / f"psn-serve-{name}.log", pinning, port_file=False
-    )
+    return PsnServer(f"psn serve ({name})", args, log_dir / f"psn-serve-{name}.log", pinning)
 
 
 def echo_server(log_dir: Path, pinning: Pinning, kind: str = "raw") -> ServerProcess:
