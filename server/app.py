@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig, available_providers
 from server import (
+    apidoc,
     errors,
     fastpath,
     routes_demo,
@@ -124,6 +125,7 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
     app.include_router(routes_v2.health)
     app.include_router(routes_repository.router)
     routes_demo.install(app, docs=docs)
+    apidoc.document(app)  # tags, summaries and the WebSocket protocol for /docs
     errors.install(
         app, protocols=[(routes_v2.health, routes_v2.router, routes_repository.router)]
     )  # after every route

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from server import errors
+from server import apidoc, errors
 from server.cli import default_text, flag_text
 from server.settings import Settings
 
@@ -108,8 +108,8 @@ def _describe(route: Any) -> tuple[str, str, str]:
     summary = getattr(route, "summary", None) or _first_line(getattr(route, "description", None))
     if not summary:
         summary = _first_sentence(_first_line(getattr(getattr(route, "endpoint", None), "__doc__", None)))
-    tags = ", ".join(str(t) for t in (getattr(route, "tags", None) or ()))
-    return f"`{verb} {path}`", tags, summary
+    tags = [str(t) for t in (getattr(route, "tags", None) or ())] or [apidoc.tag_for(path) or ""]
+    return f"`{verb} {path}`", ", ".join(tags), summary
 
 
 def routes_table() -> str:
@@ -134,6 +134,8 @@ def routes_table() -> str:
             what = what or "the OpenAPI schema"
         fmt = getattr(getattr(route, "original_route", route), "error_format", None)
         rows.append([name, auth, str(fmt.value if fmt is not None else "–"), tag, what])
+    order = [t["name"] for t in apidoc.TAGS]
+    rows.sort(key=lambda row: order.index(row[3]) if row[3] in order else len(order))  # stable: app order
     return _table(["route", "auth", "error body", "tag", "what"], rows)
 
 

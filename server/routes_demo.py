@@ -81,7 +81,10 @@ def _examples(plane: DataPlane, name: str) -> tuple[Examples | None, str]:
 
 
 @api.get(
-    "/models/{name}/examples", response_model=None, responses={**ok(ExampleList), **errors(401, 404, 503)}
+    "/models/{name}/examples",
+    summary="List a model's examples",
+    response_model=None,
+    responses={**ok(ExampleList), **errors(401, 404, 503)},
 )
 async def list_examples(name: str, plane: Plane) -> Response:
     """The examples shipped beside the model (real test inputs): ``{"model", "count", "dataset", "split",
@@ -103,6 +106,7 @@ async def list_examples(name: str, plane: Plane) -> Response:
 
 @api.get(
     "/models/{name}/examples/{i}",
+    summary="One example, ready to classify or stream",
     response_model=None,
     responses={**ok(Example), **errors(401, 404, 422, 500, 503)},
 )

@@ -547,6 +547,10 @@ def test_swagger_ui_renders_offline(page: Page) -> None:
     )
     text = page.js("return document.body.innerText")
     assert "/v1/models/{name}/classify" in text and "/v1/models/{name}/examples/{i}" in text
+    assert "Streams: WS /v1/models/{name}/stream" in text and "Snapshots" in text  # the WebSocket protocol
+    tags = page.js("return [...document.querySelectorAll('.opblock-tag')].map((t) => t.dataset.tag)")
+    assert tags[0] == "classify", tags  # in the declared order (streams has no HTTP operation to list)
+    assert {"Open Inference Protocol", "models", "examples", "health"} <= set(tags), tags
     urls = page.check_offline()
     assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in urls)
 
