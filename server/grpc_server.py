@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from server.cli import GRACE_S  # unary calls in flight get as long as HTTP requests
 from server.grpc_service import Service
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from server.state import AppState
 
 log = logging.getLogger("psn.server")
-
-GRACE_S = 5.0  # unary calls in flight when the server stops (as uvicorn's graceful shutdown for HTTP)
 
 
 def address(host: str, port: int) -> str:
