@@ -6,8 +6,11 @@ packs, signs and checks it. Resuming needs a secret the replicas share (``--stre
 
 Protocol (client -> server, text frames):
   * ``{"snapshot": true}``: answered ``{"snapshot": "<base64>", "t": n}`` (n steps taken);
-  * ``{"resume": "<base64>"}``: the stream takes the snapshot's state, answered ``{"resumed": true, "t": n}``;
-    the client then replays the inputs it sent from step n on;
+  * ``{"resume": "<base64>"}``: the stream takes the snapshot's state, answered
+    ``{"resumed": true, "t": n, "version": v}``; the client then replays the inputs it sent from step n on.
+    The snapshot names the model version that made it: the stream moves to that version when this replica
+    has it ready (a stream opened on version 2 resumes a version-1 snapshot on version 1), else the answer
+    is a ``version_unavailable`` error event (another replica may have it);
   * ``?snapshot_every=S`` on the URL: a snapshot message after every S-th step's answer;
   * on drain (SIGTERM): the answer in flight, then a snapshot message, then close 1001.
 """
@@ -20,7 +23,17 @@ from typing import Any
 from fastapi import WebSocket
 
 from psn_runtime import Runtime
-from psn_runtime.snapshot import SnapshotSpec, decode, encode, pack, secret_key, unpack
+from psn_runtime.errors import BadSnapshot
+from psn_runtime.snapshot import (
+    SnapshotOrigin,
+    SnapshotSpec,
+    decode,
+    encode,
+    origin,
+    pack,
+    secret_key,
+    unpack,
+)
 from server.errors import InvalidRequest, ResumeDisabled
 from server.jsonio import dumps_text
 from server.settings import Settings
@@ -68,7 +81,7 @@ class StreamResume:
     def open(
         cls, runtime: Runtime, settings: Settings, name: str, stream_id: str, every: int
     ) -> StreamResume:
-        spec = runtime.snapshot_spec(name)
+        spec = runtime.stream_snapshot_spec(stream_id)  # the version the stream is on
         off = _off_reason(settings, spec)
         key = None
         if off is None and settings.stream_secret is not None:
@@ -107,11 +120,38 @@ class StreamResume:
         return dumps_text({"snapshot": snapshot, "t": t})
 
     async def resume(self, snapshot: str) -> int:
-        """The stream takes the snapshot's state; returns its step count (the client replays from there)."""
+        """The stream takes the snapshot's state, on the model version that made it (``spec.version`` says
+        which); returns its step count (the client replays from there)."""
         key = self._key()
-        state = unpack(self.spec, decode(snapshot, self.max_bytes), key, self.max_bytes)
+        blob = decode(snapshot, self.max_bytes)
+        made_by = origin(blob, key, self.max_bytes)  # size and signature checked first
+        if made_by.model == self.spec.model and not self._same_version(made_by):
+            await self._move(made_by)
+        state = unpack(self.spec, blob, key, self.max_bytes)
         await self.runtime.restore_stream(self.stream_id, state)
         return state.t
+
+    def _same_version(self, made_by: SnapshotOrigin) -> bool:
+        if made_by.version is not None:
+            return made_by.version == self.spec.version
+        return made_by.graph_sha256 == self.spec.graph_sha256  # a snapshot from before versions
+
+    async def _move(self, made_by: SnapshotOrigin) -> None:
+        """Put the stream on the version that made the snapshot (VersionUnavailable when this replica does
+        not have it ready; BadSnapshot when its steps do not take the shape the stream was opened for)."""
+        version = self.runtime.snapshot_version(made_by)
+        here = self.runtime.stream_info(self.stream_id).manifest
+        there = self.runtime.model(made_by.model, version).manifest
+        assert here is not None and there is not None  # both READY
+        if tuple(there.input_shape) != tuple(here.input_shape) or there.labels != here.labels:
+            raise BadSnapshot(
+                f"the snapshot's version {version} of model {made_by.model!r} takes steps of shape "
+                f"{list(there.input_shape)} and labels {there.labels}, this stream's version "
+                f"{self.spec.version}: {list(here.input_shape)}, {here.labels}; open the stream with "
+                f"?version={version}"
+            )
+        await self.runtime.move_stream(self.stream_id, version)
+        self.spec = self.runtime.stream_snapshot_spec(self.stream_id)
 
     async def control(self, doc: dict[str, Any]) -> str:
         """Answer a ``{"snapshot": true}`` or ``{"resume": "..."}`` message."""
@@ -121,4 +161,5 @@ class StreamResume:
             if doc["snapshot"] is not True:
                 raise InvalidRequest('snapshot: send exactly {"snapshot": true}', "snapshot")
             return await self.snapshot_message()
-        return dumps_text({"resumed": True, "t": await self.resume(doc["resume"])})
+        t = await self.resume(doc["resume"])
+        return dumps_text({"resumed": True, "t": t, "version": self.spec.version})

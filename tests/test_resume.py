@@ -154,7 +154,7 @@ def test_resumed_stream_answers_exactly_as_an_uninterrupted_one(
     with b.websocket_connect(_path(kind)) as ws:  # another replica
         ws.receive_json()
         ws.send_json({"resume": snap["snapshot"]})
-        assert ws.receive_json() == {"resumed": True, "t": cut}
+        assert ws.receive_json() == {"resumed": True, "t": cut, "version": served().manifest(kind).version}
         rest = [_step(ws, x) for x in xs[cut:]]
     got = first + rest
     assert [g["t"] for g in got] == list(range(len(xs)))

@@ -23,15 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import json
-import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,16 +36,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from psn_runtime import Runtime, RuntimeConfig  # noqa: E402
-from server.client import AsyncPSNClient, RetryPolicy  # noqa: E402
+from psn_runtime import Runtime, RuntimeConfig
+from server.client import AsyncPSNClient, RetryPolicy
+from tests.cluster.cluster import REPO, Cluster, Net, guard, preflight, print_logs, upstream_replica
 
 REPLICAS = 3
-PORT = 8000
-NS = "psn-ct{}"  # namespace i
-VETH = "psnct{}"  # root side of pair i (the namespace side is VETH + "n")
+NET = Net("psn-ct", "psnct", 200)  # namespaces psn-ct0..2, 10.200.0-2.0/30
 STREAM_MODELS = ("smnist-masked-psn", "smnist-sliding-psn", "smnist-lif")
 CLASSIFY_MODEL = "smnist-psn"
 STEPS = 196  # per stream (masked PSN: 7 sequences of T=28, reset between)
@@ -60,137 +52,6 @@ STAGGER_S = 1.0  # streams open over this long
 KILL_AT, TERM_AT, RESTART_AT = 4.0, 7.0, 8.0  # seconds after the load starts
 SNAPSHOT_EVERY = 8
 DEADLINE_S = 170  # the whole run, setup and cleanup included
-UPSTREAM_HEADER = "X-PSN-Upstream"
-
-
-def _addr(i: int) -> str:
-    return f"10.200.{i}.2"
-
-
-def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """The namespaces, replicas and nginx; ``cleanup`` (idempotent) removes all of it."""
-
-    def __init__(self, tmp: Path, models_dir: Path, secret: str) -> None:
-        self.tmp, self.models_dir, self.secret = tmp, models_dir, secret
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.old: list[subprocess.Popen] = []
-        self.nginx: subprocess.Popen | None = None
-        self.nginx_port = 0
-        self.starts = [0] * REPLICAS
-        self.cleaned = False
-
-    # -- network -----------------------------------------------------------------------------------------
-    @staticmethod
-    def remove_network() -> None:
-        for i in range(REPLICAS):
-            _run("ip", "netns", "del", NS.format(i), check=False)  # takes its end of the veth pair along
-            _run("ip", "link", "del", VETH.format(i), check=False)
-
-    def setup_network(self) -> None:
-        self.remove_network()  # leftovers of a run that could not clean up
-        routes = _run("ip", "route").stdout
-        if any(f"10.200.{i}." in routes for i in range(REPLICAS)):
-            raise RuntimeError(f"10.200.0-{REPLICAS - 1}.0/30 are in use on this host:\n{routes}")
-        for i in range(REPLICAS):
-            ns, host, peer = NS.format(i), VETH.format(i), VETH.format(i) + "n"
-            _run("ip", "netns", "add", ns)
-            _run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
-            _run("ip", "link", "set", peer, "netns", ns)
-            _run("ip", "addr", "add", f"10.200.{i}.1/30", "dev", host)
-            _run("ip", "link", "set", host, "up")
-            _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{_addr(i)}/30", "dev", peer)
-            _run("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
-            _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-
-    # -- replicas ----------------------------------------------------------------------------------------
-    def start(self, i: int) -> None:
-        if i in self.procs:
-            self.old.append(self.procs.pop(i))
-        self.starts[i] += 1
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PSN_STREAM_SECRET": self.secret}
-        cmd = [
-            "ip", "netns", "exec", NS.format(i), sys.executable, "-m", "server.cli",
-            "--host", _addr(i), "--port", str(PORT), "--models-dir", str(self.models_dir),
-            "--providers", "CPUExecutionProvider", "--log-level", "warning",
-        ]  # fmt: skip
-        with open(self.tmp / f"replica-{i}-{self.starts[i]}.log", "w") as log:
-            self.procs[i] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-            )
-
-    def signal(self, i: int, sig: int) -> None:
-        self.procs[i].send_signal(sig)  # ip netns exec execs the server: this pid is the server's
-
-    async def wait_ready(self, i: int, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2) as http:
-            while time.monotonic() < deadline:
-                if self.procs[i].poll() is not None:
-                    raise RuntimeError(f"replica {i} exited with {self.procs[i].returncode}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"http://{_addr(i)}:{PORT}/readyz")).status_code == 200:
-                        return time.monotonic()
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"replica {i} was not ready in {timeout} s")
-
-    # -- nginx -------------------------------------------------------------------------------------------
-    def start_nginx(self) -> str:
-        sys.path.insert(0, str(REPO / "deploy" / "nginx"))
-        import render  # deploy/nginx/render.py
-
-        prefix = self.tmp / "nginx"
-        prefix.mkdir()
-        prefix.chmod(0o755)  # nginx's workers (user nobody) write their temp files here
-        self.tmp.chmod(0o755)
-        self.nginx_port = _free_port()
-        replicas = [f"{_addr(i)}:{PORT}" for i in range(REPLICAS)]
-        extra = f"    add_header {UPSTREAM_HEADER} $upstream_addr always;  # which replica answered"
-        conf = prefix / "nginx.conf"
-        conf.write_text(render.standalone(replicas, prefix, f"127.0.0.1:{self.nginx_port}", extra))
-        test = _run("nginx", "-t", "-p", str(prefix), "-c", str(conf), check=False)
-        if test.returncode != 0:
-            raise RuntimeError(f"nginx -t refused the config:\n{test.stderr}")
-        with open(self.tmp / "nginx.out", "w") as out:
-            self.nginx = subprocess.Popen(
-                ["nginx", "-p", str(prefix), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.nginx_port), 1):
-                return f"http://127.0.0.1:{self.nginx_port}"
-            time.sleep(0.05)
-        raise RuntimeError("nginx did not listen")
-
-    # -- cleanup -----------------------------------------------------------------------------------------
-    def cleanup(self) -> None:
-        if self.cleaned:
-            return
-        self.cleaned = True
-        for proc in [*self.procs.values(), *self.old, *([self.nginx] if self.nginx else [])]:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: the process and its children
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        self.remove_network()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def leftovers(self) -> list[str]:
-        names = _run("ip", "netns", "list").stdout
-        left = [NS.format(i) for i in range(REPLICAS) if NS.format(i) in names]
-        left += [f"pid {p.pid}" for p in [*self.procs.values(), *self.old] if p.poll() is None]
-        return left + ([str(self.tmp)] if self.tmp.exists() else [])
 
 
 # -- load -------------------------------------------------------------------------------------------------
@@ -209,19 +70,16 @@ class StreamRun:
 
 
 def _replica(connection) -> int:
-    """Which replica nginx sent a connection to (the last address of its upstream header)."""
-    value = connection.response.headers.get(UPSTREAM_HEADER, "")
-    address = value.split(",")[-1].strip().split(":")[0]
-    return int(address.split(".")[2]) if address.startswith("10.200.") else -1
+    """Which replica nginx sent a connection to."""
+    return upstream_replica(NET, connection.response.headers)
 
 
 async def stream_load(client: AsyncPSNClient, run: StreamRun, t0: float, delay: float) -> None:
     policy = RetryPolicy(retries=20, backoff_s=0.05, max_backoff_s=1.0, step_timeout_s=20)
     await asyncio.sleep(delay)
     try:
-        async with client.stream(
-            run.model, resumable=True, snapshot_every=SNAPSHOT_EVERY, retry=policy
-        ) as stream:  # fmt: skip
+        opened = client.stream(run.model, resumable=True, snapshot_every=SNAPSHOT_EVERY, retry=policy)
+        async with opened as stream:
             conn = stream.connection
             run.connections.append((time.monotonic() - t0, _replica(conn)))
             for j, x in enumerate(run.inputs):
@@ -253,8 +111,7 @@ async def classify_load(
                 r = await http.post(f"/v1/models/{CLASSIFY_MODEL}/classify", json={"inputs": xs[k].tolist()})
                 label = r.json()["predictions"][0]["label"] if r.status_code == 200 else None
                 record.update(status=r.status_code, ok=r.status_code == 200 and label == want[k])
-                upstream = r.headers.get(UPSTREAM_HEADER, "").split(",")[-1].strip()
-                record["replica"] = int(upstream.split(".")[2]) if upstream.startswith("10.200.") else -1
+                record["replica"] = upstream_replica(NET, r.headers)
                 if r.status_code == 200 and label != want[k]:
                     record["error"] = f"label {label!r}, expected {want[k]!r}"
             except Exception as exc:
@@ -315,8 +172,10 @@ def check(runs: list[StreamRun], classify: list[dict], events: dict) -> dict[str
     checks["streams_equal_uninterrupted"] = {"ok": not bad, "streams": len(runs), "bad": bad[:10]}
     failed = [c for c in classify if not c["ok"]]
     checks["classify_no_failures"] = {
-        "ok": not failed and len(classify) > 0, "requests": len(classify), "failed": failed[:10],
-    }  # fmt: skip
+        "ok": not failed and len(classify) > 0,
+        "requests": len(classify),
+        "failed": failed[:10],
+    }
     for name, sig in (("sigkill", "SIGKILL"), ("sigterm", "SIGTERM")):
         replica = events[f"{name}_replica"]
         at = events[f"{name}_at"]
@@ -324,8 +183,11 @@ def check(runs: list[StreamRun], classify: list[dict], events: dict) -> dict[str
         moved = [r for r in victims if any(t > at and rep not in (replica, -1) for t, rep in r.connections)]
         checks[f"{name}_streams_resumed_elsewhere"] = {
             "ok": len(victims) > 0 and len(moved) == len(victims),
-            "signal": sig, "replica": replica, "streams_on_it": len(victims), "resumed_on_others": len(moved),
-        }  # fmt: skip
+            "signal": sig,
+            "replica": replica,
+            "streams_on_it": len(victims),
+            "resumed_on_others": len(moved),
+        }
     back = {}
     for name in ("sigkill", "sigterm"):
         replica = events[f"{name}_replica"]
@@ -358,7 +220,7 @@ def plot(runs: list[StreamRun], events: dict, end: float, path: Path) -> None:
             )
             for t in grid
         ]
-        top.plot(grid, counts, label=f"replica {replica} ({_addr(replica)})")
+        top.plot(grid, counts, label=f"replica {replica} ({NET.addr(replica)})")
     top.set_ylabel("open streams")
     top.set_title("Streams per replica (through nginx), 100 resumable streams")
     times = np.array([t for r in runs for t, _ in r.latencies])
@@ -375,11 +237,13 @@ def plot(runs: list[StreamRun], events: dict, end: float, path: Path) -> None:
     bottom.set_ylabel("step latency (ms)")
     bottom.set_xlabel("seconds since the load started")
     for ax in (top, bottom):
-        for key, label, color in (
-            ("sigkill_at", "SIGKILL", "red"), ("sigterm_at", "SIGTERM", "orange"),
+        marks = (
+            ("sigkill_at", "SIGKILL", "red"),
+            ("sigterm_at", "SIGTERM", "orange"),
             ("sigkill_restarted_ready", "restarted", "green"),
             ("sigterm_restarted_ready", "restarted", "green"),
-        ):  # fmt: skip
+        )
+        for key, label, color in marks:
             if events.get(key) is not None:
                 ax.axvline(events[key], color=color, linestyle="--", linewidth=1)
                 ax.text(events[key], ax.get_ylim()[1], f" {label}", color=color, va="top", fontsize=8)
@@ -391,7 +255,7 @@ def plot(runs: list[StreamRun], events: dict, end: float, path: Path) -> None:
 
 # -- main -------------------------------------------------------------------------------------------------
 async def scenario(
-    cluster: Cluster, n_streams: int, seed: int
+    cluster: Cluster, models: Path, n_streams: int, seed: int
 ) -> tuple[list[StreamRun], list[dict], dict, float]:
     rng = np.random.default_rng(seed)
     runs = []
@@ -400,10 +264,10 @@ async def scenario(
         inputs = rng.standard_normal((STEPS, 28)).astype(np.float32)  # [STEPS, F]
         runs.append(StreamRun(i, model, 28 if "masked" in model else None, inputs))
     xs = rng.standard_normal((16, 28, 28)).astype(np.float32)  # [16 requests, T, F]
-    want = await reference(cluster.models_dir, runs, xs)
+    want = await reference(models, runs, xs)
 
     for i in range(REPLICAS):
-        cluster.start(i)
+        cluster.start(i, models)
     await asyncio.gather(*(cluster.wait_ready(i, 90) for i in range(REPLICAS)))
     base = cluster.start_nginx()
 
@@ -420,11 +284,11 @@ async def scenario(
         events["sigterm_at"] = time.monotonic() - t0
         cluster.signal(1, signal.SIGTERM)
         await asyncio.sleep(RESTART_AT - (time.monotonic() - t0))
-        cluster.start(0)
+        cluster.start(0, models)
         while cluster.procs[1].poll() is None:  # the drain ends with the process
             await asyncio.sleep(0.05)
         events["sigterm_exit_status"] = cluster.procs[1].returncode
-        cluster.start(1)
+        cluster.start(1, models)
         ready = await asyncio.gather(cluster.wait_ready(0), cluster.wait_ready(1))
         events["sigkill_restarted_ready"] = ready[0] - t0
         events["sigterm_restarted_ready"] = ready[1] - t0
@@ -451,40 +315,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("cluster-test: needs root (network namespaces)", file=sys.stderr)
+    problem = preflight("cluster-test")
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
-    for tool in ("ip", "nginx"):
-        if shutil.which(tool) is None:
-            print(
-                f"cluster-test: {tool} is not installed (make cluster-test installs nginx)", file=sys.stderr
-            )
-            return 2
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="psn-cluster-"))
     models = tmp / "models"
     models.mkdir()
     for name in (*STREAM_MODELS, CLASSIFY_MODEL):
         (models / name).symlink_to(REPO / "models" / name)
-    cluster = Cluster(tmp, models, secrets.token_hex(32))
-    atexit.register(cluster.cleanup)
-
-    def on_signal(signum: int, _frame) -> None:
-        cluster.cleanup()
-        os._exit(128 + signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, on_signal)
-    signal.alarm(DEADLINE_S)  # a hung run is ended, and cleaned up, by the alarm
+    cluster = Cluster(tmp, NET, REPLICAS, secrets.token_hex(32))
+    guard(cluster, DEADLINE_S)  # a hung run is ended, and cleaned up, by the alarm
     try:
         cluster.setup_network()
-        runs, classify, events, duration = asyncio.run(scenario(cluster, args.streams, args.seed))
+        runs, classify, events, duration = asyncio.run(scenario(cluster, models, args.streams, args.seed))
+    except BaseException:
+        print_logs(cluster.logs())
+        raise
     finally:
-        logs = {p.name: p.read_text()[-3000:] for p in sorted(tmp.glob("replica-*.log"))}
-        errors = tmp / "nginx" / "error.log"
-        if errors.exists():  # what nginx saw go wrong with the replicas (retries, refused, reset)
-            lines = [line for line in errors.read_text().splitlines() if "[warn]" not in line]
-            logs["nginx error.log"] = "\n".join(lines)[-6000:]
+        logs = cluster.logs()
         cluster.cleanup()
         signal.alarm(0)
     checks = check(runs, classify, events)
@@ -495,13 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     lat = np.array([s for r in runs for _, s in r.latencies]) * 1000
     around = np.array([s for r in runs for t, s in r.latencies if abs(t - events["sigkill_at"]) < 1.0]) * 1000
     summary = {
-        "replicas": REPLICAS, "streams": len(runs), "steps_per_stream": STEPS,
-        "models": list(STREAM_MODELS), "classify_model": CLASSIFY_MODEL, "snapshot_every": SNAPSHOT_EVERY,
+        "replicas": REPLICAS,
+        "streams": len(runs),
+        "steps_per_stream": STEPS,
+        "models": list(STREAM_MODELS),
+        "classify_model": CLASSIFY_MODEL,
+        "snapshot_every": SNAPSHOT_EVERY,
         "load_seconds": round(duration, 2),
         "events": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in events.items()},
         "reconnects": sum(len(r.connections) - 1 for r in runs if r.connections),
         "step_latency_ms": {
-            "p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3),
+            "p50": round(float(np.percentile(lat, 50)), 3),
+            "p99": round(float(np.percentile(lat, 99)), 3),
             "max": round(float(lat.max()), 1),
             "max_within_1s_of_sigkill": round(float(around.max()), 1) if around.size else None,
         },
@@ -511,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "checks": checks,
         "passed": all(c["ok"] for c in checks.values()),
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster-test.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(runs, events, duration, args.out / "cluster-test.png")
@@ -521,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(c["ok"] for c in checks.values())
     print(f"cluster-test: {passed} passed, {len(checks) - passed} failed")
     if not summary["passed"]:
-        for name, text in logs.items():
-            print(f"--- {name} (tail)\n{text}", file=sys.stderr)
+        print_logs(logs)
     return 0 if summary["passed"] else 1
 
 
