@@ -108,12 +108,13 @@ async def _control(plane: DataPlane, name: str, sequence_id: int | str, asked: s
         text, t = await resumer(plane, stream).snapshot()
         return {"sequence_id": sequence_id, "snapshot": text, "t": t}
     stream = await plane.sequences.stream(name, sequence_id, start=True)
+    resumable = resumer(plane, stream)
     try:
-        t = await resumer(plane, stream).resume(snapshot)
+        t = await resumable.resume(snapshot)  # on the model version that made the snapshot
     except BaseException:
         plane.sequences.close(name, sequence_id)  # a snapshot that does not resume opens nothing
         raise
-    return {"sequence_id": sequence_id, "resumed": True, "t": t}
+    return {"sequence_id": sequence_id, "resumed": True, "t": t, "version": resumable.spec.version}
 
 
 async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInferResponse:

@@ -66,7 +66,8 @@ def test_a_drained_stream_resumes_on_another_replica(ws: TestClient, kind: Neuro
         for _ in SIDS:
             result, error = stream.get()
             assert error is None, error
-            assert params_of(result)["resumed"] is True and params_of(result)["t"] == CUT
+            params = params_of(result)
+            assert (params["resumed"], params["t"], params["version"]) == (True, CUT, m.version)
         for t in range(CUT, m.T):  # the steps after the last one the first replica answered
             for sid, xs in inputs.items():
                 ids = {"request_id": f"{sid}/{t}", "sequence_id": sid}
