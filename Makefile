@@ -26,8 +26,12 @@ help:
 	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
 	@echo "make gpu-check   on an NVIDIA GPU host: CUDA venv, parity on CUDA, GPU benchmarks -> docs/gpu/ (~10 min)"
 
+# the venv without ensurepip's copy of pip (slow: it byte-compiles pip and setuptools), then pip from the
+# system's pip (pip >= 22.3 installs into another environment with --python); ensurepip where that fails
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip -q --disable-pip-version-check --python $(PY) install --no-compile pip 2>/dev/null \
+		|| $(PY) -m ensurepip -q
 
 # ONNX Runtime build for `make serve`: ORT=auto (default) takes onnxruntime-gpu[cuda,cudnn] where an NVIDIA
 # driver is present and the CPU onnxruntime elsewhere; ORT=gpu or ORT=cpu chooses. (The image: docker/.)
@@ -49,8 +53,9 @@ $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
 	$(PY) docker/serve_requirements.py --variant $(ORT_VARIANT) pyproject.toml > $(VENV)/serve-requirements.txt
 	@# the two builds share the onnxruntime package folder: never leave both installed
 	@if $(PIP) show $(ORT_OTHER) >/dev/null 2>&1; then $(PIP) uninstall -y onnxruntime onnxruntime-gpu; fi
-	$(PIP) install -r $(VENV)/serve-requirements.txt
-	$(PIP) install --no-deps -e .
+	@# --no-compile: Python compiles what it imports when it first imports it, not all of every package
+	$(PIP) install --no-compile -r $(VENV)/serve-requirements.txt
+	$(PIP) install --no-compile --no-deps -e .
 	@touch $@
 endif
 
