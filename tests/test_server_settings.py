@@ -138,7 +138,8 @@ def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, t
             seen["port"] = sockets[0].getsockname()[1] if sockets else None
 
     monkeypatch.setattr(uvicorn, "Server", FakeServer)
-    assert cli.main(["--models-dir", str(tmp_path), "--port", "0", "--max-ws-message-bytes", "4096"]) == 0
+    free_ports = ["--port", "0", "--grpc-port", "0"]  # the defaults (8000, 8001) may be taken on this host
+    assert cli.main(["--models-dir", str(tmp_path), *free_ports, "--max-ws-message-bytes", "4096"]) == 0
     config = seen["config"]
     assert config.factory and config.host == "127.0.0.1" and config.port == seen["port"] != 0  # bound first
     assert config.ws_max_size == 4096 and config.lifespan == "on"
@@ -147,7 +148,7 @@ def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, t
 
     calls: dict = {}
     monkeypatch.setattr("server.workers.serve_workers", lambda s, options: calls.update(s=s, **options) or 0)
-    assert cli.main(["--models-dir", str(tmp_path), "--workers", "2", "--port", "0"]) == 0
+    assert cli.main(["--models-dir", str(tmp_path), "--workers", "2", *free_ports]) == 0
     assert calls["s"].workers == 2 and calls["port"] != 0 and calls["lifespan"] == "on"
     env = calls["s"].env()  # what each worker process rebuilds its settings from
     assert env["PSN_WORKERS"] == "2" and env["PSN_MODELS_DIR"] == str(tmp_path.resolve())
