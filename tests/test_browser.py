@@ -446,16 +446,16 @@ def test_layout_fits_the_screen(page: Page, size: str) -> None:
     folded into one line). Writes docs/demo.png (wide) and docs/demo-phone.png (phone)."""
     width, height = SIZES[size]
     with viewport(page, width, height):
-        page.open(f"/?models={','.join(SMNIST)}&sample=5&autoplay=1&interval_ms=150")
+        page.open(f"/?models={','.join(SMNIST)}&sample=5&autoplay=1&interval_ms=250")
         page.wait(
             "the sliding PSN to reach step 12",
             lambda: int(page.panels().get("smnist-sliding-psn", {}).get("t", "-1")) >= 12,
         )
-        if size in ("wide", "phone"):  # mid-sequence: the PSN still waits, the others answer
+        assert page.panels()["smnist-psn"]["firstReady"] == ""  # the PSN still waits, 15 steps to go
+        if size in ("wide", "phone"):  # mid-sequence: the PSN waits, the others answer
             shot = SCREENSHOT if size == "wide" else PHONE_SCREENSHOT
             shot.parent.mkdir(exist_ok=True)
             page.driver.save_screenshot(str(shot))
-        assert page.panels()["smnist-psn"]["firstReady"] == ""  # the PSN still waits (in the screenshot too)
         find = page.driver.find_element
         named = [(what, find("id", what)) for what in ("play", "classify", "interval")]
         for name in SMNIST:
@@ -519,6 +519,12 @@ def test_a_failed_model_and_one_without_examples(driver, mixed_server: str) -> N
     error = page.driver.find_element("id", "error")
     assert error.is_displayed() and f"{BROKEN} failed to load" in error.text
     assert list(page.panels()) == ["smnist-psn"]
+    with viewport(page, 390, 844):  # the long reason (two sha256) wraps on a phone
+        page.open(f"/?models={BROKEN},smnist-psn&autoplay=1&interval_ms=0")
+        page.wait_done(("smnist-psn",))
+        error = page.driver.find_element("id", "error")
+        assert f"{BROKEN} failed to load" in error.text  # still said after playing
+        assert page.js("return document.documentElement.scrollWidth") <= 390
 
     page.open(f"/?models={EVENTS}&sample=2&autoplay=1&interval_ms=0")
     panels = page.wait_done((EVENTS,))

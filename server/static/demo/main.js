@@ -37,6 +37,7 @@ const state = {
   strokes: [],
   drawing: null, // Float32Array(784), the preprocessed digit
   run: null, // the play in progress: {cancelled}
+  notice: "", // why models the link named are not on screen (failed, loading, not served)
 };
 
 function storedKey() {
@@ -56,8 +57,9 @@ function showError(message) {
 }
 
 function clearError() {
-  $("error").hidden = true;
-  $("error").textContent = "";
+  // what the deep link asked for and cannot have stays said until the selection changes
+  $("error").hidden = !state.notice;
+  $("error").textContent = state.notice;
 }
 
 function setState(name) {
@@ -161,7 +163,8 @@ function chooseModels(wanted) {
     const missing = wanted.filter((n) => !names.has(n));
     if (missing.length) {
       const known = new Map(state.all.map((m) => [m.name, m]));
-      showError(missing.map((n) => (known.has(n) ? notReadyText(known.get(n)) : `${n} is not served here`)).join("\n"));
+      state.notice = missing.map((n) => (known.has(n) ? notReadyText(known.get(n)) : `${n} is not served here`)).join("\n");
+      showError(state.notice);
     }
     state.selected = wanted.filter((n) => names.has(n));
     if (state.selected.length) return;
@@ -258,6 +261,8 @@ function fitPicker() {
 
 async function toggleModel(name) {
   stop();
+  state.notice = "";
+  clearError();
   if (state.selected.includes(name)) {
     if (state.selected.length === 1) return;
     state.selected = state.selected.filter((n) => n !== name);
