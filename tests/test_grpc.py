@@ -127,6 +127,17 @@ def test_typed_contents_are_answered_typed_with_the_same_values(triton, stub) ->
     assert list(again.outputs[2].contents.int64_contents) == raw.as_numpy("label_index").tolist()
 
 
+def test_fp16_raw_input_is_its_fp32_values(triton) -> None:
+    m = served().manifest(SLIDING)
+    x16 = sequence(m, batch=2, seed=44).astype(np.float16)
+    half = grpcclient.InferInput("x", list(x16.shape), "FP16")
+    half.set_data_from_numpy(x16)
+    got = triton.infer(m.name, [half]).as_numpy("logits")
+    np.testing.assert_array_equal(
+        got, triton.infer(m.name, [infer_input(x16.astype(np.float32))]).as_numpy("logits")
+    )
+
+
 def test_requested_outputs_in_order(triton) -> None:
     m = served().manifest(PSN)
     x = sequence(m, batch=1, seed=43)
