@@ -23,6 +23,7 @@ pytestmark = pytest.mark.e2e
 OWN = [("grpc.use_local_subchannel_pool", 1)]  # no TCP connection shared between clients
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_workers_serve_grpc_on_one_port_and_drain_on_sigterm(tmp_path: Path) -> None:
     m = served().manifest(NeuronKind.SLIDING_PSN)

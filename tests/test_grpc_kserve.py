@@ -29,14 +29,15 @@ def kserve(url: str, model: str, x: np.ndarray, tmp_path: Path, key: str | None 
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("key", [None, KEY])
-def test_kserve_grpc_client(tmp_path: Path, key: str | None) -> None:
+@pytest.mark.slow  # KServe's package takes seconds to import
+def test_kserve_grpc_client(tmp_path: Path) -> None:
+    """With an API key: KServe's client sends it as metadata (its calls' ``headers``)."""
     m = served().manifest(NeuronKind.SLIDING_PSN)
     x = sequence(m, batch=2, seed=7)  # [B, T, F]
-    with live(settings(grpc_port=0, api_key=key)) as running:
-        report = kserve(running.grpc, m.name, x, tmp_path, key)
+    with live(settings(grpc_port=0, api_key=KEY)) as running:
+        report = kserve(running.grpc, m.name, x, tmp_path, KEY)
         with running.client() as client:
-            want = client.infer(m.name, [infer_input(x)], headers={"x-api-key": key} if key else None)
+            want = client.infer(m.name, [infer_input(x)], headers={"x-api-key": KEY})
     assert (report["live"], report["ready"], report["model_ready"]) == (True, True, True)
     assert report["unknown_model"] == "NOT_FOUND"
     for form in ("raw", "typed"):
