@@ -84,6 +84,7 @@ class Control:
                 continue
             entry = Version(vd, ModelStatus.FAILED if vd.error else ModelStatus.LOADING, vd.error)
             self.repo.add(entry)
+            self.runtime.observe_status(entry)
             if vd.error:
                 log.error("model directory %s FAILED: %s", vd.directory, vd.error)
             else:
@@ -91,6 +92,8 @@ class Control:
         for entry in todo:
             if self._build(entry):
                 self._ready(entry)
+            else:
+                self.runtime.observe_status(entry)
 
     def _build(self, entry: Version) -> bool:
         """Load a version's sessions and make its streams (any thread); False when it FAILED (the reason in
@@ -115,6 +118,7 @@ class Control:
         """Let a built version take traffic (the highest READY version answers unnamed requests)."""
         entry.status = ModelStatus.READY
         self.repo.add(entry)
+        self.runtime.observe_status(entry)
         assert entry.model is not None
         log.info(
             "model %s version %s ready (%s, providers %s)",
@@ -192,6 +196,7 @@ class Control:
                     self._retire(entry, removed=False)
                 elif entry.status is ModelStatus.FAILED:
                     entry.status = ModelStatus.UNAVAILABLE
+                    self.runtime.observe_status(entry)
         return [e.info() for e in entries]
 
     async def index(self, ready_only: bool) -> list[IndexEntry]:
@@ -255,6 +260,7 @@ class Control:
         serving = current is not None and current.status is ModelStatus.READY
         if not serving:
             self.repo.add(entry)  # the index shows it LOADING (or FAILED)
+            self.runtime.observe_status(entry)
         if vd.error is None:
             log.info("model %s version %s loading from %s", vd.name, vd.version, vd.directory)
             built = await asyncio.get_running_loop().run_in_executor(None, self._build, entry)
@@ -271,6 +277,7 @@ class Control:
             current.error = f"its files changed and the new ones failed to load: {entry.error}"
             current.failed_fingerprint = vd.fingerprint
             return current.info()
+        self.runtime.observe_status(entry)
         return entry.info()
 
     def _drop(self, entry: Version) -> None:
@@ -287,6 +294,7 @@ class Control:
         entry.removed = removed
         self.repo.refresh(entry.name)
         self._retiring.add(entry)
+        self.runtime.observe_status(entry)
         log.info(
             "model %s version %s unloading (%d streams open on it)",
             entry.name,
@@ -322,6 +330,7 @@ class Control:
         self._retiring.discard(entry)
         if entry.removed:
             self.repo.discard(entry)
+        self.runtime.observe_status(entry)
         if streams is not None:
             await streams.stop()
         del streams

@@ -55,13 +55,17 @@ class StepResult:
 
 
 class RuntimeObserver(Protocol):
-    """Optional metric hooks. Exceptions raised by a hook are logged and ignored."""
+    """Optional metric hooks (an observer may leave any out). Exceptions raised by a hook are logged and
+    ignored. ``version``: the model version the batch, stream or record is of."""
 
-    def on_step_batch(self, model: str, size: int, seconds: float) -> None: ...
+    def on_step_batch(self, model: str, version: str, size: int, seconds: float) -> None: ...
 
-    def on_stream_open(self, model: str) -> None: ...
+    def on_stream_open(self, model: str, version: str) -> None: ...
 
-    def on_stream_close(self, model: str, reason: str) -> None: ...
+    def on_stream_close(self, model: str, version: str, reason: str) -> None: ...
+
+    def on_model_status(self, info: ModelInfo) -> None:
+        """A version's record after its status changed (loading, ready, failed, unloading, unloaded)."""
 
 
 _max = np.maximum.reduce

@@ -261,7 +261,7 @@ class Runtime:
         stream_id = uuid.uuid4().hex
         self._streams[stream_id] = self._open_on(entry, stream_id)
         self._ensure_reaper()
-        self._observe("on_stream_open", name)
+        self._observe("on_stream_open", name, entry.version)
         return stream_id
 
     @staticmethod
@@ -334,6 +334,8 @@ class Runtime:
             new = self._open_on(entry, stream_id)
             self._streams[stream_id] = new
             old.streams.close(stream)
+        self._observe("on_stream_close", old.name, old.version, "moved")
+        self._observe("on_stream_open", entry.name, entry.version)
 
     async def stream_state(self, stream_id: str) -> StreamState:
         """A copy of an open stream's state, between two of its steps."""
@@ -355,7 +357,11 @@ class Runtime:
         if stream is None:
             return
         stream.owner.streams.close(stream)
-        self._observe("on_stream_close", stream.model, reason)
+        self._observe("on_stream_close", stream.model, stream.owner.version, reason)
+
+    def names(self) -> KeysView[str]:
+        """The model names known (a live view: models loaded later join it)."""
+        return self._repo.names.keys()
 
     def stream_ids(self) -> KeysView[str]:
         """The ids of the open streams (a live view)."""
@@ -421,13 +427,18 @@ class Runtime:
                 log.info("closing idle stream %s", stream_id)
                 self.close_stream(stream_id, reason="idle")
 
-    def on_batch(self, model: str, size: int, seconds: float) -> None:
-        self._observe("on_step_batch", model, size, seconds)
+    def on_batch(self, model: str, version: str, size: int, seconds: float) -> None:
+        self._observe("on_step_batch", model, version, size, seconds)
+
+    def observe_status(self, entry: Version) -> None:
+        """Tell the observer a version's status changed."""
+        self._observe("on_model_status", entry.info())
 
     def _observe(self, hook: str, *args) -> None:
-        if self._observer is None:
+        call = getattr(self._observer, hook, None)
+        if call is None:
             return
         try:
-            getattr(self._observer, hook)(*args)
+            call(*args)
         except Exception:
             log.exception("observer hook %s failed", hook)

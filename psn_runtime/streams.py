@@ -49,7 +49,7 @@ from psn_runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
-BatchHook = Callable[[str, int, float], None]
+BatchHook = Callable[[str, str, int, float], None]  # model, version, steps, seconds
 
 
 @dataclass(eq=False, slots=True)
@@ -371,7 +371,7 @@ class ModelStreams:
                 self._finish(it)
             return inline
         self._inflight = []
-        self._on_batch(self.name, n, time.perf_counter() - t0)
+        self._on_batch(self.name, self.version, n, time.perf_counter() - t0)
         self.batches += 1
         self._deliver(batch, idx, outs)
         return inline

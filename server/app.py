@@ -62,10 +62,8 @@ def _log_models(state: AppState) -> None:
         provider = primary_provider(info)
         if info.status is ModelStatus.READY:
             log.info("model %s: ready on %s (sessions: %s)", info.name, provider, info.providers)
-            state.metrics.model_ready.labels(info.name, provider or "").set(1)
         else:
             log.error("model %s: %s: %s", info.name, info.status, info.error)
-            state.metrics.model_ready.labels(info.name, provider or "").set(0)
         for warning in info.warnings:
             causes.setdefault(warning, []).append(info.name)
     for warning, names in causes.items():
@@ -89,7 +87,6 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
             await runtime.start()
             plane.attach(runtime)
             state.loop = asyncio.get_running_loop()
-            state.model_names = frozenset(info.name for info in runtime.models())
             _log_models(state)
             if metrics.multiprocess:
                 sampler = asyncio.create_task(metrics.sample_forever(runtime.stats))

@@ -22,6 +22,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from psn_runtime import ModelInfo, ModelStatus
+from server.views import primary_provider
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -57,24 +60,37 @@ class Metrics:
             registry=reg,
         )
         self.streams_open = Gauge(
-            "psn_streams_open", "open streams", ["model"], registry=reg, multiprocess_mode="livesum"
+            "psn_streams_open",
+            "open streams, by model and the version they are on",
+            ["model", "version"],
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.worker_streams = Gauge(
             "psn_worker_streams_open", "open streams of this worker process (a pid label with --workers N)",
             registry=reg, multiprocess_mode="liveall",
         )  # fmt: skip
         self.streams_closed = Counter(
-            "psn_streams_closed", "closed streams by reason", ["model", "reason"], registry=reg
+            "psn_streams_closed",
+            "closed streams by version and reason (moved: resumed on another version)",
+            ["model", "version", "reason"],
+            registry=reg,
         )
         self.steps = Counter("psn_stream_steps", "stream steps answered", ["model"], registry=reg)
         self.step_batch = Histogram(
-            "psn_step_batch_size", "steps run in one ONNX Runtime call", ["model"],
-            buckets=BATCH_BUCKETS, registry=reg,
-        )  # fmt: skip
+            "psn_step_batch_size",
+            "steps run in one ONNX Runtime call",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
         self.step_batch_seconds = Histogram(
-            "psn_step_batch_duration_seconds", "time of one batched step call", ["model"],
-            buckets=LATENCY_BUCKETS, registry=reg,
-        )  # fmt: skip
+            "psn_step_batch_duration_seconds",
+            "time of one batched step call",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.sequences = Counter(
             "psn_classified_sequences",
             "sequences classified (v1 classify and v2 infer)",
@@ -100,9 +116,13 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.model_ready = Gauge(
-            "psn_model_ready", "1 if the model is READY, by execution provider", ["model", "provider"],
-            registry=reg, multiprocess_mode="livemin",
-        )  # fmt: skip
+            "psn_model_ready",
+            "1 if the model version is READY, by execution provider",
+            ["model", "version", "provider"],
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self._ready_provider: dict[tuple[str, str], str] = {}  # the provider label a version was READY on
 
         self._children: dict[tuple, Any] = {}  # labelled children, resolved once (labels() costs us per call)
 
@@ -115,18 +135,28 @@ class Metrics:
         return found
 
     # RuntimeObserver ---------------------------------------------------------------------------------
-    def on_step_batch(self, model: str, size: int, seconds: float) -> None:
-        self.child(self.step_batch, model).observe(size)
-        self.child(self.step_batch_seconds, model).observe(seconds)
+    def on_step_batch(self, model: str, version: str, size: int, seconds: float) -> None:
+        self.child(self.step_batch, model, version).observe(size)
+        self.child(self.step_batch_seconds, model, version).observe(seconds)
 
-    def on_stream_open(self, model: str) -> None:
-        self.streams_open.labels(model).inc()
+    def on_stream_open(self, model: str, version: str) -> None:
+        self.streams_open.labels(model, version).inc()
         self.worker_streams.inc()
 
-    def on_stream_close(self, model: str, reason: str) -> None:
-        self.streams_open.labels(model).dec()
+    def on_stream_close(self, model: str, version: str, reason: str) -> None:
+        self.streams_open.labels(model, version).dec()
         self.worker_streams.dec()
-        self.streams_closed.labels(model, reason).inc()
+        self.streams_closed.labels(model, version, reason).inc()
+
+    def on_model_status(self, info: ModelInfo) -> None:
+        """psn_model_ready{model, version, provider}: 1 while the version is READY, else 0."""
+        key = (info.name, info.version)
+        if info.status is ModelStatus.READY:
+            provider = self._ready_provider[key] = primary_provider(info) or ""
+            self.model_ready.labels(info.name, info.version, provider).set(1)
+        else:
+            provider = self._ready_provider.get(key, primary_provider(info) or "")
+            self.model_ready.labels(info.name, info.version, provider).set(0)
 
     # server side -------------------------------------------------------------------------------------
     def count_error(self, kind: str, transport: str) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from fastapi import FastAPI
 
     from psn_runtime import Runtime
@@ -21,7 +23,6 @@ class AppState:
     metrics: Metrics
     api_key: str | None
     plane: DataPlane
-    model_names: frozenset[str] = field(default_factory=frozenset)
     sockets: set[Any] = field(default_factory=set)  # open stream WebSockets (closed 1001 on shutdown)
     draining: bool = False  # shutting down: new streams are refused, open ones closed
     loop: Any = None  # the event loop the lifespan (and so every stream) runs on
@@ -31,6 +32,12 @@ class AppState:
     def runtime(self) -> Runtime | None:
         """The runtime once the lifespan has started it (None before and after)."""
         return self.plane.attached
+
+    @property
+    def model_names(self) -> Collection[str]:
+        """The model names the runtime knows (a live view: models loaded while serving join it)."""
+        runtime = self.plane.attached
+        return runtime.names() if runtime is not None else ()
 
 
 def app_state(app: FastAPI) -> AppState:

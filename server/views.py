@@ -15,10 +15,16 @@ def primary_provider(info: ModelInfo) -> str | None:
 
 
 def model_view(info: ModelInfo) -> dict[str, Any]:
+    """A model's record: the version that answers requests without one (``version``), and every version
+    with its status and error (``versions``)."""
     return {
         "name": info.name,
         "status": str(info.status),
         "error": info.error,
+        "version": info.version,
+        "versions": [
+            {"version": v.version, "status": str(v.status), "error": v.error} for v in info.versions
+        ],
         "provider": primary_provider(info),
         "providers": info.providers,
         "warnings": list(info.warnings),

@@ -149,4 +149,7 @@ def test_the_good_model_is_served_beside_the_broken_ones(client: TestClient) -> 
         ws.send_bytes(sequence(m)[0].astype("<f4").tobytes())
         assert ws.receive_json()["t"] == 0
     metrics = client.get("/metrics").text
-    assert f'psn_model_ready{{model="{good}",provider="CPUExecutionProvider"}} 1.0' in metrics
+    assert (
+        f'psn_model_ready{{model="{good}",provider="CPUExecutionProvider",version="{m.version}"}} 1.0'
+        in metrics
+    )

@@ -25,14 +25,16 @@ class Recorder:
         self.opened: list[str] = []
         self.closed: list[tuple[str, str]] = []
 
-    def on_step_batch(self, model: str, size: int, seconds: float) -> None:
-        assert seconds >= 0
+    def on_step_batch(self, model: str, version: str, size: int, seconds: float) -> None:
+        assert seconds >= 0 and version == "1"
         self.batches.append((model, size))
 
-    def on_stream_open(self, model: str) -> None:
+    def on_stream_open(self, model: str, version: str) -> None:
+        assert version == "1"
         self.opened.append(model)
 
-    def on_stream_close(self, model: str, reason: str) -> None:
+    def on_stream_close(self, model: str, version: str, reason: str) -> None:
+        assert version == "1"
         self.closed.append((model, reason))
 
 

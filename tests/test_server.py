@@ -298,7 +298,7 @@ def test_metrics(client: TestClient) -> None:
             ws.send_json({"x": [0.1] * m.features})
             ws.receive_json()
         text = client.get("/metrics").text
-        assert f'psn_streams_open{{model="{m.name}"}} 1.0' in text
+        assert f'psn_streams_open{{model="{m.name}",version="{m.version}"}} 1.0' in text
     route = "/v1/models/{name}/classify"
     assert f'psn_http_requests_total{{method="POST",model="{m.name}",route="{route}",status="200"}}' in text
     assert f'psn_http_requests_total{{method="POST",model="<unknown>",route="{route}",status="404"}}' in text
@@ -306,13 +306,16 @@ def test_metrics(client: TestClient) -> None:
         f'psn_http_request_duration_seconds_count{{method="POST",model="{m.name}",route="{route}"}}' in text
     )
     assert f'psn_stream_steps_total{{model="{m.name}"}} 3.0' in text
-    assert f'psn_step_batch_size_count{{model="{m.name}"}}' in text
+    assert f'psn_step_batch_size_count{{model="{m.name}",version="{m.version}"}}' in text
     assert f'psn_classified_sequences_total{{model="{m.name}"}}' in text
     assert 'psn_errors_total{kind="unknown_model",transport="http"}' in text
-    assert f'psn_model_ready{{model="{m.name}",provider="CPUExecutionProvider"}} 1.0' in text
+    assert (
+        f'psn_model_ready{{model="{m.name}",provider="CPUExecutionProvider",version="{m.version}"}} 1.0'
+        in text
+    )
     assert "not-served" not in text  # unknown names never become label values
     closed = client.get("/metrics").text
-    assert f'psn_streams_open{{model="{m.name}"}} 0.0' in closed
+    assert f'psn_streams_open{{model="{m.name}",version="{m.version}"}} 0.0' in closed
 
 
 def test_two_apps_in_one_process_do_not_share_metrics(client: TestClient) -> None:
