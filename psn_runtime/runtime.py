@@ -41,7 +41,8 @@ from psn_runtime.results import (
 )
 from psn_runtime.snapshot import SnapshotOrigin, SnapshotSpec, StreamState
 from psn_runtime.streams import ModelStreams, Stream
-from psn_runtime.validate import ClassifyInput, StepInput, classify_input, step_input
+from psn_runtime.unrolled import classify_logits
+from psn_runtime.validate import ClassifyInput, StepInput, classify_input, longest_sequence, step_input
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,14 @@ class Runtime:
             raise ModelNotReady(f"model {name!r} failed to load: {head.error}")
         raise ModelNotReady(f"model {name!r} is not loaded (versions: {self._version_list(name)})")
 
+    def serving(self, name: str, version: str | None = None) -> LoadedModel:
+        """The loaded version that takes a new request now (None: the highest READY), without building a
+        record: UnknownModel, ModelNotReady or VersionUnavailable at once (a server asks before it reads
+        a request's body). Its manifest says what the request must hold."""
+        entry = self._serving(name, version)
+        assert entry.model is not None  # a READY version has its sessions
+        return entry.model
+
     @property
     def _models(self) -> Mapping[str, LoadedModel]:
         """name -> the loaded model that answers requests without a version (for benchmarks)."""
@@ -203,6 +212,7 @@ class Runtime:
             shape=m.input_shape,
             variable_length=m.variable_length,
             max_batch=self.config.max_classify_batch,
+            longest=longest_sequence(m.T, m.variable_length, m.streams, self.config.max_stream_steps),
         )
 
     def classify(self, name: str, x: object, version: str | None = None) -> ClassifyResult:
@@ -215,7 +225,10 @@ class Runtime:
         if model is None:  # unloaded since it was chosen (only a synchronous caller can see this)
             raise VersionUnavailable(f"model {entry.name!r} version {entry.version!r} was unloaded")
         try:
-            (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
+            if x.unrolled:  # longer than the full graph holds: the step graph, as a stream would run it
+                logits = classify_logits(model.step, model.manifest, x.array)  # [B, C]
+            else:
+                (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
         except Exception as e:
             raise InferenceError(f"model {entry.name!r}: onnxruntime failed: {e}") from e
         best = logits.argmax(axis=1)  # [B]
@@ -238,7 +251,7 @@ class Runtime:
         try:
             entry = self._serving(name, version)
             checked = self._checked(entry, x)
-            if checked.sequences <= self.config.inline_max_rows // 2:
+            if checked.sequences <= self.config.inline_max_rows // 2 and not checked.unrolled:
                 await asyncio.sleep(0)  # one turn of the loop: calls that arrive together still count
                 return self._classify(entry, checked)
             entry.busy += 1
@@ -275,8 +288,8 @@ class Runtime:
         """One timestep x [*shape] -> the stream's result after it. x is a StepInput
         (``psn_runtime.validate.step_input``) or anything that validates into one."""
         stream = self._stream(stream_id)
-        ms = stream.owner.streams
-        return await ms.step(stream, step_input(x, shape=ms.shape))
+        streams = stream.owner.streams
+        return await streams.step(stream, step_input(x, shape=streams.shape))
 
     def stream_shape(self, stream_id: str) -> tuple[int, ...]:
         """The per-step input shape of a stream's model (what its StepInputs must have)."""

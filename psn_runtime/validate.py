@@ -3,8 +3,13 @@
 
 ``step_input`` and ``classify_input`` build the only values the runtime trusts: a ``StepInput`` (one
 timestep) and a ``ClassifyInput`` (a batch of sequences). Their constructors take a key only this module
-holds, so nothing else can build one. The fast path (a C-contiguous float32 array of the right shape)
-copies nothing.
+holds, so nothing else can build one, and a value built once is not checked again (only that it fits the
+model it is given to). The fast path (a C-contiguous float32 array of the right shape) copies nothing.
+
+How long a classified sequence may be is :func:`longest_sequence`'s to say, for the runtime and the server
+alike: T for a model whose full graph takes exactly T steps; any 1 <= T' <= the stream step limit for a
+variable-length model that streams (the full graph runs T' <= T; the step graph runs longer ones, as a
+stream would: psn_runtime.unrolled).
 """
 
 from __future__ import annotations
@@ -34,15 +39,17 @@ class StepInput:
 
 
 class ClassifyInput:
-    """Validated sequences: a finite, C-contiguous float32 array [B, T', *shape] within a model's limits."""
+    """Validated sequences: a finite, C-contiguous float32 array [B, T', *shape] within a model's limits;
+    ``unrolled``: T' is beyond the full graph's T, so the step graph runs them (psn_runtime.unrolled)."""
 
-    __slots__ = ("array", "sequences")
+    __slots__ = ("array", "sequences", "steps", "unrolled")
 
-    def __init__(self, array: np.ndarray, key: object) -> None:
+    def __init__(self, array: np.ndarray, unrolled: bool, key: object) -> None:
         if key is not _KEY:
             raise TypeError("a ClassifyInput is built by psn_runtime.validate.classify_input only")
         self.array = array  # [B, T', *shape] float32
-        self.sequences = array.shape[0]
+        self.sequences, self.steps = array.shape[:2]
+        self.unrolled = unrolled
 
 
 def as_float32(x: object, param: str) -> np.ndarray:
@@ -82,6 +89,20 @@ def shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
+def longest_sequence(T: int, variable_length: bool, streams: bool, max_stream_steps: int) -> int:
+    """The most steps a classified sequence may have (the module docstring): a variable-length model with
+    a step graph takes as many as one of its streams may (max_stream_steps), any other T."""
+    return max(T, max_stream_steps) if variable_length and streams else T
+
+
+def _check_steps(t: int, T: int, variable_length: bool, longest: int, param: str) -> None:
+    if variable_length:
+        if t > longest:
+            raise BadInput(param, f"expected 1 <= T <= {longest} steps, got {t}", t)
+    elif t != T:
+        raise BadInput(param, f"expected exactly T={T} steps, got {t}", t)
+
+
 def classify_input(
     x: object,
     *,
@@ -89,11 +110,19 @@ def classify_input(
     shape: tuple[int, ...],
     variable_length: bool,
     max_batch: int,
+    longest: int | None = None,
     param: str = "inputs",
 ) -> ClassifyInput:
-    """x [B, T, *shape] or [T, *shape] -> float32 [B, T', *shape] (T' == T, or 1 <= T' <= T when
-    variable_length); ``shape`` is the model's per-step input shape."""
+    """x [B, T', *shape] or [T', *shape] -> float32 [B, T', *shape] (T' == T, or 1 <= T' <= ``longest``,
+    default T, when variable_length); ``shape`` is the model's per-step input shape. A ClassifyInput is
+    returned as it is when it fits these limits (it was checked when it was built)."""
+    longest = T if longest is None else longest
+    shape = tuple(shape)
     if isinstance(x, ClassifyInput):
+        t = x.steps
+        fits = t == T or (variable_length and t <= longest)
+        if fits and x.array.shape[2:] == shape and x.sequences <= max_batch and x.unrolled == (t > T):
+            return x
         x = x.array
     arr = as_float32(x, param)
     rank = len(shape)
@@ -108,18 +137,14 @@ def classify_input(
     b, t = batch.shape[:2]
     if batch.size == 0:
         raise BadInput(param, f"empty input (shape {list(batch.shape)})", list(batch.shape))
-    if batch.shape[2:] != tuple(shape):
+    if batch.shape[2:] != shape:
         got = list(batch.shape[2:])
         raise BadInput(param, f"expected per-step shape {shape_text(shape)}, got {got}", got)
-    if variable_length:
-        if t > T:
-            raise BadInput(param, f"expected 1 <= T <= {T} steps, got {t}", t)
-    elif t != T:
-        raise BadInput(param, f"expected exactly T={T} steps, got {t}", t)
+    _check_steps(t, T, variable_length, longest, param)
     if b > max_batch:
         raise BadInput(param, f"batch of {b} sequences exceeds the limit of {max_batch}", b)
     check_finite(arr, param)  # on the array as sent: the path names its own indices
-    return ClassifyInput(batch, _KEY)
+    return ClassifyInput(batch, t > T, _KEY)
 
 
 def step_input(x: object, *, shape: tuple[int, ...], param: str = "x") -> StepInput:

@@ -23,6 +23,7 @@ from server import (
     routes_stream,
     routes_v1,
     routes_v2,
+    v2codec,
 )
 from server.dataplane import DataPlane
 from server.jsonio import JSONBytesResponse
@@ -133,8 +134,8 @@ def build_app(settings: Settings, *, runtime_factory: RuntimeFactory | None = No
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", routes_v2.HEADER_LENGTH],
-            expose_headers=[routes_v2.HEADER_LENGTH],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", v2codec.HEADER_LENGTH],
+            expose_headers=[v2codec.HEADER_LENGTH],
         )
     _APPS.add(app)
     return app

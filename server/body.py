@@ -22,7 +22,11 @@ def require_media_type(request: Request, allowed: tuple[str, ...]) -> str | None
 
 
 def _too_large(size: int | str, limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
+    return BodyTooLarge(
+        f"request body of {size} bytes is over the limit of {limit} bytes (the server's --max-body-bytes, "
+        "PSN_MAX_BODY_BYTES); or send the tensor as binary data, 4 bytes a float32 instead of about 10 in "
+        "JSON: POST /v2/models/{name}/infer with the binary tensor extension (binary_data_size)"
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

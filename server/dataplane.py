@@ -1,8 +1,15 @@
 """The data plane (after KServe's ``DataPlane``): what every transport does, written once.
 
-Registry and readiness, classification, streams (open, step, reset, close) and Triton-style sequences over
-those streams, with the metrics each bumps. The routers (v1 JSON, Open Inference Protocol V2, WebSocket)
-only bind requests to these calls and encode the answers in their wire format.
+Registry and readiness, the input builder of each model (``inputs``: server.inputs.ModelInputs, which owns
+every check of what a client sends), classification, streams (open, step, reset, close) and Triton-style
+sequences over those streams, with the metrics each bumps. The transports (v1 JSON, Open Inference
+Protocol V2 over HTTP or gRPC, WebSocket) only decode bytes, call these and encode the answers:
+
+    inputs = plane.inputs(name, version)  # 404 / 503 at once: before any body is read or converted
+    x = inputs.classify_json(doc["inputs"])  # or classify_tensor(v2codec.Tensor(...)), step_json, ...
+    result = await plane.classify(name, x, version)
+
+Every call that names a model takes ``version: str | None = None`` (None: the version that serves now).
 """
 
 from __future__ import annotations
@@ -11,16 +18,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from psn_runtime import ClassifyResult, ModelInfo, ModelStatus, Runtime, StepResult
-from psn_runtime.errors import ModelLoadError, ModelNotReady, UnknownModel, UnknownStream
+from psn_runtime.errors import ModelLoadError, ModelNotReady, UnknownStream
 from psn_runtime.manifest import Manifest
 from psn_runtime.repository import IndexEntry
-from psn_runtime.validate import StepInput, step_input
+from psn_runtime.validate import ClassifyInput, StepInput
 from server.errors import LoadFailed, SequenceNotStarted
+from server.inputs import ModelInputs
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -36,11 +43,18 @@ class OpenStream:
     """A stream opened through the data plane: its runtime id and what a transport needs per step."""
 
     id: str
-    info: ModelInfo
-    manifest: Manifest
-    shape: tuple[int, ...]  # per-step input shape
+    inputs: ModelInputs  # builds its steps (step_json, step_bytes, step_tensor)
     max_steps: int  # steps before ``done`` (the model's bound, T for a full-only PSN, or the server's)
     steps: Counter = field(repr=False)  # the model's step counter (resolved once, not per step)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.inputs.manifest
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The per-step input shape."""
+        return self.inputs.shape
 
 
 class DataPlane:
@@ -48,12 +62,14 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self._runtime: Runtime | None = None
+        self._inputs: dict[tuple[str, str], ModelInputs] = {}  # by (name, version); rebuilt on a reload
         self.sequences = Sequences(self)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def attach(self, runtime: Runtime | None) -> None:
         """The runtime the app's lifespan started (None once it stops)."""
         self._runtime = runtime
+        self._inputs.clear()
         if runtime is None:
             self.sequences.clear()
 
@@ -72,11 +88,21 @@ class DataPlane:
         return self.runtime.models()
 
     def model(self, name: str, version: str | None = None) -> ModelInfo:
-        """A model's record (UnknownModel when no model, or no such version, has that name)."""
-        info = self.runtime.model(name)
-        if version is not None and (info.manifest is None or info.manifest.version != version):
-            raise UnknownModel(f"{name}/versions/{version}")
-        return info
+        """A model's record, or one version's (UnknownModel, VersionUnavailable)."""
+        return self.runtime.model(name, version)
+
+    def inputs(self, name: str, version: str | None = None) -> ModelInputs:
+        """The input builder of the model version that takes a new request: UnknownModel or
+        VersionUnavailable (404), ModelNotReady (503) at once, so that a transport asks for it before it
+        reads or converts any body."""
+        model = self.runtime.serving(name, version)
+        manifest = model.manifest
+        key = (model.name, manifest.version)
+        cached = self._inputs.get(key)
+        if cached is not None and cached.manifest is manifest:
+            return cached
+        built = self._inputs[key] = ModelInputs(model.name, manifest, model.info(), self.settings)
+        return built
 
     def loaded_model(self, name: str, version: str | None = None) -> tuple[ModelInfo, Manifest]:
         """A model and its manifest (ModelNotReady when it failed to load)."""
@@ -100,9 +126,9 @@ class DataPlane:
         return ready, {"status": "ready" if ready else "no model ready", "models": models}
 
     # -- classification ----------------------------------------------------------------------------------
-    async def classify(self, name: str, x: object) -> ClassifyResult:
-        """x [B, T, *shape] or [T, *shape] float32 (validated by the runtime) -> one prediction each."""
-        result = await self.runtime.classify_async(name, x)
+    async def classify(self, name: str, x: ClassifyInput, version: str | None = None) -> ClassifyResult:
+        """Sequences built by ``inputs(name, version)`` -> one prediction each."""
+        result = await self.runtime.classify_async(name, x, version)
         self.metrics.child(self.metrics.sequences, name).inc(len(result.labels))
         return result
 
@@ -114,24 +140,10 @@ class DataPlane:
             return manifest.T
         return self.settings.max_stream_steps
 
-    async def open_stream(self, name: str) -> OpenStream:
-        runtime = self.runtime
-        info = runtime.model(name)
-        stream_id = await runtime.open_stream(name)
-        manifest = info.manifest
-        assert manifest is not None  # open_stream succeeded, so the model is READY
-        return OpenStream(
-            stream_id,
-            info,
-            manifest,
-            tuple(manifest.input_shape),
-            self.max_steps(manifest),
-            self.metrics.steps.labels(name),
-        )
-
-    def step_input(self, stream: OpenStream, x: object, param: str = "x") -> StepInput:
-        """One timestep for this stream, validated (BadInput naming the element: ``x[3]``)."""
-        return step_input(x, shape=stream.shape, param=param)
+    async def open_stream(self, name: str, version: str | None = None) -> OpenStream:
+        inputs = self.inputs(name, version)
+        stream_id = await self.runtime.open_stream(name, version)
+        return OpenStream(stream_id, inputs, self.max_steps(inputs.manifest), self.metrics.steps.labels(name))
 
     async def step(self, stream: OpenStream, x: StepInput) -> StepResult:
         result = await self.runtime.step(stream.id, x)
@@ -185,7 +197,7 @@ class Sequences:
         for key in [key for key, stream in self._open.items() if stream.id not in live]:
             del self._open[key]
 
-    async def _stream(self, key: tuple[str, int | str], start: bool) -> OpenStream:
+    async def _stream(self, key: tuple[str, int | str], start: bool, version: str | None) -> OpenStream:
         """The sequence's stream: a new one on ``start`` (a sequence already open under that id starts
         over), else the open one."""
         if start:
@@ -193,7 +205,7 @@ class Sequences:
             old = self._open.pop(key, None)
             if old is not None:
                 self.plane.close(old)
-            stream = await self.plane.open_stream(key[0])
+            stream = await self.plane.open_stream(key[0], version)
             self._open[key] = stream
             return stream
         stream = self._open.get(key)
@@ -205,10 +217,12 @@ class Sequences:
             )
         return stream
 
-    async def stream(self, name: str, sequence_id: int | str, *, start: bool) -> OpenStream:
+    async def stream(
+        self, name: str, sequence_id: int | str, *, start: bool, version: str | None = None
+    ) -> OpenStream:
         """The sequence's stream: a new one with ``start`` (an open sequence of that id starts over), else
         the open one (SequenceNotStarted). For what is not a step: a snapshot, a resume."""
-        return await self._stream((name, sequence_id), start)
+        return await self._stream((name, sequence_id), start, version)
 
     def close(self, name: str, sequence_id: int | str) -> None:
         """End a sequence, if open (a gRPC stream that ends closes the sequences it started)."""
@@ -217,15 +231,22 @@ class Sequences:
             self.plane.close(stream)
 
     async def step(
-        self, name: str, sequence_id: int | str, x: np.ndarray, *, start: bool, end: bool, param: str
+        self,
+        name: str,
+        sequence_id: int | str,
+        x: StepInput,
+        *,
+        start: bool,
+        end: bool,
+        version: str | None = None,
     ) -> StepResult:
-        """One timestep x (``prod(shape)`` values in any shape) of the sequence; ``start`` opens it (again),
-        ``end`` closes it afterwards, also when the step failed. A bad step leaves the sequence as it was."""
+        """One timestep x (built by ``plane.inputs(name, version)``) of the sequence; ``start`` opens it
+        (again), ``end`` closes it afterwards, also when the step failed. A bad step leaves the sequence as
+        it was."""
         key = (name, sequence_id)
-        stream = await self._stream(key, start)
+        stream = await self._stream(key, start, version)
         try:
-            checked = self.plane.step_input(stream, x.reshape(stream.shape), param)  # [*shape]
-            return await self.plane.step(stream, checked)
+            return await self.plane.step(stream, x)
         except UnknownStream:
             self._open.pop(key, None)
             raise UnknownStream(f"sequence {sequence_id!r} of model {name!r} was closed (idle)") from None

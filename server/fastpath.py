@@ -37,8 +37,8 @@ class HotRoute:
     route: ErrorRoute  # carries the error format
     handler: Handler
 
-    def name(self, path: str) -> str | None:
-        """The model name when path is this route's (as the router would match ``{name}``: no slash)."""
+    def model_name(self, path: str) -> str | None:
+        """The ``{name}`` in path when path is this route's (as the router would match it: no slash)."""
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
         name = path[len(self.prefix) : -len(self.suffix)]
@@ -54,16 +54,12 @@ def _route(routes: list, template: str) -> ErrorRoute:
 
 def hot_routes() -> tuple[HotRoute, ...]:
     """The routes the fast path serves (their templates label the requests' metrics, as the router's do)."""
+    v1 = _route(routes_v1.router.routes, "/v1/models/{name}/classify")
+    v2 = _route(routes_v2.router.routes, "/v2/models/{name}/infer")
     return (
-        HotRoute(
-            "/v1/models/", "/classify", _route(routes_v1.router.routes, "/v1/models/{name}/classify"),
-            routes_v1.classify_request,
-        ),
-        HotRoute(
-            "/v2/models/", "/infer", _route(routes_v2.router.routes, "/v2/models/{name}/infer"),
-            routes_v2.infer_request,
-        ),
-    )  # fmt: skip
+        HotRoute("/v1/models/", "/classify", v1, routes_v1.classify_request),
+        HotRoute("/v2/models/", "/infer", v2, routes_v2.infer_request),
+    )
 
 
 class FastPath:
@@ -77,7 +73,7 @@ class FastPath:
             return None
         path: str = scope["path"]
         for hot in self.routes:
-            name = hot.name(path)
+            name = hot.model_name(path)
             if name is not None:
                 return hot, name
         return None

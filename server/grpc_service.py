@@ -20,8 +20,8 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from psn_runtime import ModelStatus, StepResult
-from server import auth, grpc_tensors, resume, routes_v2
+from psn_runtime import ModelStatus
+from server import auth, grpc_tensors, resume, v2codec
 from server.dataplane import DataPlane, OpenStream
 from server.errors import InvalidRequest, ShuttingDown, error_code, error_payload, is_internal, spec_for
 from server.metrics import UNKNOWN_MODEL
@@ -86,19 +86,8 @@ def _outputs(result_logits: np.ndarray, probabilities: np.ndarray, label_index: 
     }
 
 
-def _step_outputs(result: StepResult, classes: int) -> dict:
-    """A sequence step's answer as V2 HTTP gives it: the running mean (one row), no rows before ready."""
-    import numpy as np
-
-    if result.ready and result.logits is not None and result.probabilities is not None:
-        logits = result.logits[None]  # [1, C]
-        return _outputs(logits, result.probabilities[None], logits.argmax(axis=1))
-    empty = np.zeros((0, classes), np.float32)  # [0, C]
-    return _outputs(empty, empty, np.zeros(0, np.int64))
-
-
 def resumer(plane: DataPlane, stream: OpenStream) -> resume.StreamResume:
-    return resume.StreamResume.open(plane.runtime, plane.settings, stream.info.name, stream.id, 0)
+    return resume.StreamResume.open(plane.runtime, plane.settings, stream.inputs.name, stream.id, 0)
 
 
 async def _control(plane: DataPlane, name: str, sequence_id: int | str, asked: str, snapshot: str) -> dict:
@@ -121,32 +110,29 @@ async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInfe
     """One ModelInfer: a classification, one step of a sequence (Triton's sequence parameters), or a
     sequence's snapshot or resume (``snapshot``, ``resume``: no inputs, no outputs, the answer's parameters
     say ``snapshot`` and ``t``, or ``resumed`` and ``t``)."""
-    info, manifest = plane.loaded_model(request.model_name, request.model_version or None)
+    version = request.model_version or None
+    inputs = plane.inputs(request.model_name, version)  # unknown or not ready: before any decoding
     sequence_id, start, end = grpc_tensors.sequence(request)
     asked = grpc_tensors.control(request, sequence_id, start)
     if asked is not None:
         assert sequence_id is not None
-        parameters = await _control(plane, info.name, sequence_id, *asked)
+        parameters = await _control(plane, inputs.name, sequence_id, *asked)
         if end:
-            plane.sequences.close(info.name, sequence_id)
-        return grpc_tensors.response(request, info.name, manifest.version, (), {}, True, parameters)
+            plane.sequences.close(inputs.name, sequence_id)
+        return grpc_tensors.response(request, inputs.name, inputs.version, (), {}, True, parameters)
     wanted = grpc_tensors.wanted_outputs(request)  # a bad output name fails before any work
     x, raw = grpc_tensors.input_array(request)
-    routes_v2._check_rank(list(x.shape), tuple(manifest.input_shape), sequence_id is not None)
+    tensor = v2codec.Tensor(v2codec.INPUT, "FP32", x.shape, data=x)  # checked by the input builder
     if sequence_id is None:
-        result = await plane.classify(info.name, x)  # x [B, T, *shape]
+        result = await plane.classify(inputs.name, inputs.classify_tensor(tensor), version)  # [B, T, *shape]
         arrays = _outputs(result.logits, result.probabilities, result.label_index)
-        return grpc_tensors.response(request, info.name, manifest.version, wanted, arrays, raw)
-    step = await plane.sequences.step(info.name, sequence_id, x, start=start, end=end, param="inputs[0]")
-    parameters = {
-        "sequence_id": sequence_id,
-        "t": step.t,
-        "ready": step.ready,
-        "done": step.done,
-        "label": step.label,
-    }
-    arrays = _step_outputs(step, manifest.num_classes)
-    return grpc_tensors.response(request, info.name, manifest.version, wanted, arrays, raw, parameters)
+        return grpc_tensors.response(request, inputs.name, inputs.version, wanted, arrays, raw)
+    step = await plane.sequences.step(
+        inputs.name, sequence_id, inputs.step_tensor(tensor), start=start, end=end, version=version
+    )
+    answer, parameters = v2codec.sequence_answer(step, inputs.manifest.num_classes, sequence_id)
+    arrays = _outputs(*answer)
+    return grpc_tensors.response(request, inputs.name, inputs.version, wanted, arrays, raw, parameters)
 
 
 def _one_repository(request: Any, allowed: frozenset[str] = frozenset()) -> None:
@@ -201,11 +187,11 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**await routes_v2.server_metadata())
+        return pb.ServerMetadataResponse(**v2codec.server_metadata())
 
     @_rpc("ModelMetadata")
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        meta = routes_v2._metadata(self.plane, request.name, request.version or None)
+        meta = v2codec.model_metadata(*self.plane.loaded_model(request.name, request.version or None))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],

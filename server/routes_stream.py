@@ -8,19 +8,16 @@ import logging
 from enum import Enum
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from psn_runtime import StepResult
-from psn_runtime.errors import BadInput
 from psn_runtime.validate import StepInput
 from server import auth, resume
 from server.dataplane import OpenStream
 from server.errors import (
     WS_GOING_AWAY,
     WS_POLICY_VIOLATION,
-    BodyTooLarge,
     InvalidRequest,
     error_code,
     error_payload,
@@ -28,10 +25,9 @@ from server.errors import (
     spec_for,
     ws_reason,
 )
-from server.jsonio import dumps_text, input_dims, loads, to_float32
+from server.jsonio import dumps_text, loads
 from server.schemas import StepFrame, parse
 from server.state import AppState, app_state
-from server.views import primary_provider
 
 log = logging.getLogger("psn.server")
 router = APIRouter()
@@ -155,15 +151,12 @@ class _Session:
         self.name = name
         self.logits = logits
         self.stream: OpenStream | None = None
-        self.limit = state.settings.max_ws_message_bytes
-        self.dims: tuple[tuple[int, ...], tuple[str, ...]] = ((), ())  # set by open()
         self.resume: resume.StreamResume | None = None
         self.busy = asyncio.Lock()  # held from a message's arrival to its answer (a drain waits for it)
 
     async def open(self) -> dict[str, Any]:
         every = resume.snapshot_every(self.ws)
         self.stream = stream = await self.plane.open_stream(self.name)
-        self.dims = input_dims(stream.shape, batch=False)  # (ranks, dim names) of a JSON timestep
         self.resume = resume.StreamResume.open(
             self.plane.runtime, self.state.settings, self.name, stream.id, every
         )
@@ -178,43 +171,36 @@ class _Session:
             "labels": manifest.labels,
             "streams": manifest.streams,
             "max_steps": stream.max_steps,
-            "provider": primary_provider(stream.info),
+            "provider": stream.inputs.provider,
             "binary": f"{manifest.features} little-endian float32 per frame ({4 * manifest.features} bytes), "
             f"C order over the per-step shape {list(manifest.input_shape)}",
+            "json": f'{{"x": [...]}}: {manifest.features} numbers (flat, C order) or nested as '
+            f"{list(manifest.input_shape)}",
             **self.resume.hello(),
         }
 
     def parse(self, message: dict[str, Any]) -> tuple[StepInput | dict | None, bool]:
-        """A frame -> (one validated timestep, logits wanted); the step is None for a reset, the message
-        for a snapshot or resume request (server.resume answers it)."""
+        """A frame -> (one checked timestep, logits wanted); the step is None for a reset, the message
+        for a snapshot or resume request (server.resume answers it). The stream's input builder checks
+        the frame's length and values."""
         stream = self.stream
         assert stream is not None
+        inputs = stream.inputs
         data = message.get("bytes")
         if data is not None:
-            if len(data) > self.limit:
-                raise BodyTooLarge(f"message of {len(data)} bytes is over the limit of {self.limit}")
-            features = stream.manifest.features
-            if len(data) != 4 * features:
-                raise BadInput(
-                    "x", f"a binary frame must hold {features} float32 ({4 * features} bytes: one "
-                    f"timestep of shape {list(stream.shape)}), got {len(data)} bytes",
-                )  # fmt: skip
-            x = np.frombuffer(data, dtype="<f4")  # [prod(shape)]
-            return self.plane.step_input(stream, x.reshape(stream.shape)), self.logits  # [*shape]
+            return inputs.step_bytes(data), self.logits  # [*shape]
         text = message.get("text") or ""
-        if len(text) > self.limit:
-            raise BodyTooLarge(f"message of {len(text)} characters is over the limit of {self.limit}")
+        inputs.check_message(len(text), "characters")
         doc = loads(text)
         if isinstance(doc, dict) and "reset" in doc:
-            if doc.get("reset") is not True or len(doc) != 1:  # the ResetFrame schema, exactly
+            if doc.get("reset") is not True or len(doc) != 1:
                 raise InvalidRequest('reset: send exactly {"reset": true}', "reset")
             return None, False
         if isinstance(doc, dict) and ("snapshot" in doc or "resume" in doc):
             return doc, False
         frame = parse(StepFrame, doc, 'a text frame: {"x": [...]} or {"reset": true},')
         logits = self.logits if frame.logits is None else frame.logits
-        ranks, dims = self.dims
-        return self.plane.step_input(stream, to_float32(frame.x, "x", ranks, dims, raw=text)), logits
+        return inputs.step_json(frame.x, "x", raw=text), logits  # [*shape]
 
     async def run(self) -> None:
         idle = self.state.settings.idle_timeout_s
@@ -222,7 +208,7 @@ class _Session:
         assert task is not None
         watch = _Watchdog(task)
         try:
-            await self._serve(watch, idle, max(idle, CLOSE_TIMEOUT_S))
+            await self._answer_messages(watch, idle, max(idle, CLOSE_TIMEOUT_S))
         except asyncio.CancelledError:
             if watch.fired is None or task.uncancel() > 0:
                 raise  # not the watchdog's: shutdown
@@ -232,7 +218,8 @@ class _Session:
         finally:
             watch.stop()
 
-    async def _serve(self, watch: _Watchdog, idle: float, send_timeout: float) -> None:
+    async def _answer_messages(self, watch: _Watchdog, idle: float, send_timeout: float) -> None:
+        """Receive, step and answer until the client leaves (or an error closes the socket)."""
         receive, send_text = self.ws.receive, self.ws.send_text
         plane = self.plane
         stream = self.stream
@@ -300,11 +287,12 @@ async def stream(websocket: WebSocket, name: str) -> None:
     Server -> client, first message (hello)::
 
         {"model", "kind", "T", "k", "features", "input_shape", "labels", "streams", "max_steps", "provider",
-         "binary"}
+         "binary", "json"}
 
     Client -> server, one timestep per message, either
       * a binary frame of ``features`` = prod(input_shape) little-endian float32 (C order), or
-      * a text frame ``{"x": [f, ...]}`` (F numbers), optionally with ``"logits": true``;
+      * a text frame ``{"x": [...]}``: ``features`` numbers (flat, C order) or nested as ``input_shape``
+        (for every per-step shape), optionally with ``"logits": true``;
       * ``{"reset": true}`` starts a new sequence on the same socket (answer ``{"reset": true, "t": -1}``);
       * ``{"snapshot": true}`` / ``{"resume": "<snapshot>"}``: resumable streams (server/resume.py).
 
@@ -334,12 +322,13 @@ async def stream(websocket: WebSocket, name: str) -> None:
         return
     state.sockets.add(websocket)
     try:
-        await _serve(websocket, state, name)
+        await serve_socket(websocket, state, name)
     finally:
         state.sockets.discard(websocket)
 
 
-async def _serve(websocket: WebSocket, state: AppState, name: str) -> None:
+async def serve_socket(websocket: WebSocket, state: AppState, name: str) -> None:
+    """One accepted socket's stream of model ``name``, from the key check and the hello to its close."""
     session = _Session(websocket, state, name, False)
     websocket.state.psn_session = session  # close_all drains it (snapshot, then 1001)
     try:

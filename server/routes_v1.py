@@ -11,7 +11,7 @@ from server.auth import require_key
 from server.body import read_body, require_media_type
 from server.dataplane import DataPlane, Plane
 from server.errors import ErrorRoute
-from server.jsonio import JSONBytesResponse, input_dims, loads, to_float32
+from server.jsonio import JSONBytesResponse, loads
 from server.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -22,7 +22,7 @@ from server.schemas import (
     parse,
     request_body,
 )
-from server.views import model_view, primary_provider
+from server.views import model_view
 
 router = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(require_key)])
 
@@ -61,13 +61,11 @@ async def classify_request(name: str, request: Request, plane: DataPlane) -> Res
     """The classify route's work, after the API key check (server.fastpath calls it too, without FastAPI's
     routing in front)."""
     start = time.perf_counter()
-    info = plane.model(name)  # 404 before reading any body
+    inputs = plane.inputs(name)  # 404 or 503 before reading any body
     require_media_type(request, ("application/json",))
     body = await read_body(request, plane.settings.max_body_bytes)
     doc = parse(ClassifyRequest, loads(body))
-    ranks, dims = input_dims(tuple(info.manifest.input_shape) if info.manifest else (1,))
-    x = to_float32(doc.inputs, "inputs", ranks, dims, raw=body)  # [T, *shape] or [B, T, *shape]
-    result = await plane.classify(name, x)
+    result = await plane.classify(name, inputs.classify_json(doc.inputs, "inputs", raw=body))
     predictions = []
     for i, label in enumerate(result.labels):
         item = {"label": label, "probabilities": result.probabilities[i]}
@@ -79,6 +77,6 @@ async def classify_request(name: str, request: Request, plane: DataPlane) -> Res
             "model": name,
             "predictions": predictions,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
-            "provider": primary_provider(info),
+            "provider": inputs.provider,
         }
     )

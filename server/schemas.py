@@ -3,8 +3,8 @@ about every route's responses (status, media type, body).
 
 A request envelope is a strict pydantic model (``extra="forbid"``, no coercion): the routes read the body
 (size limit first), parse it, and validate it with :func:`parse`, so the OpenAPI schema is the validator.
-Only the tensor payload (``Tensor`` fields) passes through untouched, to the one fast converter
-(``server.jsonio.to_float32``) and the runtime's validator. A validation error becomes an InvalidRequest
+Only the tensor payload (``Tensor`` fields) passes through untouched, to the input builder
+(``server.inputs``). A validation error becomes an InvalidRequest
 that names the field (``inputs[0].datatype``) and says what it expects (the field's description).
 tests/test_fuzz_schema.py holds the server to this schema (schemathesis)."""
 
@@ -18,7 +18,7 @@ from server.errors import InvalidRequest
 from server.metrics import CONTENT_TYPE
 
 _NUMBERS = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}, "minItems": 1}
-Tensor = Annotated[Any, WithJsonSchema(_NUMBERS)]  # nested lists of finite numbers: checked by to_float32
+Tensor = Annotated[Any, WithJsonSchema(_NUMBERS)]  # nested lists of finite numbers: checked by server.inputs
 
 
 class Envelope(BaseModel):
@@ -165,14 +165,10 @@ class ClassifyRequest(Envelope):
 class StepFrame(Envelope):
     """A WebSocket text frame carrying one timestep."""
 
-    x: Tensor = Field(description="one timestep of the model's per-step shape")
+    x: Tensor = Field(
+        description="one timestep: prod(input_shape) numbers (flat, C order) or nested as input_shape"
+    )
     logits: bool | None = Field(None, description="true or false (true adds the running mean logits)")
-
-
-class ResetFrame(Envelope):
-    """A WebSocket text frame starting a new sequence on the same socket."""
-
-    reset: Literal[True] = Field(description='send exactly {"reset": true}')
 
 
 class Prediction(BaseModel):
@@ -334,12 +330,15 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def request_body(model: type[BaseModel], *extra_media: str) -> dict[str, Any]:
-    """``openapi_extra`` declaring a JSON request body that the handler reads itself."""
+def request_body(model: type[BaseModel], binary: str | None = None) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON request body that the handler reads itself; ``binary`` (its
+    description) also declares an application/octet-stream body."""
     schema = model.model_json_schema()
     content: dict[str, Any] = {"application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}
-    for media in extra_media:
-        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    if binary is not None:
+        content["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary", "description": binary}
+        }
     return {"requestBody": {"required": True, "content": content}}
 
 

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from server.metrics import MULTIPROC_ENV
 from server.settings import Settings
 
 log = logging.getLogger("psn.server")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_TIMEOUT_S = 15.0  # beyond the drain grace: then SIGKILL
 _PR_SET_PDEATHSIG = 1
 

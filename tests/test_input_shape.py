@@ -114,24 +114,47 @@ def test_http_classify_nested_json(client):
     assert info["manifest"]["input_shape"] == [2, 3] and info["manifest"]["features"] == 6
 
 
-def test_websocket_binary_and_nested_json_frames(client):
+@pytest.mark.parametrize("frame", ["binary", "flat", "nested", "mixed"])
+def test_websocket_frames_binary_flat_and_nested(client, frame):
+    """One contract for every per-step shape: a binary frame of prod(shape) float32, or a JSON frame
+    ``{"x": [...]}`` with prod(shape) numbers (flat, C order) or nested as the shape; all answer alike."""
     x = _xs(1, seed=3)[0]  # [T, 2, 3]
     with client.websocket_connect(f"/v1/models/{NAME}/stream?logits=true") as ws:
         hello = ws.receive_json()
         assert hello["input_shape"] == [2, 3] and hello["features"] == 6
+        assert "6 numbers (flat, C order) or nested as [2, 3]" in hello["json"]
         for t in range(T):
-            if t % 2:
+            kind = ("binary", "flat", "nested")[t % 3] if frame == "mixed" else frame
+            if kind == "binary":
                 ws.send_bytes(x[t].astype("<f4").tobytes())  # 6 float32, C order
+            elif kind == "flat":
+                ws.send_text(json.dumps({"x": x[t].reshape(6).tolist()}))  # [6]
             else:
                 ws.send_text(json.dumps({"x": x[t].tolist()}))  # nested [2][3]
             step = ws.receive_json()
             assert step["t"] == t
             np.testing.assert_allclose(step["logits"], _expected(x[None, : t + 1])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_websocket_frames_of_the_wrong_size_are_refused(client):
+    x = _xs(1, seed=3)[0]  # [T, 2, 3]
+    with client.websocket_connect(f"/v1/models/{NAME}/stream") as ws:
+        ws.receive_json()
         ws.send_bytes(x[0].astype("<f4").tobytes()[:20])
         err = ws.receive_json()["error"]
         assert "[2, 3]" in err["message"] and err["param"] == "x"
-        ws.send_text(json.dumps({"x": x[0].reshape(6).tolist()}))
-        assert "2×3" in ws.receive_json()["error"]["message"]
+        ws.send_text(json.dumps({"x": x[0].reshape(6)[:5].tolist()}))  # flat, one short
+        err = ws.receive_json()["error"]
+        assert err["param"] == "x" and "6 numbers (flat) or 2×3" in err["message"]
+        assert "got 5" in err["message"]
+        ws.send_text(json.dumps({"x": x[0].reshape(3, 2).tolist()}))  # nested, the wrong shape
+        err = ws.receive_json()["error"]
+        assert err["param"] == "x" and "shape [2, 3], got shape [3, 2]" in err["message"]
+        ws.send_text(json.dumps({"x": [x[0].tolist()]}))  # nested too deep
+        assert "nested too deep" in ws.receive_json()["error"]["message"]
+        ws.send_text(json.dumps({"x": x[0].tolist()}))  # the stream's state was untouched by the refusals
+        step = ws.receive_json()
+        assert step["t"] == 0
 
 
 def test_v2_shape_metadata_and_infer(client):

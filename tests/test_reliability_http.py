@@ -23,6 +23,7 @@ from server.app import build_app
 
 PSN, MASKED, SLIDING = NeuronKind.PSN, NeuronKind.MASKED_PSN, NeuronKind.SLIDING_PSN
 BODY_LIMIT = 64 * 1024
+MAX_STEPS = 100  # max_stream_steps: also the longest sequence a variable-length model classifies
 KEY = "reliability-key-0123"
 PROBES = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
 PUBLIC = {"/"}  # the demo page (it asks for the key itself; its /static files are public too)
@@ -30,7 +31,9 @@ PUBLIC = {"/"}  # the demo page (it asks for the key itself; its /static files a
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(build_app(settings(max_body_bytes=BODY_LIMIT, max_classify_batch=8))) as c:
+    with TestClient(
+        build_app(settings(max_body_bytes=BODY_LIMIT, max_classify_batch=8, max_stream_steps=MAX_STEPS))
+    ) as c:
         yield c
 
 
@@ -60,9 +63,9 @@ def _T(kind=PSN) -> int:
 
 # name -> (model kind, body builder, status, error code, param named (None: the message names nothing))
 CLASSIFY_CASES = {
-    "sliding: T over the trained length": (
+    "sliding: T over the stream step limit": (
         SLIDING,
-        lambda: {"inputs": [_row(SLIDING)] * (_T(SLIDING) + 1)},
+        lambda: {"inputs": [_row(SLIDING)] * (max(MAX_STEPS, _T(SLIDING)) + 1)},
         422,
         "bad_input",
         "inputs",

@@ -10,10 +10,12 @@ import pytest
 from psn_runtime.errors import BadInput, RuntimeClosed, UnknownModel
 from tests.fixtures import KINDS, C, F, T, exported_models, make_runtime, run_full, sequences
 
+LONGEST = 4 * T  # max_stream_steps: the longest sequence a variable-length model classifies
+
 
 @pytest.fixture(scope="module")
 def rt():
-    return make_runtime(exported_models(), max_classify_batch=8)
+    return make_runtime(exported_models(), max_classify_batch=8, max_stream_steps=LONGEST)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -51,8 +53,14 @@ def test_variable_length(rt):
         with pytest.raises(BadInput, match=f"exactly T={T} steps, got 3") as e:
             rt.classify(kind, x)
         assert e.value.param == "inputs" and e.value.value == 3
-    with pytest.raises(BadInput, match=f"1 <= T <= {T}"):
-        rt.classify("lif", sequences(1, length=T + 1))
+    assert rt.classify("lif", sequences(1, length=T + 1)).logits.shape == (
+        1,
+        C,
+    )  # tests/test_runtime_unrolled.py
+    with pytest.raises(BadInput, match=f"1 <= T <= {LONGEST} steps, got {LONGEST + 1}"):
+        rt.classify("lif", sequences(1, length=LONGEST + 1))
+    with pytest.raises(BadInput, match=f"exactly T={T} steps, got {T + 1}"):
+        rt.classify("masked_psn", sequences(1, length=T + 1))
 
 
 def _bad(rt, x, match, value=None, kind="lif"):

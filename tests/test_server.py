@@ -257,7 +257,7 @@ def test_unexpected_error_is_a_generic_500(
 ) -> None:
     runtime = app_state(client.app).runtime
 
-    async def boom(name: str, x: np.ndarray) -> None:
+    async def boom(name: str, x: np.ndarray, version: str | None = None) -> None:
         raise ZeroDivisionError("secret detail")
 
     monkeypatch.setattr(runtime, "classify_async", boom)
@@ -368,6 +368,7 @@ def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     from psn_runtime.validate import check_finite
     from server import jsonio
     from server.errors import InvalidJSON
+    from server.inputs import json_float32
 
     monkeypatch.setattr(jsonio, "orjson", None)
     assert jsonio.loads(b'{"inputs": [[1, 2.5]]}') == {"inputs": [[1, 2.5]]}
@@ -376,7 +377,7 @@ def test_json_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
             jsonio.loads(bad)
     out = json.loads(jsonio.dumps({"p": np.array([0.25, 0.75], dtype=np.float32), "t": np.int64(3)}))
     assert out == {"p": [0.25, 0.75], "t": 3}
-    x = jsonio.to_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs")  # inf from the stdlib parser
+    x = json_float32(jsonio.loads(b"[[1e400, 1]]"), "inputs", (2,), "numbers")  # inf from the stdlib parser
     with pytest.raises(Exception, match="inputs\\[0\\]\\[0\\]"):
         check_finite(x, "inputs")  # the runtime's validator, which every transport goes through
 
@@ -386,7 +387,7 @@ def test_inference_failure_is_a_500_without_details(
 ) -> None:
     from psn_runtime.errors import InferenceError
 
-    async def failing(name: str, x: np.ndarray) -> None:
+    async def failing(name: str, x: np.ndarray, version: str | None = None) -> None:
         raise InferenceError("model 'x': onnxruntime failed: [ONNXRuntimeError] node /layers.3/MatMul")
 
     monkeypatch.setattr(app_state(client.app).runtime, "classify_async", failing)
