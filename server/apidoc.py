@@ -45,12 +45,13 @@ every answer; `api_key=KEY` for clients that cannot send headers; `snapshot_ever
 after every S-th answer (resumable streams).
 
 **Hello** (the server's first message): `{"model", "kind", "T", "k", "features", "input_shape", "labels",
-"streams", "max_steps", "provider", "binary", "resumable", "snapshot_every"}` (and `resumable_reason`
+"streams", "max_steps", "provider", "binary", "json", "resumable", "snapshot_every"}` (and `resumable_reason`
 when resuming is off).
 
 **Frames** (client to server), one timestep each:
 - a binary frame of `features` = prod(`input_shape`) little-endian float32 (C order), or
-- a text frame `{"x": [...]}` (flat or nested to `input_shape`), optionally `"logits": true`;
+- a text frame `{"x": [...]}`: `features` numbers (flat, C order) or nested as `input_shape`, for every
+  per-step shape, optionally `"logits": true`;
 - `{"reset": true}` starts a new sequence (answer `{"reset": true, "t": -1}`).
 
 **Answers**: `{"t", "ready", "label", "probabilities", "done"}` (+ `"logits"`): the prediction from the mean
