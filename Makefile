@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: serve test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
+.PHONY: bench-peers serve test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
@@ -23,6 +23,7 @@ help:
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
 	@echo "make browser-test  the demo page (GET /) and /docs in headless Chromium (installs chromium when missing)"
 	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
+	@echo "make bench-peers psn-serve beside KServe, LitServe, FastAPI, SpikingJelly (.venv-peers) -> docs/"
 	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
 	@echo "make gpu-check   on an NVIDIA GPU host: CUDA venv, parity on CUDA, GPU benchmarks -> docs/gpu/ (~10 min)"
 
@@ -95,6 +96,20 @@ soak: $(VENV)/.dev-stamp
 bench: $(VENV)/.dev-stamp
 	@command -v wrk >/dev/null || apt-get install -y -q wrk || echo "wrk missing: the serving suite skips classify load"
 	$(VENV)/bin/psn bench all
+
+# the peers (KServe's ModelServer, LitServe) in their own venv, never the main one: pinned, no torch pulled,
+# the main venv's onnxruntime version; FastAPI + ORT and FastAPI + SpikingJelly run from the main venv
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.stamp: $(VENV)/.dev-stamp
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip --disable-pip-version-check -q install kserve==0.21.0 litserve==0.2.19 \
+		onnxruntime==$$($(PY) -c "import onnxruntime; print(onnxruntime.__version__)")
+	@! $(PEERS_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "$(PEERS_VENV) pulled torch" && exit 1)
+	@touch $@
+
+bench-peers: $(PEERS_VENV)/.stamp
+	@command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(VENV)/bin/psn bench peers --peers-python $(PEERS_VENV)/bin/python
 
 # its own venv (.venv-gpu: CUDA torch, onnxruntime-gpu[cuda,cudnn]); says so and exits 3 without a GPU
 gpu-check:

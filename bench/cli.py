@@ -17,6 +17,7 @@ from psn.extras import missing_message, missing_package
 class Suite:
     module: str
     help: str
+    in_all: bool = True  # run by `psn bench all` (peers: no, it has its own venv and make target)
 
 
 SUITES: dict[str, Suite] = {
@@ -29,13 +30,18 @@ SUITES: dict[str, Suite] = {
     "transcript": Suite(
         "bench.transcript.suite", "one sequence streamed through each kind: when each answers"
     ),
+    "peers": Suite(
+        "bench.peers.suite",
+        "psn-serve beside KServe, LitServe, FastAPI and SpikingJelly (make bench-peers)",
+        False,
+    ),
 }
 
 
 def usage() -> str:
     lines = ["usage: psn bench <suite> [options]   (psn bench <suite> --help for its options)", "", "suites:"]
     lines += [f"  {name:<8} {s.help}" for name, s in SUITES.items()]
-    lines += ["  all      every suite above that is installed, with default options (--quick passes on)"]
+    lines += ["  all      every suite above but peers, with default options (--quick passes on)"]
     return "\n".join(lines)
 
 
@@ -73,7 +79,7 @@ def run_all(rest: list[str]) -> int:
         )
         return 2
     modules, needs = {}, {}
-    for name in SUITES:
+    for name in (n for n, s in SUITES.items() if s.in_all):
         try:
             modules[name] = load(name)
         except SuiteMissing as exc:

@@ -114,6 +114,8 @@ def export_tiny(
             test_accuracy=0.0,
             command=f"bench.models.export_tiny (untrained {kind}, T={T}, F={features}, k={order})",
         )
+        (dst / kind / "checkpoint").mkdir(exist_ok=True)  # the network's config, as psn train leaves it
+        (dst / kind / "checkpoint" / "config.json").write_text(cfg.to_json())
     return dst
 
 

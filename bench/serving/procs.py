@@ -89,8 +89,13 @@ def _stat_cpu(stat: Path) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (from /proc)."""
-    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+    """User + system CPU seconds of a process and its live children (LitServe's workers, uvicorn's with
+    --workers), all their threads, from /proc."""
+    total = _stat_cpu(Path(f"/proc/{pid}/stat"))
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            total += sum(cpu_seconds(int(c)) for c in (task / "children").read_text().split())
+    return total
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,16 @@ def classify_body(T: int, F: int, batch: int, seed: int = 0) -> Body:
     return Body(('{"inputs":' + inputs + "}").encode())
 
 
+def v2_json_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
+    """An Open Inference Protocol (KServe V2) JSON infer request: one FP32 input [B, T, F], its data flat,
+    numbers with four decimals (the same values as ``classify_body``)."""
+    x = np.random.default_rng(seed).random((batch, T, F))  # [B, T, F]
+    data = ",".join(f"{v:.4f}" for v in x.reshape(-1))
+    return Body(
+        f'{{"inputs":[{{"name":"{name}","shape":[{batch},{T},{F}],"datatype":"FP32","data":[{data}]}}]}}'.encode()
+    )
+
+
 def v2_binary_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
     """A KServe V2 infer request with the binary tensor extension: a JSON header naming the input
     [B, T, F] FP32 and asking for label_index as binary, then the little-endian float32 values."""
