@@ -27,8 +27,6 @@ from server.errors import InvalidRequest, ShuttingDown, error_code, error_payloa
 from server.metrics import UNKNOWN_MODEL
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from server.grpc_server import GrpcServer
     from server.state import AppState
 
@@ -78,14 +76,6 @@ def _rpc(method: str, *, key: bool = True) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def _outputs(result_logits: np.ndarray, probabilities: np.ndarray, label_index: np.ndarray) -> dict:
-    return {
-        "logits": ("FP32", result_logits),  # [B, C]
-        "probabilities": ("FP32", probabilities),  # [B, C]
-        "label_index": ("INT64", label_index),  # [B]
-    }
-
-
 def resumer(plane: DataPlane, stream: OpenStream) -> resume.StreamResume:
     return resume.StreamResume.open(plane.runtime, plane.settings, stream.inputs.name, stream.id, 0)
 
@@ -109,7 +99,9 @@ async def _control(plane: DataPlane, name: str, sequence_id: int | str, asked: s
 async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
     """One ModelInfer: a classification, one step of a sequence (Triton's sequence parameters), or a
     sequence's snapshot or resume (``snapshot``, ``resume``: no inputs, no outputs, the answer's parameters
-    say ``snapshot`` and ``t``, or ``resumed`` and ``t``)."""
+    say ``snapshot`` and ``t``, or ``resumed``, ``t`` and ``version``). The protobuf message is decoded
+    into the V2 codec's request; the data plane's input builder checks it and the codec makes the answer,
+    as for V2 HTTP."""
     version = request.model_version or None
     inputs = plane.inputs(request.model_name, version)  # unknown or not ready: before any decoding
     sequence_id, start, end = grpc_tensors.sequence(request)
@@ -119,20 +111,21 @@ async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInfe
         parameters = await _control(plane, inputs.name, sequence_id, *asked)
         if end:
             plane.sequences.close(inputs.name, sequence_id)
-        return grpc_tensors.response(request, inputs.name, inputs.version, (), {}, True, parameters)
-    wanted = grpc_tensors.wanted_outputs(request)  # a bad output name fails before any work
-    x, raw = grpc_tensors.input_array(request)
-    tensor = v2codec.Tensor(v2codec.INPUT, "FP32", x.shape, data=x)  # checked by the input builder
-    if sequence_id is None:
-        result = await plane.classify(inputs.name, inputs.classify_tensor(tensor), version)  # [B, T, *shape]
-        arrays = _outputs(result.logits, result.probabilities, result.label_index)
-        return grpc_tensors.response(request, inputs.name, inputs.version, wanted, arrays, raw)
-    step = await plane.sequences.step(
-        inputs.name, sequence_id, inputs.step_tensor(tensor), start=start, end=end, version=version
+        return grpc_tensors.encode(request.id, inputs.name, inputs.version, [], parameters)
+    decoded = grpc_tensors.decode(request)
+    step = decoded.sequence
+    if step is None:
+        x = inputs.classify_tensor(decoded.tensor)  # [B, T, *shape]
+        result = await plane.classify(inputs.name, x, version)
+        outs = v2codec.outputs(result.logits, result.probabilities, result.label_index, decoded.outputs)
+        return grpc_tensors.encode(request.id, inputs.name, inputs.version, outs)
+    x = inputs.step_tensor(decoded.tensor)  # [*shape]
+    result = await plane.sequences.step(
+        inputs.name, step.id, x, start=step.start, end=step.end, version=version
     )
-    answer, parameters = v2codec.sequence_answer(step, inputs.manifest.num_classes, sequence_id)
-    arrays = _outputs(*answer)
-    return grpc_tensors.response(request, inputs.name, inputs.version, wanted, arrays, raw, parameters)
+    arrays, parameters = v2codec.sequence_answer(result, inputs.manifest.num_classes, step.id)
+    outs = v2codec.outputs(*arrays, decoded.outputs)
+    return grpc_tensors.encode(request.id, inputs.name, inputs.version, outs, parameters)
 
 
 def _one_repository(request: Any, allowed: frozenset[str] = frozenset()) -> None:

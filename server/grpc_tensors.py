@@ -1,6 +1,9 @@
-"""The protobuf side of the Open Inference Protocol's tensors: a ``ModelInferRequest``'s one input as an
-array (from ``raw_input_contents`` or typed ``contents``), its sequence parameters and requested outputs, and
-a ``ModelInferResponse`` built from the answer's arrays.
+"""The protobuf side of the Open Inference Protocol: a ``ModelInferRequest`` decoded into the V2 codec's
+transport-neutral request (``server.v2codec.InferRequest``: its one input tensor from ``raw_input_contents``
+or typed ``contents``, Triton's sequence parameters, the outputs asked for), and the codec's outputs
+encoded as a ``ModelInferResponse``. Only the wire format is checked here; what the tensor must be for the
+model (name, datatype, shape, value count, finite values) is the data plane's input builder's
+(server.inputs.ModelInputs), as for V2 HTTP.
 
 An answer comes in the form its request used: raw little-endian bytes in ``raw_output_contents`` (what
 Triton always answers, tritonclient's form) for a request with ``raw_input_contents``, typed ``contents``
@@ -9,41 +12,28 @@ Triton always answers, tritonclient's form) for a request with ``raw_input_conte
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from psn_runtime.errors import BadInput
+from server import v2codec
 from server.errors import InvalidRequest
 
-INPUT = "x"
-OUTPUTS = ("logits", "probabilities", "label_index")
-DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
-TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents"}  # the proto has no typed FP16 field
-OUTPUT_TYPES = {"FP32": ("<f4", "fp32_contents"), "INT64": ("<i8", "int64_contents")}
+TYPED = {"FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64)}  # no typed FP16
+OUTPUT_FIELDS = {"FP32": "fp32_contents", "INT64": "int64_contents"}
 CONTENT_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
+RAW_PARAM = "raw_input_contents[0]"
 
 
-def input_array(request: pb.ModelInferRequest) -> tuple[np.ndarray, bool]:
-    """(x float32 in its declared shape, raw?): the request's one input ``x``. Checks the envelope (one
-    input, its name, datatype, a positive shape that the data fills exactly); the caller checks the shape
-    against the model."""
+def decode(request: pb.ModelInferRequest) -> v2codec.InferRequest:
+    """The request as the V2 codec's InferRequest (outputs as raw bytes when the input came raw)."""
     if len(request.inputs) != 1:
         raise InvalidRequest(
             f"inputs: exactly one input tensor named 'x', got {len(request.inputs)}", "inputs"
         )
     tensor = request.inputs[0]
-    if tensor.name != INPUT:
-        raise InvalidRequest(f"inputs[0].name: expected 'x', got {tensor.name!r}", "inputs[0].name")
-    dtype = DTYPES.get(tensor.datatype)
-    if dtype is None:
-        raise BadInput("inputs[0].datatype", f"expected one of {sorted(DTYPES)}, got {tensor.datatype!r}")
-    shape = list(tensor.shape)
-    if not shape or not all(d > 0 for d in shape):
-        raise BadInput("inputs[0].shape", f"expected positive integers, got {shape!r}")
-    count = math.prod(shape)
     raw = request.raw_input_contents
     if raw:
         if len(raw) != 1:
@@ -55,26 +45,31 @@ def input_array(request: pb.ModelInferRequest) -> tuple[np.ndarray, bool]:
                 "inputs[0].contents: send the input either as raw_input_contents or as contents, not both",
                 "inputs[0].contents",
             )
-        data = raw[0]
-        size = count * dtype.itemsize
-        if len(data) != size:
-            message = f"{len(data)} bytes for shape {shape} of {tensor.datatype} ({size} bytes)"
-            raise BadInput("raw_input_contents[0]", message)
-        x = np.frombuffer(data, dtype=dtype).reshape(shape)
-        return (x if x.dtype == np.float32 else x.astype(np.float32)), True
-    field = TYPED.get(tensor.datatype)
-    if field is None:
-        raise BadInput("inputs[0].datatype", f"{tensor.datatype} data goes in raw_input_contents")
+        decoded = v2codec.Tensor(
+            tensor.name, tensor.datatype, tuple(tensor.shape), raw=raw[0], raw_param=RAW_PARAM
+        )
+    else:
+        decoded = v2codec.Tensor(tensor.name, tensor.datatype, tuple(tensor.shape), data=_typed(tensor))
+    sequence_id, start, end = sequence(request)
+    step = None if sequence_id is None else v2codec.SequenceStep(sequence_id, start, end)
+    outputs = [(name, bool(raw)) for name in wanted_outputs(request)]
+    return v2codec.InferRequest(decoded, outputs, request.id or None, step)
+
+
+def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray | None:
+    """The values of the contents field of the tensor's datatype (None when it has none of its own)."""
     contents = tensor.contents
+    field, dtype = TYPED.get(tensor.datatype, (None, None))
     for other in CONTENT_FIELDS:
         if other != field and len(getattr(contents, other)):
-            raise BadInput(f"inputs[0].contents.{other}", f"a {tensor.datatype} input's values go in {field}")
+            where = field or "raw_input_contents"
+            raise BadInput(f"inputs[0].contents.{other}", f"a {tensor.datatype} input's values go in {where}")
+    if field is None:
+        if tensor.datatype in v2codec.DATATYPES:  # FP16: the proto has no typed field for it
+            raise BadInput("inputs[0].contents", f"{tensor.datatype} values go in raw_input_contents")
+        return None  # a datatype the model does not take: the input builder names it
     values = getattr(contents, field)
-    if len(values) != count:
-        raise BadInput(
-            f"inputs[0].contents.{field}", f"{len(values)} values for shape {shape} ({count} values)"
-        )
-    return np.array(values, dtype=np.float32).reshape(shape), False
+    return np.fromiter(values, dtype=dtype, count=len(values))
 
 
 def _value(param: pb.InferParameter) -> Any:
@@ -141,12 +136,13 @@ def control(
 def wanted_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     """The outputs asked for, in order (all three when the request names none)."""
     if not request.outputs:
-        return OUTPUTS
+        return v2codec.OUTPUTS
     names = tuple(out.name for out in request.outputs)
     for i, name in enumerate(names):
-        if name not in OUTPUTS:
+        if name not in v2codec.OUTPUTS:
             raise InvalidRequest(
-                f"outputs[{i}].name: expected one of {list(OUTPUTS)}, got {name!r}", f"outputs[{i}].name"
+                f"outputs[{i}].name: expected one of {list(v2codec.OUTPUTS)}, got {name!r}",
+                f"outputs[{i}].name",
             )
     return names
 
@@ -159,25 +155,21 @@ def parameter(value: bool | int | str) -> pb.InferParameter:
     return pb.InferParameter(string_param=value)
 
 
-def response(
-    request: pb.ModelInferRequest,
+def encode(
+    request_id: str,
     model: str,
     version: str,
-    outputs: tuple[str, ...],
-    arrays: dict[str, tuple[str, np.ndarray]],
-    raw: bool,
+    outputs: list[v2codec.Output],
     parameters: dict[str, bool | int | str | None] | None = None,
 ) -> pb.ModelInferResponse:
-    """The answer: ``outputs`` in order, from ``arrays`` (output name -> (datatype, array))."""
-    answer = pb.ModelInferResponse(model_name=model, model_version=version, id=request.id)
-    for name in outputs:
-        datatype, array = arrays[name]
-        dtype, field = OUTPUT_TYPES[datatype]
-        out = answer.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw:
-            answer.raw_output_contents.append(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    """The answer: each output raw (``raw_output_contents``) or typed (``contents``), as it says."""
+    answer = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    for out in outputs:
+        tensor = answer.outputs.add(name=out.name, datatype=out.datatype, shape=out.array.shape)
+        if out.binary:
+            answer.raw_output_contents.append(out.array.tobytes())
         else:
-            getattr(out.contents, field).extend(array.reshape(-1).tolist())
+            getattr(tensor.contents, OUTPUT_FIELDS[out.datatype]).extend(out.array.reshape(-1).tolist())
     for key, value in (parameters or {}).items():
         if value is not None:
             answer.parameters[key].CopyFrom(parameter(value))
