@@ -4,8 +4,9 @@ Each unary RPC runs under ``_rpc``: the API key (metadata ``authorization: Beare
 KEY``; ServerLive and ServerReady, the probes, need none), a refusal while the server drains, the error
 table's gRPC status code with the error's message as details, and the ``psn_grpc_*`` metrics. RPCs this
 server does not implement (model config and statistics, shared memory, trace and log settings) answer
-UNIMPLEMENTED. The repository calls (index, load, unload) are the runtime's model control: load and
-unload need ``--model-control explicit`` (else FAILED_PRECONDITION, as V2 HTTP's 400).
+UNIMPLEMENTED. The repository calls (index, load, unload) are the data plane's, as V2 HTTP's
+``/v2/repository`` routes (the runtime's model control): load and unload need ``--model-control explicit``
+(else FAILED_PRECONDITION, as V2 HTTP's 400).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         _one_repository(request)
-        entries = await self.plane.runtime.repository_index(request.ready)
+        entries = await self.plane.repository_index(request.ready)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[index(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries]
@@ -215,7 +216,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         _one_repository(request)
-        await self.plane.runtime.load_model(request.model_name)
+        await self.plane.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc("RepositoryModelUnload")
@@ -223,7 +224,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         _one_repository(request, frozenset({"unload_dependents"}))
-        await self.plane.runtime.unload_model(request.model_name)
+        await self.plane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
