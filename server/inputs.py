@@ -83,7 +83,14 @@ class ModelInputs:
     ) -> ClassifyInput:
         """JSON [B, T, *shape] or [T, *shape] numbers (``raw``: the JSON text they were parsed from)."""
         ranks, want = self._sequence
-        x = json_float32(value, param, ranks, want, raw)
+        return self._sequences(json_float32(value, param, ranks, want, raw), param)
+
+    def classify_tensor(self, tensor: Tensor) -> ClassifyInput:
+        """A V2 input tensor of shape [B, T, *shape]."""
+        return self._sequences(self._tensor_array(tensor, sequence=False), tensor.param)
+
+    def _sequences(self, x: np.ndarray, param: str) -> ClassifyInput:
+        """x [B, T', *shape] or [T', *shape] within this model's length and batch limits, finite."""
         return classify_input(
             x,
             T=self.T,
@@ -92,18 +99,6 @@ class ModelInputs:
             max_batch=self.max_batch,
             longest=self.longest,
             param=param,
-        )
-
-    def classify_tensor(self, tensor: Tensor) -> ClassifyInput:
-        """A V2 input tensor of shape [B, T, *shape]."""
-        return classify_input(
-            self._tensor_array(tensor, sequence=False),
-            T=self.T,
-            shape=self.shape,
-            variable_length=self.variable_length,
-            max_batch=self.max_batch,
-            longest=self.longest,
-            param=tensor.param,
         )
 
     # -- one timestep ------------------------------------------------------------------------------------
