@@ -90,19 +90,17 @@ def export_tiny(
             "or install the training extras (pip install -e '.[train]')"
         ) from exc
     torch.manual_seed(0)
+    dims = {
+        "T": T,
+        "features": features,
+        "classes": classes,
+        "arch": arch,
+        "channels": channels,
+        "hidden": hidden,
+    }
     for kind in kinds:
         order = k if kind in ("masked_psn", "sliding_psn") else None
-        cfg = NetConfig(
-            T=T,
-            features=features,
-            classes=classes,
-            kind=kind,
-            k=order,
-            arch=arch,
-            channels=channels,
-            depth=2,
-            hidden=hidden,
-        )
+        cfg = NetConfig(kind=kind, k=order, depth=2, **dims)
         model = SeqClassifier(cfg)
         model.set_lambda(1.0)
         model = (prepare or (lambda m: m))(model).eval()

@@ -37,6 +37,7 @@ from bench.common import (
 from bench.models import REPO_ROOT, ModelRef, resolve
 from bench.serving import openloop
 from bench.serving.procs import HOST, Pinning, ServerProcess, choose_pinning, psn_server
+from bench.serving.suite import Plan
 from bench.serving.wrk import Body, check_answer, classify_body, run_wrk, v2_json_body
 from bench.serving.ws import Frames, make_frames, run_streams
 
@@ -143,17 +144,9 @@ def measure_stream(
     server: ServerProcess, t: Target, model: ModelRef, plan: argparse.Namespace, pinning: Pinning
 ) -> dict:
     url = f"ws://{HOST}:{server.port}{t.path}"
-    common = {
-        "frames": t.frames,
-        "features": model.features,
-        "duration_s": plan.duration,
-        "warmup_s": 0.5,
-        "client_procs": 2,
-        "pinning": pinning,
-        "server": server,
-    }
-    one = run_streams(url, streams=1, **common)
-    many = run_streams(url, streams=STREAMS, **common)
+    load = Plan(duration_s=plan.duration, warmup_s=0.5)
+    one = run_streams(url, 1, t.frames, model.features, load, pinning, server)
+    many = run_streams(url, STREAMS, t.frames, model.features, load, pinning, server)
     frames = make_frames(t.frames, model.features, 0)
     o = openloop.run_ws(
         url, STREAMS, frames, OPEN_LOOP_LEVEL * many.steps_per_s, plan.duration, pinning, server

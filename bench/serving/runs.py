@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from bench.serving.ws import Frames, run_in_client_process, run_streams
 
 SWEEP_STREAMS = 64
 STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
-_BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"\} ([0-9.e+]+)$', re.M)
+# psn_step_batch_size_sum{model="m",version="1"} 123.0 (any further labels)
+_BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
 @dataclass
@@ -190,8 +191,10 @@ def _batch_totals(server: ServerProcess, model: str) -> tuple[float, float]:
     status, text, _ = request(server.port, "GET", "/metrics", timeout=10)
     if status != 200:
         return 0.0, 0.0
-    totals = {kind: float(v) for kind, name, v in _BATCH_METRIC.findall(text.decode()) if name == model}
-    return totals.get("sum", 0.0), totals.get("count", 0.0)
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, name, v in _BATCH_METRIC.findall(text.decode()):
+        totals[kind] += float(v) if name == model else 0.0  # summed over the model's versions
+    return totals["sum"], totals["count"]
 
 
 def run_streams_part(ctx: Context) -> dict[str, Any]:
@@ -206,17 +209,8 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
     rows = []
     for rnd, frames, n, (target, batching, server, path) in progress(points, desc="streams", quiet=ctx.quiet):
         before = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
-        load = run_streams(
-            f"ws://{HOST}:{server.port}{path}",
-            streams=n,
-            frames=Frames(frames),
-            features=model.features,
-            duration_s=plan.duration_s,
-            warmup_s=plan.warmup_s,
-            client_procs=plan.client_procs,
-            pinning=ctx.pinning,
-            server=server,
-        )
+        url = f"ws://{HOST}:{server.port}{path}"
+        load = run_streams(url, n, Frames(frames), model.features, plan, ctx.pinning, server)
         after = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
         batches = after[1] - before[1]
         rows.append(
@@ -321,18 +315,9 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
         for name, server, n, frames in progress(scenarios, desc="profiles", quiet=ctx.quiet):
 
             def ws_action(start, server=server, n=n, frames=frames) -> None:
-                run_streams(
-                    f"ws://{HOST}:{server.port}/v1/models/{model.name}/stream",
-                    streams=n,
-                    frames=frames,
-                    features=model.features,
-                    duration_s=seconds,
-                    warmup_s=0.5,
-                    client_procs=ctx.plan.client_procs,
-                    pinning=ctx.pinning,
-                    server=server,
-                    on_window=start,
-                )
+                url = f"ws://{HOST}:{server.port}/v1/models/{model.name}/stream"
+                plan = replace(ctx.plan, duration_s=seconds, warmup_s=0.5)
+                run_streams(url, n, frames, model.features, plan, ctx.pinning, server, on_window=start)
 
             record(name, server, ws_action)
     return out
@@ -387,17 +372,10 @@ def run_sweep(
             streams=SWEEP_STREAMS,
         )
         if sat["streams"] is None:
-            sat["streams"] = run_streams(
-                ws_url,
-                streams=SWEEP_STREAMS,
-                frames=Frames.BINARY,
-                features=smodel.features,
-                duration_s=plan.duration_s,
-                warmup_s=plan.warmup_s,
-                client_procs=plan.client_procs,
-                pinning=ctx.pinning,
-                server=ctx.on,
-            ).steps_per_s
+            load = run_streams(
+                ws_url, SWEEP_STREAMS, Frames.BINARY, smodel.features, plan, ctx.pinning, ctx.on
+            )
+            sat["streams"] = load.steps_per_s
         jobs += [("streams", level) for level in plan.levels]
     for workload, level in progress(jobs, desc="open-loop sweep", quiet=ctx.quiet):
         rate = level * sat[workload]

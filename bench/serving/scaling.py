@@ -70,17 +70,8 @@ def run_workers_part(
                 "classify_errors": sum(r.errors.values()),
             }
             if stream is not None:
-                load = run_streams(
-                    f"ws://{HOST}:{server.port}/v1/models/{stream.name}/stream",
-                    streams=STREAMS,
-                    frames=Frames.BINARY,
-                    features=stream.features,
-                    duration_s=plan.duration_s,
-                    warmup_s=plan.warmup_s,
-                    client_procs=plan.client_procs,
-                    pinning=pinning,
-                    server=None,
-                )
+                url = f"ws://{HOST}:{server.port}/v1/models/{stream.name}/stream"
+                load = run_streams(url, STREAMS, Frames.BINARY, stream.features, plan, pinning)
                 row |= {
                     "steps_per_s": load.steps_per_s,
                     "steps_p99_ms": load.rtt_ms["p99"],

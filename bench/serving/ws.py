@@ -216,19 +216,18 @@ async def _closed_loop_client(url: str, streams: int, frames: Frames, features: 
 
 def run_streams(
     url: str,
-    *,
     streams: int,
     frames: Frames,
     features: int,
-    duration_s: float,
-    warmup_s: float,
-    client_procs: int,
+    plan: Any,
     pinning: Pinning,
-    server: ServerProcess | None,
+    server: ServerProcess | None = None,
     on_window: Callable[[], None] | None = None,
 ) -> StreamLoad:
-    """S closed-loop streams spread over client processes; the steps answered in the counted window.
-    ``on_window`` is called when the counted window starts (e.g. to start a profiler)."""
+    """S closed-loop streams spread over ``plan.client_procs`` client processes; the steps answered in the
+    counted window (``plan.warmup_s``, then ``plan.duration_s``). ``on_window`` is called when the counted
+    window starts (e.g. to start a profiler)."""
+    duration_s, warmup_s, client_procs = plan.duration_s, plan.warmup_s, plan.client_procs
     procs = max(1, min(client_procs, streams))
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     args = [(url, share, frames, features, i) for i, share in enumerate(shares)]
