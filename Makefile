@@ -74,6 +74,9 @@ $(VENV)/.dev-stamp: pyproject.toml | $(PY)
 	# KServe's client for tests/test_grpc_kserve.py, without its server's dependency tree (the dev extra has what
 	# its client imports)
 	$(PIP) install --no-deps kserve==0.21.0
+	# snnTorch and NIR's torch bridges, for the tests of snnTorch networks and NIR round trips: --no-deps, as
+	# norse and nirtorch declare an unpinned torch (and torchvision); norse builds from its sdist
+	$(PIP) install --no-deps snntorch==1.0.0 nirtorch==2.6 norse==1.1.0
 	@touch $(VENV)/.serve-stamp $@
 
 serve: $(VENV)/.serve-stamp

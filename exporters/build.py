@@ -3,12 +3,13 @@ torch.export-based exporter, which keeps the batch and time axes symbolic throug
 TorchScript one bakes the traced batch size into SpikingJelly's ``unflatten(0, (T, N))``).
 
 full.onnx:  x [N, T, *shape] -> logits [N, C] (mean over T), step_logits [N, T, C]
-step.onnx:  x [N, *shape] + states -> logits [N, C] + new states, one state per neuron layer (the last
-            k-1 inputs [N, k-1, *] of a masked / sliding PSN, V [N, *] of a LIF / IF) and, with a masked
-            PSN, the step index t [N] int64 shared by its layers.
+step.onnx:  x [N, *shape] + states -> logits [N, C] + new states: per neuron layer its states (the last
+            k-1 inputs [N, k-1, *] of a masked / sliding PSN, V [N, *] of a LIF / IF, the synaptic
+            current and the membrane of a CubaLIF...) and, with a masked PSN, the step index t [N] int64
+            shared by its layers.
 
-Both graphs also produce ``spikes_<i>`` (neuron layer i's spikes, time-major [T, N, *] / [1, N, *]),
-which the checks read; they are not graph outputs of the files written.
+Both graphs also produce ``spikes_<i>`` (the i-th spiking neuron layer's spikes, time-major [T, N, *] /
+[1, N, *]), which the checks read; they are not graph outputs of the files written.
 """
 
 from __future__ import annotations
@@ -37,8 +38,15 @@ def spikes_name(index: int) -> str:
     return f"spikes_{index}"
 
 
-def state_names(index: int) -> tuple[str, str]:
-    return f"state_{index}", f"state_{index}_out"
+def state_names(index: int, label: str | None = None) -> tuple[str, str]:
+    """Neuron layer ``index``'s state: ``state_<i>`` for a layer with one state, ``state_<i>_<label>``
+    for each of several (a CubaLIF's ``i`` and ``v``)."""
+    base = f"state_{index}" if label is None else f"state_{index}_{label}"
+    return base, f"{base}_out"
+
+
+def spike_outputs(p: Prepared) -> list[torch.Tensor]:
+    return [f.spikes for f in p.forms if f.spiking]
 
 
 @dataclass(frozen=True)
@@ -50,29 +58,32 @@ class StepGraph:
 class _Full(nn.Module):
     def __init__(self, p: Prepared) -> None:
         super().__init__()
+        self.p = p
         self.net = p.net
-        self.forms = p.forms
 
     def forward(self, x: torch.Tensor):
         y = self.net(x.transpose(0, 1).contiguous())  # [N, T, *] -> [T, N, *] -> [T, N, C]
         step_logits = y.transpose(0, 1)  # [N, T, C]
-        return (step_logits.mean(1), step_logits, *[f.spikes for f in self.forms])
+        return (step_logits.mean(1), step_logits, *spike_outputs(self.p))
 
 
 class _Step(nn.Module):
-    def __init__(self, p: Prepared, masked: bool) -> None:
+    def __init__(self, p: Prepared, counts: list[int], masked: bool) -> None:
         super().__init__()
+        self.p = p
         self.net = p.net
-        self.forms = p.forms
+        self.counts = counts  # states per neuron layer
         self.masked = masked
 
     def forward(self, x: torch.Tensor, *states: torch.Tensor):
         t = states[-1] if self.masked else None
-        for f, s in zip(self.forms, states, strict=False):
-            f.state, f.t = s, t
+        i = 0
+        for f, n in zip(self.p.forms, self.counts, strict=True):
+            f.state, f.t = tuple(states[i : i + n]), t
+            i += n
         y = self.net(x.unsqueeze(0))  # [1, N, *] -> [1, N, C]
-        new = [f.new_state for f in self.forms] + ([t + 1] if self.masked else [])
-        return (y[0], *new, *[f.spikes for f in self.forms])
+        new = [s for f in self.p.forms for s in f.new_state] + ([t + 1] if self.masked else [])
+        return (y[0], *new, *spike_outputs(self.p))
 
 
 def _export(
@@ -112,7 +123,7 @@ def _export(
     finally:
         for f in forms:
             f.exporting = False
-    model = strip_stack_traces(lower_custom_ops(program.model_proto))
+    model = strip_stack_traces(lower_custom_ops(program.model_proto, {f.name: f for f in forms}))
     spikes = {n for n in output_names if n.startswith("spikes_")}
     keep = [o for o in model.graph.output if o.name not in spikes]
     del model.graph.output[:]
@@ -142,8 +153,7 @@ def _quiet_logs():
 
 def build_full(p: Prepared, variable_length: bool) -> onnx.ModelProto:
     p.set_mode(Mode.FULL)
-    n = len(p.forms)
-    spikes = [spikes_name(i) for i in range(n)]
+    spikes = [spikes_name(i) for i in range(p.spiking_layers)]
     dims = {0: _BATCH} | ({1: torch.export.Dim("T", min=1, max=p.T)} if variable_length and p.T > 1 else {})
     x = torch.randn(2, p.T, *p.input_shape)
     reset_states(p.net)
@@ -177,24 +187,27 @@ def build_step(p: Prepared) -> StepGraph:
             h.remove()
     states: list[StateSpec] = []
     example: list[torch.Tensor] = []
+    counts: list[int] = []
     for i, (f, x_in) in enumerate(zip(p.forms, seen, strict=True)):
-        value, init = f.initial_state(x_in[0])  # x_in [1, N, *]
-        s_in, s_out = state_names(i)
-        states.append(
-            StateSpec(input=s_in, output=s_out, shape=tuple(value.shape[1:]), dtype="float32", init=init)
-        )
-        example.append(value)
+        layer = f.initial_states(x_in[0])  # x_in [1, N, *]
+        counts.append(len(layer))
+        for label, value, init in layer:
+            s_in, s_out = state_names(i, label if len(layer) > 1 else None)
+            states.append(
+                StateSpec(input=s_in, output=s_out, shape=tuple(value.shape[1:]), dtype="float32", init=init)
+            )
+            example.append(value)
     if masked:
         states.append(StateSpec(input=T_STATE, output=T_STATE_OUT, shape=(), dtype="int64", init=0.0))
         example.append(torch.zeros(2, dtype=torch.int64))
     p.set_mode(Mode.STEP)
     try:
-        spikes = [spikes_name(i) for i in range(len(p.forms))]
+        spikes = [spikes_name(i) for i in range(p.spiking_layers)]
         dynamic = ({0: _BATCH}, tuple({0: _BATCH} for _ in states))  # x, *states
         shapes = {INPUT_NAME: ["N", *p.input_shape], LOGITS_NAME: ["N", p.classes]}
         shapes |= {s.input: ["N", *s.shape] for s in states} | {s.output: ["N", *s.shape] for s in states}
         model = _export(
-            _Step(p, masked), (x, *example),
+            _Step(p, counts, masked), (x, *example),
             [INPUT_NAME, *(s.input for s in states)],
             [LOGITS_NAME, *(s.output for s in states), *spikes],
             dynamic, shapes,

@@ -57,25 +57,31 @@ def _ntd(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 0, 2)
 
 
+def _spikes_of(module: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
+    spikes = getattr(module, "spikes", None)
+    return spikes if isinstance(spikes, torch.Tensor) else out
+
+
 def torch_trace(module: torch.nn.Module, p: Prepared, x: np.ndarray) -> Trace:
     """x [N, T, *shape] through the user's own module (eval mode, states reset before and after); the
-    spikes of each neuron layer come from its own forward, H − θ from its export form."""
+    spikes of each spiking neuron layer come from its own forward (its output, or its ``spikes``
+    attribute where its output is something else, e.g. a membrane read out), H − θ from its export form."""
     by_name = dict(module.named_modules())
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(name: str):
-        return lambda mod, inp, out: seen.__setitem__(name, (inp[0], out))
+        return lambda mod, inp, out: seen.__setitem__(name, (inp[0], _spikes_of(mod, out)))
 
-    hooks = [by_name[f.name].register_forward_hook(hook(f.name)) for f in p.forms if f.name in by_name]
+    hooks = [by_name[f.name].register_forward_hook(hook(f.name)) for f in p.spiking if f.name in by_name]
     try:
         xt = torch.from_numpy(x).transpose(0, 1).contiguous()  # [T, N, *]
         logits = run(module, xt, "the check input")  # [T, N, C]
         with torch.no_grad():
-            margins = [_ntd(f.margin(seen[f.name][0])) for f in p.forms]
+            margins = [_ntd(f.margin(seen[f.name][0])) for f in p.spiking]
     finally:
         for h in hooks:
             h.remove()
-    spikes = [_ntd(seen[f.name][1].detach()) for f in p.forms]
+    spikes = [_ntd(seen[f.name][1].detach()) for f in p.spiking]
     return Trace(logits.transpose(0, 1).numpy(), spikes, margins)
 
 
@@ -134,7 +140,7 @@ def check_parity(
     threshold ties. The step loop is compared with the full graph on the samples the full graph's check
     did not set aside (the reference margins are PyTorch's).
     """
-    forms = p.forms  # the neuron layers whose spikes are compared, in network order
+    forms = p.spiking  # the neuron layers whose spikes are compared, in network order
     layers = len(forms)
     kinds = [str(f.info.kind) for f in forms]
     spike_names = [spikes_name(i) for i in range(layers)]

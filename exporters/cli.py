@@ -3,11 +3,15 @@ checked model directory.
 
     psn export CHECKPOINT --out models/NAME [--name NAME] [--max-tie-samples SHARE]
     psn export --module FILE.py:FUNCTION --weights W --input-shape T,D1[,D2,...] --name NAME --out DIR
-               [--labels a,b,c] [--max-tie-samples SHARE]
+               [--labels a,b,c] [--max-tie-samples SHARE] [--readout spikes|mem]
+    psn export --nir GRAPH.nir --dt DT --input-shape T,D1[,D2,...] --name NAME --out DIR [--labels a,b,c]
+               [--max-tie-samples SHARE]
 
 FUNCTION (or ``package.module:FUNCTION``) takes no arguments and returns the network (an nn.Module,
-x [T, N, *shape] -> per-step logits [T, N, C]); W is a ``.safetensors`` file or a ``.pt`` state_dict
-(loaded with ``torch.load(weights_only=True)``: no pickled code runs).
+x [T, N, *shape] -> per-step logits [T, N, C], or a snnTorch nn.Sequential in its single-step
+convention, read out by its last layer's spikes or membrane: ``--readout``); W is a ``.safetensors`` file
+or a ``.pt`` state_dict (loaded with ``torch.load(weights_only=True)``: no pickled code runs). GRAPH is a
+feed-forward NIR graph, its neurons discretised by forward Euler at DT (exporters/sources/nir.py).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Export a training checkpoint, or any PSN-family network (this project's psn modules or "
-        "SpikingJelly's) given as --module + --weights, to a model directory (manifest.json, full.onnx, "
+        description="Export a training checkpoint, any PSN-family network (this project's psn modules, "
+        "SpikingJelly's or a snnTorch nn.Sequential) given as --module + --weights, or a NIR graph (--nir), "
+        "to a model directory (manifest.json, full.onnx, "
         "step.onnx when every neuron is causal). Nothing is written unless the ONNX checker and the "
         "PyTorch/ONNX Runtime parity checks pass.",
     )
@@ -60,6 +65,13 @@ def parser() -> argparse.ArgumentParser:
         "threshold (a float tie; its sample is not compared after that layer), as 0.0625 or 1/16 "
         "(default 1/16)",
     )
+    p.add_argument(
+        "--readout",
+        choices=["spikes", "mem"],
+        help="a snnTorch network's per-step logits: its last layer's spikes (default) or membrane",
+    )
+    p.add_argument("--nir", type=Path, help="a NIR graph (.nir, written by the nir package) to import")
+    p.add_argument("--dt", type=float, help="--nir: the time step of the forward-Euler discretisation")
     p.add_argument("--quiet", action="store_true", help="do not print the parity table")
     return p
 
@@ -86,7 +98,29 @@ def parse_shape(text: str) -> tuple[int, tuple[int, ...]]:
     return dims[0], tuple(dims[1:])
 
 
+def _validate_nir(args: argparse.Namespace) -> None:
+    given = [f for f, v in (("CHECKPOINT", args.checkpoint), ("--module", args.module)) if v is not None]
+    given += [f for f, v in (("--weights", args.weights), ("--readout", args.readout)) if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} do not go with --nir")
+    missing = [
+        f
+        for f, v in (("--dt", args.dt), ("--input-shape", args.input_shape), ("--name", args.name))
+        if v is None
+    ]
+    if missing:
+        raise UsageError(f"--nir needs {', '.join(missing)}")
+    if not args.dt > 0 or args.dt == float("inf"):
+        raise UsageError(f"--dt {args.dt}: expected a time step > 0")
+
+
 def _validate(args: argparse.Namespace) -> None:
+    if args.nir is not None:
+        return _validate_nir(args)
+    if args.dt is not None:
+        raise UsageError("--dt only goes with --nir")
+    if args.readout is not None and args.module is None:
+        raise UsageError("--readout only goes with --module")
     module_flags = {"--weights": args.weights, "--input-shape": args.input_shape, "--labels": args.labels}
     if args.module is None:
         if args.checkpoint is None:
@@ -113,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         _validate(args)
-        shape = parse_shape(args.input_shape) if args.module else None
+        shape = parse_shape(args.input_shape) if args.module or args.nir else None
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
@@ -122,13 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     from exporters.errors import ExportCheckFailed, ExportError
     from exporters.export import export_checkpoint, export_module
     from exporters.loading import load_network
+    from exporters.sources import from_module
+    from exporters.sources.nir import import_nir
 
     report = CheckReport()
     ties = {} if args.max_tie_samples is None else {"max_tie_samples": args.max_tie_samples}
     try:
-        if args.module:
+        if args.module or args.nir:
             T, input_shape = shape
-            net = load_network(args.module, args.weights)
+            if args.nir:
+                net = import_nir(args.nir, args.dt, input_shape)
+            else:
+                net = from_module(load_network(args.module, args.weights), args.readout)
             labels = args.labels.split(",") if args.labels else None
             manifest = export_module(
                 net, args.out, input_shape=input_shape, T=T, name=args.name, labels=labels,

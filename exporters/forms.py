@@ -1,17 +1,21 @@
 """Export forms of the neurons: what ``torch.onnx.export`` traces in place of a neuron's own forward.
 
-A form is built from a neuron module (this project's psn.neurons or SpikingJelly's) with its exact
+A form is built from a neuron module (this project's psn.neurons, SpikingJelly's, or a module that
+gives its own through ``export_form(name)``: exporters/sources/ for snnTorch and NIR) with its exact
 math and weights, and runs in one of two modes:
 
-- full: x [T, N, *] -> spikes [T, N, *], one time-major sequence, with a graph whose size does not
+- full: x [T, N, *] -> out [T, N, *], one time-major sequence, with a graph whose size does not
   depend on T (PSN / masked PSN: one MatMul with W [T, T]; sliding PSN: the Toeplitz band sliced to the
-  input length inside the graph; LIF / IF: a ``psn_serve::LIF`` node (``torch.onnx.ops.symbolic``)
-  that exporters/onnx_rewrite.py replaces by an ONNX Scan over time);
-- step: x [1, N, *] -> spikes [1, N, *], one timestep, reading ``state`` (set by the step wrapper) and
-  leaving the new state in ``new_state``: the last k-1 inputs [N, k-1, *] (masked and sliding PSN, the
-  masked PSN also reads the step index t [N] int64 from ``t``) or V [N, *] (LIF, IF).
+  input length inside the graph; a state-space neuron (LIF, IF, CubaLIF, LI...: a cell of
+  exporters/cells.py, ``step(x_t, *states) -> (out, new states)`` with per-neuron parameters): one ONNX
+  Scan over time whose body is that step);
+- step: x [1, N, *] -> out [1, N, *], one timestep, reading ``state`` (a tuple, set by the step wrapper)
+  and leaving the new states in ``new_state``: the last k-1 inputs [N, k-1, *] (masked and sliding PSN,
+  the masked PSN also reads the step index t [N] int64 from ``t``) or the cell's states [N, *] each.
 
-Spikes are ``H >= θ`` written as ``W X >= −B`` (for IEEE floats ``fl(a + b) >= 0`` exactly when
+``out`` is what the next layer reads: the spikes, or a membrane (a non-spiking LI, a snnTorch network
+read out by its membrane); ``spikes`` holds the 0/1 spikes the checks compare (None: no spikes).
+PSN spikes are ``H >= θ`` written as ``W X >= −B`` (for IEEE floats ``fl(a + b) >= 0`` exactly when
 ``a >= −b``), as Θ(W X + B) in PyTorch.
 """
 
@@ -24,11 +28,11 @@ from enum import Enum
 import torch
 from torch import nn
 
+from exporters.cells import Cell, SJLIFCell, Step
 from exporters.errors import ExportError
+from exporters.onnx_rewrite import CELL_OP, DOMAIN
 from psn import neurons as P
 from psn_runtime.manifest import NeuronKind
-
-DOMAIN = "psn_serve"  # the custom ONNX domain of nodes that exporters/onnx_rewrite.py lowers
 
 
 class Mode(Enum):
@@ -53,6 +57,10 @@ class NeuronInfo:
     def variable_length(self) -> bool:
         return self.kind.facts.variable_length
 
+    @property
+    def spiking(self) -> bool:
+        return self.kind.facts.spikes
+
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).cpu().clone()
@@ -69,14 +77,18 @@ class Form(nn.Module):
         super().__init__()
         self.name = name
         self.mode = Mode.FULL
-        self.state: torch.Tensor | None = None  # step mode: this layer's state in ([N, ...])
+        self.state: tuple[torch.Tensor, ...] | None = None  # step mode: this layer's states in ([N, ...])
         self.t: torch.Tensor | None = None  # step mode: the step index [N] int64 (masked PSN)
-        self.new_state: torch.Tensor | None = None  # step mode: the state out
-        self.spikes: torch.Tensor | None = None  # the last output, for the checks' spike outputs
+        self.new_state: tuple[torch.Tensor, ...] | None = None  # step mode: the states out
+        self.spikes: torch.Tensor | None = None  # the last 0/1 spikes, for the checks' spike outputs
         self.exporting = False  # set while torch.onnx.export traces the network
 
-    def initial_state(self, x_t: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """A zero-batch-agnostic example state for a step input x_t [N, *], and its init value."""
+    @property
+    def spiking(self) -> bool:
+        return self.info.spiking
+
+    def initial_states(self, x_t: torch.Tensor) -> list[tuple[str, torch.Tensor, float]]:
+        """Per state: a label, an example value for a step input x_t [N, *] and its init value."""
         raise NotImplementedError
 
     def margin(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,9 +98,7 @@ class Form(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode is Mode.IDENTITY:
             return x
-        s = self.full(x) if self.mode is Mode.FULL else self.step(x)
-        self.spikes = s
-        return s
+        return self.full(x) if self.mode is Mode.FULL else self.step(x)
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -127,10 +137,11 @@ class MatrixForm(Form):
     def full(self, x: torch.Tensor) -> torch.Tensor:
         self._check_T(x)
         h = torch.matmul(self.w, x.flatten(1))  # [T, T] x [T, N*D] -> [T, N*D]
-        return _spike(h, self.neg_b).view_as(x)
+        self.spikes = _spike(h, self.neg_b).view_as(x)
+        return self.spikes
 
-    def initial_state(self, x_t: torch.Tensor) -> tuple[torch.Tensor, float]:
-        return x_t.new_zeros((x_t.shape[0], self.info.k - 1, *x_t.shape[1:])), 0.0
+    def initial_states(self, x_t: torch.Tensor) -> list[tuple[str, torch.Tensor, float]]:
+        return _window_state(self, x_t)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         if self.info.k is None:
@@ -138,7 +149,13 @@ class MatrixForm(Form):
         window = _window(self, x)  # [N, k, D]
         row = self.band[self.t]  # [N, 1, k]
         h = torch.matmul(row, window)  # [N, 1, k] x [N, k, D] -> [N, 1, D]
-        return _spike(h, self.neg_b_t[self.t]).view_as(x)  # [1, N, *]
+        self.spikes = _spike(h, self.neg_b_t[self.t]).view_as(x)  # [1, N, *]
+        return self.spikes
+
+
+def _window_state(form: Form, x_t: torch.Tensor) -> list[tuple[str, torch.Tensor, float]]:
+    """The ring buffer of the last k-1 inputs [N, k-1, *], all 0 at the start."""
+    return [("inputs", x_t.new_zeros((x_t.shape[0], form.info.k - 1, *x_t.shape[1:])), 0.0)]
 
 
 def _window(form: Form, x: torch.Tensor) -> torch.Tensor:
@@ -147,8 +164,8 @@ def _window(form: Form, x: torch.Tensor) -> torch.Tensor:
     Shapes are read from tensors inside the graph (flatten, view_as), never from ``.shape`` in Python:
     the TorchScript tracer may bake a traced size into a constant."""
     x_t = x[0]  # [N, *]
-    window = torch.cat([form.state, x_t.unsqueeze(1)], 1)  # [N, k, *]
-    form.new_state = window[:, 1:]
+    window = torch.cat([form.state[0], x_t.unsqueeze(1)], 1)  # [N, k, *]
+    form.new_state = (window[:, 1:],)
     return window.flatten(2)  # [N, k, D]
 
 
@@ -173,101 +190,82 @@ class SlidingForm(Form):
     def full(self, x: torch.Tensor) -> torch.Tensor:
         a = self._matrix(x)  # [T, T]
         h = torch.matmul(a, x.flatten(1))  # [T, N*D]
-        return _spike(h, self.neg_b).view_as(x)
+        self.spikes = _spike(h, self.neg_b).view_as(x)
+        return self.spikes
 
-    def initial_state(self, x_t: torch.Tensor) -> tuple[torch.Tensor, float]:
-        return x_t.new_zeros((x_t.shape[0], self.info.k - 1, *x_t.shape[1:])), 0.0
+    def initial_states(self, x_t: torch.Tensor) -> list[tuple[str, torch.Tensor, float]]:
+        return _window_state(self, x_t)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         window = _window(self, x)  # [N, k, D]
         h = torch.matmul(self.w_row, window)  # [1, k] x [N, k, D] -> [N, 1, D]
-        return _spike(h, self.neg_b).view_as(x)
+        self.spikes = _spike(h, self.neg_b).view_as(x)
+        return self.spikes
 
 
-@dataclass(frozen=True)
-class LIFParams:
-    """H = V + (X − (V − V_r))/τ (decay_input), V − (V − V_r)/τ + X (not), or V + X (IF, tau None);
-    S = H >= V_th; hard reset V = V_reset where S, soft V = H − V_th where S, none V = H."""
+class CellForm(Form):
+    """A neuron given as a step function (exporters/cells.py): a Python loop over time eagerly; while
+    exporting, one ``psn_serve::Cell`` node that exporters/onnx_rewrite.py replaces by an ONNX Scan over
+    time whose body is the cell (the graph does not grow with T); the cell itself in step mode, with one
+    state per ``cell.states``."""
 
-    tau: float | None
-    decay_input: bool
-    v_threshold: float
-    v_reset: float | None  # None: soft reset (subtract V_th); charges against 0
-    reset: P.ResetMode
-
-    @property
-    def v0(self) -> float:
-        return 0.0 if self.v_reset is None or self.reset is not P.ResetMode.HARD else float(self.v_reset)
-
-
-def lif_update(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step with SpikingJelly's float expressions: (spikes, new V)."""
-    v_r = 0.0 if p.v_reset is None else p.v_reset
-    if p.tau is None:
-        h = v + x
-    elif p.decay_input:
-        h = v + (x - (v - v_r)) / p.tau
-    else:
-        h = v - (v - v_r) / p.tau + x
-    fire = h >= p.v_threshold
-    if p.reset is P.ResetMode.HARD:
-        v_new = torch.where(fire, torch.full_like(h, v_r), h)
-    elif p.reset is P.ResetMode.SOFT:
-        v_new = torch.where(fire, h - p.v_threshold, h)
-    else:
-        v_new = h
-    return fire.to(torch.float32), v_new
-
-
-def _lif_loop(x: torch.Tensor, params: LIFParams) -> torch.Tensor:
-    """Full-sequence LIF / IF in PyTorch: x [T, N, *] -> spikes [T, N, *]."""
-    v = torch.full_like(x[0], params.v0)
-    out = []
-    for t in range(x.shape[0]):
-        s, v = lif_update(x[t], v, params)
-        out.append(s)
-    return torch.stack(out)
-
-
-class LIFForm(Form):
-    def __init__(self, name: str, kind: NeuronKind, params: LIFParams) -> None:
+    def __init__(self, name: str, cell: Cell) -> None:
         super().__init__(name)
-        self.info = NeuronInfo(kind)
-        self.params = params
+        self.cell = cell
+        self.info = NeuronInfo(cell.kind)
+        self.step_shape: tuple[int, ...] | None = None  # per-sample step input shape, seen eagerly
+        self.separate_spikes = False  # the output is not the spikes (a membrane, graded spikes)
+
+    def _init(self, x_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.full_like(x_t, v) for v in self.cell.init())
+
+    def initial_states(self, x_t: torch.Tensor) -> list[tuple[str, torch.Tensor, float]]:
+        return [
+            (label, torch.full_like(x_t, v), v)
+            for label, v in zip(self.cell.states, self.cell.init(), strict=True)
+        ]
+
+    def _loop(self, x: torch.Tensor) -> list[Step]:
+        self.cell.check_shape(x[0], self.name)
+        self.step_shape = tuple(x.shape[2:])
+        states, steps = self._init(x[0]), []
+        for t in range(x.shape[0]):
+            steps.append(self.cell(x[t], *states))
+            states = steps[-1].states
+        self.separate_spikes = steps[0].spikes is not None and steps[0].spikes is not steps[0].out
+        return steps
 
     def margin(self, x: torch.Tensor) -> torch.Tensor:
-        v = torch.full_like(x[0], self.params.v0)
-        out = []
-        for t in range(x.shape[0]):
-            v_r = 0.0 if self.params.v_reset is None else self.params.v_reset
-            p = self.params
-            h = v + x[t] if p.tau is None else (
-                v + (x[t] - (v - v_r)) / p.tau if p.decay_input else v - (v - v_r) / p.tau + x[t]
-            )  # fmt: skip
-            out.append(h - p.v_threshold)
-            _, v = lif_update(x[t], v, p)
-        return torch.stack(out)
+        return torch.stack([s.margin for s in self._loop(x)])
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         if not self.exporting:
-            return _lif_loop(x, self.params)
-        p = self.params
-        attrs = {
-            "tau": -1.0 if p.tau is None else float(p.tau),
-            "decay_input": int(p.decay_input),
-            "v_threshold": float(p.v_threshold),
-            "v_reset": 0.0 if p.v_reset is None else float(p.v_reset),
-            "reset": p.reset.value,
-        }
-        # one psn_serve::LIF node, replaced by an ONNX Scan over time in exporters/onnx_rewrite.py
-        return torch.onnx.ops.symbolic(f"{DOMAIN}::LIF", (x,), attrs, dtype=x.dtype, shape=x.shape, version=1)
+            steps = self._loop(x)
+            self.spikes = torch.stack([s.spikes for s in steps]) if self.spiking else None
+            return torch.stack([s.out for s in steps])
 
-    def initial_state(self, x_t: torch.Tensor) -> tuple[torch.Tensor, float]:
-        return torch.full_like(x_t, self.params.v0), self.params.v0
+        if self.step_shape is None:
+            raise ExportError(f"{self.name}: run the network eagerly once before exporting it")
+        op, attrs = f"{DOMAIN}::{CELL_OP}", {"layer": self.name}
+        if self.separate_spikes:
+            out, spikes = torch.onnx.ops.symbolic_multi_out(
+                op, (x,), attrs, dtypes=[x.dtype] * 2, shapes=[x.shape] * 2, version=1
+            )
+        else:
+            out = spikes = torch.onnx.ops.symbolic(op, (x,), attrs, dtype=x.dtype, shape=x.shape, version=1)
+        self.spikes = spikes if self.spiking else None
+        return out  # [T, N, *]
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        s, self.new_state = lif_update(x[0], self.state, self.params)
-        return s.unsqueeze(0)
+        st = self.cell(x[0], *self.state)
+        self.new_state = st.states
+        self.spikes = None if st.spikes is None else st.spikes.unsqueeze(0)
+        return st.out.unsqueeze(0)
+
+
+def lif_form(name: str, kind: NeuronKind, tau, decay_input: bool, v_threshold, v_reset, reset) -> CellForm:
+    """SpikingJelly's LIFNode / IFNode (tau None) and psn.neurons.LIF."""
+    return CellForm(name, SJLIFCell(kind, tau, decay_input, v_threshold, v_reset, reset))
 
 
 # ------------------------------------------------------------------------------------- recognition
@@ -298,6 +296,20 @@ def _masked_lambda_one(name: str, module: nn.Module, lam: float) -> None:
 
 def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
     """The export form of neuron module ``m`` (None when ``m`` is not a neuron)."""
+    export_form = getattr(m, "export_form", None)
+    if callable(export_form):  # a module that knows its own form (exporters/sources/snntorch.py)
+        return export_form(name)
+    if isinstance(m, CellForm):  # a network built from the forms themselves (exporters/sources/nir.py)
+        return CellForm(name, m.cell)
+    if type(m).__module__.split(".")[0] == "snntorch":
+        from exporters.sources.snntorch import refusal
+
+        raise refusal(name, m) or _refuse(
+            name,
+            m,
+            "a snnTorch neuron: export the network with exporters.sources.snntorch.from_snntorch "
+            "(psn export --module does)",
+        )
     if isinstance(m, P.MaskedPSN):
         _masked_lambda_one(name, m, float(m.lam))
         return MatrixForm(name, m.weight, m.bias, m.k)
@@ -306,7 +318,7 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
     if isinstance(m, P.SlidingPSN):
         return SlidingForm(name, m.weight, m.bias, t_max)
     if isinstance(m, P.LIF):
-        return LIFForm(name, NeuronKind.LIF, LIFParams(m.tau, True, m.v_threshold, 0.0, m.reset))
+        return lif_form(name, NeuronKind.LIF, m.tau, True, m.v_threshold, 0.0, m.reset)
     sj = _sj()
     if sj is None:
         return None
@@ -332,11 +344,10 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
         v_reset = None if m.v_reset is None else float(m.v_reset)
         reset = P.ResetMode.SOFT if v_reset is None else P.ResetMode.HARD
         if isinstance(m, neuron.LIFNode):
-            tau = float(m.tau)
-            params = LIFParams(tau, bool(m.decay_input), float(m.v_threshold), v_reset, reset)
-            return LIFForm(name, NeuronKind.LIF, params)
-        params = LIFParams(None, False, float(m.v_threshold), v_reset, reset)
-        return LIFForm(name, NeuronKind.IF, params)
+            return lif_form(
+                name, NeuronKind.LIF, float(m.tau), bool(m.decay_input), m.v_threshold, v_reset, reset
+            )
+        return lif_form(name, NeuronKind.IF, None, False, m.v_threshold, v_reset, reset)
     if isinstance(m, base.MemoryModule) and not _stateless_in_eval(m):
         raise _refuse(
             name,

@@ -1,77 +1,121 @@
-"""Post-processing of the graphs ``torch.onnx.export`` writes: each ``psn_serve::LIF`` node (the full-
-sequence LIF / IF of exporters/forms.py) becomes an ONNX Scan over the time axis, so that the graph does
-not grow with T; the custom domain is then dropped from the opset imports."""
+"""Post-processing of the graphs ``torch.onnx.export`` writes: each ``psn_serve::Cell`` node (the full
+sequence of a state-space neuron, exporters/forms.py's CellForm) becomes an ONNX Scan over the time axis
+whose body is that neuron's cell (exporters/cells.py) exported for one step, so that the graph does not
+grow with T; the custom domain is then dropped from the opset imports. Stack traces are stripped.
+
+The body is exported with torch.onnx's TorchScript exporter: a cell is a handful of elementwise ops,
+which it writes in milliseconds, where tracing a ``scan`` with torch.export costs seconds per layer."""
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
-from onnx import helper
+import torch
+from onnx import TensorProto, helper
+from torch import nn
 
+from exporters.cells import Cell
 from exporters.errors import ExportError
-from exporters.forms import DOMAIN
-from exporters.graph import FLOAT, GraphBuilder
+from exporters.graph import OPSET
+
+DOMAIN = "psn_serve"  # the custom ONNX domain of the nodes lowered here
+CELL_OP = "Cell"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+class _Body(nn.Module):
+    """A Scan body: (*states, x_t) -> (*new states, out[, spikes])."""
+
+    def __init__(self, cell: Cell, spikes: bool) -> None:
+        super().__init__()
+        self.cell = cell
+        self.spikes = spikes
+
+    def forward(self, *args: torch.Tensor):
+        st = self.cell(args[-1], *args[:-1])
+        return (*st.states, st.out, *([st.spikes] if self.spikes else []))
 
 
-def _lif_body(index: int, a: dict) -> onnx.GraphProto:
-    """v_in [N, *], x_t [N, *] -> v_out, s_t: the float ops of exporters.forms.lif_update."""
-    b = GraphBuilder(prefix=f"lif{index}_")
-    v, x = b.reserve(f"lif{index}_v_in"), b.reserve(f"lif{index}_x_t")
-    v_r = b.scalar(float(a["v_reset"]))
-    if a["tau"] < 0:  # IF: H = V + X
-        h = b.op("Add", [v, x])
-    elif a["decay_input"]:  # H = V + (X − (V − V_r)) / τ
-        h = b.op("Add", [v, b.op("Div", [b.op("Sub", [x, b.op("Sub", [v, v_r])]), b.scalar(a["tau"])])])
-    else:  # H = V − (V − V_r) / τ + X
-        h = b.op("Add", [b.op("Sub", [v, b.op("Div", [b.op("Sub", [v, v_r]), b.scalar(a["tau"])])]), x])
-    vth = b.scalar(float(a["v_threshold"]))
-    fire = b.op("GreaterOrEqual", [h, vth])
-    reset = a["reset"].decode() if isinstance(a["reset"], bytes) else a["reset"]
-    v_out = f"lif{index}_v_out"
-    if reset == "hard":
-        b.op("Where", [fire, v_r, h], out=v_out)
-    elif reset == "soft":
-        b.op("Where", [fire, b.op("Sub", [h, vth]), h], out=v_out)
-    else:
-        b.op("Identity", [h], out=v_out)
-    s = b.op("Cast", [fire], out=f"lif{index}_s_t", to=FLOAT)
-    return b.graph(
-        f"lif{index}_step",
-        [helper.make_tensor_value_info(v, FLOAT, None), helper.make_tensor_value_info(x, FLOAT, None)],
-        [helper.make_tensor_value_info(v_out, FLOAT, None), helper.make_tensor_value_info(s, FLOAT, None)],
-    )
+def cell_body(cell: Cell, step_shape: tuple[int, ...], spikes: bool, prefix: str) -> onnx.GraphProto:
+    """The Scan body of ``cell`` for per-sample step inputs of ``step_shape``; every name prefixed."""
+    n = len(cell.states)
+    x_t = torch.zeros(2, *step_shape)
+    args = (*(torch.full_like(x_t, v) for v in cell.init()), x_t)
+    inputs = [f"s{j}" for j in range(n)] + ["x_t"]
+    outputs = [f"s{j}_out" for j in range(n)] + ["out"] + (["spikes"] if spikes else [])
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Body(cell, spikes).eval(), args, buf, dynamo=False, opset_version=OPSET, input_names=inputs,
+            output_names=outputs, dynamic_axes={name: {0: "N"} for name in inputs + outputs},
+        )  # fmt: skip
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    _prefix_names(graph, prefix)
+    return graph
 
 
-def _lif_scan(node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes replacing one psn_serve::LIF: V0 = full(shape(x)[1:], v0), then Scan over axis 0."""
-    a = _attrs(node)
-    v0_value = float(a["v_reset"]) if a["reset"] in (b"hard", "hard") else 0.0
-    b = GraphBuilder(prefix=f"psn_lif{index}_")
+def _prefix_names(graph: onnx.GraphProto, prefix: str) -> None:
+    """Rename every tensor of ``graph`` (a body must not reuse a name of the graph around it), and give
+    a graph output that repeats an earlier one (a state read out as the output) its own Identity."""
+
+    def rename(name: str) -> str:
+        return f"{prefix}{name}" if name else name
+
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(i) for i in node.input]
+        node.output[:] = [rename(o) for o in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = rename(value.name)
+    for init in graph.initializer:
+        init.name = rename(init.name)
+    seen: set[str] = {i.name for i in graph.input}
+    for j, out in enumerate(graph.output):
+        if out.name in seen:
+            fresh = f"{out.name}_{j}"
+            graph.node.append(helper.make_node("Identity", [out.name], [fresh], name=f"{fresh}_copy"))
+            out.name = fresh
+        seen.add(out.name)
+
+
+def _scan(node: onnx.NodeProto, index: int, forms: Mapping[str, object]) -> list[onnx.NodeProto]:
+    """Nodes replacing one psn_serve::Cell: each state = full(shape(x)[1:], init), then Scan over axis 0."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    layer = attrs["layer"].decode() if isinstance(attrs["layer"], bytes) else attrs["layer"]
+    form = forms.get(layer)
+    if form is None:
+        raise ExportError(f"no neuron layer {layer!r} for a {DOMAIN}::{CELL_OP} node")
+    prefix = f"psn_cell{index}_"
+    cell: Cell = form.cell
+    body = cell_body(cell, form.step_shape, len(node.output) > 1, prefix + "body_")
     (x,) = node.input
-    shape = b.op("Shape", [x], start=1)  # [N, *]
-    v0 = b.op(
-        "ConstantOfShape",
-        [shape],
-        value=helper.make_tensor("v0", FLOAT, [1], np.array([v0_value], np.float32)),
-    )
-    b.op(
-        "Scan",
-        [v0, x],
-        outputs=[b.fresh("v_last"), node.output[0]],
-        body=_lif_body(index, a),
-        num_scan_inputs=1,
-        scan_input_axes=[0],
-        scan_output_axes=[0],
-    )
-    return b.nodes, b.initializers
+    shape = f"{prefix}shape"
+    nodes = [helper.make_node("Shape", [x], [shape], name=f"{prefix}Shape", start=1)]  # [N, *]
+    inits = []
+    for j, value in enumerate(cell.init()):
+        inits.append(f"{prefix}init{j}")
+        tensor = helper.make_tensor(f"{prefix}v{j}", TensorProto.FLOAT, [1], np.array([value], np.float32))
+        nodes.append(
+            helper.make_node("ConstantOfShape", [shape], [inits[-1]], name=f"{prefix}Init{j}", value=tensor)
+        )
+    last = [f"{prefix}last{j}" for j in range(len(inits))]
+    nodes.append(
+        helper.make_node(
+            "Scan", [*inits, x], [*last, *node.output], name=f"{prefix}Scan", body=body,
+            num_scan_inputs=1, scan_input_axes=[0], scan_output_axes=[0] * len(node.output),
+        )
+    )  # fmt: skip
+    return nodes
 
 
-def lower_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every psn_serve node of the main graph (in place) and drop the custom opset import."""
+def lower_custom_ops(model: onnx.ModelProto, forms: Mapping[str, object]) -> onnx.ModelProto:
+    """Replace every psn_serve node of the main graph (in place) and drop the custom opset import;
+    ``forms`` maps a neuron layer's name to its CellForm."""
     graph = model.graph
     nodes: list[onnx.NodeProto] = []
     index = 0
@@ -79,22 +123,17 @@ def lower_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain != DOMAIN:
             nodes.append(node)
             continue
-        if node.op_type != "LIF":
+        if node.op_type != CELL_OP:
             raise ExportError(f"unknown custom op {DOMAIN}::{node.op_type}")
-        new_nodes, inits = _lif_scan(node, index)
-        nodes.extend(new_nodes)
-        graph.initializer.extend(inits)
+        nodes.extend(_scan(node, index, forms))
         index += 1
     del graph.node[:]
     graph.node.extend(nodes)
     keep = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-    # value_info entries written for the custom node's output stay valid (same tensor, same type)
+    # value_info entries written for the custom node's outputs stay valid (same tensors, same types)
     return model
-
-
-STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 
 def strip_stack_traces(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -31,6 +31,15 @@ class Prepared:
         for f in self.forms:
             f.mode = mode
 
+    @property
+    def spiking(self) -> list[Form]:
+        """The neuron layers whose spikes the checks compare (an LI's membrane is not a spike)."""
+        return [f for f in self.forms if f.spiking]
+
+    @property
+    def spiking_layers(self) -> int:
+        return len(self.spiking)
+
 
 def reset_states(module: nn.Module) -> None:
     """SpikingJelly's ``functional.reset_net``: clear every stateful module before a new sequence."""
@@ -126,6 +135,8 @@ def prepare(module: nn.Module, input_shape: tuple[int, ...], T: int) -> Prepared
     net = copy.deepcopy(module).eval()
     forms: dict[str, Form] = {}
     for name, m in net.named_modules():
+        if any(name.startswith(f"{outer}.") for outer in forms):
+            continue  # inside a neuron layer that has its form (the snnTorch neuron in its wrapper)
         form = form_of(name or type(m).__name__, m, T)
         if form is not None:
             forms[name] = form

@@ -63,7 +63,7 @@ def _check(args: argparse.Namespace) -> None:
         args.dataset = parse_dataset_name(args.dataset)
     except UnknownDataset as exc:
         raise UsageError(str(exc)) from None
-    trainable = [k for k in NeuronKind if k is not NeuronKind.IF]  # IF: exported from SpikingJelly only
+    trainable = [k for k in NeuronKind if k.facts.trainable]  # the others are exported, not trained
     if args.kind not in trainable:
         raise UsageError(
             f"unknown neuron kind {args.kind!r} (choose from {', '.join(k.value for k in trainable)})"

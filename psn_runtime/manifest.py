@@ -44,7 +44,10 @@ class NeuronKind(StrEnum):
     MASKED_PSN = "masked_psn"
     SLIDING_PSN = "sliding_psn"
     LIF = "lif"
-    IF = "if"  # integrate-and-fire (SpikingJelly's IFNode): exported, not trained by psn train
+    IF = "if"  # integrate-and-fire (SpikingJelly's IFNode, NIR's IF): exported, not trained by psn train
+    CUBA_LIF = "cuba_lif"  # current-based LIF, two states (snnTorch's Synaptic, NIR's CubaLIF): exported
+    LI = "li"  # leaky integrator without spikes (NIR's LI, and its I: no leak): exported
+    CUBA_LI = "cuba_li"  # current-based leaky integrator without spikes (NIR's CubaLI): exported
 
     @property
     def facts(self) -> KindFacts:
@@ -59,21 +62,29 @@ class KindFacts(NamedTuple):
     streams: bool  # has a step graph: answers after every step
     variable_length: bool  # the full graph takes any 1 <= T' <= T
     bounded: bool  # a stream takes at most T steps (max_steps = T)
+    trainable: bool = True  # psn train builds it (the others come from SpikingJelly, snnTorch or NIR)
+    spikes: bool = True  # its output is spikes (the export checks compare them); False: a membrane
 
+
+_STATE_SPACE = {"order": False, "streams": True, "variable_length": True, "bounded": False}  # LIF-like
 
 KIND_FACTS: dict[NeuronKind, KindFacts] = {
     NeuronKind.PSN: KindFacts(order=False, streams=False, variable_length=False, bounded=False),
     NeuronKind.MASKED_PSN: KindFacts(order=True, streams=True, variable_length=False, bounded=True),
     NeuronKind.SLIDING_PSN: KindFacts(order=True, streams=True, variable_length=True, bounded=False),
-    NeuronKind.LIF: KindFacts(order=False, streams=True, variable_length=True, bounded=False),
-    NeuronKind.IF: KindFacts(order=False, streams=True, variable_length=True, bounded=False),
+    NeuronKind.LIF: KindFacts(**_STATE_SPACE),
+    NeuronKind.IF: KindFacts(**_STATE_SPACE, trainable=False),
+    NeuronKind.CUBA_LIF: KindFacts(**_STATE_SPACE, trainable=False),
+    NeuronKind.LI: KindFacts(**_STATE_SPACE, trainable=False, spikes=False),
+    NeuronKind.CUBA_LI: KindFacts(**_STATE_SPACE, trainable=False, spikes=False),
 }
 
 
 def network_kind(kinds: list[NeuronKind]) -> NeuronKind:
     """The least streamable of a network's neuron kinds, what ``Manifest.kind`` holds for a network that
-    mixes kinds: PSN (full graph only) < masked PSN (streams at most T steps) < sliding PSN, LIF, IF
-    (stream without bound); ties go to the kind that comes first in the network."""
+    mixes kinds: PSN (full graph only) < masked PSN (streams at most T steps) < sliding PSN and the
+    state-space kinds, LIF, IF, CubaLIF, LI, CubaLI (stream without bound); ties go to the kind that
+    comes first in the network."""
     if not kinds:
         raise ValueError("a network needs at least one neuron layer")
 
@@ -102,8 +113,8 @@ class Manifest(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: str = "1"
     kind: NeuronKind = Field(
-        description="the network's least streamable neuron kind: psn < masked_psn < sliding_psn = lif = if, "
-        "ties to the first in the network"
+        description="the network's least streamable neuron kind: psn < masked_psn < sliding_psn = lif = if "
+        "= cuba_lif = li = cuba_li, ties to the first in the network"
     )
     neurons: list[NeuronKind] = Field(
         default_factory=list, description="the kind of every neuron layer, in network order (schema 2)"
@@ -116,9 +127,7 @@ class Manifest(BaseModel):
         description="per-step input shape, without the batch and time axes: [F], [C, L], [C, H, W]",
     )
     labels: list[str] = Field(min_length=2)
-    variable_length: bool = Field(
-        description="full.onnx accepts any 1 <= T' <= T (every neuron a sliding PSN, LIF or IF)"
-    )
+    variable_length: bool = Field(description="full.onnx accepts any 1 <= T' <= T (no PSN or masked PSN)")
     streams: bool = Field(description="a step graph exists: the model answers after every step")
     max_steps: int | None = Field(
         None, gt=0, description="most steps one stream may take (masked PSN: T); None = unbounded"
