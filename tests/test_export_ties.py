@@ -5,6 +5,7 @@ perturbed weight, a wrong reset, a differing spike away from the threshold in an
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from exporters import ExportCheckFailed, ExportError, checks, export_module, onn
 from exporters import cli as export_cli
 from exporters import export as export_mod
 from exporters.parity import CheckReport, LayerParity, Parity, Trace, allowed_ties, compare
+from psn.neurons import ResetMode
 from psn_runtime.manifest import Manifest
 from tests.nets import INPUT_SHAPES, tiny_net
 
@@ -245,8 +247,14 @@ def test_a_wrong_reset_is_refused_even_with_ties(
 ) -> None:
     """An exporter bug: the full graph's LIF (its ONNX Scan) resets softly where the network resets to 0."""
     inject_ties()
-    original = onnx_rewrite._lif_body
-    monkeypatch.setattr(onnx_rewrite, "_lif_body", lambda index, a: original(index, a | {"reset": "soft"}))
+    original = onnx_rewrite.cell_body
+
+    def soft_reset(cell, *args):  # the Scan body of a copy of the cell that resets softly
+        wrong = copy.deepcopy(cell)
+        wrong.reset = ResetMode.SOFT
+        return original(wrong, *args)
+
+    monkeypatch.setattr(onnx_rewrite, "cell_body", soft_reset)
     with pytest.raises(ExportCheckFailed, match=r"neuron layer 0 \(lif\).*differ away"):
         _export(tmp_path)
 
