@@ -4,13 +4,19 @@ serving-only install can still collect the tests it can run).
 - ``--run-soak``: the long reliability suites marked ``soak`` run only when it is given (``make soak``).
 - ``--run-browser``: the headless-Chromium tests marked ``browser`` run only when it is given
   (``make browser-test``); they fail, not skip, when Chromium is missing.
+- One temporary folder per test run, shared by the pytest-xdist workers (``PSNTESTS_SESSION_DIR``): the
+  tiny models of tests/fixtures.py are exported there once, whichever worker needs them first.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
+
+_SESSION_DIR = pytest.StashKey[str]()
 
 # Tests run in parallel and beside other runs on one machine: no server they start may bind a fixed port.
 # gRPC (default 8001) is off unless a test asks for it (grpc_port=0 or --grpc-port 0: any free port).
@@ -26,12 +32,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+SESSION_DIR_ENV = "PSNTESTS_SESSION_DIR"  # tests/fixtures.py reads it
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the main process (with -n N, before it starts the workers)
+        root = tempfile.mkdtemp(prefix="psn-tests-")
+        config.stash[_SESSION_DIR] = root
+        os.environ[SESSION_DIR_ENV] = root  # inherited by every worker: one export of the tiny models
     config.addinivalue_line("markers", "soak: long reliability suites, run only with --run-soak (make soak)")
     config.addinivalue_line(
         "markers",
         "browser: the demo page in headless Chromium, run only with --run-browser (make browser-test)",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(_SESSION_DIR, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(SESSION_DIR_ENV, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -494,9 +494,9 @@ def test_a_pickle_checkpoint_is_refused_and_never_unpickled(tmp_path: Path) -> N
     import pickle
 
     import torch
-    from fixtures import tiny_model
 
     from psn.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+    from tests.fixtures import tiny_model
 
     marker = tmp_path / "pwned"
 

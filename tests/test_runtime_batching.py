@@ -4,14 +4,23 @@ while a step is queued or in flight, Overloaded, shutdown."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 
-from psn_runtime.errors import BadInput, Overloaded, RuntimeClosed, UnknownStream
-from tests.fixtures import T, exported_models, make_runtime, run_full, running_means, sequences
-from tests.test_runtime_streams import Recorder
+from psn_runtime.errors import BadInput, InferenceError, RuntimeClosed, UnknownStream
+from tests.fixtures import (
+    OrtRuns,
+    Recorder,
+    T,
+    exported_models,
+    make_runtime,
+    ort_workers,
+    run_full,
+    running_means,
+    sequences,
+    yield_to_others,
+)
 
 N = 64
 OFFSETS = [i % 4 for i in range(N)]  # streams start at different waves: one batch mixes several t
@@ -33,13 +42,14 @@ def _run(kind: str, xs: np.ndarray, **config):
     rec = Recorder()
 
     async def main():
-        rt = make_runtime(exported_models(), **config)
-        rt._observer = rec
+        rt = make_runtime(exported_models(), observer=rec, **config)
         results = await _waves(rt, kind, xs)
         await rt.close()
         return results
 
-    return asyncio.run(main()), [size for _, size in rec.batches]
+    results = asyncio.run(main())
+    assert rec.seconds and min(rec.seconds) >= 0 and rec.versions == {"1"}
+    return results, [size for _, size in rec.batches]
 
 
 @pytest.mark.parametrize("kind", ["masked_psn", "sliding_psn", "lif", "psn"])
@@ -120,18 +130,6 @@ def test_overloaded_when_the_queue_is_full():
         await rt.close()
 
     asyncio.run(main())
-    assert issubclass(Overloaded, Exception)
-
-
-class SlowSession:
-    """Wraps an ORT session; every run takes `delay` seconds longer (in the worker thread)."""
-
-    def __init__(self, session, delay: float) -> None:
-        self.session, self.delay = session, delay
-
-    def run(self, names, feed):
-        time.sleep(self.delay)
-        return self.session.run(names, feed)
 
 
 def _reference(kind: str, x: np.ndarray) -> np.ndarray:
@@ -139,34 +137,37 @@ def _reference(kind: str, x: np.ndarray) -> np.ndarray:
     return running_means(step_logits)[0]  # [T, C]
 
 
-def test_close_and_reset_while_in_flight_corrupt_no_slot():
+def _in_use(rt, kind: str) -> int:
+    return rt.stats()["models"][kind]["pool_in_use"]
+
+
+def test_close_and_reset_while_in_flight_corrupt_no_slot(monkeypatch):
     xs = sequences(4, seed=25)
     refs = [_reference("lif", xs[i]) for i in range(4)]
+    runs = OrtRuns(monkeypatch)
 
     async def main():
-        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
-        ms = rt._model_streams["lif"]
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # every step runs in the worker thread
         a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
         await rt.step(a, xs[0, 0])
         await rt.step(b, xs[1, 0])
-        slot_a = rt._streams[a].slot
-        ms.session = SlowSession(ms.session, 0.1)
+        runs.hold()
         in_flight = asyncio.ensure_future(rt.step(a, xs[0, 1]))
-        await asyncio.sleep(0.03)  # a's step is now running in the worker thread
+        await runs.started()  # a's step is running in the worker thread
         queued = asyncio.ensure_future(rt.step(b, xs[1, 1]))
-        await asyncio.sleep(0)
+        await yield_to_others()  # b's step is queued behind it
         rt.close_stream(a)
-        c = await rt.open_stream("lif")  # must not get a's slot while a's step runs
-        assert rt._streams[c].slot != slot_a
+        c = await rt.open_stream("lif")
+        assert _in_use(rt, "lif") == 3  # a's slot stays taken while its step runs: c got another one
         rt.reset_stream(b)  # b's step is queued: it is answered first, then b starts over
+        runs.release()
         r_a = await in_flight
         assert r_a.t == 1  # the step that was in flight is answered
         np.testing.assert_allclose(r_a.logits, refs[0][1], rtol=1e-5, atol=1e-6)
         r_b = await queued
         assert r_b.t == 1
-        ms.session = ms.session.session
-        d = await rt.open_stream("lif")  # a's slot, free again, starts clean
-        assert rt._streams[d].slot == slot_a
+        assert _in_use(rt, "lif") == 2  # a's slot is free now
+        d = await rt.open_stream("lif")  # (a's slot, reused) starts clean
         got_b = [(await rt.step(b, x)).logits for x in xs[1]]
         got_c = [(await rt.step(c, x)).logits for x in xs[2]]
         got_d = [(await rt.step(d, x)).logits for x in xs[3]]
@@ -178,28 +179,28 @@ def test_close_and_reset_while_in_flight_corrupt_no_slot():
         np.testing.assert_allclose(np.stack(got), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_queued_step_of_closed_stream_and_cancelled_step():
+def test_queued_step_of_closed_stream_and_cancelled_step(monkeypatch):
     xs = sequences(3, seed=26)
     ref = _reference("sliding_psn", xs[2])
+    runs = OrtRuns(monkeypatch)
 
     async def main():
-        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
-        ms = rt._model_streams["sliding_psn"]
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # every step runs in the worker thread
         a, b, c = [await rt.open_stream("sliding_psn") for _ in range(3)]
-        ms.session = SlowSession(ms.session, 0.08)
+        runs.hold()
         first = asyncio.ensure_future(rt.step(a, xs[0, 0]))
-        await asyncio.sleep(0.02)  # a runs; b and c queue behind it
+        await runs.started()  # a runs; b and c queue behind it
         queued = asyncio.ensure_future(rt.step(b, xs[1, 0]))
         cancelled = asyncio.ensure_future(rt.step(c, xs[2, 0]))
-        await asyncio.sleep(0)
+        await yield_to_others()
         rt.close_stream(b)
         cancelled.cancel()
+        runs.release()
         await first
         with pytest.raises(UnknownStream, match="was closed"):
             await queued
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        ms.session = ms.session.session
         got = [(await rt.step(c, x)) for x in xs[2]]  # c's cancelled step left no trace
         assert [r.t for r in got] == list(range(T))
         stats = rt.stats()["models"]["sliding_psn"]
@@ -210,41 +211,46 @@ def test_queued_step_of_closed_stream_and_cancelled_step():
     np.testing.assert_allclose(asyncio.run(main()), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_runtime_close_answers_pending_steps():
+def test_runtime_close_answers_pending_steps(monkeypatch):
+    runs = OrtRuns(monkeypatch)
+
     async def main():
-        rt = make_runtime(exported_models(), inline_max_rows=0)  # the slow session runs in the worker
-        ms = rt._model_streams["lif"]
-        ms.session = SlowSession(ms.session, 0.1)
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # every step runs in the worker thread
         a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
+        runs.hold()
         first = asyncio.ensure_future(rt.step(a, np.zeros(5, np.float32)))
-        await asyncio.sleep(0.02)
+        await runs.started()  # in flight in the worker thread
         second = asyncio.ensure_future(rt.step(b, np.zeros(5, np.float32)))
-        await asyncio.sleep(0)
-        await rt.close()
-        for fut in (first, second):
-            with pytest.raises(RuntimeClosed):
-                await fut
-        assert rt.stream_count() == 0
+        await yield_to_others()  # queued
+        try:
+            await rt.close()
+            for fut in (first, second):
+                with pytest.raises(RuntimeClosed):
+                    await fut
+            assert rt.stream_count() == 0
+        finally:
+            runs.release()  # the worker thread finishes its run and ends
 
     asyncio.run(main())
 
 
 def test_max_wait_gathers_late_steps():
+    """Steps that come one by one (each after the batcher took the ones before) still share one batch."""
     rec = Recorder()
 
     async def main():
-        rt = make_runtime(exported_models(), max_wait_ms=300)
-        rt._observer = rec
-        a, b = await rt.open_stream("lif"), await rt.open_stream("lif")
-        first = asyncio.ensure_future(rt.step(a, np.zeros(5, np.float32)))
-        await asyncio.sleep(0.01)
-        second = asyncio.ensure_future(rt.step(b, np.zeros(5, np.float32)))
-        r1, r2 = await first, await second
-        np.testing.assert_array_equal(r1.logits, r2.logits)
+        rt = make_runtime(exported_models(), observer=rec, max_wait_ms=1000, max_batch=3)
+        ids = [await rt.open_stream("lif") for _ in range(3)]
+        futures = []
+        for sid in ids:
+            futures.append(asyncio.ensure_future(rt.step(sid, np.zeros(5, np.float32))))
+            await yield_to_others()  # the batcher takes it and waits for more
+        results = [await fut for fut in futures]
+        np.testing.assert_array_equal(results[0].logits, results[2].logits)
         await rt.close()
 
     asyncio.run(main())
-    assert rec.batches == [("lif", 2)]
+    assert rec.batches == [("lif", 3)]
 
 
 def test_pool_grows_by_doubling_and_keeps_slots():
@@ -276,30 +282,23 @@ def test_pool_grows_by_doubling_and_keeps_slots():
     assert t.tolist() == [0] and pool.sums[3].tolist() == [0, 0, 0] and pool.counts[3] == 0
 
 
-class FailingSession:
-    def run(self, names, feed):
-        raise RuntimeError("simulated ORT failure")
-
-
-def test_ort_failure_answers_inference_error_and_keeps_serving():
-    from psn_runtime.errors import InferenceError
-
+def test_ort_failure_answers_inference_error_and_keeps_serving(monkeypatch):
     x = sequences(1, seed=27)
     ref = _reference("lif", x[0])
+    runs = OrtRuns(monkeypatch)
+    before = ort_workers("lif")
 
     async def main():
-        rt = make_runtime(exported_models(), inline_max_rows=0)  # the failing session runs in the worker
-        ms = rt._model_streams["lif"]
+        rt = make_runtime(exported_models(), inline_max_rows=0)  # every step runs in the worker thread
         sid = await rt.open_stream("lif")
-        real, ms.session = ms.session, FailingSession()
+        runs.fail_next(RuntimeError("simulated ORT failure"))
         with pytest.raises(InferenceError, match="simulated ORT failure"):
             await rt.step(sid, x[0, 0])
-        ms.session = real
         got = [await rt.step(sid, v) for v in x[0]]  # the failed step wrote nothing
-        worker = ms._worker._thread
+        (worker,) = ort_workers("lif") - before
         await rt.close()
-        worker.join(timeout=5)
-        assert not worker.is_alive()
+        worker.join(timeout=60)
+        assert not worker.is_alive()  # close ends the worker thread
         return got
 
     got = asyncio.run(main())

@@ -13,7 +13,17 @@ from pydantic import ValidationError
 from psn_runtime import RuntimeConfig
 from psn_runtime.errors import BadInput
 from psn_runtime.validate import StepInput, step_input
-from tests.fixtures import F, T, exported_models, make_runtime, run_full, running_means, sequences
+from tests.fixtures import (
+    F,
+    T,
+    batcher_running,
+    exported_models,
+    make_runtime,
+    ort_workers,
+    run_full,
+    running_means,
+    sequences,
+)
 
 
 async def _steps(rt, kind: str, xs: np.ndarray) -> np.ndarray:
@@ -34,10 +44,12 @@ def test_inline_and_worker_give_the_same_steps(kind: str, inline_max_rows: int, 
     xs = sequences(streams, seed=41)
     logits, step_logits = run_full(exported_models(), kind, xs)
 
+    before = ort_workers(kind)
+
     async def main():
         rt = make_runtime(exported_models(), inline_max_rows=inline_max_rows)
         got = await _steps(rt, kind, xs)
-        started = rt._model_streams[kind]._worker._thread is not None
+        started = bool(ort_workers(kind) - before)
         await rt.close()
         return got, started
 
@@ -99,17 +111,16 @@ def test_a_models_only_stream_steps_without_the_batcher_and_gets_the_same_answer
 
     async def main():
         rt = make_runtime(exported_models())
-        ms = rt._model_streams["lif"]
         alone = await rt.open_stream("lif")
         got_alone = [(await rt.step(alone, x)).logits for x in xs[0]]
-        batcher_used_alone = ms._task is not None
+        batcher_used_alone = batcher_running("lif")
         other = await rt.open_stream("lif")  # two streams: steps go through the batcher again
         rt.reset_stream(alone)
         pairs = [
             await asyncio.gather(rt.step(alone, a), rt.step(other, b))
             for a, b in zip(xs[0], xs[1], strict=True)
         ]
-        batcher_used_two = ms._task is not None
+        batcher_used_two = batcher_running("lif")
         await rt.close()
         return (
             np.stack(got_alone),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -16,26 +17,17 @@ from psn_runtime.errors import (
     UnknownModel,
     UnknownStream,
 )
-from tests.fixtures import STREAMING, T, exported_models, make_runtime, run_full, running_means, sequences
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.batches: list[tuple[str, int]] = []
-        self.opened: list[str] = []
-        self.closed: list[tuple[str, str]] = []
-
-    def on_step_batch(self, model: str, version: str, size: int, seconds: float) -> None:
-        assert seconds >= 0 and version == "1"
-        self.batches.append((model, size))
-
-    def on_stream_open(self, model: str, version: str) -> None:
-        assert version == "1"
-        self.opened.append(model)
-
-    def on_stream_close(self, model: str, version: str, reason: str) -> None:
-        assert version == "1"
-        self.closed.append((model, reason))
+from tests.fixtures import (
+    STREAMING,
+    WAIT_S,
+    Recorder,
+    T,
+    exported_models,
+    make_runtime,
+    run_full,
+    running_means,
+    sequences,
+)
 
 
 def run(coro):
@@ -224,8 +216,7 @@ def test_stream_limit_and_idempotent_close():
     rec = Recorder()
 
     async def main():
-        rt = make_runtime(exported_models(), max_streams=2)
-        rt._observer = rec
+        rt = make_runtime(exported_models(), observer=rec, max_streams=2)
         a = await rt.open_stream("lif")
         b = await rt.open_stream("psn")
         with pytest.raises(StreamLimit, match="2 streams are open, the limit is 2"):
@@ -246,28 +237,37 @@ def test_stream_limit_and_idempotent_close():
     assert rec.opened == ["lif", "psn", "lif"]
     assert rec.closed[0] == ("lif", "client")
     assert sorted(rec.closed[1:]) == [("lif", "shutdown"), ("psn", "shutdown")]
+    assert rec.versions == {"1"}  # every hook named the version
 
 
-def test_idle_streams_are_reaped():
+def test_idle_streams_are_reaped(monkeypatch):
+    """A stream idle longer than idle_timeout_s is closed ("idle"); one stepped since is not. The clock
+    is moved forward by hand (time.monotonic, which the runtime and the event loop both read), so the
+    outcome does not depend on how fast the machine is."""
     rec = Recorder()
+    clock = {"offset": 0.0}
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + clock["offset"])
+    timeout = 60.0
 
     async def main():
-        rt = make_runtime(exported_models(), idle_timeout_s=0.4)
-        rt._observer = rec
+        reaped = asyncio.Event()
+        rec.on_close = lambda model, reason: reaped.set() if reason == "idle" else None
+        rt = make_runtime(exported_models(), observer=rec, idle_timeout_s=timeout)
         await rt.start()  # starts the reaper (load() already ran: start loads nothing twice)
         idle = await rt.open_stream("lif")
         busy = await rt.open_stream("lif")
-        for _ in range(14):  # 0.7 s in all: the idle stream is reaped, the busy one is not
-            await rt.step(busy, np.zeros(5, np.float32))
-            await asyncio.sleep(0.05)
+        clock["offset"] += timeout + 1  # a minute passes for both streams...
+        await rt.step(busy, np.zeros(5, np.float32))  # ...then the busy one steps
+        await asyncio.wait_for(reaped.wait(), WAIT_S)  # the reaper's next round (its timer is due now)
         assert rt.stream_count() == 1
         with pytest.raises(UnknownStream):
             await rt.step(idle, np.zeros(5, np.float32))
-        await rt.step(busy, np.zeros(5, np.float32))
+        assert (await rt.step(busy, np.zeros(5, np.float32))).t == 1
         await rt.close()
 
     run(main())
-    assert ("lif", "idle") in rec.closed
+    assert rec.closed[0] == ("lif", "idle") and rec.versions == {"1"}
 
 
 def test_models_serve_as_soon_as_they_load(monkeypatch):
@@ -276,12 +276,13 @@ def test_models_serve_as_soon_as_they_load(monkeypatch):
     import psn_runtime.control as rt_module
     from psn_runtime import ModelStatus, Runtime, RuntimeConfig
 
-    gate = threading.Event()
+    gate, reached = threading.Event(), threading.Event()
     real_load = rt_module.load_model
 
     def slow_for_sliding(directory, manifest, config):
         if manifest.name == "sliding_psn":
-            gate.wait(10)
+            reached.set()  # models load one by one, sorted: lif, masked_psn and psn are READY now
+            gate.wait(WAIT_S)
         return real_load(directory, manifest, config)
 
     monkeypatch.setattr(rt_module, "load_model", slow_for_sliding)
@@ -289,18 +290,17 @@ def test_models_serve_as_soon_as_they_load(monkeypatch):
     async def main():
         rt = Runtime(RuntimeConfig(models_dir=exported_models(), providers=["CPUExecutionProvider"]))
         starting = asyncio.ensure_future(rt.start())
-        # until lif, masked_psn and psn are READY (sorted: lif, masked_psn, psn, sliding_psn)
-        for _ in range(3000):
-            await asyncio.sleep(0.01)  # (up to 30 s on a loaded machine; psn may not even be listed at first)
-            if any(i.name == "psn" and i.status is ModelStatus.READY for i in rt.models()):
-                break
-        assert not rt.loaded
-        assert rt.model("sliding_psn").status is ModelStatus.LOADING
-        with pytest.raises(ModelNotReady, match="still loading"):
-            await rt.open_stream("sliding_psn")
-        sid = await rt.open_stream("lif")
-        assert (await rt.step(sid, np.zeros(5, np.float32))).t == 0
-        gate.set()
+        try:
+            assert await asyncio.get_running_loop().run_in_executor(None, reached.wait, WAIT_S)
+            assert not rt.loaded
+            assert rt.model("psn").status is ModelStatus.READY
+            assert rt.model("sliding_psn").status is ModelStatus.LOADING
+            with pytest.raises(ModelNotReady, match="still loading"):
+                await rt.open_stream("sliding_psn")
+            sid = await rt.open_stream("lif")
+            assert (await rt.step(sid, np.zeros(5, np.float32))).t == 0
+        finally:
+            gate.set()
         await starting
         assert rt.loaded and rt.model("sliding_psn").status is ModelStatus.READY
         await rt.close()

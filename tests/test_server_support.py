@@ -63,7 +63,7 @@ def served() -> Served:
     bundled = _scan(BUNDLED_MODELS_DIR)
     if all(kind in bundled for kind in NEEDED):
         return Served(BUNDLED_MODELS_DIR, bundled)
-    from fixtures import exported_models  # tiny untrained models, exported once per session
+    from tests.fixtures import exported_models  # tiny untrained models, exported once per test run
 
     root = exported_models()
     return Served(root, _scan(root))
