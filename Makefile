@@ -9,6 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= auto
 
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
@@ -90,8 +91,10 @@ lint: $(VENV)/.dev-stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# in parallel (pytest-xdist, one worker per core); the tests of a module that share a module-scoped
+# fixture (a server, an export) run on one worker (--dist loadgroup, groups set in tests/conftest.py)
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 soak: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)

@@ -55,6 +55,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the modules that hold slow tests first (in the order found): with pytest-xdist the longest work starts
+    # at once and the short modules fill the gaps at the end (the same order in every worker)
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
     for marker, option in OPT_IN.items():
         if config.getoption(option):
             continue
