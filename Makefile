@@ -91,10 +91,11 @@ lint: $(VENV)/.dev-stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# in parallel (pytest-xdist, one worker per core); the tests of a module that share a module-scoped
-# fixture (a server, an export) run on one worker (--dist loadgroup, groups set in tests/conftest.py)
+# in parallel: pytest-xdist, one worker per core; a module's tests on one worker (--dist loadscope), so a
+# module-scoped fixture (a server, an export) is made once; the modules with slow tests start first
+# (tests/conftest.py). PYTEST_WORKERS=0: in this process, one test after another.
 test: lint
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 soak: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)

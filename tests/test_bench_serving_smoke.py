@@ -37,6 +37,7 @@ def _children() -> set[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     from bench.serving.suite import main
@@ -121,6 +122,7 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     assert _children() - before == set(), "a server or client process outlived the run"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_workers_part_measures_one_and_two_processes(tmp_path: Path) -> None:
     """``--workers 1,2``: psn serve with 1 then 2 processes, classify req/s and 64 streams' steps/s each."""

@@ -19,6 +19,7 @@ def _load(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_neurons_quick_writes_table_json_and_plots(tmp_path, capsys):
     assert cli.main(["neurons", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     data = _load(tmp_path / "bench-neurons.json")
@@ -50,6 +51,7 @@ def test_neurons_quick_writes_table_json_and_plots(tmp_path, capsys):
     assert "inference: t_LIF / t_PSN" in out and "effective bandwidth" in out
 
 
+@pytest.mark.slow
 def test_memory_quick_writes_table_json_and_plot(tmp_path, capsys):
     assert cli.main(["memory", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     data = _load(tmp_path / "bench-memory.json")

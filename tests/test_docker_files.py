@@ -412,6 +412,7 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_3_at_once(tmp_path: Path, smi
     assert set((ROOT / "docs").rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_gpu_check_with_a_gpu_but_no_cuda_stops_before_measuring(tmp_path: Path) -> None:
     """nvidia-smi names a device but torch/ONNX Runtime cannot use CUDA (this CPU venv): the script records
     the environment under the device's name and stops with 1 instead of measuring the CPU as the GPU."""

@@ -49,6 +49,7 @@ def _graphs(model: SeqClassifier):
     return full, (build_step(p) if kind != "psn" else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,k", KINDS)
 def test_node_count_does_not_grow_with_T(kind: str, k: int | None) -> None:
     """The full graph (the only one holding T-sized constants) has the same nodes at T = 6 and 28."""
@@ -69,6 +70,7 @@ def test_node_count_does_not_grow_with_T(kind: str, k: int | None) -> None:
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,k", [("sliding_psn", 3), ("lif", None)])
 def test_variable_length_full_graph(kind: str, k: int | None) -> None:
     T = 10
@@ -95,6 +97,7 @@ def test_fixed_length_full_graph_refuses_other_T() -> None:
         sess.run(None, {"x": np.zeros((2, 4, model.cfg.features), np.float32)})
 
 
+@pytest.mark.slow
 def test_graph_io() -> None:
     model = tiny_model("masked_psn", 8, 3, "conv")
     full, step = _graphs(model)
@@ -147,6 +150,7 @@ def test_masked_psn_below_lambda_one_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ manifest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,k", KINDS)
 def test_manifest(tmp_path: Path, kind: str, k: int | None) -> None:
     model = tiny_model(kind, 6, k, "mlp")
@@ -181,6 +185,7 @@ def _checkpoint(tmp_path: Path, model: SeqClassifier, **metrics) -> Path:
     return save_checkpoint(model, tmp_path / "models" / "tiny-sliding" / "checkpoint", metrics)
 
 
+@pytest.mark.slow
 def test_export_checkpoint_into_its_model_dir(tmp_path: Path) -> None:
     model = tiny_model("sliding_psn", 6, 3, "conv")
     ckpt = _checkpoint(tmp_path, model)
@@ -195,6 +200,7 @@ def test_export_checkpoint_into_its_model_dir(tmp_path: Path) -> None:
     assert hashlib.sha256((out / "step.onnx").read_bytes()).hexdigest() == manifest.sha256["step.onnx"]
 
 
+@pytest.mark.slow
 def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_model("lif", 6, None, "mlp")
     out = tmp_path / "model"
@@ -215,6 +221,7 @@ def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_bad_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="invalid manifest"):
         export_model(tiny_model("psn", 4, None, "mlp"), tmp_path / "m", **(META | {"name": "no spaces"}))
@@ -224,6 +231,7 @@ def test_bad_name_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+@pytest.mark.slow
 def test_cli_exports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path, tiny_model("masked_psn", 6, 3, "mlp"))
     out = tmp_path / "out"
@@ -243,6 +251,7 @@ def test_cli_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_failed_check(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,6 +75,7 @@ def _sj_forward(net: nn.Module, x: np.ndarray) -> np.ndarray:
     return y.transpose(0, 1).numpy()
 
 
+@pytest.mark.slow
 def test_spikingjelly_round_trip_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     net, path = _write_net(tmp_path)
     weights = tmp_path / "net.safetensors"
@@ -118,6 +119,7 @@ def test_spikingjelly_round_trip_through_the_cli(tmp_path: Path, capsys: pytest.
     asyncio.run(serve())
 
 
+@pytest.mark.slow
 def test_pt_weights_and_package_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A .pt state_dict loads with weights_only=True; ``package.module:FUNCTION`` imports from sys.path."""
     net, _ = _write_net(tmp_path)
@@ -267,6 +269,7 @@ class _Mean(nn.Module):
         return x.mean(0)
 
 
+@pytest.mark.slow
 def test_module_is_not_modified(tmp_path: Path) -> None:
     net = _net(nn.Identity(), "sliding_psn", "sj").train()
     before = {k: v.clone() for k, v in net.state_dict().items()}

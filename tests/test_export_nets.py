@@ -69,6 +69,7 @@ def _forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return y.transpose(0, 1).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_export_checks_and_manifest(case: tuple) -> None:
     (a, b), rank, T, _ = case
@@ -130,6 +131,7 @@ def test_served_by_the_runtime(case: tuple) -> None:
         np.testing.assert_allclose(running[-1], ref[0].mean(0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kinds,rank,source",
     [(("psn", "psn"), 3, "sj"), (("masked_psn", "lif"), 2, "psn"), (("sliding_psn", "if"), 1, "sj")],

@@ -44,6 +44,7 @@ def exported(kind: str, k: int | None, arch: str, T: int):
     return model, p, full, step_sess, step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_torch_full_step_agree(case: tuple, batch: int) -> None:
@@ -88,6 +89,7 @@ def test_plain_forward_matches(kind: str, k: int | None) -> None:
     assert np.abs(ref - ref.mean(1, keepdims=True)).max() > 1e-3  # the logits do depend on the input
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,k", [("masked_psn", 3), ("sliding_psn", 3), ("lif", None)])
 def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> None:
     """Two streams, the second 4 steps behind, stepped in one batch: each equals its own full run."""
@@ -113,6 +115,7 @@ def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> 
         assert int(a["t"][0]) == T and int(b["t"][0]) == T - lag
 
 
+@pytest.mark.slow
 def test_check_parity_report() -> None:
     model = tiny_model("sliding_psn", 8, 3, "mlp")
     p = prepare(model, (model.cfg.features,), 8)
@@ -125,6 +128,7 @@ def test_check_parity_report() -> None:
     assert "full_vs_torch" in report.summary()
 
 
+@pytest.mark.slow
 def test_model_is_left_in_its_mode() -> None:
     model: SeqClassifier = tiny_model("psn", 6, None, "mlp").train()
     p = prepare(model, (model.cfg.features,), 6)

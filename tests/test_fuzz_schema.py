@@ -108,6 +108,7 @@ def fuzz(schema, examples: int) -> Counter[str]:
     return tally
 
 
+@pytest.mark.slow
 def test_fuzz_api(fuzz_schema) -> None:
     tally = fuzz(fuzz_schema, FAST_EXAMPLES)
     print("schemathesis", schemathesis.__version__, dict(tally))

@@ -29,6 +29,7 @@ def _grpc_live(port: int) -> bool:
         return client.is_server_live()
 
 
+@pytest.mark.slow
 def test_port_0_is_bound_reported_served_restarted_and_stopped(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with launcher.serve(*CPU, models_dir=served().models_dir, log=log, grpc=True) as server:

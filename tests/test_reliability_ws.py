@@ -346,6 +346,7 @@ ABUSES: dict[str, Abuse] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ABUSES))
 def test_abuse_is_answered_and_never_disturbs_another_stream(
     name: str, server: ServerProcess, victim: Victim

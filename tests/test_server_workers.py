@@ -42,6 +42,7 @@ def _answering_pids(base: str, tries: int) -> Counter:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Path, monkeypatch) -> None:
     tmp = tmp_path / "tmp"
@@ -95,6 +96,7 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
     assert list(tmp.glob("psn-metrics-*")) == [], "the CLI left its metrics directory behind"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_worker_killed_is_replaced_and_its_open_streams_stop_counting(tmp_path: Path) -> None:
     with server_process(tmp_path, "--workers", "2") as server:

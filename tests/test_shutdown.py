@@ -89,6 +89,7 @@ def test_sigterm_finishes_requests_in_flight_and_closes_streams_1001(tmp_path: P
     assert "Traceback" not in log, log[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_under_classify_load_never_answers_5xx(tmp_path: Path) -> None:
     """Clients hammering classify while the server stops: each request is answered 200 in full, or fails to
     connect / finds its idle connection closed once the signal was sent; none gets a 5xx or a truncated

@@ -35,6 +35,7 @@ METRIC_FIELDS = {
 # --- data ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smnist_shapes_split_and_columns_as_steps() -> None:
     x_train, y_train, x_test, y_test, labels = load_dataset("smnist")
     assert x_train.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28)
@@ -62,6 +63,7 @@ def test_smnist_is_fixed_and_returns_copies() -> None:
     np.testing.assert_array_equal(first.y_test, second.y_test)
 
 
+@pytest.mark.slow
 def test_mnist1d_shapes_and_standardized() -> None:
     x_train, y_train, x_test, y_test, labels = load_dataset("mnist1d")
     assert x_train.shape == (10_000, 40, 1) and x_test.shape == (2_500, 40, 1)
@@ -226,6 +228,7 @@ def test_psn_command_dispatches_train(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unknown data set 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_imports_no_serving_stack() -> None:
     """psn (training) reads the neuron kinds from psn_runtime.manifest without loading onnxruntime (nor the
     server's FastAPI)."""

@@ -59,6 +59,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_nets_export_with_their_shapes_and_kinds(models: Path, name: str) -> None:
     shape, T, kinds, streams = PAPER[name]
@@ -106,6 +107,7 @@ def test_event_net_streams_step_for_step_like_its_full_graph(models: Path) -> No
     assert steps[-1].t == len(means) and steps[-1].ready
 
 
+@pytest.mark.slow
 def test_psn_export_module_cli_builds_a_zoo_function(tmp_path: Path, models: Path) -> None:
     """``psn export --module psn/zoo.py:cifar_vgg_psn --weights W ...`` == the Python API on the same net."""
     net, x = _net("cifar_vgg_psn")
@@ -164,6 +166,7 @@ def test_bundled_mnist2d_model_serves_its_test_accuracy(tmp_path: Path) -> None:
     np.testing.assert_allclose(logits[:100], _torch_logits(net.eval(), x[:100]).mean(1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bundled_mnist2d_model_reproduces_from_its_checkpoint(tmp_path: Path) -> None:
     """``psn export CHECKPOINT`` on a psn train-zoo checkpoint (config.json names psn.zoo's builder)
     writes the bundled graphs byte for byte, with the data set and accuracy from metrics.json."""
@@ -183,6 +186,7 @@ def test_bundled_mnist2d_model_reproduces_from_its_checkpoint(tmp_path: Path) ->
 
 
 # -- the README's SpikingJelly example ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_readme_spikingjelly_example_exports_and_serves_like_spikingjelly(tmp_path: Path) -> None:
     """docs/examples/sj_quadrants.py:build (event frames [2, 32, 32], T = 8, sliding PSN + LIF) through
     ``psn export --module``: classify and every streamed step equal SpikingJelly's own forward."""
