@@ -264,6 +264,15 @@ class PsnServer(ServerProcess):
     def __init__(self, label: str, args: list[str], log_path: Path, pinning: Pinning) -> None:
         super().__init__(label, ["psn", "serve", *args], log_path, pinning)
         self.args, self.server = args, None
+        self.gc_file = log_path.with_suffix(".gc.json")  # bench.serving.gctrace keeps its GC pauses here
+
+    def gc_totals(self) -> dict | None:
+        from bench.serving.gctrace import read
+
+        try:
+            return read(self.gc_file)
+        except (OSError, ValueError):
+            return None
 
     def command(self) -> list[str]:
         return [*self.argv, "--port", str(self.port)]
@@ -272,9 +281,9 @@ class PsnServer(ServerProcess):
         from server.launcher import LaunchError, start
 
         try:
-            self.server = start(
-                *self.args, host=HOST, log=self.log_path, preexec_fn=self.pinning.server_setup()
-            )
+            trace = [sys.executable, "-m", "bench.serving.gctrace", str(self.gc_file), "--"]
+            setup = self.pinning.server_setup()
+            self.server = start(*self.args, host=HOST, log=self.log_path, preexec_fn=setup, prefix=trace)
         except LaunchError as exc:
             raise BenchError(f"{self.label}: {exc}") from exc
         self.proc, self.port = self.server.process, self.server.port

@@ -291,6 +291,7 @@ def tables(results: dict[str, Any]) -> list[str]:
                 "of": f"{r['level']:.0%}",
                 "p99/p50": r["p99_ms"] / r["p50_ms"],
                 "lag p99": r["send_lag_ms"]["p99"],
+                **gc_columns(r),
             }
             for r in sweep["rows"]
         ]
@@ -298,6 +299,7 @@ def tables(results: dict[str, Any]) -> list[str]:
             "workload | load=of | offered/s=offered_per_s:d | answered/s=achieved_per_s:d | p50 ms=p50_ms | "
             "p90 ms=p90_ms | p99 ms=p99_ms | p99.9 ms=p999_ms | max ms=max_ms | p99/p50 | errors | lost | "
             "srv cpu=server_cpu_util | gen cpu=client_cpu_util | gen lag p99 ms=lag p99 | conns=connections"
+            " | GCs=gc_n | GC ms=gc_ms | gen2=gc_gen2 | max GC ms, so far=gc_max"
         )
         sat = sweep["saturation"]
         title = (
@@ -329,6 +331,19 @@ def tables(results: dict[str, Any]) -> list[str]:
             table(rows, columns, title) + f"\n(raw ORT per model: {_raw_note(results['raw']['models'])})"
         )
     return blocks
+
+
+def gc_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """The server's garbage collections during a load point (bench.serving.gctrace), when traced."""
+    gc = row.get("gc")
+    if not gc:
+        return {}
+    return {
+        "gc_n": sum(g["count"] for g in gc.values()),
+        "gc_ms": sum(g["sum_ms"] for g in gc.values()),
+        "gc_gen2": gc["gen2"]["count"],
+        "gc_max": max(g["max_ms_so_far"] for g in gc.values()),
+    }
 
 
 def _raw_note(models: list[dict[str, Any]]) -> str:

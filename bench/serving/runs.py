@@ -13,7 +13,7 @@ from typing import Any
 from bench.common import BenchError, progress
 from bench.models import KINDS, ModelRef
 from bench.serving.latency import LatencyJob, sample_inputs, stream_sequences, summarize
-from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, request
+from bench.serving.procs import HOST, Pinning, PsnServer, ServerProcess, ThreadTimes, request
 from bench.serving.wrk import Body, check_answer, classify_body, run_wrk, v2_binary_body
 from bench.serving.ws import Frames, run_in_client_process, run_streams
 
@@ -75,6 +75,18 @@ def server_costs(
         "other_threads_us": None if threads is None else per(threads.other_cpu_s),
         "switches": None if threads is None or not count else threads.switches / count,
     }
+
+
+def gc_cost(server: ServerProcess, before: dict | None) -> dict[str, Any]:
+    """The server's garbage collections since ``before`` (its gc_totals() then; psn serve only)."""
+    from bench.serving.gctrace import delta
+
+    after = server.gc_totals() if isinstance(server, PsnServer) else None
+    return {} if before is None or after is None else {"gc": delta(before, after)}
+
+
+def gc_mark(server: ServerProcess) -> dict | None:
+    return server.gc_totals() if isinstance(server, PsnServer) else None
 
 
 def _ms(latency: dict[str, float]) -> dict[str, float]:
@@ -141,6 +153,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
     rows = []
     for rnd, (target, fmt, batch), conns in progress(points, desc="classify (wrk)", quiet=ctx.quiet):
         server, path, body = targets[(target, fmt, batch)]
+        mark = gc_mark(server)
         r = run_wrk(
             server, path, body, file, connections=conns, duration_s=plan.duration_s, pinning=ctx.pinning
         )
@@ -162,6 +175,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
                 "requests": r.requests,
                 "duration_s": r.duration_s,
                 **server_costs(r.requests, r.duration_s, r.server_cpu_s, r.threads, "request"),
+                **gc_cost(server, mark),
             }
         )
     return {
@@ -209,7 +223,7 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
     rows = []
     for rnd, frames, n, (target, batching, server, path) in progress(points, desc="streams", quiet=ctx.quiet):
         before = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
-        url = f"ws://{HOST}:{server.port}{path}"
+        url, mark = f"ws://{HOST}:{server.port}{path}", gc_mark(server)
         load = run_streams(url, n, Frames(frames), model.features, plan, ctx.pinning, server)
         after = _batch_totals(server, model.name) if target == "service" else (0.0, 0.0)
         batches = after[1] - before[1]
@@ -229,6 +243,7 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
                 "mean_batch": (after[0] - before[0]) / batches if batches else None,
                 "client_cpu_us_per_step": load.client_cpu_s * 1e6 / load.steps if load.steps else None,
                 **server_costs(load.steps, load.window_s, load.server_cpu_s, load.threads, "step"),
+                **gc_cost(server, mark),
             }
         )
     return {
@@ -378,12 +393,13 @@ def run_sweep(
             sat["streams"] = load.steps_per_s
         jobs += [("streams", level) for level in plan.levels]
     for workload, level in progress(jobs, desc="open-loop sweep", quiet=ctx.quiet):
-        rate = level * sat[workload]
+        rate, mark = level * sat[workload], gc_mark(ctx.on)
         if workload == "classify":
             r = run_http(url, body.data, body.all_headers(), rate, plan.duration_s, ctx.pinning, ctx.on)
         else:
             r = run_ws(ws_url, SWEEP_STREAMS, frames, rate, plan.duration_s, ctx.pinning, ctx.on)
-        rows.append({"workload": workload, "level": level, **r.to_json(), **_ms(r.latency_ms)})
+        gc = gc_cost(ctx.on, mark)
+        rows.append({"workload": workload, "level": level, **r.to_json(), **_ms(r.latency_ms), **gc})
     return {
         "load": "open loop at a constant rate (latency from each request's due time, wrk2's way): classify = "
         "v1 JSON batch 1 over keep-alive connections opened as needed; streams = "
