@@ -13,7 +13,9 @@ from torch import nn
 
 nir = pytest.importorskip("nir")
 
+from exporters import ExportError  # noqa: E402
 from exporters import cli as export_cli  # noqa: E402
+from exporters.sources import from_module  # noqa: E402
 from tests.sources_reference import onnx_step_logits  # noqa: E402
 
 T, N = 10, 8
@@ -102,3 +104,5 @@ def test_norse_to_nir_serves_like_norse(tmp_path: Path) -> None:
     np.testing.assert_allclose(full, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
     assert np.ptp(ref[:, -1], axis=0).max() > 1e-2  # the samples differ
+    with pytest.raises(ExportError, match=r"the network \(SequentialState\) is a Norse module: .*--nir"):
+        from_module(seq)  # psn export --module names the way in
