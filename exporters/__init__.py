@@ -23,8 +23,9 @@ the same for a ``SeqClassifier`` / a ``psn train`` checkpoint. Other sources bec
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from psn_runtime.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from exporters.errors import ExportCheckFailed, ExportError
@@ -58,8 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'exporters' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -100,7 +100,15 @@ def _train(args: argparse.Namespace, command: str) -> int:
     from psn.checkpoint import save_checkpoint
     from psn.data import load_dataset
     from psn.network import Arch, NetConfig, SeqClassifier, count_parameters
-    from psn.trainer import OptimizerName, TrainConfig, fit, random_shift, run_metrics, seed_everything
+    from psn.trainer import (
+        OptimizerName,
+        TrainConfig,
+        done_line,
+        fit,
+        random_shift,
+        run_metrics,
+        seed_everything,
+    )
 
     started = time.perf_counter()
     generator = seed_everything(args.seed)
@@ -153,22 +161,10 @@ def _train(args: argparse.Namespace, command: str) -> int:
         "kind": args.kind.value,
         "k": args.k,
         "arch": arch.value,
-        **run_metrics(
-            result,
-            started=started,
-            parameters=parameters,
-            epochs=args.epochs,
-            threads=args.threads,
-            seed=args.seed,
-            command=command,
-        ),
+        **run_metrics(result, args, started=started, parameters=parameters, command=command),
     }
     save_checkpoint(model, args.out, metrics)
-    print(
-        f"{PROG}: test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}), "
-        f"{metrics['wall_time_s']:.0f}s -> {args.out}",
-        file=sys.stderr,
-    )
+    print(done_line(PROG, result, metrics, args.out), file=sys.stderr)
     return 0
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,32 +216,32 @@ def fit(
     return result
 
 
-def run_metrics(
-    result: TrainResult,
-    *,
-    started: float,
-    parameters: int,
-    epochs: int,
-    threads: int,
-    seed: int,
-    command: str,
-) -> dict:
-    """What every checkpoint's metrics.json records of a finished run (a command adds its own keys)."""
+def run_metrics(result: TrainResult, args: Any, *, started: float, parameters: int, command: str) -> dict:
+    """What every checkpoint's metrics.json records of a finished run (a command adds its own keys);
+    ``args`` is the command's parsed flags (epochs, threads, seed)."""
     return {
         "test_accuracy": result.test_accuracy,
         "train_accuracy": result.train_accuracy,
         "test_loss": result.test_loss,
         "train_loss": result.train_loss,
         "epoch_losses": result.epoch_losses,
-        "epochs": epochs,
+        "epochs": args.epochs,
         "train_samples": result.train_samples,
         "test_samples": result.test_samples,
         "parameters": parameters,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "train_time_s": round(result.wall_time_s, 2),
-        "threads": threads,
-        "seed": seed,
+        "threads": args.threads,
+        "seed": args.seed,
         "command": command,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
+
+
+def done_line(prog: str, result: TrainResult, metrics: dict, out: Any) -> str:
+    """The line a training command ends with."""
+    return (
+        f"{prog}: test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}), "
+        f"{metrics['wall_time_s']:.0f}s -> {out}"
+    )

@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
     from psn import zoo
     from psn.checkpoint import write_checkpoint
     from psn.data import load_mnist_images
-    from psn.trainer import TrainConfig, fit, run_metrics, seed_everything
+    from psn.trainer import TrainConfig, done_line, fit, run_metrics, seed_everything
 
     started = time.perf_counter()
     generator = seed_everything(args.seed)
@@ -128,15 +128,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
     metrics = {
         "net": args.net,
         "dataset": "mnist2d",
-        **run_metrics(
-            result,
-            started=started,
-            parameters=parameters,
-            epochs=args.epochs,
-            threads=args.threads,
-            seed=args.seed,
-            command=command,
-        ),
+        **run_metrics(result, args, started=started, parameters=parameters, command=command),
     }
     config = {
         "module": f"psn.zoo:{args.net}",  # the builder, as psn export --module takes it
@@ -145,11 +137,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
         "labels": model.labels,
     }
     write_checkpoint(args.out, model, json.dumps(config, indent=2), metrics)
-    print(
-        f"{PROG}: test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}), "
-        f"{metrics['wall_time_s']:.0f}s -> {args.out}",
-        file=sys.stderr,
-    )
+    print(done_line(PROG, result, metrics, args.out), file=sys.stderr)
     return 0
 
 
