@@ -13,10 +13,11 @@ Python API (stable; docs/export.md has the details)::
     )
 
 ``net`` is built from this project's psn.neurons or SpikingJelly's ``activation_based`` (multi-step
-PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, IFNode) plus time-local layers; ``torch.onnx.export``
-lowers the layers, exporters/forms.py gives the neurons' export forms (exporters/cells.py: state-space
-neurons as step functions with per-neuron parameters). ``export_model`` and ``export_checkpoint`` do
-the same for a ``SeqClassifier`` / a ``psn train`` checkpoint. Other sources become such a ``net``:
+PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, ParametricLIFNode, IFNode; its model zoo too) plus
+time-local layers; ``torch.onnx.export`` lowers the layers, exporters/forms.py gives the neurons' export
+forms (exporters/cells.py: state-space neurons as step functions with per-neuron parameters).
+``export_model`` and ``export_checkpoint`` do the same for a ``SeqClassifier`` / a ``psn train``
+checkpoint. Other sources become such a ``net``:
 ``exporters.sources.snntorch.from_snntorch(seq)`` (a snnTorch nn.Sequential) and
 ``exporters.sources.nir.import_nir(graph, dt, input_shape)`` (a NIR graph).
 """

@@ -84,7 +84,8 @@ def _heaviside(u: torch.Tensor) -> torch.Tensor:
 class SJLIFCell(Cell):
     """H = V + (X − (V − V_r))/τ (decay_input), V − (V − V_r)/τ + X (not), or V + X (IF: tau None);
     S = H >= V_th; hard reset V = V_r where S, soft V = H − V_th where S, none V = H. V starts at V_r
-    (hard reset) or 0."""
+    (hard reset) or 0. ParametricLIFNode gives ``q`` = sigmoid(w) = 1/τ instead of τ: H multiplies by q
+    where a LIF divides by τ, SpikingJelly's own float expression for it."""
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class SJLIFCell(Cell):
         v_threshold: float | torch.Tensor,
         v_reset: float | None,  # None: soft reset (subtract V_th); charges against 0
         reset: ResetMode,
+        q: float | torch.Tensor | None = None,  # ParametricLIFNode's 1/τ (then tau is None)
     ) -> None:
         super().__init__()
         self.kind = kind
@@ -101,8 +103,11 @@ class SJLIFCell(Cell):
         self.reset = reset
         self.v_r = 0.0 if v_reset is None else float(v_reset)
         self.has_tau = tau is not None
+        self.has_q = q is not None
         if tau is not None:
             self.register_buffer("tau", param(tau))
+        if q is not None:
+            self.register_buffer("q", param(q))
         self.register_buffer("v_threshold", param(v_threshold))
 
     def init(self) -> tuple[float, ...]:
@@ -110,7 +115,9 @@ class SJLIFCell(Cell):
 
     def forward(self, x: torch.Tensor, *states: torch.Tensor) -> Step:
         (v,) = states
-        if not self.has_tau:
+        if self.has_q:
+            h = v + (x - (v - self.v_r)) * self.q if self.decay_input else v - (v - self.v_r) * self.q + x
+        elif not self.has_tau:
             h = v + x
         elif self.decay_input:
             h = v + (x - (v - self.v_r)) / self.tau

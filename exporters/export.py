@@ -81,7 +81,8 @@ def export_module(
 
     ``module`` maps time-major x [T, N, *input_shape] to per-step logits [T, N, C] (the class decision is
     the mean over T); its neurons are this project's (psn.neurons) or SpikingJelly's (multi-step
-    PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, IFNode) and every other layer is time-local. ``T`` is
+    PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, ParametricLIFNode, IFNode) and every other layer is
+    time-local. ``T`` is
     the sequence length (the longest accepted when every neuron takes any length); ``labels`` default
     to "0".."C-1". A network with a PSN gets full.onnx only; one whose neurons are all causal gets
     step.onnx as well and streams.

@@ -263,9 +263,11 @@ class CellForm(Form):
         return st.out.unsqueeze(0)
 
 
-def lif_form(name: str, kind: NeuronKind, tau, decay_input: bool, v_threshold, v_reset, reset) -> CellForm:
-    """SpikingJelly's LIFNode / IFNode (tau None) and psn.neurons.LIF."""
-    return CellForm(name, SJLIFCell(kind, tau, decay_input, v_threshold, v_reset, reset))
+def lif_form(
+    name: str, kind: NeuronKind, tau, decay_input: bool, v_threshold, v_reset, reset, q=None
+) -> CellForm:
+    """SpikingJelly's LIFNode / IFNode (tau None) / ParametricLIFNode (q = sigmoid(w)) and psn.neurons.LIF."""
+    return CellForm(name, SJLIFCell(kind, tau, decay_input, v_threshold, v_reset, reset, q))
 
 
 # ------------------------------------------------------------------------------------- recognition
@@ -325,7 +327,8 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
     neuron, base = sj
     if isinstance(m, neuron.PSN):
         return MatrixForm(name, m.weight, m.bias, None)
-    stepping = (neuron.MaskedPSN, neuron.SlidingPSN, neuron.LIFNode, neuron.IFNode)
+    lifs = (neuron.LIFNode, neuron.IFNode, neuron.ParametricLIFNode)
+    stepping = (neuron.MaskedPSN, neuron.SlidingPSN, *lifs)
     if isinstance(m, stepping) and getattr(m, "step_mode", "m") != "m":
         raise _refuse(
             name,
@@ -338,11 +341,14 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
         return MatrixForm(name, m.weight, m.bias, m.k)
     if isinstance(m, neuron.SlidingPSN):
         return SlidingForm(name, m.weight, m.bias, t_max)
-    if type(m) in (neuron.LIFNode, neuron.IFNode):
+    if type(m) in lifs:
         if not getattr(m.surrogate_function, "spiking", True):
             raise _refuse(name, m, "its surrogate function is not spiking (spiking=False)")
         v_reset = None if m.v_reset is None else float(m.v_reset)
         reset = P.ResetMode.SOFT if v_reset is None else P.ResetMode.HARD
+        if isinstance(m, neuron.ParametricLIFNode):  # a LIF whose 1/τ = sigmoid(w) was learned
+            q = m.w.detach().float().sigmoid()
+            return lif_form(name, NeuronKind.LIF, None, bool(m.decay_input), m.v_threshold, v_reset, reset, q)
         if isinstance(m, neuron.LIFNode):
             return lif_form(
                 name, NeuronKind.LIF, float(m.tau), bool(m.decay_input), m.v_threshold, v_reset, reset
@@ -352,8 +358,8 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
         raise _refuse(
             name,
             m,
-            "not a supported neuron (supported: PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, IFNode; "
-            "this project's psn.neurons PSN, MaskedPSN, SlidingPSN, LIF)",
+            "not a supported neuron (supported: PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, "
+            "ParametricLIFNode, IFNode; this project's psn.neurons PSN, MaskedPSN, SlidingPSN, LIF)",
         )
     return None
 

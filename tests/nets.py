@@ -64,7 +64,7 @@ class PerStep(nn.Sequential):
 
 
 def make_neuron(kind: str, T: int, k: int = 2, source: str = "psn") -> nn.Module:
-    """A neuron of ``kind`` (psn, masked_psn, sliding_psn, lif, lif_soft, if) from this project's
+    """A neuron of ``kind`` (psn, masked_psn, sliding_psn, lif, lif_soft, if, plif) from this project's
     psn.neurons (source "psn") or SpikingJelly (source "sj"), multi-step, masked PSN at λ = 1."""
     from psn import neurons as P
 
@@ -96,6 +96,12 @@ def make_neuron(kind: str, T: int, k: int = 2, source: str = "psn") -> nn.Module
         return neuron.LIFNode(tau=3.0, decay_input=False, v_threshold=0.5, v_reset=None, step_mode="m")
     if kind == "if":
         return neuron.IFNode(v_threshold=0.5, v_reset=-0.1, step_mode="m")
+    if kind == "plif":  # ParametricLIFNode, its learned 1/τ = sigmoid(w): soft reset, no input decay
+        m = neuron.ParametricLIFNode(
+            init_tau=3.0, decay_input=False, v_threshold=0.5, v_reset=None, step_mode="m"
+        )
+        m.w.data.fill_(-0.4)  # τ = 1 + e^0.4, not the init value
+        return m
     raise ValueError(f"no neuron kind {kind}")
 
 

@@ -257,8 +257,8 @@ def test_refused_neurons_and_outputs(tmp_path: Path) -> None:
     single = _net(nn.Identity(), "lif", "sj")
     single[1].step_mode = "s"
     refuse(single, r"step_mode='s'")
-    plif = nn.Sequential(PerStep(nn.Linear(4, 3)), neuron.ParametricLIFNode(step_mode="m"))
-    refuse(plif, r"'1' \(ParametricLIFNode\): not a supported neuron")
+    qif = nn.Sequential(PerStep(nn.Linear(4, 3)), neuron.QIFNode(step_mode="m"))
+    refuse(qif, r"'1' \(QIFNode\): not a supported neuron")
     refuse(nn.Sequential(PerStep(nn.Linear(4, 3))), "no neuron layer")
     pooled = nn.Sequential(_net(nn.Identity()), _Mean())
     refuse(pooled, r"per-step logits \[T, N, C\]")

@@ -36,10 +36,10 @@ CASES = [
     (("masked_psn", "sliding_psn"), 1, 4, "sj"),
     (("sliding_psn", "sliding_psn"), 2, 6, "sj"),
     (("lif", "if"), 3, 4, "sj"),
-    (("if", "lif_soft"), 2, 6, "sj"),
+    (("plif", "lif_soft"), 2, 6, "sj"),
     (("masked_psn", "psn"), 2, 4, "sj"),
 ]
-KIND = {"lif_soft": "lif"}  # the manifest kind of each test kind
+KIND = {"lif_soft": "lif", "plif": "lif"}  # the manifest kind of each test kind
 RANK = {"psn": 0, "masked_psn": 1}  # how little each kind can stream; sliding PSN, LIF, IF: 2
 
 
