@@ -175,7 +175,9 @@ class Control:
 
     async def poll(self) -> list[ModelInfo]:
         async with self._locked():
-            return await self._reconcile(None, retry_failed=False)
+            loaded = await self._reconcile(None, retry_failed=False)
+        self.runtime.observe_poll(loaded)
+        return loaded
 
     async def load_model(self, name: str) -> list[ModelInfo]:
         self._explicit()

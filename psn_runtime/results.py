@@ -67,6 +67,9 @@ class RuntimeObserver(Protocol):
     def on_model_status(self, info: ModelInfo) -> None:
         """A version's record after its status changed (loading, ready, failed, unloading, unloaded)."""
 
+    def on_poll(self, loaded: list[ModelInfo]) -> None:
+        """A scan of the models dir is done (model control poll); ``loaded``: the versions it loaded."""
+
 
 _max = np.maximum.reduce
 _sum = np.add.reduce

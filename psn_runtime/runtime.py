@@ -147,9 +147,14 @@ class Runtime:
                 raise ModelNotReady(f"model {name!r}: the runtime is still loading its models")
             raise UnknownModel(name)
         if version is not None:
+            versions = self._version_list(name)
+            if entry is None:
+                raise VersionUnavailable(
+                    f"model {name!r} has no version {version!r} here (versions: {versions})"
+                )
             raise VersionUnavailable(
-                f"model {name!r} version {version!r} takes no new work here (versions: "
-                f"{self._version_list(name)})"
+                f"model {name!r} version {version!r} is {entry.status}: it takes no new work here (versions: "
+                f"{versions})"
             )
         head = self._repo.representative(name)
         if head.status is ModelStatus.LOADING:
@@ -237,19 +242,25 @@ class Runtime:
             logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()], entry.version
         )
 
-    async def classify_async(self, name: str, x: object, version: str | None = None) -> ClassifyResult:
+    async def classify_async(
+        self, name: str, x: object, version: str | None = None, admitted: str | None = None
+    ) -> ClassifyResult:
         """classify; at most config.max_classify_pending at once (else Overloaded), so that a burst is shed
         instead of queueing without bound in the executor. Small work (at most config.inline_max_rows // 2
         sequences) runs on this (the event loop's) thread: a hop to a worker thread costs several context
         switches, more than the ORT call itself; larger batches run in a worker thread. The version chosen
-        first answers, also when it is unloaded meanwhile."""
+        first answers, also when it is unloaded meanwhile.
+
+        ``admitted``: the version a server chose for this request before it read the body (what ``x`` was
+        built for): it answers while it still has its sessions, even if it is unloading by now; if it is
+        gone and the request named no version, the version serving now does."""
         self._check_open()
         limit = self.config.max_classify_pending
         if self._classify_pending >= limit:
             raise Overloaded(f"{self._classify_pending} classify calls are pending (the limit); retry later")
         self._classify_pending += 1
         try:
-            entry = self._serving(name, version)
+            entry = self._admitted(name, version, admitted)
             checked = self._checked(entry, x)
             if checked.sequences <= self.config.inline_max_rows // 2 and not checked.unrolled:
                 await asyncio.sleep(0)  # one turn of the loop: calls that arrive together still count
@@ -261,6 +272,14 @@ class Runtime:
                 entry.busy -= 1
         finally:
             self._classify_pending -= 1
+
+    def _admitted(self, name: str, version: str | None, admitted: str | None) -> Version:
+        if admitted is not None:
+            entry = self._repo.get(name, admitted)
+            loaded = entry is not None and entry.model is not None
+            if loaded and entry.status in (ModelStatus.READY, ModelStatus.UNLOADING):
+                return entry
+        return self._serving(name, version)
 
     # -- streams -----------------------------------------------------------------------------------------
     async def open_stream(self, name: str, version: str | None = None) -> str:
@@ -442,6 +461,10 @@ class Runtime:
 
     def on_batch(self, model: str, version: str, size: int, seconds: float) -> None:
         self._observe("on_step_batch", model, version, size, seconds)
+
+    def observe_poll(self, loaded: list[ModelInfo]) -> None:
+        """Tell the observer a scan of the models dir is done (``loaded``: the versions it tried to load)."""
+        self._observe("on_poll", loaded)
 
     def observe_status(self, entry: Version) -> None:
         """Tell the observer a version's status changed."""

@@ -180,6 +180,11 @@ class _StreamState:
         return self._machine.hello
 
     @property
+    def version(self) -> str | None:
+        """The model version the stream is on: the hello's, or the snapshot's after a resume."""
+        return self._machine.version
+
+    @property
     def connection(self) -> Any:
         """The WebSocket connection in use now (a new one after each resume)."""
         return self._machine.ws
@@ -279,11 +284,19 @@ class PSNClient:
         return self._driver.run(self._core.model(name))
 
     def classify(
-        self, name: str, inputs: Any, *, return_logits: bool = True, binary: bool | None = None
+        self,
+        name: str,
+        inputs: Any,
+        *,
+        return_logits: bool = True,
+        binary: bool | None = None,
+        version: str | None = None,
     ) -> ClassifyResponse:
         """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists.
-        binary: None = by size (``binary_threshold``), True = a V2 binary tensor, False = JSON."""
-        return self._driver.run(self._core.classify(name, inputs, return_logits=return_logits, binary=binary))
+        binary: None = by size (``binary_threshold``), True = a V2 binary tensor, False = JSON. version: the
+        model version (None: the highest the server has ready); the answer's ``version`` says which."""
+        flow = self._core.classify(name, inputs, return_logits=return_logits, binary=binary, version=version)
+        return self._driver.run(flow)
 
     @contextmanager
     def stream(
@@ -295,15 +308,23 @@ class PSNClient:
         resumable: bool = False,
         snapshot_every: int = 16,
         retry: RetryPolicy | None = None,
+        version: str | None = None,
     ) -> Iterator[Stream]:
-        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False.
+        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False; on model
+        ``version`` (None: the highest the server has ready; ``stream.version`` says which).
 
         resumable=True: the stream survives the loss of its replica (reconnect to this URL, resume from the
         last snapshot, which the server sends every ``snapshot_every`` steps and on drain, replay the steps
-        since); PSNError ``resume_disabled`` when the server cannot, ``stream_lost`` after ``retry.retries``
-        failed reconnects."""
+        since; on the snapshot's version); PSNError ``resume_disabled`` when the server cannot,
+        ``version_unavailable`` when no replica reached has its version, ``stream_lost`` after
+        ``retry.retries`` failed reconnects."""
         machine = self._core.stream(
-            name, logits=logits, resumable=resumable, snapshot_every=snapshot_every, retry=retry
+            name,
+            logits=logits,
+            resumable=resumable,
+            snapshot_every=snapshot_every,
+            retry=retry,
+            version=version,
         )
         self._driver.run(machine.open())
         stream = Stream(machine, self._driver, binary)
@@ -355,11 +376,16 @@ class AsyncPSNClient:
         return await self._driver.run(self._core.model(name))
 
     async def classify(
-        self, name: str, inputs: Any, *, return_logits: bool = True, binary: bool | None = None
+        self,
+        name: str,
+        inputs: Any,
+        *,
+        return_logits: bool = True,
+        binary: bool | None = None,
+        version: str | None = None,
     ) -> ClassifyResponse:
-        return await self._driver.run(
-            self._core.classify(name, inputs, return_logits=return_logits, binary=binary)
-        )
+        flow = self._core.classify(name, inputs, return_logits=return_logits, binary=binary, version=version)
+        return await self._driver.run(flow)
 
     @asynccontextmanager
     async def stream(
@@ -371,9 +397,15 @@ class AsyncPSNClient:
         resumable: bool = False,
         snapshot_every: int = 16,
         retry: RetryPolicy | None = None,
+        version: str | None = None,
     ) -> AsyncIterator[AsyncStream]:
         machine = self._core.stream(
-            name, logits=logits, resumable=resumable, snapshot_every=snapshot_every, retry=retry
+            name,
+            logits=logits,
+            resumable=resumable,
+            snapshot_every=snapshot_every,
+            retry=retry,
+            version=version,
         )
         await self._driver.run(machine.open())
         stream = AsyncStream(machine, self._driver, binary)

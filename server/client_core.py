@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -63,6 +64,7 @@ class ClassifyResponse:
     predictions: list[Prediction]
     latency_ms: float
     provider: str | None
+    version: str | None = None  # the model version that answered
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,16 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 # -- WebSocket streams -------------------------------------------------------------------------------------
-def ws_url(base_url: str, name: str, logits: bool, snapshot_every: int = 0) -> str:
+def ws_url(
+    base_url: str, name: str, logits: bool, snapshot_every: int = 0, version: str | None = None
+) -> str:
     url = base_url.rstrip("/")
     url = "ws" + url[4:] if url.startswith("http") else url
     query = (["logits=true"] if logits else []) + (
         [f"snapshot_every={snapshot_every}"] if snapshot_every else []
     )
+    if version is not None:
+        query.append(f"version={quote(version, safe='')}")
     return f"{url}/v1/models/{name}/stream" + ("?" + "&".join(query) if query else "")
 
 
@@ -257,6 +263,11 @@ class PlainStream:
         self.ws: Any = None
         self.hello: dict[str, Any] = {}
         self.reconnects = self.replayed = 0  # never: see client_resume.ResumableStream
+
+    @property
+    def version(self) -> str | None:
+        """The model version the stream is on (the hello's)."""
+        return self.hello.get("version")
 
     def open(self) -> Flow[None]:
         with closed_as_error():

@@ -48,17 +48,20 @@ def as_float32(inputs: Any) -> np.ndarray | None:
         return None
 
 
-def v1_classify_call(name: str, inputs: Any, return_logits: bool, headers: Mapping[str, str]) -> HTTPCall:
+def v1_classify_call(
+    name: str, inputs: Any, return_logits: bool, headers: Mapping[str, str], version: str | None = None
+) -> HTTPCall:
     data = inputs.tolist() if isinstance(inputs, np.ndarray) else inputs
     body = json.dumps({"inputs": data, "return_logits": return_logits}).encode()
-    return HTTPCall(
-        "POST", f"/v1/models/{name}/classify", {**headers, "Content-Type": "application/json"}, body
-    )
+    path = f"/v1/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/classify"
+    return HTTPCall("POST", path, {**headers, "Content-Type": "application/json"}, body)
 
 
 def v1_classify_result(doc: dict[str, Any]) -> ClassifyResponse:
     predictions = [Prediction(p["label"], p["probabilities"], p.get("logits")) for p in doc["predictions"]]
-    return ClassifyResponse(doc["model"], predictions, doc["latency_ms"], doc.get("provider"))
+    return ClassifyResponse(
+        doc["model"], predictions, doc["latency_ms"], doc.get("provider"), doc.get("version")
+    )
 
 
 def v2_path(name: str, version: str | None, suffix: str = "") -> str:
@@ -142,7 +145,7 @@ def v2_classify_result(
         )
         for i, index in enumerate(arrays["label_index"])
     ]
-    return ClassifyResponse(model.name, predictions, elapsed_ms, model.provider)
+    return ClassifyResponse(model.name, predictions, elapsed_ms, model.provider, model.version)
 
 
 # -- the flows ---------------------------------------------------------------------------------------------
@@ -183,21 +186,28 @@ class ClientCore:
         return x is not None and self.binary_threshold is not None and x.size * 4 > self.binary_threshold
 
     def classify(
-        self, name: str, inputs: Any, *, return_logits: bool = True, binary: bool | None = None
+        self,
+        name: str,
+        inputs: Any,
+        *,
+        return_logits: bool = True,
+        binary: bool | None = None,
+        version: str | None = None,
     ) -> Flow[ClassifyResponse]:
-        """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists."""
+        """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists.
+        version: the model version to ask (None: the highest the server has ready)."""
         x = as_float32(inputs)
         if not self.use_binary(x, binary):
-            answer = yield v1_classify_call(name, inputs, return_logits, self.headers)
+            answer = yield v1_classify_call(name, inputs, return_logits, self.headers, version)
             return v1_classify_result(checked(answer))
         if x is None:
             raise PSNError(
                 "the inputs are not a rectangular array of numbers", code="bad_input", param="inputs"
             )
-        model = yield from self._v2_model(name, None)
+        model = yield from self._v2_model(name, version)
         if x.ndim == model.input_rank - 1:
             x = x[None]  # one sequence: [1, T, *input_shape]
-        answer = yield v2_infer_call(name, x, return_logits, self.headers)
+        answer = yield v2_infer_call(name, x, return_logits, self.headers, version)
         if answer.status >= 400:
             raise http_error(answer)
         head, arrays = v2_outputs(answer)
@@ -214,10 +224,18 @@ class ClientCore:
         return self._v2_models[key]
 
     def stream(
-        self, name: str, *, logits: bool, resumable: bool, snapshot_every: int, retry: RetryPolicy | None
+        self,
+        name: str,
+        *,
+        logits: bool,
+        resumable: bool,
+        snapshot_every: int,
+        retry: RetryPolicy | None,
+        version: str | None = None,
     ) -> StreamMachine:
-        """The flows of a stream of model ``name`` (not yet open): resumable or plain."""
-        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0)
+        """The flows of a stream of model ``name`` (not yet open): resumable or plain; on ``version`` (None:
+        the highest the server has ready; the stream stays on the version it opened on)."""
+        url = ws_url(self.base_url, name, logits, snapshot_every if resumable else 0, version)
         if resumable:
             return ResumableStream(url, self.headers, retry or RetryPolicy())
         return PlainStream(url, self.headers)

@@ -7,8 +7,11 @@ since (:class:`ResumeLog`). When the connection drops (close 1001, 1006, 1011, 1
 connection, a 5xx from the balancer, no answer within ``step_timeout_s``) it connects to the same URL again
 (the balancer picks a live replica), sends ``{"resume": snapshot}``, replays the frames since the snapshot
 and then the step that was in flight. The caller sees a slower step, with the answer an uninterrupted stream
-would have given. After ``retries`` failed reconnects in a row it raises PSNError ``stream_lost``; a server
-that cannot resume, PSNError ``resume_disabled``.
+would have given. The snapshot names its model version: a replica that serves it resumes the stream on it
+(``stream.version`` follows); one that lacks it answers ``version_unavailable`` and the stream tries another
+connection. After ``retries`` failed reconnects in a row it raises PSNError ``stream_lost`` (or
+``version_unavailable`` when that was the last answer); a server that cannot resume, PSNError
+``resume_disabled``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ class ResumeLog:
         self.frames.clear()
 
 
+def elsewhere(exc: BaseException | None) -> bool:
+    """Did a replica answer that it lacks the stream's model version (another one may have it)?"""
+    return isinstance(exc, PSNError) and exc.code == "version_unavailable"
+
+
 def check_hello(hello: dict[str, Any]) -> None:
     if not hello.get("resumable"):
         reason = hello.get("resumable_reason", "the server does not offer resumable streams")
@@ -116,6 +124,12 @@ class ResumableStream:
         self.log = ResumeLog()
         self.ws: Any = None
         self.hello: dict[str, Any] = {}
+        self.resumed_on: str | None = None  # the version a resume put the stream on (the hello's may differ)
+
+    @property
+    def version(self) -> str | None:
+        """The model version the stream is on: the snapshot's after a resume, else the hello's."""
+        return self.resumed_on or self.hello.get("version")
 
     @property
     def reconnects(self) -> int:
@@ -191,13 +205,20 @@ class ResumableStream:
             except Exception as exc:
                 if ws is not None:
                     yield Close(ws)
-                if not is_drop(exc):
+                if not (is_drop(exc) or elsewhere(exc)):
                     raise
                 last = exc
                 continue
             if old is not None:
                 self.log.reconnects += 1
             return ws, answer
+        if elsewhere(last):
+            assert isinstance(last, PSNError)
+            raise PSNError(
+                f"no replica reached in {self.policy.retries} tries has the stream's model version: "
+                f"{last.message}",
+                code="version_unavailable",
+            )
         raise PSNError(
             f"the stream could not be resumed: {self.policy.retries} reconnects failed (last: {last!r})",
             code="stream_lost",
@@ -214,11 +235,13 @@ class ResumableStream:
 
     def _replay(self, ws: Any, pending: bytes | str | None) -> Flow[dict[str, Any] | None]:
         log = self.log
+        self.resumed_on = None
         if log.snapshot is not None:
             yield Send(ws, json.dumps({"resume": log.snapshot}))
-            resumed = yield from self._answer(ws)
+            resumed = yield from self._answer(ws)  # version_unavailable: another connection may have it
             if resumed.get("t") != log.t:
                 raise PSNError(f"resumed at {resumed}, expected t={log.t}", code="bad_snapshot")
+            self.resumed_on = resumed.get("version")
         for frame in list(log.frames):  # answered already: their answers are the ones the caller got
             yield Send(ws, frame)
             yield from self._answer(ws)

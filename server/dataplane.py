@@ -126,10 +126,13 @@ class DataPlane:
         return ready, {"status": "ready" if ready else "no model ready", "models": models}
 
     # -- classification ----------------------------------------------------------------------------------
-    async def classify(self, name: str, x: ClassifyInput, version: str | None = None) -> ClassifyResult:
-        """Sequences built by ``inputs(name, version)`` -> one prediction each."""
-        result = await self.runtime.classify_async(name, x, version)
-        self.metrics.child(self.metrics.sequences, name).inc(len(result.labels))
+    async def classify(
+        self, name: str, x: ClassifyInput, version: str | None = None, admitted: str | None = None
+    ) -> ClassifyResult:
+        """Sequences built by ``inputs(name, version)`` -> one prediction each. ``admitted``: the version of
+        those inputs (``inputs.version``): the request finishes on it, also when it is unloading by now."""
+        result = await self.runtime.classify_async(name, x, version, admitted)
+        self.metrics.child(self.metrics.sequences, name, result.version).inc(len(result.labels))
         return result
 
     # -- streams -----------------------------------------------------------------------------------------
@@ -142,8 +145,16 @@ class DataPlane:
 
     async def open_stream(self, name: str, version: str | None = None) -> OpenStream:
         inputs = self.inputs(name, version)
-        stream_id = await self.runtime.open_stream(name, version)
-        return OpenStream(stream_id, inputs, self.max_steps(inputs.manifest), self.metrics.steps.labels(name))
+        stream_id = await self.runtime.open_stream(name, inputs.version)  # the version of those inputs
+        steps = self.metrics.steps.labels(name, inputs.version)
+        return OpenStream(stream_id, inputs, self.max_steps(inputs.manifest), steps)
+
+    def moved(self, stream: OpenStream, version: str) -> OpenStream:
+        """The same stream after a resume put it on another version of its model: that version's input
+        builder, bound and counter."""
+        inputs = self.inputs(stream.inputs.name, version)
+        steps = self.metrics.steps.labels(inputs.name, version)
+        return OpenStream(stream.id, inputs, self.max_steps(inputs.manifest), steps)
 
     async def step(self, stream: OpenStream, x: StepInput) -> StepResult:
         result = await self.runtime.step(stream.id, x)
@@ -223,6 +234,12 @@ class Sequences:
         """The sequence's stream: a new one with ``start`` (an open sequence of that id starts over), else
         the open one (SequenceNotStarted). For what is not a step: a snapshot, a resume."""
         return await self._stream((name, sequence_id), start, version)
+
+    def inputs(self, name: str, sequence_id: int | str, start: bool, serving: ModelInputs) -> ModelInputs:
+        """The input builder of a step of this sequence: an open sequence's own (its stream stays on the
+        model version it started on), else ``serving`` (what ``plane.inputs`` gave for the request)."""
+        stream = None if start else self._open.get((name, sequence_id))
+        return serving if stream is None else stream.inputs
 
     def close(self, name: str, sequence_id: int | str) -> None:
         """End a sequence, if open (a gRPC stream that ends closes the sequences it started)."""

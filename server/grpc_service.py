@@ -117,9 +117,10 @@ async def infer(plane: DataPlane, request: pb.ModelInferRequest) -> pb.ModelInfe
     step = decoded.sequence
     if step is None:
         x = inputs.classify_tensor(decoded.tensor)  # [B, T, *shape]
-        result = await plane.classify(inputs.name, x, version)
+        result = await plane.classify(inputs.name, x, version, admitted=inputs.version)
         outs = v2codec.outputs(result.logits, result.probabilities, result.label_index, decoded.outputs)
-        return grpc_tensors.encode(request.id, inputs.name, inputs.version, outs)
+        return grpc_tensors.encode(request.id, inputs.name, result.version, outs)
+    inputs = plane.sequences.inputs(inputs.name, step.id, step.start, inputs)  # an open one's own version
     x = inputs.step_tensor(decoded.tensor)  # [*shape]
     result = await plane.sequences.step(
         inputs.name, step.id, x, start=step.start, end=step.end, version=version

@@ -76,7 +76,7 @@ class Metrics:
             ["model", "version", "reason"],
             registry=reg,
         )
-        self.steps = Counter("psn_stream_steps", "stream steps answered", ["model"], registry=reg)
+        self.steps = Counter("psn_stream_steps", "stream steps answered", ["model", "version"], registry=reg)
         self.step_batch = Histogram(
             "psn_step_batch_size",
             "steps run in one ONNX Runtime call",
@@ -93,8 +93,8 @@ class Metrics:
         )
         self.sequences = Counter(
             "psn_classified_sequences",
-            "sequences classified (v1 classify and v2 infer)",
-            ["model"],
+            "sequences classified (v1 classify and v2 infer), by the model version that answered",
+            ["model", "version"],
             registry=reg,
         )
         self.errors = Counter(
@@ -123,6 +123,9 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self._ready_provider: dict[tuple[str, str], str] = {}  # the provider label a version was READY on
+        self.polls = Counter(
+            "psn_model_polls", "scans of the models dir done (model control poll)", registry=reg
+        )
 
         self._children: dict[tuple, Any] = {}  # labelled children, resolved once (labels() costs us per call)
 
@@ -147,6 +150,9 @@ class Metrics:
         self.streams_open.labels(model, version).dec()
         self.worker_streams.dec()
         self.streams_closed.labels(model, version, reason).inc()
+
+    def on_poll(self, loaded: list[ModelInfo]) -> None:
+        self.polls.inc()
 
     def on_model_status(self, info: ModelInfo) -> None:
         """psn_model_ready{model, version, provider}: 1 while the version is READY, else 0."""

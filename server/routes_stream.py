@@ -47,6 +47,15 @@ def _flag(websocket: WebSocket, name: str) -> bool:
     raise InvalidRequest(f"query parameter {name}: expected true or false, got {raw!r}", name)
 
 
+def _version(websocket: WebSocket) -> str | None:
+    """The ``version`` query parameter: the model version to stream with (none: the highest ready)."""
+    raw = websocket.query_params.get("version")
+    if raw is not None and not raw:
+        raise InvalidRequest("query parameter version: expected a model version, got ''", "version")
+    return raw
+
+
+WS_NOT_FOUND = 4404  # the close code of an unknown model (server.errors.ERROR_TABLE)
 CLOSE_TIMEOUT_S = 5.0  # a client that does not read cannot hold a close (or an answer) longer than this
 SHUTDOWN_REASON = "server shutting down"
 
@@ -156,13 +165,15 @@ class _Session:
 
     async def open(self) -> dict[str, Any]:
         every = resume.snapshot_every(self.ws)
-        self.stream = stream = await self.plane.open_stream(self.name)
+        version = _version(self.ws)
+        self.stream = stream = await self.plane.open_stream(self.name, version)
         self.resume = resume.StreamResume.open(
             self.plane.runtime, self.state.settings, self.name, stream.id, every
         )
         manifest = stream.manifest
         return {
             "model": self.name,
+            "version": stream.inputs.version,
             "kind": str(manifest.kind),
             "T": manifest.T,
             "k": manifest.k,
@@ -242,6 +253,8 @@ class _Session:
                         continue
                     if type(x) is dict:  # {"snapshot": true} or {"resume": ...}
                         text = await resumer.control(x)
+                        if resumer.spec.version != stream.inputs.version:  # resumed on the snapshot's
+                            stream = self.stream = plane.moved(stream, resumer.spec.version)
                         watch.arm(_Phase.SEND, send_timeout)
                         await send_text(text)
                         continue
@@ -282,12 +295,13 @@ async def stream(websocket: WebSocket, name: str) -> None:
     """Stream one timestep per message; get an answer after every step.
 
     Connect: ``ws://HOST/v1/models/{name}/stream`` (``?logits=true`` adds the running mean logits to every
-    answer; ``?api_key=KEY`` when the server needs a key and the client cannot send headers).
+    answer; ``?version=V`` streams with version V of the model, else the highest ready one: the stream stays
+    on it until it ends; ``?api_key=KEY`` when the server needs a key and the client cannot send headers).
 
     Server -> client, first message (hello)::
 
-        {"model", "kind", "T", "k", "features", "input_shape", "labels", "streams", "max_steps", "provider",
-         "binary", "json"}
+        {"model", "version", "kind", "T", "k", "features", "input_shape", "labels", "streams", "max_steps",
+         "provider", "binary", "json"}
 
     Client -> server, one timestep per message, either
       * a binary frame of ``features`` = prod(input_shape) little-endian float32 (C order), or
@@ -347,7 +361,10 @@ async def serve_socket(websocket: WebSocket, state: AppState, name: str) -> None
             log.error("internal error opening a stream of %s", name, exc_info=exc)
         if session.stream is not None:
             state.plane.close(session.stream)
-        await _close(websocket, spec.ws_close or WS_POLICY_VIOLATION, ws_reason(exc))
+        # an error that is an event on an open stream closes the socket when there is no stream yet: a
+        # version this server lacks like an unknown model (4404), anything else as a policy violation
+        code = spec.ws_close or (WS_NOT_FOUND if spec.status == 404 else WS_POLICY_VIOLATION)
+        await _close(websocket, code, ws_reason(exc))
         return
     try:
         await session.run()

@@ -51,21 +51,37 @@ async def classify(name: str, request: Request, plane: Plane) -> Response:
     Body: ``{"inputs": [[f, ...], ...]}`` (one sequence, T×F; generally [T, *input_shape]) or
     ``{"inputs": [[[f, ...], ...], ...]}`` (a batch, B×T×F; [B, T, *input_shape]);
     optional ``"return_logits": false`` leaves the logits out.
-    Answer: ``{"model", "predictions": [{"label", "probabilities", "logits"}], "latency_ms", "provider"}``,
-    one prediction per sequence; ``latency_ms`` is measured in the server, from the request to the answer.
+    Answer: ``{"model", "version", "predictions": [{"label", "probabilities", "logits"}], "latency_ms",
+    "provider"}``, one prediction per sequence; ``version`` is the model version that answered (the highest
+    ready one); ``latency_ms`` is measured in the server, from the request to the answer.
     """
     return await classify_request(name, request, plane)
 
 
-async def classify_request(name: str, request: Request, plane: DataPlane) -> Response:
+@router.post(
+    "/models/{name}/versions/{version}/classify",
+    response_model=None,
+    responses={**ok(ClassifyResponse), **errors(400, 401, 404, 413, 415, 422, 429, 500, 503)},
+    openapi_extra=request_body(ClassifyRequest),
+)
+async def classify_version(name: str, version: str, request: Request, plane: Plane) -> Response:
+    """Classify whole sequences with one version of the model (as ``/models/{name}/classify``); 404
+    ``version_unavailable`` when this server has no such version ready."""
+    return await classify_request(name, request, plane, version)
+
+
+async def classify_request(
+    name: str, request: Request, plane: DataPlane, version: str | None = None
+) -> Response:
     """The classify route's work, after the API key check (server.fastpath calls it too, without FastAPI's
     routing in front)."""
     start = time.perf_counter()
-    inputs = plane.inputs(name)  # 404 or 503 before reading any body
+    inputs = plane.inputs(name, version)  # 404 or 503 before reading any body
     require_media_type(request, ("application/json",))
     body = await read_body(request, plane.settings.max_body_bytes)
     doc = parse(ClassifyRequest, loads(body))
-    result = await plane.classify(name, inputs.classify_json(doc.inputs, "inputs", raw=body))
+    x = inputs.classify_json(doc.inputs, "inputs", raw=body)
+    result = await plane.classify(name, x, version, admitted=inputs.version)
     predictions = []
     for i, label in enumerate(result.labels):
         item = {"label": label, "probabilities": result.probabilities[i]}
@@ -75,6 +91,7 @@ async def classify_request(name: str, request: Request, plane: DataPlane) -> Res
     return JSONBytesResponse(
         {
             "model": name,
+            "version": result.version,
             "predictions": predictions,
             "latency_ms": (time.perf_counter() - start) * 1000.0,
             "provider": inputs.provider,

@@ -139,12 +139,16 @@ async def _infer(plane: DataPlane, name: str, version: str | None, request: Requ
     infer = v2codec.from_http(parse(V2InferRequest, loads(text), "the inference request"), binary, text)
     parameters = None
     if infer.sequence is None:
-        result = await plane.classify(name, inputs.classify_tensor(infer.tensor), version)  # [B, T, *shape]
+        x = inputs.classify_tensor(infer.tensor)  # [B, T, *shape]
+        result = await plane.classify(name, x, version, admitted=inputs.version)
         arrays = (result.logits, result.probabilities, result.label_index)
+        answered = result.version
     else:
+        inputs = plane.sequences.inputs(name, infer.sequence.id, infer.sequence.start, inputs)
         arrays, parameters = await _sequence_step(plane, inputs, infer.sequence, infer.tensor, version)
+        answered = inputs.version
     outs = v2codec.outputs(*arrays, infer.outputs)
-    content, header = v2codec.to_http(infer, inputs.name, inputs.manifest.version, outs, parameters)
+    content, header = v2codec.to_http(infer, inputs.name, answered, outs, parameters)
     if header is None:
         return Response(content, media_type="application/json")
     return Response(

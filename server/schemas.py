@@ -140,10 +140,18 @@ class Readiness(BaseModel):
     models: dict[str, ModelReadiness]
 
 
+class VersionView(BaseModel):
+    version: str
+    status: str = Field(description="loading, ready, failed, unloading or unavailable")
+    error: str | None
+
+
 class ModelView(BaseModel):
     name: str
-    status: str = Field(description="loading, ready or failed")
+    status: str = Field(description="loading, ready, failed, unloading or unavailable (of `version`)")
     error: str | None
+    version: str = Field(description="the version that answers requests naming none (the highest ready)")
+    versions: list[VersionView] = Field(description="every version of the model, lowest first")
     provider: str | None
     providers: dict[str, list[str]]
     warnings: list[str]
@@ -179,6 +187,7 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
+    version: str = Field(description="the model version that answered")
     predictions: list[Prediction]
     latency_ms: float
     provider: str | None

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from server import launcher
 from server.app import build_app
+from server.client import PSNClient, PSNError, RetryPolicy
 from server.settings import Settings
 from tests.fixtures import T, exported_models, sequences
 from tests.model_versions import derive_version
@@ -93,3 +96,35 @@ def test_a_replica_without_the_version_says_version_unavailable(replicas: dict[s
 def test_models_dir_layout_is_what_the_fixture_says(replicas: dict[str, TestClient]) -> None:
     versions = {r: [v["version"] for v in c.post("/v2/repository/index").json()] for r, c in replicas.items()}
     assert versions == {"old": ["1"], "both": ["1", "2"], "new": ["2"]}
+
+
+def test_the_resumable_client_follows_the_snapshot_version(tmp_path: Path) -> None:
+    """A real server restarted under a resumable stream: with versions 1 and 2 the stream resumes on its
+    version 1 (``stream.version``, answers equal to an uninterrupted run); with version 2 only, the client
+    tries other connections and raises PSNError ``version_unavailable``."""
+    models = tmp_path / "models"
+    shutil.copytree(exported_models() / NAME, models / NAME / "1")
+    xs = sequences(1, seed=12)[0]  # [T, F]
+    args = ("--providers", "CPUExecutionProvider", "--stream-secret", SECRET)
+    policy = RetryPolicy(retries=4, backoff_s=0.05, max_backoff_s=0.2, step_timeout_s=20)
+    with launcher.serve(*args, models_dir=models, log=tmp_path / "server.log") as server:
+        with PSNClient(server.base_url) as client, client.stream(NAME) as plain:
+            reference = [plain.step(x).probabilities for x in xs]  # version 1, uninterrupted
+        with (
+            PSNClient(server.base_url) as client,
+            client.stream(NAME, resumable=True, snapshot_every=2, retry=policy) as stream,
+        ):
+            got = [stream.step(x).probabilities for x in xs[:4]]
+            assert stream.version == "1"
+            server.stop()  # the drain hands the stream its snapshot
+            derive_version(exported_models() / NAME, models / NAME / "2", "2", shift=1)
+            server.restart()  # versions 1 and 2: a new stream would get version 2
+            got += [stream.step(x).probabilities for x in xs[4:]]
+            assert (stream.version, stream.reconnects) == ("1", 1)
+            np.testing.assert_allclose(got, reference, atol=1e-6)
+            server.stop()
+            shutil.rmtree(models / NAME / "1")
+            server.restart()  # version 2 only
+            with pytest.raises(PSNError) as lost:
+                stream.step(xs[0])
+            assert lost.value.code == "version_unavailable", lost.value

@@ -257,7 +257,7 @@ def test_unexpected_error_is_a_generic_500(
 ) -> None:
     runtime = app_state(client.app).runtime
 
-    async def boom(name: str, x: np.ndarray, version: str | None = None) -> None:
+    async def boom(name: str, x: np.ndarray, version: str | None = None, admitted: str | None = None) -> None:
         raise ZeroDivisionError("secret detail")
 
     monkeypatch.setattr(runtime, "classify_async", boom)
@@ -305,9 +305,9 @@ def test_metrics(client: TestClient) -> None:
     assert (
         f'psn_http_request_duration_seconds_count{{method="POST",model="{m.name}",route="{route}"}}' in text
     )
-    assert f'psn_stream_steps_total{{model="{m.name}"}} 3.0' in text
+    assert f'psn_stream_steps_total{{model="{m.name}",version="{m.version}"}} 3.0' in text
     assert f'psn_step_batch_size_count{{model="{m.name}",version="{m.version}"}}' in text
-    assert f'psn_classified_sequences_total{{model="{m.name}"}}' in text
+    assert f'psn_classified_sequences_total{{model="{m.name}",version="{m.version}"}}' in text
     assert 'psn_errors_total{kind="unknown_model",transport="http"}' in text
     assert (
         f'psn_model_ready{{model="{m.name}",provider="CPUExecutionProvider",version="{m.version}"}} 1.0'
@@ -387,7 +387,9 @@ def test_inference_failure_is_a_500_without_details(
 ) -> None:
     from psn_runtime.errors import InferenceError
 
-    async def failing(name: str, x: np.ndarray, version: str | None = None) -> None:
+    async def failing(
+        name: str, x: np.ndarray, version: str | None = None, admitted: str | None = None
+    ) -> None:
         raise InferenceError("model 'x': onnxruntime failed: [ONNXRuntimeError] node /layers.3/MatMul")
 
     monkeypatch.setattr(app_state(client.app).runtime, "classify_async", failing)
