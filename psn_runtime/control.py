@@ -335,6 +335,7 @@ class Control:
         self.runtime.observe_status(entry)
         if streams is not None:
             await streams.stop()
+            streams.release()
         del streams
         await loop.run_in_executor(None, release_memory)
         log.info("model %s version %s unloaded", entry.name, entry.version)

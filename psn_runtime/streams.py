@@ -445,6 +445,14 @@ class ModelStreams:
         self.fail_pending(RuntimeClosed("the runtime is closed"))
         self._worker.stop()
 
+    def release(self) -> None:
+        """Drop the sessions and the state pool (after ``stop``, when the model version unloads). Also breaks
+        the reference cycle with the lone-step binding, so that the memory comes back by reference counting
+        alone (a server freezes start-up's objects: the cycle collector never looks at them again)."""
+        self._lone = None
+        self.session = None  # type: ignore[assignment]
+        self.pool = None  # type: ignore[assignment]
+
     def stats(self) -> dict:
         return {
             "queued": len(self._queue),

@@ -65,7 +65,7 @@ def large_model(directory: Path) -> Path:
 
 
 PROBE = r"""
-import asyncio, json, os, sys
+import asyncio, gc, json, os, sys
 import numpy as np
 from psn_runtime import ModelStatus, Runtime, RuntimeConfig
 
@@ -82,6 +82,7 @@ async def main(models, staged, target):
     base = rss()
     os.rename(staged, target)
     await rt.load_model("large")
+    gc.freeze()  # as psn serve does after start-up: what is frozen is freed by reference counting only
     answer = rt.classify("large", np.ones((2, 8, 256), np.float32))
     loaded = rss()
     await rt.unload_model("large")

@@ -363,3 +363,31 @@ def test_changes_under_a_stream_and_classify_load(tmp_path, versions):
     for result in classified:
         batch = len(result.labels)
         np.testing.assert_allclose(result.logits, expected_logits(cx[:batch], result.version), atol=1e-5)
+
+
+def test_an_unloaded_version_is_freed_by_reference_counting(tmp_path, versions):
+    """psn serve freezes start-up's objects (gc.freeze): an unloaded version's sessions must be freed without
+    the cycle collector (the lone-step binding refers back to its streams)."""
+    import gc
+    import weakref
+
+    models = place(tmp_path / "models", versions, "lif/1")
+
+    async def main():
+        rt = Runtime(config(models, model_control="explicit"))
+        await rt.start()
+        sid = await rt.open_stream(STREAM_KIND)
+        await rt.step(sid, np.zeros(5, np.float32))  # the lone-step binding exists
+        rt.close_stream(sid)
+        session = weakref.ref(rt._model_streams[STREAM_KIND].session)
+        gc.collect()
+        gc.freeze()
+        try:
+            await rt.unload_model(STREAM_KIND)
+            await wait_for(lambda: statuses(rt, STREAM_KIND) == {"1": "unavailable"})
+            return session() is None
+        finally:
+            gc.unfreeze()
+            await rt.close()
+
+    assert asyncio.run(main())
