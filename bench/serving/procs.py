@@ -197,6 +197,7 @@ class ServerProcess:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     preexec_fn=self.pinning.server_setup(),
+                    start_new_session=True,  # its own process group: stop() ends the workers it spawns too
                 )
             try:
                 self._wait_ready(port_file)
@@ -241,15 +242,17 @@ class ServerProcess:
         return thread_times(self.pid)
 
     def stop(self) -> None:
+        """SIGTERM to the server's process group (LitServe's workers, uvicorn's), SIGKILL after a while."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT_S)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+        proc.wait(STOP_TIMEOUT_S)
 
     def __enter__(self) -> ServerProcess:
         return self.start()
