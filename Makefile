@@ -25,7 +25,7 @@ help:
 	@echo "make browser-test  the demo page (GET /) and /docs in headless Chromium (installs chromium when missing)"
 	@echo "make bench       run every benchmark suite; tables in docs/, plots as PNG"
 	@echo "make bench-peers psn-serve beside KServe, LitServe, FastAPI, SpikingJelly (.venv-peers) -> docs/"
-	@echo "make cluster-test  3 replicas in network namespaces behind nginx, SIGKILL + SIGTERM mid-run (root)"
+	@echo "make cluster-test  3 replicas in network namespaces behind nginx: SIGKILL + SIGTERM mid-run, then a rolling model update (root)"
 	@echo "make gpu-check   on an NVIDIA GPU host: CUDA venv, parity on CUDA, GPU benchmarks -> docs/gpu/ (~10 min)"
 
 # the venv without ensurepip's copy of pip (slow: it byte-compiles pip and setuptools), then pip from the
@@ -133,10 +133,12 @@ image-test: $(VENV)/.dev-stamp
 	bash docker/image-test.sh
 
 # as root: 3 `psn serve` replicas in their own network namespaces behind nginx; resumable streams and a
-# classify load through nginx while one replica is SIGKILLed and another SIGTERMed (docs/cluster-test.*)
+# classify load through nginx while one replica is SIGKILLed and another SIGTERMed (docs/cluster-test.*),
+# then a rolling update from model version 1 to 2 that drops no stream (docs/cluster-test-rollout.*)
 cluster-test: $(VENV)/.dev-stamp
 	@command -v nginx >/dev/null || apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)
 	$(PY) tests/cluster/run_cluster.py
+	$(PY) tests/cluster/run_rollout.py
 
 # Debian's chromium + chromium-driver (Selenium is pointed at them: no browser or driver is downloaded)
 browser-test: $(VENV)/.dev-stamp
