@@ -1,7 +1,7 @@
 """``psn export``: a training checkpoint, or any PSN-family network given as Python code + weights, to a
 checked model directory.
 
-    psn export CHECKPOINT --out models/NAME [--name NAME] [--max-tie-samples SHARE]
+    psn export CHECKPOINT --out models/NAME[/VERSION] [--name NAME] [--max-tie-samples SHARE]
     psn export --module FILE.py:FUNCTION --weights W --input-shape T,D1[,D2,...] --name NAME --out DIR
                [--labels a,b,c] [--max-tie-samples SHARE] [--readout spikes|mem]
     psn export --nir GRAPH.nir --dt DT --input-shape T,D1[,D2,...] --name NAME --out DIR [--labels a,b,c]
@@ -54,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class labels, comma-separated (default 0..C-1)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
     p.add_argument(
-        "--name", help="model name in the manifest (default for a checkpoint: the --out directory's name)"
+        "--name",
+        help="model name in the manifest (default for a checkpoint: the --out directory's name, or the one "
+        "above it for a numbered version folder: --out models/NAME/2 writes version 2 of NAME)",
     )
     p.add_argument(
         "--max-tie-samples",

@@ -27,6 +27,7 @@ from exporters.parity import MAX_TIE_SAMPLES, CheckReport
 from exporters.prepare import check_time_local, prepare
 from psn.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_checkpoint
 from psn.network import SeqClassifier
+from psn_runtime.layout import place_of
 from psn_runtime.manifest import (
     FULL_GRAPH,
     MANIFEST_FILE,
@@ -122,6 +123,7 @@ def export_module(
             try:
                 manifest = Manifest(
                     name=name,
+                    version=place_of(out_dir)[1] or "1",  # --out models/NAME/2: version 2
                     kind=kind,
                     neurons=kinds,
                     T=p.T,
@@ -241,7 +243,7 @@ def export_checkpoint(
     if isinstance(train_cmd, list):
         train_cmd = shlex.join(str(a) for a in train_cmd)
     meta = {
-        "name": name if name is not None else Path(out_dir).resolve().name,
+        "name": name if name is not None else place_of(Path(out_dir))[0],  # models/NAME or models/NAME/2
         "dataset": str(metrics["dataset"]),
         "test_accuracy": float(metrics["test_accuracy"]),
         "command": f"{train_cmd} && {export_command(ckpt_dir, out_dir, name)}",
