@@ -18,7 +18,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.33.0"  # the oldest Kubernetes the manifests target (sleep preStop: >= 1.30)
-KUSTOMIZATIONS = ["base", "overlays/gpu", "kserve"]
+KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/shared-models", "kserve"]
 
 
 def _docs(path: Path) -> list[dict]:
@@ -123,6 +123,28 @@ def test_deployment_matches_the_image_and_drains_streams() -> None:
     annotations = objects["Ingress"]["metadata"]["annotations"]
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+
+
+def test_shared_models_overlay_polls_a_read_only_volume() -> None:
+    """Models from a shared volume, followed while serving: poll mode, the claim mounted read-only where
+    PSN_MODELS_DIR points, the claim itself valid."""
+    (patch,) = _docs(DEPLOY / "overlays/shared-models/poll.yaml")
+    container = _container(patch)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PSN_MODEL_CONTROL"] == "poll" and float(env["PSN_POLL_INTERVAL_S"]) > 0
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == env["PSN_MODELS_DIR"] and mount["readOnly"] is True
+    (volume,) = patch["spec"]["template"]["spec"]["volumes"]
+    assert volume["name"] == mount["name"] and volume["persistentVolumeClaim"]["readOnly"] is True
+    claims = [
+        o for o in _resources(DEPLOY / "overlays/shared-models") if o["kind"] == "PersistentVolumeClaim"
+    ]
+    assert [c["metadata"]["name"] for c in claims] == [volume["persistentVolumeClaim"]["claimName"]]
+    for obj in claims:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    from server.settings import Settings  # every variable the patch sets is a setting
+
+    assert {f"PSN_{name.upper()}" for name in Settings.model_fields} >= set(env)
 
 
 def test_gpu_overlay_asks_for_a_gpu() -> None:
