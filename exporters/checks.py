@@ -21,6 +21,8 @@ from exporters.prepare import Prepared, run
 from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME, STEP_LOGITS_NAME, StateSpec
 
 BATCHES = (1, 3, 64)
+EXTRA_BATCH = 64  # drawn when a check sets aside more than its share: a deep network ties more often
+MAX_EXTRA = 4  # at most this many extra batches per sequence length (68 -> at most 324 samples)
 
 PROVIDERS_ENV = "PSN_PARITY_PROVIDERS"
 
@@ -137,8 +139,10 @@ def check_parity(
 
     ``lengths``: sequence lengths to try (default: T, and for variable-length models T // 2 as well).
     ``max_tie_samples``: the share of each check's samples (over its batches) that may be set aside for
-    threshold ties. The step loop is compared with the full graph on the samples the full graph's check
-    did not set aside (the reference margins are PyTorch's).
+    threshold ties; a check over that share at its planned batches draws up to ``MAX_EXTRA`` more
+    batches of ``EXTRA_BATCH`` and is decided on all its samples. The step loop is compared with the
+    full graph on each sample up to where the full graph's check set it aside (the reference margins
+    are PyTorch's).
     """
     forms = p.spiking  # the neuron layers whose spikes are compared, in network order
     layers = len(forms)
@@ -155,31 +159,39 @@ def check_parity(
     report = CheckReport(
         layer_names=[f.name for f in forms], layer_kinds=kinds, max_tie_samples=max_tie_samples
     )
+
+    def run(n: int, steps: int) -> None:
+        suffix = "" if steps == p.T else f"@T={steps}"
+        x = rng.standard_normal((n, steps, *p.input_shape)).astype(np.float32)
+        ref = torch_trace(module, p, x)
+        try:
+            logits, got = full_trace(full_sess, x, layers)
+        except Exception as exc:  # onnxruntime raises its own (pybind) types
+            raise ExportCheckFailed("full_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
+        vs_torch = compare("full_vs_torch" + suffix, ref, got, ref.margins, kinds)
+        report.results.append(vs_torch)
+        if not np.allclose(logits, got.step_logits.mean(1), rtol=RTOL, atol=ATOL):
+            raise ExportCheckFailed("full_vs_torch" + suffix, "logits != mean of step_logits")
+        if step_sess is not None:
+            try:
+                stepped = step_trace(step_sess, states, x, layers)
+            except Exception as exc:  # onnxruntime raises its own (pybind) types
+                raise ExportCheckFailed("step_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
+            aside = vs_torch.aside_from
+            report.results.append(compare("step_vs_full" + suffix, got, stepped, ref.margins, kinds, aside))
+
     was_training = module.training
     module.eval()
     try:
         for steps in lengths:
-            suffix = "" if steps == p.T else f"@T={steps}"
             for n in batches:
-                x = rng.standard_normal((n, steps, *p.input_shape)).astype(np.float32)
-                ref = torch_trace(module, p, x)
-                try:
-                    logits, got = full_trace(full_sess, x, layers)
-                except Exception as exc:  # onnxruntime raises its own (pybind) types
-                    raise ExportCheckFailed("full_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
-                vs_torch = compare("full_vs_torch" + suffix, ref, got, ref.margins, kinds)
-                report.results.append(vs_torch)
-                if not np.allclose(logits, got.step_logits.mean(1), rtol=RTOL, atol=ATOL):
-                    raise ExportCheckFailed("full_vs_torch" + suffix, "logits != mean of step_logits")
-                if step_sess is not None:
-                    try:
-                        stepped = step_trace(step_sess, states, x, layers)
-                    except Exception as exc:  # onnxruntime raises its own (pybind) types
-                        raise ExportCheckFailed("step_runs" + suffix, f"N={n}, T={steps}: {exc}") from exc
-                    aside = vs_torch.aside_from
-                    report.results.append(
-                        compare("step_vs_full" + suffix, got, stepped, ref.margins, kinds, aside)
-                    )
+                run(n, steps)
+            # more samples where ties exceed the share: the share of a deep network's samples that tie is
+            # small but noisy over 68; decided on all the samples drawn (a real difference fails in any)
+            for _ in range(MAX_EXTRA):
+                if not report.over_bound(steps):
+                    break
+                run(EXTRA_BATCH, steps)
     finally:
         module.train(was_training)
     report.check_bound()

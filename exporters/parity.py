@@ -176,11 +176,19 @@ class CheckReport:
             out.setdefault(r.check, []).append(r)
         return out
 
+    def _over(self, rs: list[Parity]) -> tuple[int, int, bool]:
+        total, aside = sum(r.batch for r in rs), sum(r.set_aside for r in rs)
+        return total, aside, aside > allowed_ties(total, self.max_tie_samples)
+
+    def over_bound(self, steps: int) -> bool:
+        """Whether a check at sequence length ``steps`` set aside more samples than its share so far."""
+        return any(self._over(rs)[2] for rs in self.groups().values() if rs[0].steps == steps)
+
     def check_bound(self) -> None:
         """Fail when a check set aside more samples than ``max_tie_samples`` allows."""
         for name, rs in self.groups().items():
-            total, aside = sum(r.batch for r in rs), sum(r.set_aside for r in rs)
-            if aside > allowed_ties(total, self.max_tie_samples):
+            total, aside, over = self._over(rs)
+            if over:
                 raise ExportCheckFailed(
                     name,
                     f"{aside} of {total} samples had a spike on the threshold (a tie), more than the "

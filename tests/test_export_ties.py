@@ -154,20 +154,27 @@ TIED = (0, 16, 32, 48)  # samples of the batch of 64 given a tie in layer 0: 4 o
 @pytest.fixture
 def inject_ties(monkeypatch: pytest.MonkeyPatch):
     """Make the full graph tie with PyTorch in layer 0 of the given samples of each batch of 64 (PyTorch's
-    margin 0, the graph spikes) and diverge completely after it (layer 1's spikes, logits)."""
+    margin 0, the graph spikes) and diverge completely after it (layer 1's spikes, logits); with
+    ``first_only``, in the first batch of 64 of each sequence length only."""
 
-    def install(samples: tuple[int, ...] = TIED) -> None:
+    def install(samples: tuple[int, ...] = TIED, first_only: bool = False) -> None:
         torch_trace, full_trace = checks.torch_trace, checks.full_trace
+        seen: dict[int, int] = {}  # batches of 64 per length, counted by the fake PyTorch trace
+
+        def tied(x) -> bool:
+            return x.shape[0] == 64 and (not first_only or seen[x.shape[1]] == 1)
 
         def fake_torch(module, p, x):
             ref = torch_trace(module, p, x)
             if x.shape[0] == 64:
+                seen[x.shape[1]] = seen.get(x.shape[1], 0) + 1
+            if tied(x):
                 ref.margins[0][list(samples), 0, 0] = 0.0
             return ref
 
         def fake_full(sess, x, layers):
             logits, got = full_trace(sess, x, layers)
-            if x.shape[0] == 64:
+            if tied(x):
                 s = list(samples)
                 got.spikes[0][s, 0, 0] = 1.0 - got.spikes[0][s, 0, 0]
                 got.spikes[1][s] = 1.0 - got.spikes[1][s]
@@ -215,13 +222,26 @@ def test_tie_only_differences_pass_and_are_reported(tmp_path: Path, inject_ties)
 
 
 def test_too_many_ties_are_refused_unless_allowed(tmp_path: Path, inject_ties) -> None:
-    inject_ties((0, 8, 16, 24, 32))  # 5 of 68
-    with pytest.raises(ExportCheckFailed, match=r"5 of 68 samples had a spike on the threshold"):
+    inject_ties((0, 8, 16, 24, 32))  # 5 of every 64: 5 of 68, then 4 more batches of 64 drawn: 25 of 324
+    with pytest.raises(ExportCheckFailed, match=r"25 of 324 samples had a spike on the threshold"):
         _export(tmp_path)
     assert not (tmp_path / "m").exists()
     _export(tmp_path, max_tie_samples=0.1)
     with pytest.raises(ExportError, match=r"max_tie_samples=1\.5"):
         _export(tmp_path, max_tie_samples=1.5)
+
+
+def test_more_samples_are_drawn_when_ties_exceed_the_share(tmp_path: Path, inject_ties) -> None:
+    """5 of the first 68 samples tie (over 1/16): one more batch of 64 is drawn at each length, and the
+    check passes on all 132 (5 ≤ 8); the report says so."""
+    inject_ties((0, 8, 16, 24, 32), first_only=True)
+    _, report = _export(tmp_path)
+    for name, rs in report.groups().items():
+        assert [r.batch for r in rs] == [1, 3, 64, 64], name
+        assert sum(r.set_aside for r in rs) == 5
+    assert "full_vs_torch: 132 samples (N=1,3,64,64, T=6), 5 set aside for threshold ties (at most 8)" in (
+        report.summary()
+    )
 
 
 def test_a_perturbed_weight_is_refused_even_with_ties(
@@ -273,7 +293,7 @@ def test_cli_flag_and_report(tmp_path: Path, inject_ties, capsys: pytest.Capture
     argv = ["--module", f"{net_py}:build", "--weights", str(tmp_path / "w.pt"), "--input-shape", "6,6",
             "--name", "m", "--out", str(tmp_path / "m")]  # fmt: skip
     assert export_cli.main(argv) == 2
-    assert "5 of 68 samples had a spike on the threshold" in capsys.readouterr().err
+    assert "25 of 324 samples had a spike on the threshold" in capsys.readouterr().err
     assert export_cli.main([*argv, "--max-tie-samples", "1/8"]) == 0
     out = capsys.readouterr().out
     assert "5 set aside for threshold ties (at most 8)" in out
