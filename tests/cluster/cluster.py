@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -195,6 +199,65 @@ class Cluster:
         left = [f"{self.net.ns}{i}" for i in range(self.replicas) if f"{self.net.ns}{i}" in names]
         left += [f"pid {p.pid}" for p in [*self.procs.values(), *self.old] if p.poll() is None]
         return left + ([str(self.tmp)] if self.tmp.exists() else [])
+
+
+@dataclass
+class Ran:
+    """What a scenario returned, the replicas' and nginx's logs, and what its cleanup checked."""
+
+    value: Any
+    logs: dict[str, str]
+    checks: dict[str, dict]  # cleaned_up and bounded_in_time
+
+
+def execute(
+    name: str,
+    net: Net,
+    replicas: int,
+    deadline_s: int,
+    scenario: Callable[[Cluster], Coroutine[Any, Any, Any]],
+) -> Ran | None:
+    """Run ``scenario(cluster)`` on a fresh cluster (namespaces set up, a temporary directory, a shared stream
+    secret), then remove everything; None (and why, on stderr) when this machine cannot run it. The
+    scenario's own exception propagates after the logs are printed."""
+    problem = preflight(name)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return None
+    started = time.monotonic()
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix=f"psn-{net.ns}-")), net, replicas, secrets.token_hex(32))
+    guard(cluster, deadline_s)  # a hung run is ended, and cleaned up, by the alarm
+    try:
+        cluster.setup_network()
+        value = asyncio.run(scenario(cluster))
+    except BaseException:
+        print_logs(cluster.logs())
+        raise
+    finally:
+        logs = cluster.logs()
+        cluster.cleanup()
+        signal.alarm(0)
+    left = cluster.leftovers()
+    total = time.monotonic() - started
+    checks = {
+        "cleaned_up": {"ok": not left, "left": left},
+        "bounded_in_time": {"ok": total < deadline_s - 20, "seconds": round(total, 1)},
+    }
+    return Ran(value, logs, checks)
+
+
+def report(title: str, checks: dict[str, dict], logs: dict[str, str]) -> int:
+    """Print one PASS/FAIL line per check and the tally (the replicas' and nginx's logs when one failed);
+    the exit status."""
+    for name, c in checks.items():
+        details = json.dumps({k: v for k, v in c.items() if k != "ok"}, default=str)[:400]
+        print(f"{'PASS' if c['ok'] else 'FAIL'} {name}: {details}")
+    passed = sum(c["ok"] for c in checks.values())
+    print(f"{title}: {passed} passed, {len(checks) - passed} failed")
+    if passed == len(checks):
+        return 0
+    print_logs(logs)
+    return 1
 
 
 def print_logs(logs: dict[str, str]) -> None:

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -40,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from psn_runtime import Runtime, RuntimeConfig
 from server.client import AsyncPSNClient, RetryPolicy
-from tests.cluster.cluster import REPO, Cluster, Net, guard, preflight, print_logs, upstream_replica
+from tests.cluster.cluster import REPO, Cluster, Net, execute, report, upstream_replica
 
 REPLICAS = 3
 NET = Net("psn-ct", "psnct", 200)  # namespaces psn-ct0..2, 10.200.0-2.0/30
@@ -315,33 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    problem = preflight("cluster-test")
-    if problem is not None:
-        print(problem, file=sys.stderr)
+
+    async def run_it(cluster: Cluster) -> tuple:
+        models = cluster.tmp / "models"
+        models.mkdir()
+        for name in (*STREAM_MODELS, CLASSIFY_MODEL):
+            (models / name).symlink_to(REPO / "models" / name)
+        return await scenario(cluster, models, args.streams, args.seed)
+
+    ran = execute("cluster-test", NET, REPLICAS, DEADLINE_S, run_it)
+    if ran is None:
         return 2
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="psn-cluster-"))
-    models = tmp / "models"
-    models.mkdir()
-    for name in (*STREAM_MODELS, CLASSIFY_MODEL):
-        (models / name).symlink_to(REPO / "models" / name)
-    cluster = Cluster(tmp, NET, REPLICAS, secrets.token_hex(32))
-    guard(cluster, DEADLINE_S)  # a hung run is ended, and cleaned up, by the alarm
-    try:
-        cluster.setup_network()
-        runs, classify, events, duration = asyncio.run(scenario(cluster, models, args.streams, args.seed))
-    except BaseException:
-        print_logs(cluster.logs())
-        raise
-    finally:
-        logs = cluster.logs()
-        cluster.cleanup()
-        signal.alarm(0)
-    checks = check(runs, classify, events)
-    left = cluster.leftovers()
-    checks["cleaned_up"] = {"ok": not left, "left": left}
-    total = time.monotonic() - started
-    checks["bounded_in_time"] = {"ok": total < 180, "seconds": round(total, 1)}
+    (runs, classify, events, duration), logs = ran.value, ran.logs
+    checks = {**check(runs, classify, events), **ran.checks}
     lat = np.array([s for r in runs for _, s in r.latencies]) * 1000
     around = np.array([s for r in runs for t, s in r.latencies if abs(t - events["sigkill_at"]) < 1.0]) * 1000
     summary = {
@@ -370,14 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster-test.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(runs, events, duration, args.out / "cluster-test.png")
-    for name, c in checks.items():
-        details = json.dumps({k: v for k, v in c.items() if k != "ok"})[:400]
-        print(f"{'PASS' if c['ok'] else 'FAIL'} {name}: {details}")
-    passed = sum(c["ok"] for c in checks.values())
-    print(f"cluster-test: {passed} passed, {len(checks) - passed} failed")
-    if not summary["passed"]:
-        print_logs(logs)
-    return 0 if summary["passed"] else 1
+    return report("cluster-test", checks, logs)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,8 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -46,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from psn_runtime import Runtime, RuntimeConfig
 from server.client import AsyncPSNClient, RetryPolicy
-from tests.cluster.cluster import REPO, Cluster, Net, guard, preflight, print_logs, run, upstream_replica
+from tests.cluster.cluster import REPO, Cluster, Net, execute, report, run, upstream_replica
 from tests.cluster.rollout_report import check, plot
 from tests.model_versions import derive_version
 
@@ -311,29 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    problem = preflight("cluster-test (rollout)")
-    if problem is not None:
-        print(problem, file=sys.stderr)
+    ran = execute(
+        "cluster-test (rollout)",
+        NET,
+        REPLICAS,
+        DEADLINE_S,
+        lambda cluster: scenario(cluster, cluster.tmp, args.before, args.after, args.seed),
+    )
+    if ran is None:
         return 2
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="psn-rollout-"))
-    cluster = Cluster(tmp, NET, REPLICAS, secrets.token_hex(32))
-    guard(cluster, DEADLINE_S)
-    try:
-        cluster.setup_network()
-        result = asyncio.run(scenario(cluster, tmp, args.before, args.after, args.seed))
-    except BaseException:
-        print_logs(cluster.logs())
-        raise
-    finally:
-        logs = cluster.logs()
-        cluster.cleanup()
-        signal.alarm(0)
-    checks = check(result, REPLICAS)
-    left = cluster.leftovers()
-    checks["cleaned_up"] = {"ok": not left, "left": left}
-    total = time.monotonic() - started
-    checks["bounded_in_time"] = {"ok": total < DEADLINE_S - 20, "seconds": round(total, 1)}
+    result, logs = ran.value, ran.logs
+    checks = {**check(result, REPLICAS), **ran.checks}
     before, after = result["before"], result["after"]
     summary = {
         "replicas": REPLICAS,
@@ -354,14 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster-test-rollout.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     plot(result, REPLICAS, args.out / "cluster-test-rollout.png")
-    for name, c in checks.items():
-        details = json.dumps({k: v for k, v in c.items() if k != "ok"}, default=str)[:400]
-        print(f"{'PASS' if c['ok'] else 'FAIL'} {name}: {details}")
-    passed = sum(c["ok"] for c in checks.values())
-    print(f"cluster-test (rollout): {passed} passed, {len(checks) - passed} failed")
-    if not summary["passed"]:
-        print_logs(logs)
-    return 0 if summary["passed"] else 1
+    return report("cluster-test (rollout)", checks, logs)
 
 
 if __name__ == "__main__":
