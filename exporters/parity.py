@@ -198,6 +198,7 @@ class CheckReport:
 
     def summary(self) -> str:
         lines = []
+        width = max([30, *(len(self._label(i)) for i in range(len(self.layer_names)))])
         for name, rs in self.groups().items():
             total = sum(r.batch for r in rs)
             aside = sum(r.set_aside for r in rs)
@@ -211,7 +212,7 @@ class CheckReport:
                 f"over the other {total - aside}"
             )
             lines.append(
-                f"  {'#':>3}  {'neuron layer':<30} {'spikes compared':>15} {'differ':>7} {'ties':>5} "
+                f"  {'#':>3}  {'neuron layer':<{width}} {'spikes compared':>15} {'differ':>7} {'ties':>5} "
                 f"{'set aside':>9} {'spike rate':>10}"
             )
             for i in range(len(rs[0].layers)):
@@ -220,7 +221,7 @@ class CheckReport:
                 spikes, differ = sum(x.spikes for x in ls), sum(x.differ for x in ls)
                 ties, aside_here = sum(x.ties for x in ls), sum(x.set_aside for x in ls)
                 lines.append(
-                    f"  {i:>3}  {self._label(i):<30} {spikes:>15} {differ:>7} {ties:>5} {aside_here:>9} "
+                    f"  {i:>3}  {self._label(i):<{width}} {spikes:>15} {differ:>7} {ties:>5} {aside_here:>9} "
                     f"{rate:>10.2f}"
                 )
         return "\n".join(lines)
