@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from psn_runtime.errors import UnknownModel
+from psn_runtime.errors import BadSnapshot, UnknownModel, VersionUnavailable
 from psn_runtime.layout import Fingerprint, VersionDir, version_key
 from psn_runtime.registry import LoadedModel
 from psn_runtime.results import ModelInfo, ModelStatus
+from psn_runtime.snapshot import SnapshotOrigin
 from psn_runtime.streams import ModelStreams
 
 EPOCH = [0]  # bumped by every change of a version's status, error or sessions and of the repository
@@ -171,6 +172,32 @@ class Repository:
 
     def entries(self) -> list[Version]:
         return [e for name in sorted(self.names) for e in self.versions(name)]
+
+    def describe(self, name: str) -> str:
+        """Every version of a model and its status, for a message: ``1 ready, 2 unloading``."""
+        return ", ".join(f"{e.version} {e.status}" for e in self.versions(name))
+
+    def resuming(self, made_by: SnapshotOrigin) -> Version:
+        """The READY version that resumes a snapshot made by ``made_by`` (see Runtime.snapshot_version)."""
+        for entry in self.versions(made_by.model):  # UnknownModel
+            if entry.status is not ModelStatus.READY:
+                continue
+            assert entry.streams is not None
+            same_graph = entry.streams.snapshot_spec.graph_sha256 == made_by.graph_sha256
+            if made_by.version is None and same_graph:
+                return entry
+            if entry.version == made_by.version:
+                if not same_graph:
+                    raise BadSnapshot(
+                        f"snapshot was made by other files of model {made_by.model!r} version "
+                        f"{made_by.version!r} (graph sha256 {made_by.graph_sha256[:12]}…) than this replica's"
+                    )
+                return entry
+        wanted = made_by.version if made_by.version is not None else f"sha256 {made_by.graph_sha256[:12]}…"
+        raise VersionUnavailable(
+            f"the snapshot's version of model {made_by.model!r} ({wanted}) is not ready here (versions: "
+            f"{self.describe(made_by.model)}); another replica may have it"
+        )
 
     def representative(self, name: str) -> Version:
         """The version a model's record describes: the one that answers, else the highest."""

@@ -13,12 +13,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import KeysView, Mapping
+from collections.abc import KeysView
 
 from psn_runtime.config import RuntimeConfig
 from psn_runtime.control import Control
 from psn_runtime.errors import (
-    BadSnapshot,
     InferenceError,
     ModelNotReady,
     Overloaded,
@@ -40,7 +39,7 @@ from psn_runtime.results import (
     softmax_fast,
 )
 from psn_runtime.snapshot import SnapshotOrigin, SnapshotSpec, StreamState
-from psn_runtime.streams import ModelStreams, Stream
+from psn_runtime.streams import Stream
 from psn_runtime.unrolled import classify_logits
 from psn_runtime.validate import ClassifyInput, StepInput, classify_input, longest_sequence, step_input
 
@@ -119,16 +118,13 @@ class Runtime:
         entry = self._repo.get(name, version)
         if entry is None:
             raise VersionUnavailable(
-                f"model {name!r} has no version {version!r} here (versions: {self._version_list(name)})"
+                f"model {name!r} has no version {version!r} here (versions: {self._repo.describe(name)})"
             )
         return entry.info()
 
     def versions(self, name: str) -> list[ModelInfo]:
         """Every version of a model, lowest first."""
         return [e.info() for e in self._repo.versions(name)]
-
-    def _version_list(self, name: str) -> str:
-        return ", ".join(f"{e.version} {e.status}" for e in self._repo.versions(name)) or "none"
 
     def _serving(self, name: str, version: str | None = None) -> Version:
         """The READY version that takes a new request (ModelNotReady, UnknownModel, VersionUnavailable)."""
@@ -147,7 +143,7 @@ class Runtime:
                 raise ModelNotReady(f"model {name!r}: the runtime is still loading its models")
             raise UnknownModel(name)
         if version is not None:
-            versions = self._version_list(name)
+            versions = self._repo.describe(name)
             if entry is None:
                 raise VersionUnavailable(
                     f"model {name!r} has no version {version!r} here (versions: {versions})"
@@ -161,7 +157,7 @@ class Runtime:
             raise ModelNotReady(f"model {name!r} is still loading")
         if head.status is ModelStatus.FAILED:
             raise ModelNotReady(f"model {name!r} failed to load: {head.error}")
-        raise ModelNotReady(f"model {name!r} is not loaded (versions: {self._version_list(name)})")
+        raise ModelNotReady(f"model {name!r} is not loaded (versions: {self._repo.describe(name)})")
 
     def serving(self, name: str, version: str | None = None) -> LoadedModel:
         """The loaded version that takes a new request now (None: the highest READY), without building a
@@ -170,16 +166,6 @@ class Runtime:
         entry = self._serving(name, version)
         assert entry.model is not None  # a READY version has its sessions
         return entry.model
-
-    @property
-    def _models(self) -> Mapping[str, LoadedModel]:
-        """name -> the loaded model that answers requests without a version (for benchmarks)."""
-        return {name: e.model for name, e in self._repo.default.items() if e.model is not None}
-
-    @property
-    def _model_streams(self) -> Mapping[str, ModelStreams]:
-        """name -> the streams of the version that takes new streams (for benchmarks and tests)."""
-        return {name: e.streams for name, e in self._repo.default.items() if e.streams is not None}
 
     # -- model control (psn_runtime.control) -------------------------------------------------------------
     async def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
@@ -332,27 +318,9 @@ class Runtime:
     def snapshot_version(self, made_by: SnapshotOrigin) -> str:
         """The version here that resumes a snapshot made by ``made_by``: the version it names (with the same
         graph), or for a snapshot without one, the version with its graph. VersionUnavailable when this
-        runtime has no such version READY (another replica may have it)."""
-        if made_by.model not in self._repo.names:
-            raise UnknownModel(made_by.model)
-        ready = [e for e in self._repo.versions(made_by.model) if e.status is ModelStatus.READY]
-        for entry in ready:
-            assert entry.streams is not None
-            same_graph = entry.streams.snapshot_spec.graph_sha256 == made_by.graph_sha256
-            if made_by.version is None and same_graph:
-                return entry.version
-            if entry.version == made_by.version:
-                if not same_graph:
-                    raise BadSnapshot(
-                        f"snapshot was made by other files of model {made_by.model!r} version "
-                        f"{made_by.version!r} (graph sha256 {made_by.graph_sha256[:12]}…) than this replica's"
-                    )
-                return entry.version
-        wanted = made_by.version if made_by.version is not None else f"sha256 {made_by.graph_sha256[:12]}…"
-        raise VersionUnavailable(
-            f"the snapshot's version of model {made_by.model!r} ({wanted}) is not ready here (versions: "
-            f"{self._version_list(made_by.model)}); another replica may have it"
-        )
+        runtime has no such version READY (another replica may have it); BadSnapshot when its version here
+        has other files."""
+        return self._repo.resuming(made_by).version
 
     async def move_stream(self, stream_id: str, version: str) -> None:
         """Put an open stream on another READY version of its model (its state starts over: restore one

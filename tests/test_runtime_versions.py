@@ -379,7 +379,7 @@ def test_an_unloaded_version_is_freed_by_reference_counting(tmp_path, versions):
         sid = await rt.open_stream(STREAM_KIND)
         await rt.step(sid, np.zeros(5, np.float32))  # the lone-step binding exists
         rt.close_stream(sid)
-        session = weakref.ref(rt._model_streams[STREAM_KIND].session)
+        session = weakref.ref(rt.serving(STREAM_KIND).step)  # the session the streams step with
         gc.collect()
         gc.freeze()
         try:
