@@ -201,6 +201,22 @@ class Cluster:
         return left + ([str(self.tmp)] if self.tmp.exists() else [])
 
 
+async def uninterrupted(
+    runtime: Any, model: str, inputs: Any, reset_every: int | None, version: str | None = None
+) -> list[tuple]:
+    """(t, label, probabilities) after each step of one stream run without interruption on ``runtime`` (a
+    psn_runtime.Runtime in this process), reset every ``reset_every`` steps: what a replica must answer."""
+    sid = await runtime.open_stream(model, version)
+    answers = []
+    for j, x in enumerate(inputs):
+        if reset_every and j and j % reset_every == 0:
+            runtime.reset_stream(sid)
+        r = await runtime.step(sid, x)
+        answers.append((r.t, r.label, r.probabilities))
+    runtime.close_stream(sid)
+    return answers
+
+
 @dataclass
 class Ran:
     """What a scenario returned, the replicas' and nginx's logs, and what its cleanup checked."""

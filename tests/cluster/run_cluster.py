@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from psn_runtime import Runtime, RuntimeConfig
 from server.client import AsyncPSNClient, RetryPolicy
-from tests.cluster.cluster import REPO, Cluster, Net, execute, report, upstream_replica
+from tests.cluster.cluster import REPO, Cluster, Net, execute, report, uninterrupted, upstream_replica
 
 REPLICAS = 3
 NET = Net("psn-ct", "psnct", 200)  # namespaces psn-ct0..2, 10.200.0-2.0/30
@@ -127,13 +127,7 @@ async def reference(models_dir: Path, runs: list[StreamRun], xs: np.ndarray) -> 
     try:
 
         async def one(run: StreamRun) -> None:
-            sid = await rt.open_stream(run.model)
-            for j, x in enumerate(run.inputs):
-                if run.reset_every and j and j % run.reset_every == 0:
-                    rt.reset_stream(sid)
-                r = await rt.step(sid, x)
-                run.expected.append((r.t, r.label, r.probabilities))
-            rt.close_stream(sid)
+            run.expected = await uninterrupted(rt, run.model, run.inputs, run.reset_every)
 
         await asyncio.gather(*(one(run) for run in runs))
         return [rt.classify(CLASSIFY_MODEL, x).labels[0] for x in xs]

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from psn_runtime import Runtime, RuntimeConfig
 from server.client import AsyncPSNClient, RetryPolicy
-from tests.cluster.cluster import REPO, Cluster, Net, execute, report, run, upstream_replica
+from tests.cluster.cluster import REPO, Cluster, Net, execute, report, run, uninterrupted, upstream_replica
 from tests.cluster.rollout_report import check, plot
 from tests.model_versions import derive_version
 
@@ -184,13 +184,9 @@ async def reference(models: Path, runs: list[StreamRun], xs: np.ndarray) -> dict
     try:
 
         async def one(run: StreamRun) -> None:
-            sid = await rt.open_stream(run.model, version="1" if run.phase == "before" else "2")
-            for j, x in enumerate(run.inputs[: len(run.answers)]):
-                if run.reset_every and j and j % run.reset_every == 0:
-                    rt.reset_stream(sid)
-                r = await rt.step(sid, x)
-                run.expected.append((r.t, r.label, r.probabilities))
-            rt.close_stream(sid)
+            version = "1" if run.phase == "before" else "2"
+            inputs = run.inputs[: len(run.answers)]  # the steps it took
+            run.expected = await uninterrupted(rt, run.model, inputs, run.reset_every, version)
 
         await asyncio.gather(*(one(run) for run in runs))
         return {v: [rt.classify(CLASSIFY_MODEL, x, version=v) for x in xs] for v in ("1", "2")}
