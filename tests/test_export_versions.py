@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from exporters import export_model
 from psn_runtime import ModelStatus
 from psn_runtime.layout import place_of
@@ -17,6 +19,7 @@ def test_place_of_reads_name_and_version(tmp_path):
     assert place_of(tmp_path / "models" / "lif" / "02") == ("02", None)  # not a version number
 
 
+@pytest.mark.slow
 def test_export_into_a_numbered_folder_writes_that_version(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(exported_models() / "sliding_psn", models / "sliding_psn" / "1")

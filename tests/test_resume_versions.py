@@ -98,6 +98,7 @@ def test_models_dir_layout_is_what_the_fixture_says(replicas: dict[str, TestClie
     assert versions == {"old": ["1"], "both": ["1", "2"], "new": ["2"]}
 
 
+@pytest.mark.slow
 def test_the_resumable_client_follows_the_snapshot_version(tmp_path: Path) -> None:
     """A real server restarted under a resumable stream: with versions 1 and 2 the stream resumes on its
     version 1 (``stream.version``, answers equal to an uninterrupted run); with version 2 only, the client

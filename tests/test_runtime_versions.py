@@ -309,6 +309,7 @@ def test_snapshots_resume_on_the_version_that_made_them(tmp_path, versions):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_changes_under_a_stream_and_classify_load(tmp_path, versions):
     """Versions come and go (poll, explicit load and unload) while streams step and classify calls run:
     no error, and every answer is the one of the version that gave it."""
