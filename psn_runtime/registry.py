@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from psn_runtime.config import RuntimeConfig
-from psn_runtime.errors import ModelLoadError
+from psn_runtime.errors import InferenceError, ModelLoadError
 from psn_runtime.manifest import (
     FULL_GRAPH,
     INPUT_NAME,
@@ -23,9 +23,13 @@ from psn_runtime.manifest import (
     Manifest,
 )
 from psn_runtime.providers import make_session, preload_cuda_once, resolve_providers
-from psn_runtime.results import ModelInfo, ModelStatus
+from psn_runtime.results import ClassifyResult, ModelInfo, ModelStatus, softmax_fast
+from psn_runtime.unrolled import classify_logits
+from psn_runtime.validate import ClassifyInput
 
 log = logging.getLogger(__name__)
+
+_LOGITS_ONLY = [LOGITS_NAME]
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 _NP_TYPES = {"float32": np.float32, "int64": np.int64}
@@ -54,6 +58,20 @@ class LoadedModel:
             None,
             list(self.warnings),
         )
+
+    def classify(self, x: ClassifyInput, version: str) -> ClassifyResult:
+        """One prediction per sequence of ``x`` (checked for this model) from the full graph; a sequence
+        longer than it holds runs the step graph, as a stream would (InferenceError when ORT fails)."""
+        try:
+            if x.unrolled:
+                logits = classify_logits(self.step, self.manifest, x.array)  # [B, C]
+            else:
+                (logits,) = self.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
+        except Exception as e:
+            raise InferenceError(f"model {self.name!r}: onnxruntime failed: {e}") from e
+        best = logits.argmax(axis=1)  # [B]
+        labels = self.manifest.labels
+        return ClassifyResult(logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()], version)
 
 
 def read_manifest(directory: Path) -> Manifest:

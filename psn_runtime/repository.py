@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from psn_runtime.errors import BadSnapshot, UnknownModel, VersionUnavailable
+from psn_runtime.errors import BadSnapshot, ModelNotReady, UnknownModel, VersionUnavailable
 from psn_runtime.layout import Fingerprint, VersionDir, version_key
 from psn_runtime.registry import LoadedModel
 from psn_runtime.results import ModelInfo, ModelStatus
@@ -197,6 +197,52 @@ class Repository:
         raise VersionUnavailable(
             f"the snapshot's version of model {made_by.model!r} ({wanted}) is not ready here (versions: "
             f"{self.describe(made_by.model)}); another replica may have it"
+        )
+
+    def serving(self, name: str, version: str | None, loading: bool) -> Version:
+        """The READY version of ``name`` that takes a new request: ``version``, or (None) the highest READY
+        one. Else why not: UnknownModel (ModelNotReady while the first load is still ``loading``),
+        VersionUnavailable for a named version, ModelNotReady for a model with no READY version."""
+        if version is None:
+            entry = self.default.get(name)
+            if entry is not None:
+                return entry
+        else:
+            entry = self.get(name, version)
+            if entry is not None and entry.status is ModelStatus.READY:
+                return entry
+        if name not in self.names:
+            if loading:
+                raise ModelNotReady(f"model {name!r}: the runtime is still loading its models")
+            raise UnknownModel(name)
+        if version is not None:
+            if entry is None:
+                raise self._missing(name, version)
+            raise VersionUnavailable(
+                f"model {name!r} version {version!r} is {entry.status}: it takes no new work here (versions: "
+                f"{self.describe(name)})"
+            )
+        head = self.representative(name)
+        if head.status is ModelStatus.LOADING:
+            raise ModelNotReady(f"model {name!r} is still loading")
+        if head.status is ModelStatus.FAILED:
+            raise ModelNotReady(f"model {name!r} failed to load: {head.error}")
+        raise ModelNotReady(f"model {name!r} is not loaded (versions: {self.describe(name)})")
+
+    def record(self, name: str, version: str | None) -> ModelInfo:
+        """A model's record (``version`` None), or one version's (VersionUnavailable when there is none)."""
+        if name not in self.names:
+            raise UnknownModel(name)
+        if version is None:
+            return self.info(name)
+        entry = self.get(name, version)
+        if entry is None:
+            raise self._missing(name, version)
+        return entry.info()
+
+    def _missing(self, name: str, version: str) -> VersionUnavailable:
+        return VersionUnavailable(
+            f"model {name!r} has no version {version!r} here (versions: {self.describe(name)})"
         )
 
     def representative(self, name: str) -> Version:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -11,6 +12,8 @@ from typing import Protocol
 import numpy as np
 
 from psn_runtime.manifest import Manifest
+
+log = logging.getLogger("psn_runtime.runtime")  # the observer's failures are logged as the runtime's
 
 
 class ModelStatus(StrEnum):
@@ -69,6 +72,17 @@ class RuntimeObserver(Protocol):
 
     def on_poll(self, loaded: list[ModelInfo]) -> None:
         """A scan of the models dir is done (model control poll); ``loaded``: the versions it loaded."""
+
+
+def notify(observer: RuntimeObserver | None, hook: str, *args: object) -> None:
+    """Call ``observer``'s ``hook`` with ``args`` when it has that hook; an exception it raises is logged."""
+    call = getattr(observer, hook, None)
+    if call is None:
+        return
+    try:
+        call(*args)
+    except Exception:
+        log.exception("observer hook %s failed", hook)
 
 
 _max = np.maximum.reduce

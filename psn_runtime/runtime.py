@@ -18,16 +18,13 @@ from collections.abc import KeysView
 from psn_runtime.config import RuntimeConfig
 from psn_runtime.control import Control
 from psn_runtime.errors import (
-    InferenceError,
-    ModelNotReady,
     Overloaded,
     RuntimeClosed,
     StreamLimit,
-    UnknownModel,
     UnknownStream,
     VersionUnavailable,
 )
-from psn_runtime.manifest import INPUT_NAME, LOGITS_NAME
+from psn_runtime.manifest import LOGITS_NAME
 from psn_runtime.registry import LoadedModel
 from psn_runtime.repository import IndexEntry, Repository, Version
 from psn_runtime.results import (
@@ -36,11 +33,10 @@ from psn_runtime.results import (
     ModelStatus,
     RuntimeObserver,
     StepResult,
-    softmax_fast,
+    notify,
 )
 from psn_runtime.snapshot import SnapshotOrigin, SnapshotSpec, StreamState
 from psn_runtime.streams import Stream
-from psn_runtime.unrolled import classify_logits
 from psn_runtime.validate import ClassifyInput, StepInput, classify_input, longest_sequence, step_input
 
 log = logging.getLogger(__name__)
@@ -111,16 +107,7 @@ class Runtime:
 
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         """A model's record, or one version's (VersionUnavailable when this runtime has no such version)."""
-        if name not in self._repo.names:
-            raise UnknownModel(name)
-        if version is None:
-            return self._repo.info(name)
-        entry = self._repo.get(name, version)
-        if entry is None:
-            raise VersionUnavailable(
-                f"model {name!r} has no version {version!r} here (versions: {self._repo.describe(name)})"
-            )
-        return entry.info()
+        return self._repo.record(name, version)
 
     def versions(self, name: str) -> list[ModelInfo]:
         """Every version of a model, lowest first."""
@@ -128,36 +115,8 @@ class Runtime:
 
     def _serving(self, name: str, version: str | None = None) -> Version:
         """The READY version that takes a new request (ModelNotReady, UnknownModel, VersionUnavailable)."""
-        if self._closed:
-            raise RuntimeClosed("the runtime is closed")
-        if version is None:
-            entry = self._repo.default.get(name)
-            if entry is not None:
-                return entry
-        else:
-            entry = self._repo.get(name, version)
-            if entry is not None and entry.status is ModelStatus.READY:
-                return entry
-        if name not in self._repo.names:
-            if not self._loaded:
-                raise ModelNotReady(f"model {name!r}: the runtime is still loading its models")
-            raise UnknownModel(name)
-        if version is not None:
-            versions = self._repo.describe(name)
-            if entry is None:
-                raise VersionUnavailable(
-                    f"model {name!r} has no version {version!r} here (versions: {versions})"
-                )
-            raise VersionUnavailable(
-                f"model {name!r} version {version!r} is {entry.status}: it takes no new work here (versions: "
-                f"{versions})"
-            )
-        head = self._repo.representative(name)
-        if head.status is ModelStatus.LOADING:
-            raise ModelNotReady(f"model {name!r} is still loading")
-        if head.status is ModelStatus.FAILED:
-            raise ModelNotReady(f"model {name!r} failed to load: {head.error}")
-        raise ModelNotReady(f"model {name!r} is not loaded (versions: {self._repo.describe(name)})")
+        self._check_open()
+        return self._repo.serving(name, version, loading=not self._loaded)
 
     def serving(self, name: str, version: str | None = None) -> LoadedModel:
         """The loaded version that takes a new request now (None: the highest READY), without building a
@@ -215,18 +174,7 @@ class Runtime:
         model = entry.model
         if model is None:  # unloaded since it was chosen (only a synchronous caller can see this)
             raise VersionUnavailable(f"model {entry.name!r} version {entry.version!r} was unloaded")
-        try:
-            if x.unrolled:  # longer than the full graph holds: the step graph, as a stream would run it
-                logits = classify_logits(model.step, model.manifest, x.array)  # [B, C]
-            else:
-                (logits,) = model.full.run(_LOGITS_ONLY, {INPUT_NAME: x.array})  # [B, C]
-        except Exception as e:
-            raise InferenceError(f"model {entry.name!r}: onnxruntime failed: {e}") from e
-        best = logits.argmax(axis=1)  # [B]
-        labels = model.manifest.labels
-        return ClassifyResult(
-            logits, softmax_fast(logits), best, [labels[i] for i in best.tolist()], entry.version
-        )
+        return model.classify(x, entry.version)
 
     async def classify_async(
         self, name: str, x: object, version: str | None = None, admitted: str | None = None
@@ -438,11 +386,5 @@ class Runtime:
         """Tell the observer a version's status changed."""
         self._observe("on_model_status", entry.info())
 
-    def _observe(self, hook: str, *args) -> None:
-        call = getattr(self._observer, hook, None)
-        if call is None:
-            return
-        try:
-            call(*args)
-        except Exception:
-            log.exception("observer hook %s failed", hook)
+    def _observe(self, hook: str, *args: object) -> None:
+        notify(self._observer, hook, *args)
