@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from websockets.asyncio.client import connect as async_connect
@@ -50,6 +50,7 @@ from server.client_core import (
     Sleep,
     Step,
     advance,
+    forwarded,
     frame,
     run_blocking,
     to_step,
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 
 def _answer(response: httpx.Response, started: float) -> HTTPAnswer:
@@ -127,18 +129,15 @@ class AsyncDriver:
 
     async def run(self, flow: Flow[T]) -> T:
         """As :func:`~server.client_core.run_blocking`, awaiting each effect."""
-        value: Any = None
-        error: Exception | None = None
         with contextlib.closing(flow):
-            while True:
-                done, out = advance(flow, value, error)
-                if done:
-                    return out
-                value, error = None, None
+            done, out = advance(flow)
+            while not done:
                 try:
-                    value = await self._do(out)
+                    outcome = await self._do(out), None
                 except Exception as exc:  # the flow decides what it means (a drop, an error answer)
-                    error = exc
+                    outcome = None, exc
+                done, out = advance(flow, *outcome)
+            return out
 
     async def _do(self, effect: Effect) -> Any:
         if isinstance(effect, HTTPCall):
@@ -172,32 +171,14 @@ class AsyncDriver:
 class _StreamState:
     """What both kinds of stream show: the hello, the connection in use, what resuming did."""
 
+    hello = forwarded("_machine.hello", "The server's first message on the stream (model, version...).")
+    version = forwarded("_machine.version", "The model version it is on: the hello's, or the snapshot's.")
+    connection = forwarded("_machine.ws", "The WebSocket connection in use now (a new one after a resume).")
+    reconnects = forwarded("_machine.reconnects", "Connections lost and resumed (0 unless resumable=True).")
+    replayed = forwarded("_machine.replayed", "Frames sent again after reconnects (since the last snapshot).")
+
     def __init__(self, machine: StreamMachine, binary: bool) -> None:
         self._machine, self.binary = machine, binary
-
-    @property
-    def hello(self) -> dict[str, Any]:
-        return self._machine.hello
-
-    @property
-    def version(self) -> str | None:
-        """The model version the stream is on: the hello's, or the snapshot's after a resume."""
-        return self._machine.version
-
-    @property
-    def connection(self) -> Any:
-        """The WebSocket connection in use now (a new one after each resume)."""
-        return self._machine.ws
-
-    @property
-    def reconnects(self) -> int:
-        """Connections lost and resumed (0 unless resumable=True)."""
-        return self._machine.reconnects
-
-    @property
-    def replayed(self) -> int:
-        """Frames sent again after reconnects (those since the last snapshot)."""
-        return self._machine.replayed
 
 
 class Stream(_StreamState):
@@ -238,11 +219,15 @@ ResumableStream = Stream  # resumable=True: the same class (a dropped step is sl
 AsyncResumableStream = AsyncStream
 
 
-class PSNClient:
-    """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient).
+class _Client(Generic[H]):
+    """What both clients hold: the sans-IO core, an httpx client (``http``, else one of their own that
+    ``close`` closes) and the driver that runs the core's flows over it.
 
     ``binary_threshold``: classify sends inputs of more than this many bytes (as float32) as a V2 binary
     tensor (default :data:`BINARY_THRESHOLD`; None = always JSON, 0 = always binary)."""
+
+    _http_class: Callable[..., H]
+    _driver_class: Callable[[H], Any]
 
     def __init__(
         self,
@@ -250,15 +235,22 @@ class PSNClient:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
-        http: httpx.Client | None = None,
+        http: H | None = None,
         binary_threshold: int | None = BINARY_THRESHOLD,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._core = ClientCore(self.base_url, api_key=api_key, binary_threshold=binary_threshold)
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http: H = http or self._http_class(base_url=self.base_url, timeout=timeout)
         self._owns_http = http is None
-        self._driver = SyncDriver(self._http)
+        self._driver = self._driver_class(self._http)
+
+
+class PSNClient(_Client[httpx.Client]):
+    """Synchronous client. ``http`` may be any ``httpx.Client`` (e.g. a FastAPI TestClient)."""
+
+    _http_class = httpx.Client
+    _driver_class = SyncDriver
 
     def __enter__(self) -> PSNClient:
         return self
@@ -334,24 +326,12 @@ class PSNClient:
             stream.close()
 
 
-class AsyncPSNClient:
-    """Asynchronous client with the methods of :class:`PSNClient` as coroutines."""
+class AsyncPSNClient(_Client[httpx.AsyncClient]):
+    """Asynchronous client with the methods of :class:`PSNClient` as coroutines (``http``: any
+    ``httpx.AsyncClient``)."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        http: httpx.AsyncClient | None = None,
-        binary_threshold: int | None = BINARY_THRESHOLD,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
-        self._core = ClientCore(self.base_url, api_key=api_key, binary_threshold=binary_threshold)
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
-        self._owns_http = http is None
-        self._driver = AsyncDriver(self._http)
+    _http_class = httpx.AsyncClient
+    _driver_class = AsyncDriver
 
     async def __aenter__(self) -> AsyncPSNClient:
         return self

@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -135,9 +136,9 @@ Effect = HTTPCall | Connect | Send | Recv | Close | Sleep
 Flow = Generator[Effect, Any, T_]
 
 
-def advance(flow: Flow[T_], value: Any, error: Exception | None) -> tuple[bool, Any]:
+def advance(flow: Flow[T_], value: Any = None, error: Exception | None = None) -> tuple[bool, Any]:
     """Resume ``flow`` with the last effect's result (or its exception): (True, the flow's answer) when it
-    is done, else (False, the next effect)."""
+    is done, else (False, the next effect). Start it with no result."""
     try:
         return False, (flow.throw(error) if error is not None else flow.send(value))
     except StopIteration as done:
@@ -147,18 +148,19 @@ def advance(flow: Flow[T_], value: Any, error: Exception | None) -> tuple[bool, 
 def run_blocking(flow: Flow[T_], do: Callable[[Effect], Any]) -> T_:
     """Run ``flow`` to its answer, ``do(effect)`` performing each effect (blocking); an exception ``do``
     raises is thrown into the flow, which decides what it means (a drop, an error answer)."""
-    value: Any = None
-    error: Exception | None = None
     with closing(flow):
-        while True:
-            done, out = advance(flow, value, error)
-            if done:
-                return out
-            value, error = None, None
-            try:
-                value = do(out)
-            except Exception as exc:
-                error = exc
+        done, out = advance(flow)
+        while not done:
+            done, out = advance(flow, *outcome(do, out))
+        return out
+
+
+def outcome(do: Callable[[Effect], Any], effect: Effect) -> tuple[Any, Exception | None]:
+    """What performing ``effect`` gave: (its result, None), or (None, the exception it raised)."""
+    try:
+        return do(effect), None
+    except Exception as exc:
+        return None, exc
 
 
 # -- HTTP answers ------------------------------------------------------------------------------------------
@@ -252,6 +254,11 @@ def to_step(doc: dict[str, Any]) -> Step:
     return Step(
         doc["t"], doc["ready"], doc["label"], doc["probabilities"], doc.get("done", False), doc.get("logits")
     )
+
+
+def forwarded(path: str, doc: str) -> property:
+    """A read-only property whose value is its object's attribute ``path`` (dotted: ``log.replayed``)."""
+    return property(attrgetter(path), doc=doc)
 
 
 class PlainStream:

@@ -34,6 +34,7 @@ from server.client_core import (
     Send,
     Sleep,
     closed_as_error,
+    forwarded,
     parse_message,
 )
 
@@ -131,13 +132,8 @@ class ResumableStream:
         """The model version the stream is on: the snapshot's after a resume, else the hello's."""
         return self.resumed_on or self.hello.get("version")
 
-    @property
-    def reconnects(self) -> int:
-        return self.log.reconnects
-
-    @property
-    def replayed(self) -> int:
-        return self.log.replayed
+    reconnects = forwarded("log.reconnects", "Connections lost and resumed.")
+    replayed = forwarded("log.replayed", "Frames sent again after reconnects (since the last snapshot).")
 
     def open(self) -> Flow[None]:
         with closed_as_error():  # connection refused, 5xx: retried as any drop; the rest is a PSNError

@@ -37,97 +37,86 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        self.requests = Counter(
-            "psn_http_requests", "HTTP requests by route template, model and status",
-            ["method", "route", "model", "status"], registry=reg,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "psn_http_request_duration_seconds", "server-side HTTP request latency",
-            ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self.grpc_requests = Counter(
+        count, gauge, histogram = self._counter, self._gauge, self._histogram
+        http, grpc, version = ("method", "route", "model"), ("method", "model"), ("model", "version")
+        self.requests = count(
+            "psn_http_requests", "HTTP requests by route template, model and status", *http, "status"
+        )
+        self.latency = histogram(
+            "psn_http_request_duration_seconds", "server-side HTTP request latency", LATENCY_BUCKETS, *http
+        )
+        self.grpc_requests = count(
             "psn_grpc_requests",
             "gRPC calls (a ModelStreamInfer message counts as one) by method, model and status code",
-            ["method", "model", "code"],
-            registry=reg,
+            *grpc,
+            "code",
         )
-        self.grpc_latency = Histogram(
+        self.grpc_latency = histogram(
             "psn_grpc_request_duration_seconds",
             "server-side gRPC latency (of a ModelStreamInfer message: until its answer is queued)",
-            ["method", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+            LATENCY_BUCKETS,
+            *grpc,
         )
-        self.streams_open = Gauge(
-            "psn_streams_open",
-            "open streams, by model and the version they are on",
-            ["model", "version"],
-            registry=reg,
-            multiprocess_mode="livesum",
+        self.streams_open = gauge(
+            "psn_streams_open", "open streams, by model and the version they are on", "livesum", *version
         )
-        self.worker_streams = Gauge(
-            "psn_worker_streams_open", "open streams of this worker process (a pid label with --workers N)",
-            registry=reg, multiprocess_mode="liveall",
-        )  # fmt: skip
-        self.streams_closed = Counter(
+        self.worker_streams = gauge(
+            "psn_worker_streams_open",
+            "open streams of this worker process (a pid label with --workers N)",
+            "liveall",
+        )
+        self.streams_closed = count(
             "psn_streams_closed",
             "closed streams by version and reason (moved: resumed on another version)",
-            ["model", "version", "reason"],
-            registry=reg,
+            *version,
+            "reason",
         )
-        self.steps = Counter("psn_stream_steps", "stream steps answered", ["model", "version"], registry=reg)
-        self.step_batch = Histogram(
-            "psn_step_batch_size",
-            "steps run in one ONNX Runtime call",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-            registry=reg,
+        self.steps = count("psn_stream_steps", "stream steps answered", *version)
+        self.step_batch = histogram(
+            "psn_step_batch_size", "steps run in one ONNX Runtime call", BATCH_BUCKETS, *version
         )
-        self.step_batch_seconds = Histogram(
-            "psn_step_batch_duration_seconds",
-            "time of one batched step call",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+        self.step_batch_seconds = histogram(
+            "psn_step_batch_duration_seconds", "time of one batched step call", LATENCY_BUCKETS, *version
         )
-        self.sequences = Counter(
+        self.sequences = count(
             "psn_classified_sequences",
             "sequences classified (v1 classify and v2 infer), by the model version that answered",
-            ["model", "version"],
-            registry=reg,
+            *version,
         )
-        self.errors = Counter(
-            "psn_errors", "errors answered, by kind and transport", ["kind", "transport"], registry=reg
+        self.errors = count("psn_errors", "errors answered, by kind and transport", "kind", "transport")
+        self.pool_in_use = gauge(
+            "psn_stream_pool_in_use",
+            "stream state slots held (open streams + steps in flight)",
+            "livesum",
+            "model",
         )
-        self.pool_in_use = Gauge(
-            "psn_stream_pool_in_use", "stream state slots held (open streams + steps in flight)", ["model"],
-            registry=reg, multiprocess_mode="livesum",
-        )  # fmt: skip
-        self.pool_capacity = Gauge(
-            "psn_stream_pool_capacity", "stream state slots allocated", ["model"], registry=reg,
-            multiprocess_mode="livesum",
-        )  # fmt: skip
-        self.step_queue = Gauge(
-            "psn_step_queue",
-            "steps queued for the batcher",
-            ["model"],
-            registry=reg,
-            multiprocess_mode="livesum",
+        self.pool_capacity = gauge(
+            "psn_stream_pool_capacity", "stream state slots allocated", "livesum", "model"
         )
-        self.model_ready = Gauge(
+        self.step_queue = gauge("psn_step_queue", "steps queued for the batcher", "livesum", "model")
+        self.model_ready = gauge(
             "psn_model_ready",
             "1 if the model version is READY, by execution provider",
-            ["model", "version", "provider"],
-            registry=reg,
-            multiprocess_mode="livemin",
+            "livemin",
+            *version,
+            "provider",
         )
         self._ready_provider: dict[tuple[str, str], str] = {}  # the provider label a version was READY on
-        self.polls = Counter(
-            "psn_model_polls", "scans of the models dir done (model control poll)", registry=reg
-        )
+        self.polls = count("psn_model_polls", "scans of the models dir done (model control poll)")
 
         self._children: dict[tuple, Any] = {}  # labelled children, resolved once (labels() costs us per call)
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, mode: str, *labels: str) -> Gauge:
+        """``mode``: how the workers' values combine (``multiprocess_mode``: livesum, liveall, livemin)."""
+        return Gauge(name, documentation, labels, registry=self.registry, multiprocess_mode=mode)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached (the label values are bounded: served names, routes)."""

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -131,41 +133,46 @@ async def index() -> Response:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
+def _docs_page(render: Callable[..., HTMLResponse], fixed: dict[str, Any], **urls: str) -> Callable:
+    """An endpoint answering ``render(**fixed, **urls)``, each of ``urls`` (a path on this server) behind
+    the request's root path (a proxy prefix)."""
+
+    async def endpoint(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return render(**fixed, **{key: f"{root}{path}" for key, path in urls.items()})
+
+    return endpoint
+
+
 def _docs_router(title: str, openapi_url: str) -> APIRouter:
     docs = APIRouter()
     oauth2_redirect = f"{DOCS_URL}/oauth2-redirect"
-    favicon = FAVICON_URL
-
-    @docs.get(DOCS_URL, include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        """The API docs (Swagger UI, served offline)."""
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{oauth2_redirect}",
-            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{favicon}",
-            swagger_ui_parameters={"validatorUrl": None},  # the default badge would call an outside host
-        )
+    swagger_ui = _docs_page(
+        get_swagger_ui_html,
+        # the default validator badge would call an outside host
+        {"title": f"{title} - Swagger UI", "swagger_ui_parameters": {"validatorUrl": None}},
+        openapi_url=openapi_url,
+        oauth2_redirect_url=oauth2_redirect,
+        swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=FAVICON_URL,
+    )
+    redoc = _docs_page(
+        get_redoc_html,
+        {"title": f"{title} - ReDoc", "with_google_fonts": False},
+        openapi_url=openapi_url,
+        redoc_js_url=f"{DOCS_ASSETS_URL}/{REDOC_JS}",
+        redoc_favicon_url=FAVICON_URL,
+    )
+    add_page = functools.partial(docs.add_api_route, methods=["GET"], include_in_schema=False)
+    add_page(DOCS_URL, swagger_ui, name="swagger_ui", summary="The API docs (Swagger UI, served offline).")
 
     @docs.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         """Swagger UI's OAuth2 redirect page."""
         return get_swagger_ui_oauth2_redirect_html()
 
-    @docs.get(REDOC_URL, include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        """The API docs (ReDoc, served offline)."""
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/{REDOC_JS}",
-            redoc_favicon_url=f"{root}{favicon}",
-            with_google_fonts=False,
-        )
+    add_page(REDOC_URL, redoc, name="redoc", summary="The API docs (ReDoc, served offline).")
 
     @docs.get(f"{DOCS_ASSETS_URL}/{REDOC_JS}", include_in_schema=False)
     async def redoc_js() -> Response:

@@ -15,6 +15,7 @@ Load and unload need ``--model-control explicit`` (400 otherwise); the index ans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -85,12 +86,28 @@ def _answer(name: str, infos: list[ModelInfo]) -> Response:
     return JSONBytesResponse({"name": name, "versions": versions})
 
 
-@router.post(
+ERRORS = (400, 401, 413, 415, 422, 503)  # V2 error bodies every repository route may answer
+
+
+def _post(path: str, summary: str, body: type[BaseModel], answer: Any, *more_errors: int) -> Callable:
+    """A repository route: POST ``path`` with the optional JSON ``body``, answering ``answer`` or a V2 error
+    (``ERRORS`` and ``more_errors``)."""
+    responses = {**ok(answer), **errors(*sorted({*ERRORS, *more_errors}), v2=True)}
+    return router.post(
+        path, summary=summary, response_model=None, responses=responses, openapi_extra=request_body(body)
+    )
+
+
+def _control(action: str, summary: str) -> Callable:
+    """``POST /v2/repository/models/{name}/<action>``: a ControlRequest, a ControlResponse (404: no model)."""
+    return _post(f"/repository/models/{{name}}/{action}", summary, ControlRequest, ControlResponse, 404)
+
+
+@_post(
     "/repository/index",
-    summary="every model version known or on the models dir, with its state and reason",
-    response_model=None,
-    responses={**ok(list[IndexItem]), **errors(400, 401, 413, 415, 422, 503, v2=True)},
-    openapi_extra=request_body(IndexRequest),
+    "every model version known or on the models dir, with its state and reason",
+    IndexRequest,
+    list[IndexItem],
 )
 async def index(request: Request, plane: Plane) -> Response:
     doc = await _body(request, IndexRequest)
@@ -100,13 +117,7 @@ async def index(request: Request, plane: Plane) -> Response:
     )
 
 
-@router.post(
-    "/repository/models/{name}/load",
-    summary="load or reload a model from the models dir (--model-control explicit)",
-    response_model=None,
-    responses={**ok(ControlResponse), **errors(400, 401, 404, 413, 415, 422, 503, v2=True)},
-    openapi_extra=request_body(ControlRequest),
-)
+@_control("load", "load or reload a model from the models dir (--model-control explicit)")
 async def load(name: str, request: Request, plane: Plane) -> Response:
     doc = await _body(request, ControlRequest)
     if doc.parameters:
@@ -118,13 +129,7 @@ async def load(name: str, request: Request, plane: Plane) -> Response:
     return _answer(name, await plane.load_model(name))
 
 
-@router.post(
-    "/repository/models/{name}/unload",
-    summary="unload every version of a model once its streams end (--model-control explicit)",
-    response_model=None,
-    responses={**ok(ControlResponse), **errors(400, 401, 404, 413, 415, 422, 503, v2=True)},
-    openapi_extra=request_body(ControlRequest),
-)
+@_control("unload", "unload every version of a model once its streams end (--model-control explicit)")
 async def unload(name: str, request: Request, plane: Plane) -> Response:
     doc = await _body(request, ControlRequest)
     unknown = sorted(set(doc.parameters) - {"unload_dependents"})
