@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pydantic
@@ -166,35 +167,12 @@ def export_module(
     return manifest
 
 
-def export_model(
-    model: SeqClassifier,
-    out_dir: Path | str,
-    *,
-    name: str,
-    dataset: str,
-    test_accuracy: float,
-    command: str,
-    check: bool = True,
-    report: CheckReport | None = None,
-    max_tie_samples: float = MAX_TIE_SAMPLES,
-) -> Manifest:
+def export_model(model: SeqClassifier, out_dir: Path | str, **options: Any) -> Manifest:
     """Export a ``SeqClassifier`` (what ``psn train`` builds): ``export_module`` with its T, features and
-    labels."""
+    labels; ``options`` are export_module's others (``name`` and ``dataset``, ``test_accuracy``,
+    ``command``, ``check``, ``report``, ``max_tie_samples``)."""
     cfg = model.cfg
-    return export_module(
-        model,
-        out_dir,
-        input_shape=(cfg.features,),
-        T=cfg.T,
-        name=name,
-        labels=cfg.labels,
-        dataset=dataset,
-        test_accuracy=test_accuracy,
-        command=command,
-        check=check,
-        report=report,
-        max_tie_samples=max_tie_samples,
-    )
+    return export_module(model, out_dir, input_shape=(cfg.features,), T=cfg.T, labels=cfg.labels, **options)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import nn
@@ -312,21 +313,15 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
             "a snnTorch neuron: export the network with exporters.sources.snntorch.from_snntorch "
             "(psn export --module does)",
         )
-    if isinstance(m, P.MaskedPSN):
-        _masked_lambda_one(name, m, float(m.lam))
-        return MatrixForm(name, m.weight, m.bias, m.k)
-    if isinstance(m, P.PSN):
-        return MatrixForm(name, m.weight, m.bias, None)
-    if isinstance(m, P.SlidingPSN):
-        return SlidingForm(name, m.weight, m.bias, t_max)
+    psn = _psn_form(name, m, t_max, P, "lam")
+    if psn is not None:
+        return psn
     if isinstance(m, P.LIF):
         return lif_form(name, NeuronKind.LIF, m.tau, True, m.v_threshold, 0.0, m.reset)
     sj = _sj()
     if sj is None:
         return None
     neuron, base = sj
-    if isinstance(m, neuron.PSN):
-        return MatrixForm(name, m.weight, m.bias, None)
     lifs = (neuron.LIFNode, neuron.IFNode, neuron.ParametricLIFNode)
     stepping = (neuron.MaskedPSN, neuron.SlidingPSN, *lifs)
     if isinstance(m, stepping) and getattr(m, "step_mode", "m") != "m":
@@ -336,11 +331,9 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
             f"step_mode={m.step_mode!r}; the network must be multi-step ('m'): build it with "
             "step_mode='m' or call spikingjelly.activation_based.functional.set_step_mode(net, 'm')",
         )
-    if isinstance(m, neuron.MaskedPSN):
-        _masked_lambda_one(name, m, float(m.lambda_))
-        return MatrixForm(name, m.weight, m.bias, m.k)
-    if isinstance(m, neuron.SlidingPSN):
-        return SlidingForm(name, m.weight, m.bias, t_max)
+    psn = _psn_form(name, m, t_max, neuron, "lambda_")
+    if psn is not None:
+        return psn
     if type(m) in lifs:
         if not getattr(m.surrogate_function, "spiking", True):
             raise _refuse(name, m, "its surrogate function is not spiking (spiking=False)")
@@ -361,6 +354,20 @@ def form_of(name: str, m: nn.Module, t_max: int) -> Form | None:
             "not a supported neuron (supported: PSN, MaskedPSN at λ = 1, SlidingPSN, LIFNode, "
             "ParametricLIFNode, IFNode; this project's psn.neurons PSN, MaskedPSN, SlidingPSN, LIF)",
         )
+    return None
+
+
+def _psn_form(name: str, m: nn.Module, t_max: int, family: Any, lam: str) -> Form | None:
+    """The form of a PSN, masked PSN (λ in attribute ``lam``) or sliding PSN of ``family`` (psn.neurons or
+    SpikingJelly's neuron module: their parameters have the same names and shapes); None for another
+    module."""
+    if isinstance(m, family.MaskedPSN):  # before PSN: psn.neurons' MaskedPSN is one
+        _masked_lambda_one(name, m, float(getattr(m, lam)))
+        return MatrixForm(name, m.weight, m.bias, m.k)
+    if isinstance(m, family.PSN):
+        return MatrixForm(name, m.weight, m.bias, None)
+    if isinstance(m, family.SlidingPSN):
+        return SlidingForm(name, m.weight, m.bias, t_max)
     return None
 
 

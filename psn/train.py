@@ -132,17 +132,11 @@ def _train(args: argparse.Namespace, command: str) -> int:
         labels=data.labels,
     )
     model = SeqClassifier(cfg)
-    train_cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
+    train_cfg = TrainConfig.from_flags(
+        args,
         optimizer=OptimizerName(args.optimizer),
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        stream_loss=args.stream_loss,
         warmup_epochs=args.warmup,
         eval_every=args.eval_every,
-        progress=not args.quiet,
     )
     parameters = count_parameters(model)
     if not args.quiet:

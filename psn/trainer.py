@@ -52,6 +52,21 @@ class TrainConfig:
     eval_every: int = 0  # report test accuracy every this many epochs (0: only at the end)
     progress: bool = True
 
+    @classmethod
+    def from_flags(cls, args: Any, **more: Any) -> TrainConfig:
+        """The flags ``psn train`` and ``psn train-zoo`` share (--epochs, --lr, --batch-size,
+        --weight-decay, --seed, --stream-loss, --quiet: parsed ``args``), and ``more`` fields."""
+        return cls(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            stream_loss=args.stream_loss,
+            progress=not args.quiet,
+            **more,
+        )
+
 
 @dataclass
 class TrainResult:

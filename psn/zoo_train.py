@@ -110,15 +110,7 @@ def _train(args: argparse.Namespace, command: str) -> int:
             f"{PROG}: {args.net} {parameters:,} parameters, {len(y_train)} training images, T={model.T}",
             file=sys.stderr,
         )
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        stream_loss=args.stream_loss,
-        progress=not args.quiet,
-    )
+    cfg = TrainConfig.from_flags(args)
 
     def translate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_translate(x, args.translate, generator)  # [B, 1, 28, 28]
