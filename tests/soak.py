@@ -74,7 +74,7 @@ async def classify_load(server: ServerProcess, cfg: SoakConfig, tally: Tally, de
     period = 1.0 / cfg.classify_rate
     tasks: set[asyncio.Task] = set()
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    async with httpx.AsyncClient(base_url=server.base, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as client:
 
         async def one(m: Manifest, batch: int, due: float) -> None:
             x = np.random.default_rng(rng.randrange(1 << 30)).standard_normal((batch, m.T, m.features))
@@ -164,7 +164,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def sampler(server: ServerProcess, tally: Tally, deadline: float) -> None:
-    async with httpx.AsyncClient(base_url=server.base, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         while time.monotonic() < deadline + 2:
             try:
                 text = (await client.get("/metrics")).text

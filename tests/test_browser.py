@@ -64,23 +64,28 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(scope="module")
-def frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Two sMNIST models and a model whose step is a whole [1, 28, 28] image (tests/frames_model.py)."""
-    root = tmp_path_factory.mktemp("frames-models")
+@contextlib.contextmanager
+def smnist_and(root: Path, add: Callable[[Path], object]) -> Iterator[str]:
+    """A server of two sMNIST models copied into ``root`` and the models ``add(root)`` writes there."""
     for name in ("smnist-psn", "smnist-sliding-psn"):
         shutil.copytree(MODELS / name, root / name, ignore=shutil.ignore_patterns("checkpoint"))
-    write_frames_model(root, MODELS / "smnist-psn" / "examples.json")
+    add(root)
     with psn_serve(root / "server.log", models=root) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Two sMNIST models, an event-frame model without examples and a model that fails to load."""
-    root = tmp_path_factory.mktemp("mixed-models")
-    for name in ("smnist-psn", "smnist-sliding-psn"):
-        shutil.copytree(MODELS / name, root / name, ignore=shutil.ignore_patterns("checkpoint"))
+def frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two sMNIST models and a model whose step is a whole [1, 28, 28] image (tests/frames_model.py)."""
+    examples = MODELS / "smnist-psn" / "examples.json"
+    with smnist_and(
+        tmp_path_factory.mktemp("frames-models"), lambda root: write_frames_model(root, examples)
+    ) as base:
+        yield base
+
+
+def events_and_broken(root: Path) -> None:
+    """An event-frame model without examples, and a copy of it whose graph is not ONNX (it fails to load)."""
     w = np.random.default_rng(0).normal(size=(2 * 16 * 16, 3)).astype(np.float32)
     write_sum_model(
         root / EVENTS,
@@ -95,7 +100,12 @@ def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     manifest = json.loads((root / BROKEN / "manifest.json").read_text())
     (root / BROKEN / "manifest.json").write_text(json.dumps({**manifest, "name": BROKEN}))
     (root / BROKEN / "full.onnx").write_bytes(b"not an onnx graph")
-    with psn_serve(root / "server.log", models=root) as base:
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two sMNIST models, an event-frame model without examples and a model that fails to load."""
+    with smnist_and(tmp_path_factory.mktemp("mixed-models"), events_and_broken) as base:
         yield base
 
 

@@ -79,7 +79,7 @@ def run_churn(server: ServerProcess, n: int) -> dict:
               "rss_after_mb": round(after, 1), "closed_total": closed, **tally}  # fmt: skip
     print("churn", report)
     assert after - before < RSS_BUDGET_MB, report
-    assert httpx.get(f"{server.base}/healthz").status_code == 200
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
     return report
 
 
@@ -161,7 +161,7 @@ def test_classify_flood_sheds_load_with_429(limits: ServerProcess) -> None:
         latencies: list[float] = []
         tally: dict = {}
         stop = time.monotonic() + 1.5
-        async with httpx.AsyncClient(base_url=limits.base, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=limits.base_url, timeout=30) as client:
 
             async def worker() -> None:
                 while time.monotonic() < stop:
@@ -215,7 +215,7 @@ def test_a_client_that_stops_reading_loses_its_stream(limits: ServerProcess) -> 
     assert stuck.flood(0x2, np.zeros(m.features, "<f4").tobytes()) > 100
     assert wait_until(lambda: limits.gauge("psn_streams_open") == 0, 60), limits.gauge("psn_streams_open")
     assert limits.gauge("psn_stream_pool_in_use", model=m.name) == 0
-    assert httpx.get(f"{limits.base}/healthz").status_code == 200
+    assert httpx.get(f"{limits.base_url}/healthz").status_code == 200
     stuck.drop()
 
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 IMAGE_TEST = ROOT / "docker" / "image-test.sh"
+GPU_CHECK = ROOT / "docker" / "gpu-check.sh"
 VARIANTS = {  # the execution providers each variant's server asks for, in order
     "gpu": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -370,26 +371,14 @@ def test_dockerfile_passes_hadolint() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_image_test_script_parses_and_passes_shellcheck() -> None:
-    done = subprocess.run(["bash", "-n", str(IMAGE_TEST)], capture_output=True, text=True, timeout=30)
+@pytest.mark.parametrize("script", [IMAGE_TEST, GPU_CHECK], ids=lambda p: p.name)
+def test_shell_script_parses_and_passes_shellcheck(script: Path) -> None:
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     shellcheck = _tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed")
-    done = subprocess.run([shellcheck, str(IMAGE_TEST)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-GPU_CHECK = ROOT / "docker" / "gpu-check.sh"
-
-
-def test_gpu_check_script_passes_shellcheck() -> None:
-    done = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    shellcheck = _tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed")
-    done = subprocess.run([shellcheck, str(GPU_CHECK)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

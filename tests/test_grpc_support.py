@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-import uvicorn
+from test_server_support import in_thread
 from tritonclient.utils import InferenceServerException
 
 from server.app import build_app
 from server.cli import server_class
-from server.listen import bind_http
 from server.settings import Settings
 from server.state import AppState, app_state
 
@@ -51,27 +48,11 @@ class Live:
 def live(settings: Settings) -> Iterator[Live]:
     """``settings`` served on free loopback ports (HTTP and, with grpc_port=0, gRPC) by the server class
     of ``psn serve`` in a thread; leaving it shuts the server down (drain included)."""
-    sock = bind_http("127.0.0.1", 0, workers=1)
     app = build_app(settings)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws_max_size=settings.max_ws_message_bytes
-    )
-    server = server_class()(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    state = app_state(app)
-    grpc_port = state.grpc.port if state.grpc is not None else 0
-    try:
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", f"127.0.0.1:{grpc_port}", state, server)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with in_thread(app, settings, server_class()) as (base, server):
+        state = app_state(app)
+        grpc_port = state.grpc.port if state.grpc is not None else 0
+        yield Live(base, f"127.0.0.1:{grpc_port}", state, server)
 
 
 def params_of(result: Any) -> dict[str, Any]:

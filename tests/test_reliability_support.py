@@ -7,15 +7,14 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from test_server_support import served
@@ -24,43 +23,24 @@ from server import launcher
 
 
 class ServerProcess:
-    """A ``psn serve`` started by server/launcher.py, with what the reliability suites read from it."""
+    """A ``psn serve`` started by server/launcher.py: the launcher's ``Server`` (``process``, ``port``,
+    ``pid``, ``log``, ``base_url``, ``stop(sig, timeout)``...) with what the reliability suites read from
+    it."""
 
     def __init__(self, server: launcher.Server) -> None:
         self.server = server
 
-    @property
-    def proc(self) -> subprocess.Popen:
-        return self.server.process
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def log(self) -> Path:
-        return self.server.log
-
-    @property
-    def base(self) -> str:
-        return self.server.base_url
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
 
     def ws_url(self, model: str, query: str = "") -> str:
         return self.server.ws_url(f"/v1/models/{model}/stream" + (f"?{query}" if query else ""))
 
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
     def rss_mb(self) -> float:
-        return rss_mb(self.pid)
+        return rss_mb(self.server.pid)
 
     def gauge(self, name: str, **labels: str) -> float:
-        return metric(self.base, name, **labels)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Signal the server and wait for it to exit; killed if it does not. Returns its exit status."""
-        return self.server.stop(sig, timeout)
+        return metric(self.server.base_url, name, **labels)
 
 
 @contextmanager

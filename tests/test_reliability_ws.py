@@ -129,9 +129,14 @@ def error_event(ws: RawWebSocket, code: str, param: str | None = "<any>") -> dic
     return error
 
 
+def step_frame(m: Manifest, value: float) -> bytes:
+    """One timestep of model ``m``, every feature ``value``: a binary frame's payload."""
+    return np.full(m.features, value, dtype="<f4").tobytes()
+
+
 def still_works(ws: RawWebSocket, m: Manifest, t: int = 0) -> None:
     """After an error event, the same socket and stream keep stepping where they were."""
-    ws.send_binary(np.full(m.features, 0.25, dtype="<f4").tobytes())
+    ws.send_binary(step_frame(m, 0.25))
     assert answer(ws)["t"] == t
 
 
@@ -184,10 +189,10 @@ def after_masked_T(server: ServerProcess) -> None:
     m = served().manifest(MASKED)
     ws = open_raw(server, MASKED)
     for t in range(m.T):
-        ws.send_binary(np.full(m.features, 0.1, dtype="<f4").tobytes())
+        ws.send_binary(step_frame(m, 0.1))
         assert answer(ws)["done"] is (t == m.T - 1)
     for _ in range(3):
-        ws.send_binary(np.full(m.features, 0.1, dtype="<f4").tobytes())
+        ws.send_binary(step_frame(m, 0.1))
         assert str(m.T) in error_event(ws, "stream_over")["message"]
     ws.send_text('{"reset": true}')
     assert answer(ws) == {"reset": True, "t": -1}
@@ -199,9 +204,9 @@ def after_psn_T(server: ServerProcess) -> None:
     m = served().manifest(PSN)
     ws = open_raw(server, PSN)
     for t in range(m.T):
-        ws.send_binary(np.full(m.features, 0.1, dtype="<f4").tobytes())
+        ws.send_binary(step_frame(m, 0.1))
         assert answer(ws)["ready"] is (t == m.T - 1)
-    ws.send_binary(np.full(m.features, 0.1, dtype="<f4").tobytes())
+    ws.send_binary(step_frame(m, 0.1))
     error_event(ws, "stream_over")
     ws.close()
 
@@ -222,7 +227,7 @@ def flood(server: ServerProcess) -> None:
     """500 steps sent without reading: all answered, in order (the server reads one message at a time)."""
     m = served().manifest(SLIDING)
     ws = open_raw(server)
-    row = np.full(m.features, 0.3, dtype="<f4").tobytes()
+    row = step_frame(m, 0.3)
     sender = threading.Thread(target=lambda: [ws.send_binary(row) for _ in range(500)])
     sender.start()
     ts = [answer(ws)["t"] for _ in range(500)]
@@ -235,30 +240,28 @@ def never_reads(server: ServerProcess) -> None:
     """A client that sends and never reads: the server blocks on that one socket only; then it vanishes."""
     m = served().manifest(SLIDING)
     ws = open_raw(server, rcvbuf=4096, timeout=1.0)
-    row = np.full(m.features, 0.3, dtype="<f4").tobytes()
+    row = step_frame(m, 0.3)
     assert ws.flood(0x2, row) > 100  # until the server stopped reading this socket
-    assert httpx.get(f"{server.base}/healthz", timeout=5).status_code == 200  # everyone else is served
+    assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200  # everyone else is served
     ws.drop()
 
 
-def close_mid_batch(server: ServerProcess) -> None:
-    m = served().manifest(SLIDING)
-    ws = open_raw(server)
-    row = np.full(m.features, 0.3, dtype="<f4").tobytes()
-    for _ in range(50):
-        ws.send_binary(row)
-    ws.send_frame(0x8, struct.pack("!H", 1000) + b"bye")
-    time.sleep(0.05)
-    ws.close()
+def leave_mid_batch(close_frame: bool) -> Abuse:
+    """50 steps sent without reading, then a close frame (``close_frame``) or a dropped TCP connection."""
 
+    def abuse(server: ServerProcess) -> None:
+        ws = open_raw(server)
+        row = step_frame(served().manifest(SLIDING), 0.3)
+        for _ in range(50):
+            ws.send_binary(row)
+        if not close_frame:
+            ws.drop()
+            return
+        ws.send_frame(0x8, struct.pack("!H", 1000) + b"bye")
+        time.sleep(0.05)
+        ws.close()
 
-def drop_mid_batch(server: ServerProcess) -> None:
-    m = served().manifest(SLIDING)
-    ws = open_raw(server)
-    row = np.full(m.features, 0.3, dtype="<f4").tobytes()
-    for _ in range(50):
-        ws.send_binary(row)
-    ws.drop()
+    return abuse
 
 
 def unknown_model(server: ServerProcess) -> None:
@@ -281,7 +284,7 @@ def fragmented_flood_of_pings(server: ServerProcess) -> None:
     ws = open_raw(server)
     for _ in range(200):
         ws.send_frame(0x9, b"p")
-    still = np.full(m.features, 0.25, dtype="<f4").tobytes()
+    still = step_frame(m, 0.25)
     ws.send_binary(still)
     while True:
         opcode, payload = ws.recv_frame()
@@ -338,8 +341,8 @@ ABUSES: dict[str, Abuse] = {
     "reset spam": reset_spam,
     "flood without reading": flood,
     "client that never reads": never_reads,
-    "close in the middle of a batch": close_mid_batch,
-    "drop (no close frame) mid-batch": drop_mid_batch,
+    "close in the middle of a batch": leave_mid_batch(close_frame=True),
+    "drop (no close frame) mid-batch": leave_mid_batch(close_frame=False),
     "unknown model and path characters": unknown_model,
     "bad query flag": bad_query,
     "ping flood": fragmented_flood_of_pings,
@@ -352,7 +355,7 @@ def test_abuse_is_answered_and_never_disturbs_another_stream(
     name: str, server: ServerProcess, victim: Victim
 ) -> None:
     ABUSES[name](server)
-    assert httpx.get(f"{server.base}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
 
 
 def test_abusive_streams_are_all_released(server: ServerProcess) -> None:

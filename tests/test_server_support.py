@@ -82,31 +82,49 @@ def sequence(manifest: Manifest, batch: int | None = None, seed: int = 0) -> np.
 
 
 @contextmanager
-def live_server(app_settings: Settings) -> Iterator[str]:
-    """A real uvicorn server (in a thread, on a loopback port it holds from the start) for clients that need
-    a socket."""
+def in_thread(
+    app: Any, app_settings: Settings, server_class: type = uvicorn.Server
+) -> Iterator[tuple[str, Any]]:
+    """``app`` served by a real ``server_class`` (uvicorn's; ``psn serve``'s drains on the way out) in a
+    thread, on a loopback port it holds from the start: (``http://127.0.0.1:PORT``, the server)."""
     sock = bind_http("127.0.0.1", 0, workers=1)
-    port = sock.getsockname()[1]
     config = uvicorn.Config(
-        build_app(app_settings),
-        log_level="warning",
-        lifespan="on",
-        ws_max_size=app_settings.max_ws_message_bytes,
+        app, log_level="warning", lifespan="on", ws_max_size=app_settings.max_ws_message_bytes
     )
-    server = uvicorn.Server(config)
+    server = server_class(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
-        thread.join(15)
+        thread.join(30)
         sock.close()
+
+
+@contextmanager
+def live_server(app_settings: Settings) -> Iterator[str]:
+    """A real uvicorn server (in a thread) for clients that need a socket: its base URL."""
+    with in_thread(build_app(app_settings), app_settings) as (base, _):
+        yield base
+
+
+@contextmanager
+def triton_client(app_settings: Settings) -> Iterator[Any]:
+    """``tritonclient.http``'s client, unmodified, of a live server of ``app_settings``."""
+    import tritonclient.http as httpclient
+
+    with live_server(app_settings) as base:
+        client = httpclient.InferenceServerClient(base.removeprefix("http://"))
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 @contextmanager

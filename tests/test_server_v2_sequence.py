@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_server_support import live_server, sequence, served, settings
+from test_server_support import sequence, served, settings, triton_client
 
 from psn_runtime.manifest import NeuronKind
 from server.app import build_app
@@ -22,16 +22,9 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with live_server(settings()) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def triton(url: str) -> Iterator:
-    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-    yield client
-    client.close()
+def triton() -> Iterator:
+    with triton_client(settings()) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

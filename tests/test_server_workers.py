@@ -49,12 +49,16 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the CLI makes its PROMETHEUS_MULTIPROC_DIR
     with server_process(tmp_path, "--workers", "2") as server:
-        assert wait_until(lambda: len(_worker_pids(server.base)) == 2, timeout=60), _worker_pids(server.base)
-        workers = _worker_pids(server.base)
-        assert str(server.proc.pid) not in workers  # the supervisor serves nothing itself
+        assert wait_until(lambda: len(_worker_pids(server.base_url)) == 2, timeout=60), _worker_pids(
+            server.base_url
+        )
+        workers = _worker_pids(server.base_url)
+        assert str(server.process.pid) not in workers  # the supervisor serves nothing itself
         assert len(list(tmp.glob("psn-metrics-*"))) == 1
         # both workers load the models and answer: keep asking on fresh connections until each has
-        assert wait_until(lambda: set(_answering_pids(server.base, 16)) == workers, timeout=60, period=0.2)
+        assert wait_until(
+            lambda: set(_answering_pids(server.base_url, 16)) == workers, timeout=60, period=0.2
+        )
 
         m = served().manifest(NeuronKind.SLIDING_PSN)
         x = sequence(m)[0].astype("<f4").tobytes()
@@ -74,17 +78,17 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
                 assert answer["t"] == t and answer["label"] in m.labels, answer
 
         # /metrics from any worker: the sum over both (and one series per worker pid)
-        assert metric(server.base, "psn_streams_open", model=m.name) == len(streams)
-        assert metric(server.base, "psn_stream_steps_total", model=m.name) == 2 * len(streams)
+        assert metric(server.base_url, "psn_streams_open", model=m.name) == len(streams)
+        assert metric(server.base_url, "psn_stream_steps_total", model=m.name) == 2 * len(streams)
         for pid, count in where.items():
-            assert metric(server.base, "psn_worker_streams_open", pid=pid) == count
+            assert metric(server.base_url, "psn_worker_streams_open", pid=pid) == count
 
-        server.proc.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         for ws in streams:
             code, reason, _ = ws.recv_until_close()
             assert (code, reason) == (1001, "server shutting down")
             ws.close()
-        code = server.proc.wait(GRACE_S + 20)
+        code = server.process.wait(GRACE_S + 20)
         log = server.log.read_text()
     assert code == 0, log
     for pid in workers:  # every worker drained its own streams with 1001 and is gone
@@ -100,9 +104,11 @@ def test_two_workers_answer_stream_sum_metrics_and_drain_with_1001(tmp_path: Pat
 @pytest.mark.timeout(120)
 def test_a_worker_killed_is_replaced_and_its_open_streams_stop_counting(tmp_path: Path) -> None:
     with server_process(tmp_path, "--workers", "2") as server:
-        assert wait_until(lambda: len(_worker_pids(server.base)) == 2, timeout=60)
-        workers = _worker_pids(server.base)
-        assert wait_until(lambda: set(_answering_pids(server.base, 16)) == workers, timeout=60, period=0.2)
+        assert wait_until(lambda: len(_worker_pids(server.base_url)) == 2, timeout=60)
+        workers = _worker_pids(server.base_url)
+        assert wait_until(
+            lambda: set(_answering_pids(server.base_url, 16)) == workers, timeout=60, period=0.2
+        )
         m = served().manifest(NeuronKind.SLIDING_PSN)
         streams: dict[str, list[RawWebSocket]] = {}
         while len(streams) < 2:
@@ -110,13 +116,13 @@ def test_a_worker_killed_is_replaced_and_its_open_streams_stop_counting(tmp_path
             ws.recv_frame()
             streams.setdefault(ws.headers["x-psn-worker"], []).append(ws)
         victim, survivor = sorted(streams)
-        assert metric(server.base, "psn_streams_open", model=m.name) == sum(map(len, streams.values()))
+        assert metric(server.base_url, "psn_streams_open", model=m.name) == sum(map(len, streams.values()))
 
         os.kill(int(victim), signal.SIGKILL)
         # the supervisor forgets the dead worker's live gauges and starts another in its place
-        assert wait_until(lambda: victim not in _worker_pids(server.base), timeout=30)
-        assert wait_until(lambda: len(_worker_pids(server.base) - workers) == 1, timeout=60)
-        assert metric(server.base, "psn_streams_open", model=m.name) == len(streams[survivor])
+        assert wait_until(lambda: victim not in _worker_pids(server.base_url), timeout=30)
+        assert wait_until(lambda: len(_worker_pids(server.base_url) - workers) == 1, timeout=60)
+        assert metric(server.base_url, "psn_streams_open", model=m.name) == len(streams[survivor])
         for ws in streams[survivor]:  # the other worker's streams never noticed
             ws.send_binary(sequence(m)[0].astype("<f4").tobytes())
             assert json.loads(ws.recv_frame()[1])["t"] == 0

@@ -65,7 +65,7 @@ def test_sigterm_finishes_requests_in_flight_and_closes_streams_1001(tmp_path: P
         streams[-1].send_binary(sequence(m)[0].astype("<f4").tobytes())
         assert json.loads(streams[-1].recv_frame()[1])["t"] == 0
 
-        server.proc.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         # every stream is closed with 1001 while the classify request is still unanswered (not after it)
         for ws in streams:
             code, reason, _ = ws.recv_until_close()
@@ -80,7 +80,7 @@ def test_sigterm_finishes_requests_in_flight_and_closes_streams_1001(tmp_path: P
         assert status == 200, answer
         assert len(answer["predictions"]) == 4
 
-        code = server.proc.wait(GRACE_S + 60)  # a bound on a hang, not a timing: the log says why below
+        code = server.process.wait(GRACE_S + 60)  # a bound on a hang, not a timing: the log says why below
         log = server.log.read_text()
     assert code in (0, -signal.SIGTERM), log
     assert "timeout graceful shutdown exceeded" not in log, log[-3000:]  # everything ended within GRACE_S
@@ -109,7 +109,7 @@ def test_sigterm_under_classify_load_never_answers_5xx(tmp_path: Path) -> None:
                     warmed.set()
 
         def hammer() -> None:
-            with httpx.Client(base_url=server.base, timeout=30) as client:
+            with httpx.Client(base_url=server.base_url, timeout=30) as client:
                 while True:
                     try:
                         response = client.post(f"/v1/models/{m.name}/classify", json=body)
@@ -131,8 +131,8 @@ def test_sigterm_under_classify_load_never_answers_5xx(tmp_path: Path) -> None:
             thread.start()
         assert warmed.wait(120), outcomes  # the load is on: answers are coming back
         signalled.set()
-        server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(GRACE_S + 60)  # a bound on a hang
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(GRACE_S + 60)  # a bound on a hang
         for thread in threads:
             thread.join(60)
         alive = [t for t in threads if t.is_alive()]

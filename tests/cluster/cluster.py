@@ -68,6 +68,16 @@ def upstream_replica(net: Net, headers: httpx.Headers | dict) -> int:
     return net.replica_of(value.split(",")[-1])
 
 
+def replica_at(connections: list[tuple[float, int]], at: float) -> int:
+    """The replica a stream was connected to at time ``at``, from its ``(seconds since start, replica)``
+    connections in order (-1 before it opened)."""
+    replica = -1
+    for t, r in connections:
+        if t <= at:
+            replica = r
+    return replica
+
+
 class Cluster:
     """The namespaces, replicas and nginx of one scenario."""
 

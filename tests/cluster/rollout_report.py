@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tests.cluster.cluster import replica_at
+
 if TYPE_CHECKING:
     from tests.cluster.run_rollout import StreamRun
 
@@ -104,18 +106,15 @@ def plot(result: dict, replicas: int, path: Path) -> None:
     grid = np.arange(0.0, end, 0.1)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
 
-    def on(run: StreamRun, at: float) -> int:
-        replica = -1
-        for t, r in run.connections:
-            if t <= at:
-                replica = r
-        return replica
-
     for replica in range(replicas):
         for phase, style in (("before", "-"), ("after", "--")):
             counts = [
                 sum(
-                    1 for r in runs if r.phase == phase and r.opened <= t < r.finished and on(r, t) == replica
+                    1
+                    for r in runs
+                    if r.phase == phase
+                    and r.opened <= t < r.finished
+                    and replica_at(r.connections, t) == replica
                 )
                 for t in grid
             ]

@@ -38,7 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from psn_runtime import Runtime, RuntimeConfig
 from server.client import AsyncPSNClient, RetryPolicy
-from tests.cluster.cluster import REPO, Cluster, Net, execute, report, uninterrupted, upstream_replica
+from tests.cluster.cluster import (
+    REPO,
+    Cluster,
+    Net,
+    execute,
+    replica_at,
+    report,
+    uninterrupted,
+    upstream_replica,
+)
 
 REPLICAS = 3
 NET = Net("psn-ct", "psnct", 200)  # namespaces psn-ct0..2, 10.200.0-2.0/30
@@ -136,15 +145,6 @@ async def reference(models_dir: Path, runs: list[StreamRun], xs: np.ndarray) -> 
 
 
 # -- checks, summary, plot --------------------------------------------------------------------------------
-def _on(run: StreamRun, at: float) -> int:
-    """The replica a stream was connected to at time ``at`` (-1 before it opened)."""
-    replica = -1
-    for t, r in run.connections:
-        if t <= at:
-            replica = r
-    return replica
-
-
 def check(runs: list[StreamRun], classify: list[dict], events: dict) -> dict[str, dict]:
     checks: dict[str, dict] = {}
     bad = []
@@ -171,7 +171,7 @@ def check(runs: list[StreamRun], classify: list[dict], events: dict) -> dict[str
     for name, sig in (("sigkill", "SIGKILL"), ("sigterm", "SIGTERM")):
         replica = events[f"{name}_replica"]
         at = events[f"{name}_at"]
-        victims = [r for r in runs if _on(r, at) == replica and r.finished > at]
+        victims = [r for r in runs if replica_at(r.connections, at) == replica and r.finished > at]
         moved = [r for r in victims if any(t > at and rep not in (replica, -1) for t, rep in r.connections)]
         checks[f"{name}_streams_resumed_elsewhere"] = {
             "ok": len(victims) > 0 and len(moved) == len(victims),
@@ -208,7 +208,9 @@ def plot(runs: list[StreamRun], events: dict, end: float, path: Path) -> None:
             sum(
                 1
                 for r in runs
-                if r.connections and r.connections[0][0] <= t < r.finished and _on(r, t) == replica
+                if r.connections
+                and r.connections[0][0] <= t < r.finished
+                and replica_at(r.connections, t) == replica
             )
             for t in grid
         ]
