@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
 from websockets.asyncio.client import connect as async_connect
@@ -55,7 +55,7 @@ from server.client_core import (
     run_blocking,
     to_step,
 )
-from server.client_http import BINARY_THRESHOLD, ClientCore
+from server.client_http import BINARY_THRESHOLD, ClassifyOptions, ClientCore, StreamOptions
 from server.client_resume import RetryPolicy, StreamMachine
 
 __all__ = [
@@ -169,7 +169,8 @@ class AsyncDriver:
 
 
 class _StreamState:
-    """What both kinds of stream show: the hello, the connection in use, what resuming did."""
+    """What both kinds of stream show: the hello, the connection in use, what resuming did (and the driver
+    that runs their flows: a SyncDriver's or an AsyncDriver's)."""
 
     hello = forwarded("_machine.hello", "The server's first message on the stream (model, version...).")
     version = forwarded("_machine.version", "The model version it is on: the hello's, or the snapshot's.")
@@ -177,16 +178,17 @@ class _StreamState:
     reconnects = forwarded("_machine.reconnects", "Connections lost and resumed (0 unless resumable=True).")
     replayed = forwarded("_machine.replayed", "Frames sent again after reconnects (since the last snapshot).")
 
-    def __init__(self, machine: StreamMachine, binary: bool) -> None:
-        self._machine, self.binary = machine, binary
+    def __init__(self, machine: StreamMachine, driver: Any, binary: bool) -> None:
+        self._machine, self._driver, self.binary = machine, driver, binary
 
 
 class Stream(_StreamState):
     """A synchronous stream: ``step(x)`` sends one timestep and waits for its answer."""
 
-    def __init__(self, machine: StreamMachine, driver: SyncDriver, binary: bool) -> None:
-        super().__init__(machine, binary)
-        self._driver = driver
+    _driver: SyncDriver
+
+    def open(self) -> None:
+        self._driver.run(self._machine.open())
 
     def step(self, x: Any) -> Step:
         return to_step(self._driver.run(self._machine.step(frame(x, self.binary))))
@@ -201,9 +203,10 @@ class Stream(_StreamState):
 class AsyncStream(_StreamState):
     """An asynchronous stream: ``await step(x)``."""
 
-    def __init__(self, machine: StreamMachine, driver: AsyncDriver, binary: bool) -> None:
-        super().__init__(machine, binary)
-        self._driver = driver
+    _driver: AsyncDriver
+
+    async def open(self) -> None:
+        await self._driver.run(self._machine.open())
 
     async def step(self, x: Any) -> Step:
         return to_step(await self._driver.run(self._machine.step(frame(x, self.binary))))
@@ -275,51 +278,26 @@ class PSNClient(_Client[httpx.Client]):
     def model(self, name: str) -> dict[str, Any]:
         return self._driver.run(self._core.model(name))
 
-    def classify(
-        self,
-        name: str,
-        inputs: Any,
-        *,
-        return_logits: bool = True,
-        binary: bool | None = None,
-        version: str | None = None,
-    ) -> ClassifyResponse:
+    def classify(self, name: str, inputs: Any, **options: Unpack[ClassifyOptions]) -> ClassifyResponse:
         """inputs: [T, *input_shape] (one sequence) or [B, T, *input_shape]; a numpy array or nested lists.
-        binary: None = by size (``binary_threshold``), True = a V2 binary tensor, False = JSON. version: the
-        model version (None: the highest the server has ready); the answer's ``version`` says which."""
-        flow = self._core.classify(name, inputs, return_logits=return_logits, binary=binary, version=version)
-        return self._driver.run(flow)
+        ``return_logits`` (True); ``binary``: None = by size (``binary_threshold``), True = a V2 binary
+        tensor, False = JSON; ``version``: the model version (None: the highest the server has ready); the
+        answer's ``version`` says which."""
+        return self._driver.run(self._core.classify(name, inputs, **options))
 
     @contextmanager
-    def stream(
-        self,
-        name: str,
-        *,
-        binary: bool = True,
-        logits: bool = False,
-        resumable: bool = False,
-        snapshot_every: int = 16,
-        retry: RetryPolicy | None = None,
-        version: str | None = None,
-    ) -> Iterator[Stream]:
-        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False; on model
-        ``version`` (None: the highest the server has ready; ``stream.version`` says which).
+    def stream(self, name: str, *, binary: bool = True, **options: Unpack[StreamOptions]) -> Iterator[Stream]:
+        """A stream on its own WebSocket; binary float32 frames by default, JSON with binary=False; with
+        ``logits`` (False) in its answers; on model ``version`` (None: the highest the server has ready;
+        ``stream.version`` says which).
 
-        resumable=True: the stream survives the loss of its replica (reconnect to this URL, resume from the
-        last snapshot, which the server sends every ``snapshot_every`` steps and on drain, replay the steps
-        since; on the snapshot's version); PSNError ``resume_disabled`` when the server cannot,
-        ``version_unavailable`` when no replica reached has its version, ``stream_lost`` after
-        ``retry.retries`` failed reconnects."""
-        machine = self._core.stream(
-            name,
-            logits=logits,
-            resumable=resumable,
-            snapshot_every=snapshot_every,
-            retry=retry,
-            version=version,
-        )
-        self._driver.run(machine.open())
-        stream = Stream(machine, self._driver, binary)
+        ``resumable=True`` (False): the stream survives the loss of its replica (reconnect to this URL,
+        resume from the last snapshot, which the server sends every ``snapshot_every`` (16) steps and on
+        drain, replay the steps since; on the snapshot's version); PSNError ``resume_disabled`` when the
+        server cannot, ``version_unavailable`` when no replica reached has its version, ``stream_lost``
+        after ``retry.retries`` failed reconnects (``retry``: a RetryPolicy, None = the default one)."""
+        stream = Stream(self._core.stream(name, **options), self._driver, binary)
+        stream.open()
         try:
             yield stream
         finally:
@@ -355,40 +333,15 @@ class AsyncPSNClient(_Client[httpx.AsyncClient]):
     async def model(self, name: str) -> dict[str, Any]:
         return await self._driver.run(self._core.model(name))
 
-    async def classify(
-        self,
-        name: str,
-        inputs: Any,
-        *,
-        return_logits: bool = True,
-        binary: bool | None = None,
-        version: str | None = None,
-    ) -> ClassifyResponse:
-        flow = self._core.classify(name, inputs, return_logits=return_logits, binary=binary, version=version)
-        return await self._driver.run(flow)
+    async def classify(self, name: str, inputs: Any, **options: Unpack[ClassifyOptions]) -> ClassifyResponse:
+        return await self._driver.run(self._core.classify(name, inputs, **options))
 
     @asynccontextmanager
     async def stream(
-        self,
-        name: str,
-        *,
-        binary: bool = True,
-        logits: bool = False,
-        resumable: bool = False,
-        snapshot_every: int = 16,
-        retry: RetryPolicy | None = None,
-        version: str | None = None,
+        self, name: str, *, binary: bool = True, **options: Unpack[StreamOptions]
     ) -> AsyncIterator[AsyncStream]:
-        machine = self._core.stream(
-            name,
-            logits=logits,
-            resumable=resumable,
-            snapshot_every=snapshot_every,
-            retry=retry,
-            version=version,
-        )
-        await self._driver.run(machine.open())
-        stream = AsyncStream(machine, self._driver, binary)
+        stream = AsyncStream(self._core.stream(name, **options), self._driver, binary)
+        await stream.open()
         try:
             yield stream
         finally:

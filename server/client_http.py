@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -149,6 +149,24 @@ def v2_classify_result(
 
 
 # -- the flows ---------------------------------------------------------------------------------------------
+class ClassifyOptions(TypedDict, total=False):
+    """``classify``'s options (:meth:`ClientCore.classify` has their defaults)."""
+
+    return_logits: bool
+    binary: bool | None
+    version: str | None
+
+
+class StreamOptions(TypedDict, total=False):
+    """``stream``'s options of the stream itself (:meth:`ClientCore.stream` has their defaults)."""
+
+    logits: bool
+    resumable: bool
+    snapshot_every: int
+    retry: RetryPolicy | None
+    version: str | None
+
+
 class ClientCore:
     """The client's requests as flows (run by server/client.py's drivers), and what they remember: the V2
     metadata of the models classified with binary tensors."""
@@ -227,10 +245,10 @@ class ClientCore:
         self,
         name: str,
         *,
-        logits: bool,
-        resumable: bool,
-        snapshot_every: int,
-        retry: RetryPolicy | None,
+        logits: bool = False,
+        resumable: bool = False,
+        snapshot_every: int = 16,
+        retry: RetryPolicy | None = None,
         version: str | None = None,
     ) -> StreamMachine:
         """The flows of a stream of model ``name`` (not yet open): resumable or plain; on ``version`` (None:
