@@ -38,15 +38,41 @@ class PSNState(NamedTuple):
     inputs: tuple[torch.Tensor, ...]  # the inputs seen so far, each [N, *]
 
 
-class PSN(nn.Module):
+def _order(name: str, value: int) -> int:
+    """A neuron's order (T or k), at least 1."""
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class _Parallel(nn.Module):
+    """A neuron whose T steps are one product: H = A X + b (A [T, T] and b [T] from :meth:`matrix`),
+    S = Θ(H) with the arctan surrogate's ``alpha``."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def matrix(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [T, T], b [T]) for a sequence of T steps."""
+        raise NotImplementedError
+
+    def membrane(self, x: torch.Tensor) -> torch.Tensor:
+        """H for x of shape [T, N, *]."""
+        a, b = self.matrix(x.shape[0])
+        return torch.addmm(b.unsqueeze(1), a, _flat(x)).view(x.shape)  # [T, N*D] -> [T, N, *]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.matrix(x.shape[0])
+        return parallel_spike(_flat(x), a, b, self.alpha).view(x.shape)
+
+
+class PSN(_Parallel):
     """Parallel spiking neuron of order T: H = W X + B, S = Θ(H)."""
 
     def __init__(self, T: int, alpha: float = 2.0) -> None:
-        super().__init__()
-        if T < 1:
-            raise ValueError(f"T must be >= 1, got {T}")
-        self.T = T
-        self.alpha = alpha
+        super().__init__(alpha)
+        self.T = _order("T", T)
         self.weight = nn.Parameter(torch.empty(T, T))
         self.bias = nn.Parameter(torch.full((T,), -1.0))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -54,17 +80,10 @@ class PSN(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         return self.weight
 
-    def membrane(self, x: torch.Tensor) -> torch.Tensor:
-        """H for x of shape [T, N, *]."""
-        if x.shape[0] != self.T:
-            raise ValueError(f"{type(self).__name__} expects T={self.T} steps, got {x.shape[0]}")
-        h = torch.addmm(self.bias.unsqueeze(1), self.effective_weight(), _flat(x))  # [T, N*D]
-        return h.view(x.shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != self.T:
-            raise ValueError(f"{type(self).__name__} expects T={self.T} steps, got {x.shape[0]}")
-        return parallel_spike(_flat(x), self.effective_weight(), self.bias, self.alpha).view(x.shape)
+    def matrix(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if T != self.T:
+            raise ValueError(f"{type(self).__name__} expects T={self.T} steps, got {T}")
+        return self.effective_weight(), self.bias
 
     def initial_state(self, x_t: torch.Tensor) -> PSNState:
         return PSNState(0, ())
@@ -152,25 +171,17 @@ def sliding_toeplitz(weight: torch.Tensor, T: int) -> torch.Tensor:
     return torch.where(valid, weight[idx.clamp(0, k - 1)], weight.new_zeros(()))
 
 
-class SlidingPSN(nn.Module):
+class SlidingPSN(_Parallel):
     """Sliding PSN of order k: H[t] = Σ_i W_i X[t−k+1+i] + b; weights shared over time, any length."""
 
     def __init__(self, k: int, alpha: float = 2.0) -> None:
-        super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
-        self.alpha = alpha
+        super().__init__(alpha)
+        self.k = _order("k", k)
         self.weight = nn.Parameter(torch.pow(2.0, torch.arange(k, dtype=torch.float32) - k + 1))
         self.bias = nn.Parameter(torch.tensor(-1.0))
 
-    def membrane(self, x: torch.Tensor) -> torch.Tensor:
-        a = sliding_toeplitz(self.weight, x.shape[0])  # [T, T]
-        return torch.addmm(self.bias.expand(x.shape[0], 1), a, _flat(x)).view(x.shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = sliding_toeplitz(self.weight, x.shape[0])  # [T, T]
-        return parallel_spike(_flat(x), a, self.bias.expand(x.shape[0]), self.alpha).view(x.shape)
+    def matrix(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sliding_toeplitz(self.weight, T), self.bias.expand(T)  # [T, T], [T]
 
     def initial_state(self, x_t: torch.Tensor) -> torch.Tensor:
         return x_t.new_zeros((self.k - 1, *x_t.shape))  # [k-1, N, *]
