@@ -1,8 +1,5 @@
-"""``psn bench <suite> [options]``: run one benchmark suite, or ``all`` of those installed.
-
-Each suite is a module with ``main(argv) -> int``, imported only when asked for (the ``serving`` suite
-needs no torch; ``neurons`` and ``memory`` do). To add one, add a line to ``SUITES``.
-"""
+"""``psn bench <suite> [options]``: one suite (a module with ``main(argv) -> int``, imported only when asked
+for), or ``all`` of those installed. To add one, add a line to ``SUITES``."""
 
 from __future__ import annotations
 
@@ -41,7 +38,9 @@ SUITES: dict[str, Suite] = {
 def usage() -> str:
     lines = ["usage: psn bench <suite> [options]   (psn bench <suite> --help for its options)", "", "suites:"]
     lines += [f"  {name:<8} {s.help}" for name, s in SUITES.items()]
-    lines += ["  all      every suite above but peers, with default options (--quick passes on)"]
+    lines += [
+        "  all      every suite above but peers, with default options (--quick, --quiet, --out pass on)"
+    ]
     return "\n".join(lines)
 
 
@@ -71,11 +70,16 @@ def load(name: str):
 
 
 def run_all(rest: list[str]) -> int:
-    passthrough = [a for a in rest if a in ("--quick", "--quiet")]
-    unknown = [a for a in rest if a not in passthrough]
-    if unknown:
+    passthrough, unknown = [], []
+    for i, a in enumerate(rest):
+        if a in ("--quick", "--quiet") or a == "--out" or rest[i - 1 : i] == ["--out"]:
+            passthrough.append(a)
+        else:
+            unknown.append(a)
+    if unknown or passthrough[-1:] == ["--out"]:
         print(
-            f"psn bench all: only --quick and --quiet pass on to every suite, not {unknown}", file=sys.stderr
+            f"psn bench all: only --quick, --quiet and --out DIR pass on to every suite, not {unknown}",
+            file=sys.stderr,
         )
         return 2
     modules, needs = {}, {}

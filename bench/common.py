@@ -1,8 +1,5 @@
-"""Shared pieces of the benchmark suites: the one timing helper, devices, tables, goals, JSON output.
-
-Nothing here imports torch at module level (the serving suite needs no torch); the device helpers import it
-when called.
-"""
+"""Shared pieces of the suites: the one timing helper, devices, tables, goals, JSON output (no torch import
+at module level: the serving suite needs none)."""
 
 from __future__ import annotations
 
@@ -13,10 +10,11 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,8 +41,7 @@ class BenchError(RuntimeError):
 
 
 def resolve_device(name: str) -> Any:
-    """The torch.device for ``cpu``, ``cuda`` or ``auto`` (cuda when present); a clear error when CUDA is
-    asked for but absent."""
+    """The torch.device for ``cpu``, ``cuda`` or ``auto`` (cuda when present)."""
     import torch
 
     if name == "auto":
@@ -80,8 +77,7 @@ def load_average() -> list[float] | None:
 
 
 def environment(device: Any = None, **extra: Any) -> dict[str, Any]:
-    """What a reader needs to judge the numbers: versions, device, threads, load (torch's only if given a
-    torch device)."""
+    """What a reader needs to judge the numbers: versions, device, threads, load."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "cpu": cpu_model(),
@@ -110,22 +106,14 @@ def environment(device: Any = None, **extra: Any) -> dict[str, Any]:
 
 
 def calm_openmp() -> None:
-    """OpenMP threads that sleep instead of spinning when idle (unless the user chose otherwise).
-
-    On a machine shared with other busy processes, spinning threads of a 2-thread parallel region wait a
-    whole scheduler slice for a preempted peer. Takes effect only if set before torch starts its thread
-    pool (before ``import torch``).
-    """
+    """OpenMP threads that sleep when idle (spinning ones wait a whole slice for a preempted peer on a shared
+    machine); before ``import torch``."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def reuse_freed_memory() -> bool:
-    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA.
-
-    Without it every tensor above glibc's mmap threshold is a fresh mapping whose pages fault in on first
-    touch, which can cost more than the arithmetic of a large elementwise op. Returns whether it took
-    effect (False off glibc).
-    """
+    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA: else each large
+    tensor is a fresh mapping whose page faults can cost more than the op. Whether it took effect."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -172,14 +160,9 @@ def time_interleaved(
     max_repeats: int = 25,
     min_block_s: float = 0.005,
 ) -> dict[str, Timing]:
-    """Median time per call of each function, timed in interleaved rounds (the one timing helper).
-
-    Each function runs once cold and once or twice more to estimate its cost; a block repeats a call until it
-    lasts ``min_block_s`` (tiny calls); each round times one block of every function, in an order that
-    rotates, so load from other processes falls on all candidates alike. Rounds stop when ``budget_s`` is
-    spent (at least ``min_repeats``). On CUDA a block is the wall time between two device synchronizations.
-    Garbage collection is off while timing.
-    """
+    """Median time per call of each function (the one timing helper): after a cold call and an estimate, each
+    round times one block (calls lasting ``min_block_s``) of every function in a rotating order, so load from
+    other processes falls on all alike, until ``budget_s`` is spent; GC off, CUDA synchronized per block."""
     names = list(fns)
     inner: dict[str, int] = {}
     round_cost = 0.0
@@ -241,8 +224,8 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: s
 
 
 def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> str:
-    """A table of dict rows. ``columns``: ``"header=key:format | ..."``; ``=key`` may be left out when the
-    header is the key, ``:format`` is a format spec (``d`` rounds to an integer); a missing value prints -."""
+    """A table of dict rows; ``columns``: ``"header=key:format | ..."`` (``header=`` and ``:format`` optional,
+    ``d`` rounds to an integer; a missing value prints -)."""
     specs = []
     for column in columns.split("|"):
         head, sep, rest = column.strip().rpartition("=")  # a header may hold "=" ("goal <= 1.2"), a key not
@@ -257,6 +240,19 @@ def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> s
     return format_table(
         [h for h, _, _ in specs], [[cell(r.get(k), f) for _, k, f in specs] for r in rows], title
     )
+
+
+def find(rows: Iterable[Mapping[str, Any]], **match: Any) -> Any:
+    """The first row whose values match, or None."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def group_by(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list]:
+    """Rows grouped by their values of ``keys``, in first-seen order."""
+    out: dict[tuple, list] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
 
 
 def _cell(value: Any) -> str:
@@ -293,19 +289,34 @@ class Goal:
         return asdict(self)
 
 
+def goal(
+    name: str,
+    value: float | None,
+    bound: float,
+    *,
+    at_most: bool = False,
+    target: str = "",
+    measured: str | None = None,
+) -> Goal:
+    """Met when value >= bound (``at_most``: <=); not measured when value is None. The target and the
+    measured text default to ">= 2x" and "2.31x"."""
+    met = None if value is None else (value <= bound if at_most else value >= bound)
+    target = target or f"{'<=' if at_most else '>='} {bound:g}x"
+    if measured is None:
+        measured = "-" if value is None else f"{value:.2f}x"
+    return Goal(name, target, measured, met)
+
+
 def goals_table(goals: Sequence[Goal], title: str = "goals") -> str:
-    rows = [
-        [g.goal, g.target, g.measured, "-" if g.met is None else ("met" if g.met else "MISSED")]
-        for g in goals
-    ]
+    rows = [[*astuple(g)[:3], "-" if g.met is None else ("met" if g.met else "MISSED")] for g in goals]
     return format_table(["goal", "target", "measured", ""], rows, title)
 
 
-def output_paths(out_dir: Path, stem: str, device: Any) -> tuple[Path, Path]:
+def output_paths(out_dir: Path, stem: str, device: str) -> tuple[Path, Path]:
     """docs/<stem>.json and .png; CUDA results get a ``-cuda`` suffix so they never overwrite CPU ones."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if device.type == "cpu" else f"-{device.type}"
-    return out_dir / f"{stem}{suffix}.json", out_dir / f"{stem}{suffix}.png"
+    stem += "" if device == "cpu" else f"-{device}"
+    return out_dir / f"{stem}.json", out_dir / f"{stem}.png"
 
 
 def clean(value: Any, digits: int = 4) -> Any:
@@ -317,6 +328,22 @@ def clean(value: Any, digits: int = 4) -> Any:
     if isinstance(value, list | tuple):
         return [clean(v, digits) for v in value]
     return value
+
+
+def run_module(module: str, args: list[str], marker: str, timeout: float, core: int | None = None) -> list:
+    """``python -m module args`` in a fresh process (pinned to ``core``): the JSON of each stdout line that
+    starts with ``marker``; BenchError when it fails or prints none."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+    cmd = [sys.executable, "-m", module, *args]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, preexec_fn=pin
+    )
+    found = [json.loads(ln[len(marker) :]) for ln in done.stdout.splitlines() if ln.startswith(marker)]
+    if done.returncode != 0 or not found:
+        raise BenchError(f"{module} {' '.join(args)[:200]} failed ({done.returncode}): {done.stderr[-800:]}")
+    return found
 
 
 def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:

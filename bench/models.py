@@ -1,13 +1,12 @@
-"""The models the suites run: one model per neuron kind found in a models directory, or tiny untrained
-sMNIST-shaped ones exported on the spot (``export_tiny``: the one tiny-model maker; exporting needs torch,
-serving the result does not)."""
+"""The models the suites run: one per neuron kind of a models directory, or tiny untrained sMNIST-shaped ones
+exported on the spot (``export_tiny``, the one tiny-model maker; it needs torch, serving them does not)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,6 @@ class ModelRef:
     test_accuracy: float
     parameters: int
     directory: str = ""  # the model directory (manifest.json, full.onnx, step.onnx)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def scan(models_dir: Path) -> dict[str, ModelRef]:

@@ -1,27 +1,18 @@
-"""The model's raw ONNX Runtime cost: ``session.run`` alone, on sessions made the way the runtime makes them
-(``psn_runtime.registry.load_model``: same options and providers), inputs random in [0, 1), the step
-graph's new states fed back as the next ones. What the service cannot go below however thin the stack.
-
-``measure`` gives, per model directory (microseconds, median per call, ``bench.common.time_interleaved``):
-``full_b1_us`` (one classify request's graph), ``step_b1_us`` (one stream's step) and ``step_b64_us`` /
-``step_b64_per_step_us`` (64 batched streams). ``measure_pinned`` runs it in a fresh process pinned to a
-core (the server's): ``python -m bench.raw MODEL_DIR [MODEL_DIR] --seconds 1`` prints one JSON line.
-"""
+"""The model's raw ONNX Runtime cost: ``session.run`` alone on sessions made as the runtime makes them, the
+step graph's states fed back (``full_b1_us``, ``step_b1_us``, ``step_b64_us``, ``step_b64_per_step_us``).
+``measure_pinned``: in a fresh process pinned to a core (``python -m bench.raw MODEL_DIR... --seconds 1``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import BenchError, time_interleaved
+from bench.common import run_module, time_interleaved
 
 STEP_BATCH = 64
 MARKER = "PSN_RAW_JSON "
@@ -90,25 +81,10 @@ def measure_pinned(
     dirs: list[Path], seconds: float, core: int | None, providers: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """``measure`` for each model directory in a fresh process pinned to ``core`` (the server's)."""
-    root = str(Path(__file__).resolve().parents[1])
-    cmd = [sys.executable, "-m", "bench.raw", *map(str, dirs), "--seconds", str(seconds)]
-    if providers:
-        cmd += ["--providers", ",".join(providers)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=root,
-        timeout=120 + 10 * seconds * len(dirs),
-        preexec_fn=None if core is None else (lambda: os.sched_setaffinity(0, {core})),
-        check=False,
+    args = [*map(str, dirs), "--seconds", str(seconds)] + (
+        ["--providers", ",".join(providers)] if providers else []
     )
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARKER)), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"raw ORT measurement failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-    return json.loads(line[len(MARKER) :])
+    return run_module("bench.raw", args, MARKER, 120 + 10 * seconds * len(dirs), core)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

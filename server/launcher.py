@@ -60,8 +60,9 @@ class Server:
         env: dict[str, str],
         log: Path | None,
         preexec_fn: Callable[[], Any] | None,
+        name: str = "psn serve",
     ) -> None:
-        self._command, self._env, self._preexec_fn = command, env, preexec_fn
+        self._command, self._env, self._preexec_fn, self.name = command, env, preexec_fn, name
         self._tmp = Path(tempfile.mkdtemp(prefix="psn-launch-"))
         self.host = host
         self.log = log if log is not None else self._tmp / "server.log"
@@ -117,27 +118,29 @@ class Server:
             self._check_alive("before it reported its port")
             if time.monotonic() > deadline:
                 raise LaunchError(
-                    f"psn serve did not report its port in {REPORT_TIMEOUT_S:.0f} s{self._tail()}"
+                    f"{self.name} did not report its port in {REPORT_TIMEOUT_S:.0f} s{self._tail()}"
                 )
             time.sleep(POLL_S)
         return json.loads(port_file.read_text())
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Until ``GET /readyz`` answers 200 (every model loaded); LaunchError if it exits or times out."""
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, path: str = "/readyz") -> None:
+        """Until ``GET path`` answers 200 (every model loaded); LaunchError if it exits or times out."""
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
             while True:
                 self._check_alive("before it was ready")
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
+                    if client.get(path).status_code == 200:
                         return
                 if time.monotonic() > deadline:
-                    raise LaunchError(f"psn serve was not ready in {timeout:.0f} s{self._tail()}")
+                    raise LaunchError(f"{self.name} was not ready in {timeout:.0f} s{self._tail()}")
                 time.sleep(POLL_S)
 
     def _check_alive(self, when: str) -> None:
         if self.process.poll() is not None:
-            raise LaunchError(f"psn serve exited with status {self.process.returncode} {when}{self._tail()}")
+            raise LaunchError(
+                f"{self.name} exited with status {self.process.returncode} {when}{self._tail()}"
+            )
 
     def restart(self, *, ready: bool = True) -> None:
         """Stop it (SIGTERM) if it runs, then start it again with the same arguments on the same ports."""

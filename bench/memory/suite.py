@@ -1,18 +1,6 @@
-"""``psn bench memory``: peak training memory with IF neurons vs PSN, as in the paper's Table 4.
-
-A small VGG-style network (Conv2d + BatchNorm blocks, two max-pools, a linear read-out; every layer but
-the neurons acts on each time step alone, over [T, N, C, H, W]) is trained for one step with no neurons
-(identity: synapses only), with IF neurons (V_th = 1, hard reset) or with PSN. Δ = M − M_NO estimates
-the memory of the neurons' hidden states; the paper expects Δ_IF / Δ_PSN ≈ 2 (IF keeps H and V, PSN H).
-
-Method. CPU: each configuration runs in a fresh subprocess (--quick: one for all kinds) whose glibc
-allocator returns every block above 64 KiB to the OS when freed (M_MMAP_THRESHOLD), so the resident set
-follows live tensors; after a warm-up step the kernel's peak-RSS mark is reset (/proc/self/clear_refs)
-and M is the peak RSS during one forward + backward minus the RSS just before it. CUDA:
-torch.cuda.max_memory_allocated over the step, minus memory_allocated before it. Both also count the
-bytes autograd saves for the backward (saved_tensors_hooks, unique storages): deterministic, and the
-part of M the paper's analysis is about.
-"""
+"""``psn bench memory``: peak training memory with IF neurons vs PSN, as in the paper's Table 4: a small
+VGG-style network trained for one step with no neurons, IF neurons or PSN; Δ = M − M_NO estimates the memory
+of the neurons' hidden states (the paper expects Δ_IF / Δ_PSN ≈ 2)."""
 
 from __future__ import annotations
 
@@ -20,8 +8,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
@@ -34,6 +20,12 @@ from bench.common import format_table
 FULL_CONFIGS = ((4, 16), (8, 16), (16, 8), (16, 16))  # (T, N); the paper's are (16, 16), (8, 16), (16, 8)
 QUICK_CONFIGS = ((4, 4),)
 RESULT_TAG = "MEMORY_RESULT "
+METHOD = (
+    "CPU: each configuration in a fresh subprocess whose glibc allocator returns every block above 64 KiB to "
+    "the OS when freed, so the RSS follows live tensors; after a warm-up step the peak-RSS mark is reset "
+    "(/proc/self/clear_refs) and M is the peak RSS during one forward + backward minus the RSS before it. "
+    "Also the bytes autograd saves for the backward (saved_tensors_hooks, unique storages)."
+)
 
 
 class Kind(StrEnum):
@@ -153,25 +145,9 @@ def worker(spec: str) -> int:
 def run_worker(kinds: list[Kind], T: int, N: int, device: str, quick: bool) -> list[dict[str, Any]]:
     """Measure ``kinds`` in one fresh Python process, one after the other."""
     spec = json.dumps({"kinds": [k.value for k in kinds], "T": T, "N": N, "device": device, "quick": quick})
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.memory.suite", "--worker", spec],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    results = [
-        json.loads(line[len(RESULT_TAG) :])
-        for line in proc.stdout.splitlines()
-        if line.startswith(RESULT_TAG)
-    ]
-    if proc.returncode != 0 or len(results) != len(kinds):
-        raise common.BenchError(
-            f"memory worker {kinds} T={T} N={N} failed ({proc.returncode}): {proc.stderr[-800:]}"
-        )
+    results = common.run_module("bench.memory.suite", ["--worker", spec], RESULT_TAG, 900)
+    if len(results) != len(kinds):
+        raise common.BenchError(f"memory worker {kinds} T={T} N={N}: {len(results)} results")
     return results
 
 
@@ -216,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "suite": "memory",
         "environment": env,
         "method": (
-            __doc__.split("Method. ", 1)[1].strip().replace("\n", " ")
+            METHOD
             if device.type == "cpu"
             else "torch.cuda.max_memory_allocated during one step minus memory_allocated before it"
         ),
@@ -235,8 +211,7 @@ def report(result: dict[str, Any], out_dir: Path) -> None:
     from bench import plots
 
     env = result["environment"]
-    device = resolve_label(env)
-    json_path, png_path = common.output_paths(out_dir, "bench-memory", device)
+    json_path, png_path = common.output_paths(out_dir, "bench-memory", env["device"])
     print(f"memory benchmark on {env['device_name']} (torch {env['torch']}), {env['date']}")
     print("method:", result["method"])
     for kind, text in result["config"]["kinds"].items():
@@ -258,26 +233,23 @@ def report(result: dict[str, Any], out_dir: Path) -> None:
         print(format_table(headers, rows, title=f"\n{what} (MiB; Δ = M - M_NO)"))
     common.write_json(json_path, result)
     rows = result["rows"]
-    plots.memory_bars(
-        [f"T={r['T']}, N={r['N']}" for r in rows],
-        {
-            "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
-            "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
-            "Δ PSN": [r["delta_peak_MiB"]["psn"] for r in rows],
-            "one hidden state (4 B × neurons × T × N)": [r["hidden_state_MiB"] for r in rows],
-        },
-        [r["ratio_peak_MiB"].get("if", 0.0) for r in rows],
-        title=f"Peak training memory above no-neuron network ({env['device_name']})",
-        ylabel="Δ = M - M_NO (MiB)",
-        path=png_path,
-    )
+    series = {
+        "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
+        "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
+        "Δ PSN": [r["delta_peak_MiB"]["psn"] for r in rows],
+        "one hidden state (4 B × neurons × T × N)": [r["hidden_state_MiB"] for r in rows],
+    }
+    title = f"Peak training memory above no-neuron network ({env['device_name']})"
+    with plots.figure(png_path, title, size=(8.5, 4.2)) as (_, axes):
+        ax, top = axes[0][0], max((max(v) for v in series.values() if v), default=1.0)
+        plots.bars(ax, [f"T={r['T']}, N={r['N']}" for r in rows], series)
+        for i, r in enumerate(rows):
+            ratio = r["ratio_peak_MiB"].get("if", 0.0)
+            ax.text(i, top * 1.03, f"ΔIF/ΔPSN = {ratio:.2f}", ha="center", fontsize=9)
+        ax.set_ylim(0, top * 1.45)
+        ax.set_ylabel("Δ = M - M_NO (MiB)")
+        ax.legend(fontsize=8, ncols=2, loc="upper left")
     print("\nwrote", json_path, png_path)
-
-
-def resolve_label(env: dict[str, Any]):
-    import torch
-
-    return torch.device(env["device"])
 
 
 def main(argv: list[str] | None = None) -> int:

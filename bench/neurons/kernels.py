@@ -1,18 +1,7 @@
-"""The implementations the ``neurons`` suite times: LIF baselines, PSN inference forms, an ONNX PSN layer.
-
-LIF is the sequential baseline (τ = 2, V_th = 1, hard reset, decay_input; the same neuron as
-``psn.neurons.LIF``), in the best plain-PyTorch forms we could write:
-
-- inference: ``eager`` (the ``psn.neurons.LIF`` module), ``script`` (one TorchScript function over all
-  steps, in-place updates), ``compile`` (``torch.compile`` of the whole loop: Inductor fuses every step of
-  every neuron into one kernel, like the paper's JIT-fused LIF);
-- training (forward + backward with the arctan surrogate): ``autograd`` (the module, autograd over each
-  step's ops, like the paper's three small JIT functions per step), ``bptt`` (one autograd.Function with
-  hand-written backpropagation through time, both loops TorchScript), ``bptt_compile`` (the same Function
-  with each step's forward and backward compiled into one fused kernel by ``torch.compile``).
-
-All give the same spikes as ``psn.neurons.LIF`` and the same input gradient (up to rounding).
-"""
+"""What the ``neurons`` suite times: LIF baselines (τ = 2, V_th = 1, hard reset, as ``psn.neurons.LIF``) in
+the best plain-PyTorch forms we could write (inference: eager, one TorchScript loop, ``torch.compile`` of
+the loop; training: autograd per step, hand-written BPTT in TorchScript or ``torch.compile``'d steps), PSN
+inference forms and an ONNX Runtime PSN layer. All give ``psn.neurons.LIF``'s spikes and input gradient."""
 
 from __future__ import annotations
 

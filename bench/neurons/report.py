@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +28,31 @@ def _grid(result: dict[str, Any], mode: str, value) -> list[list[Any]]:
 
 def ratio_tables(result: dict[str, Any]) -> str:
     Ts, Ns = result["config"]["T"], result["config"]["N"]
-    headers = ["T \\ N", *[_n_label(n) for n in Ns]]
-    out: list[str] = []
+    headers, specs = ["T \\ N", *[_n_label(n) for n in Ns]], []
     for mode in MODES:
-        for name, title in PARALLEL_TITLES.items():
-            grid = _grid(result, mode, lambda c, name=name: c["ratio"][name])
-            rows = [[T, *row] for T, row in zip(Ts, grid, strict=True)]
-            out.append(
-                format_table(headers, rows, title=f"\n{mode}: t_LIF / t_{title}  (> 1: {title} faster)")
-            )
-        forms = _grid(result, mode, lambda c: c["lif_form"].removeprefix("lif:"))
-        rows = [[T, *row] for T, row in zip(Ts, forms, strict=True)]
-        out.append(format_table(headers, rows, title=f"\n{mode}: fastest LIF form (t_LIF)"))
-        if mode == "inference":
-            grid = _grid(result, mode, lambda c: c.get("torch_over_ort"))
-            rows = [[T, *row] for T, row in zip(Ts, grid, strict=True)]
-            out.append(format_table(headers, rows, title="\ninference: t_PSN(torch) / t_PSN(ONNX Runtime)"))
-    return "\n".join(out)
+        for n, t in PARALLEL_TITLES.items():
+            specs.append((mode, f"t_LIF / t_{t}  (> 1: {t} faster)", lambda c, n=n: c["ratio"][n]))
+        specs.append((mode, "fastest LIF form (t_LIF)", lambda c: c["lif_form"].removeprefix("lif:")))
+    specs.append(("inference", "t_PSN(torch) / t_PSN(ONNX Runtime)", lambda c: c.get("torch_over_ort")))
+    return "\n".join(
+        format_table(
+            headers,
+            [[T, *row] for T, row in zip(Ts, _grid(result, mode, fn), strict=True)],
+            f"\n{mode}: {title}",
+        )
+        for mode, title, fn in specs
+    )
 
 
 def time_table(result: dict[str, Any], mode: str) -> str:
     names = ["psn", "masked_psn", "sliding_psn"] + (["psn:ort"] if mode == "inference" else [])
-    lif_forms = sorted(
-        {k for c in result["cells"] if c["mode"] == mode for k in c["times"] if k.startswith("lif")}
-    )
-    headers = ["T", "N", *[f.removeprefix("lif:") for f in lif_forms], *names]
-    rows = []
-    for c in (c for c in result["cells"] if c["mode"] == mode):
-        t = c["times"]
-        rows.append(
-            [
-                c["T"],
-                _n_label(c["N"]),
-                *[fmt_seconds(t[f]["median_s"]) if f in t else "-" for f in lif_forms],
-                *[fmt_seconds(t[n]["median_s"]) if n in t else "-" for n in names],
-            ]
-        )
+    cells = [c for c in result["cells"] if c["mode"] == mode]
+    forms = sorted({k for c in cells for k in c["times"] if k.startswith("lif")}) + names
+    headers = ["T", "N", *[f.removeprefix("lif:") for f in forms]]
+    rows = [
+        [c["T"], _n_label(c["N"]), *[fmt_seconds(c["times"].get(f, {}).get("median_s")) for f in forms]]
+        for c in cells
+    ]
     return format_table(
         headers, rows, title=f"\n{mode}: median time per call (LIF forms, then the PSN family)"
     )
@@ -97,57 +87,65 @@ def bandwidth_table(result: dict[str, Any]) -> str:
     return head + "\n" + format_table(headers, rows)
 
 
-def plot_all(result: dict[str, Any], out_dir: Path, device) -> list[Path]:
-    env = result["environment"]
+def heatmaps(result: dict[str, Any], panels: list[tuple[str, list]], title: str, path: Path) -> None:
+    """Side-by-side heat maps of t_LIF / t_X over (T, N) on a log scale centred on 1, cells annotated."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    finite = [v for _, grid in panels for row in grid for v in row if v is not None and v > 0]
+    span = max(1.0, max(abs(math.log2(v)) for v in finite)) if finite else 1.0
+    norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
     Ts, Ns = result["config"]["T"], result["config"]["N"]
-    row_labels, col_labels = [str(t) for t in Ts], [_n_label(n) for n in Ns]
+    with plots.figure(path, title, 2, math.ceil(len(panels) / 2), (4.9, 4.2)) as (fig, axes):
+        for ax, (name, grid) in zip(axes.flat, panels, strict=False):
+            data = np.array([[np.nan if v is None else math.log2(v) for v in row] for row in grid])
+            image = ax.imshow(data, cmap="RdYlGn", norm=norm, aspect="auto", origin="lower")
+            ax.set_xticks(range(len(Ns)), [_n_label(n) for n in Ns])
+            ax.set_yticks(range(len(Ts)), [str(t) for t in Ts])
+            ax.set(xlabel="N (neurons)", ylabel="T (time steps)")
+            ax.set_title(name, fontsize=11)
+            for (i, j), v in np.ndenumerate(np.array(grid, dtype=object)):
+                text = "n/a" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+                color = "white" if v is not None and abs(math.log2(v)) > 0.6 * span else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
+        ticks = [t for t in range(-math.ceil(span), math.ceil(span) + 1) if abs(t) <= span]
+        bar = fig.colorbar(image, ax=axes, ticks=ticks, shrink=0.9)
+        bar.ax.set_yticklabels([f"{2.0**t:g}" for t in ticks])
+        bar.set_label("t_LIF / t_PSN")
+
+
+def plot_all(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    env, bw = result["environment"], result["bandwidth"]
     where = f"{env['device_name']}, torch {env['torch']}"
-    common_kw = dict(xlabel="N (neurons)", ylabel="T (time steps)", cbar_label="t_LIF / t_PSN")
-    paths = []
-    _, main_png = common.output_paths(out_dir, "bench-neurons", device)
-    panels = [plots.Heatmap(MODE_TITLES[m], _grid(result, m, lambda c: c["ratio"]["psn"])) for m in MODES]
-    plots.ratio_heatmaps(
-        panels, row_labels, col_labels, suptitle=f"t_LIF / t_PSN  ({where})", path=main_png, **common_kw
-    )
-    paths.append(main_png)
-    _, fam_png = common.output_paths(out_dir, "bench-neurons-family", device)
-    panels = [
-        plots.Heatmap(
-            f"{PARALLEL_TITLES[n]}: {MODE_TITLES[m]}", _grid(result, m, lambda c, n=n: c["ratio"][n])
-        )
+    stems = ("bench-neurons", "bench-neurons-family", "bench-neurons-bandwidth")
+    paths = [common.output_paths(out_dir, stem, env["device"])[1] for stem in stems]
+    psn = [(MODE_TITLES[m], _grid(result, m, lambda c: c["ratio"]["psn"])) for m in MODES]
+    heatmaps(result, psn, f"t_LIF / t_PSN  ({where})", paths[0])
+    family = [
+        (f"{PARALLEL_TITLES[n]}: {MODE_TITLES[m]}", _grid(result, m, lambda c, n=n: c["ratio"][n]))
         for n in ("masked_psn", "sliding_psn")
         for m in MODES
     ]
-    plots.ratio_heatmaps(
-        panels,
-        row_labels,
-        col_labels,
-        suptitle=f"t_LIF / t_masked|sliding PSN  ({where})",
-        path=fam_png,
-        **common_kw,
-    )
-    paths.append(fam_png)
-    bw = result["bandwidth"]
-    if bw["rows"]:
-        _, bw_png = common.output_paths(out_dir, "bench-neurons-bandwidth", device)
-        forms = [f for f in BANDWIDTH_FORMS if f in bw["rows"][0]["forms"]]
-        series = {"copy (same tensor)": [r["copy_GBps"] for r in bw["rows"]]}
-        series.update({f: [r["forms"].get(f, {}).get("GBps") for r in bw["rows"]] for f in forms})
-        plots.bandwidth_bars(
-            [r["T"] for r in bw["rows"]],
-            series,
-            bw["copy_reference_GBps"],
-            title=f"PSN forward effective bandwidth at N = {_n_label(bw['N'])}  ({where})",
-            path=bw_png,
-        )
-        paths.append(bw_png)
+    heatmaps(result, family, f"t_LIF / t_masked|sliding PSN  ({where})", paths[1])
+    if not bw["rows"]:
+        return paths[:2]
+    forms = [f for f in BANDWIDTH_FORMS if f in bw["rows"][0]["forms"]]
+    series = {"copy (same tensor)": [r["copy_GBps"] for r in bw["rows"]]}
+    series |= {f: [r["forms"].get(f, {}).get("GBps") for r in bw["rows"]] for f in forms}
+    title = f"PSN forward effective bandwidth at N = {_n_label(bw['N'])}  ({where})"
+    with plots.figure(paths[2], title, size=(8.5, 4.2)) as (_, axes):
+        ax, ref = axes[0][0], bw["copy_reference_GBps"]
+        plots.bars(ax, [str(r["T"]) for r in bw["rows"]], series)
+        ax.axhline(ref, color="black", linestyle="--", linewidth=1, label=f"DRAM copy {ref:.0f} GB/s")
+        ax.set(xlabel="T (time steps)", ylabel="effective GB/s  (read X + write S) / time")
+        ax.legend(fontsize=8, ncols=2)
     return paths
 
 
-def report(result: dict[str, Any], out_dir: Path, device) -> None:
+def report(result: dict[str, Any], out_dir: Path) -> None:
     """Print the tables, write the JSON and the plots."""
     env, cfg = result["environment"], result["config"]
-    json_path, _ = common.output_paths(out_dir, "bench-neurons", device)
+    json_path, _ = common.output_paths(out_dir, "bench-neurons", env["device"])
     print(f"neurons benchmark on {env['device_name']} (torch {env['torch']}), {env['date']}")
     if env.get("note"):
         print(env["note"], f"load average at start {env['loadavg_start']}, at end {env.get('loadavg_end')}.")
@@ -165,5 +163,5 @@ def report(result: dict[str, Any], out_dir: Path, device) -> None:
     for note in result["notes"]:
         print("note:", note)
     common.write_json(json_path, result)
-    paths = plot_all(result, out_dir, device)
+    paths = plot_all(result, out_dir)
     print("\nwrote", json_path, *paths)

@@ -1,11 +1,7 @@
-"""``psn bench neurons``: simulation speed of LIF vs the PSN family, as in the paper's Fig. 3.
-
-For T in {2..64} and N in {2^8..2^20} neurons, time LIF (the sequential baseline, fastest of several
-plain-PyTorch forms, see ``bench.neurons.kernels``) against PSN, masked PSN and sliding PSN (``psn.neurons``
-modules), in inference (forward, no grad) and training (forward + backward). Report t_LIF / t_X, an ONNX
-Runtime PSN layer against torch's, and at the largest N the PSN forward's effective memory bandwidth
-against the machine's copy bandwidth measured in the same run.
-"""
+"""``psn bench neurons``: simulation speed of LIF vs the PSN family, as in the paper's Fig. 3: for T in 2..64
+and N in 2^8..2^20, the fastest LIF form (``bench.neurons.kernels``) against PSN, masked and sliding PSN in
+inference and training, an ONNX Runtime PSN layer against torch's, and the PSN forward's bandwidth at the
+largest N against the machine's copy bandwidth measured in the same run."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ import torch
 from bench import common
 from bench.common import BenchError, Timing, time_interleaved
 from bench.neurons import kernels
-from bench.neurons.report import report
+from bench.neurons.report import BANDWIDTH_FORMS, report
 from psn.neurons import LIF, PSN, MaskedPSN, SlidingPSN
 
 T_FULL = (2, 4, 8, 16, 32, 64)
@@ -29,7 +25,9 @@ LOG2N_FULL = (8, 12, 16, 20)
 T_QUICK = (2, 8)
 LOG2N_QUICK = (8, 10)
 PARALLEL = ("psn", "masked_psn", "sliding_psn")
-BANDWIDTH_FORMS = ("psn", "psn:inplace", "psn:blocked", "psn:ort")
+REFERENCE_MAX_NUMEL = (
+    1 << 24
+)  # the slow reference LIF forms (eager module, autograd) are timed up to this T*N
 
 
 class Mode(StrEnum):
@@ -52,26 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile LIF forms")
     p.add_argument("--budget", type=float, help="seconds of timing per group of candidates (default 0.8)")
     p.add_argument(
-        "--train-max-numel",
-        type=int,
-        default=1 << 26,
-        help="skip training cells with T*N above this (noted in the output; default: none skipped)",
-    )
-    p.add_argument(
-        "--reference-max-numel",
-        type=int,
-        default=1 << 24,
-        help="time the slow reference LIF forms (eager module, autograd) only up to this T*N (default 2^24)",
-    )
-    p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch (and ONNX Runtime) CPU threads, default 1: on a busy shared machine a 2-thread parallel "
         "region waits for a preempted peer and small products time erratically; use 2+ on an idle machine",
     )
-    p.add_argument("--no-malloc-reuse", action="store_true", help="leave glibc's allocator as it is")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -252,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--threads must be >= 1")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    malloc_reuse = device.type == "cpu" and not args.no_malloc_reuse and common.reuse_freed_memory()
+    malloc_reuse = device.type == "cpu" and common.reuse_freed_memory()
     Ts = tuple(args.T or (T_QUICK if args.quick else T_FULL))
     Ns = tuple(1 << e for e in (args.log2n or (LOG2N_QUICK if args.quick else LOG2N_FULL)))
     budget = args.budget if args.budget is not None else (0.03 if args.quick else 0.8)
@@ -261,8 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = common.environment(device)
     notes: list[str] = []
     suite = Suite(device, use_compile=not (args.quick or args.no_compile), notes=notes)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    torch.manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(0)
+    torch.manual_seed(0)
     # DRAM copy needs buffers well above the last-level cache (32 MiB here): 256 MiB unless --quick
     copy_numel = max(max(Ts) * max(Ns), 1 << (20 if args.quick else 26))
     gemm_n = 256 if args.quick else (2048 if device.type == "cpu" else 8192)
@@ -271,40 +255,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bandwidth: list[dict[str, Any]] = []
     jobs = [(T, N) for T in Ts for N in Ns]
     no_reference: list[str] = []
-    no_training: list[str] = []
     for T, N in common.progress(jobs, total=len(jobs), desc="neurons (T, N)", quiet=args.quiet):
         x = torch.rand(T, N, device=device, generator=gen) * 2.0  # [T, N], LIF fires at times
         is_bw = max(Ns) == N
-        reference = args.reference_max_numel >= T * N
+        reference = REFERENCE_MAX_NUMEL >= T * N
         if not reference:
             no_reference.append(f"T={T} N={N}")
         times = time_interleaved(suite.inference(x, is_bw, reference), device, budget_s=budget)
         cells.append(cell_record(Mode.INFERENCE, T, N, times))
         if is_bw:
             bandwidth.append(bandwidth_row(T, N, times))
-        if args.train_max_numel >= T * N:
-            times = time_interleaved(suite.training(x, reference), device, budget_s=budget)
-            cells.append(cell_record(Mode.TRAINING, T, N, times))
-        else:
-            no_training.append(f"T={T} N={N}")
+        times = time_interleaved(suite.training(x, reference), device, budget_s=budget)
+        cells.append(cell_record(Mode.TRAINING, T, N, times))
         del x
     if no_reference:
-        notes.append(
-            f"reference LIF forms (eager, autograd) not timed above --reference-max-numel: {no_reference}"
-        )
-    if no_training:
-        notes.append(f"training not measured (T*N above --train-max-numel): {no_training}")
+        notes.append(f"reference LIF forms (eager, autograd) not timed above T*N = 2^24: {no_reference}")
     rates_after = machine_rates(device, copy_numel, gemm_n, budget)
     env["loadavg_end"] = common.load_average()
     copy_ref = max(max(rates_before["copy_GBps"].values()), max(rates_after["copy_GBps"].values()))
     gemm_ref = max(rates_before["gemm_GFLOPs"], rates_after["gemm_GFLOPs"])
     for row in bandwidth:
-        t_roof = max(row["bytes"] / (row["copy_GBps"] * 1e9), row["flops"] / (gemm_ref * 1e9))
-        row["bound"] = (
-            "memory"
-            if row["bytes"] / (row["copy_GBps"] * 1e9) >= row["flops"] / (gemm_ref * 1e9)
-            else "compute"
-        )
+        t_mem, t_flop = row["bytes"] / (row["copy_GBps"] * 1e9), row["flops"] / (gemm_ref * 1e9)
+        row["bound"], t_roof = "memory" if t_mem >= t_flop else "compute", max(t_mem, t_flop)
         for form in row["forms"].values():
             form["percent_of_dram_copy"] = 100.0 * form["GBps"] / copy_ref
             form["roofline_fraction"] = t_roof / form["time_s"]
@@ -321,8 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "malloc_reuse": malloc_reuse,
             "torch_compile": suite.use_compile,
             "compile_s": suite.compile_s,
-            "train_max_numel": args.train_max_numel,
-            "reference_max_numel": args.reference_max_numel,
+            "reference_max_numel": REFERENCE_MAX_NUMEL,
             "budget_s": budget,
         },
         "cells": cells,
@@ -345,5 +316,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
     result = run(args)
-    report(result, args.out, torch.device(result["environment"]["device"]))
+    report(result, args.out)
     return 0

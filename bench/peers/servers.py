@@ -3,10 +3,7 @@ with one intra-op thread as psn-serve's default), serving the same full.onnx or,
 network in SpikingJelly. Run by the peers' own Python (``.venv-peers``; the SpikingJelly one by the main
 venv, beside its CPU torch), so this module imports nothing of psn-serve.
 
-    python -m bench.peers.servers kserve    --model DIR --port P   # KServe ModelServer, V2 protocol
-    python -m bench.peers.servers litserve  --model DIR --port P   # LitServe LitAPI, POST /predict
-    python -m bench.peers.servers fastapi   --model DIR --port 0 --port-file F   # FastAPI + pydantic + ORT
-    python -m bench.peers.servers sj-stream --model DIR --port 0 --port-file F   # FastAPI WebSocket + SJ
+    python -m bench.peers.servers --kind kserve|litserve|fastapi|sj-stream --model DIR --port-file F
 
 Classify answers: the label index and the class probabilities of the mean logits over time (as psn-serve's).
 No ``from __future__ import annotations`` here: FastAPI reads the annotations of the apps' local classes.
@@ -44,12 +41,29 @@ def classify(sess, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(-1), softmax(logits)
 
 
+def server_args(prog: str, argv: list[str] | None, kinds: list[str], model: bool = False):
+    """``--kind K [--model DIR --name N] --host H --port P --port-file F`` (here and the echo app)."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--kind", choices=kinds, default=kinds[0])
+    if model:
+        p.add_argument("--model", type=Path, required=True, help="a psn-serve model directory (full.onnx)")
+        p.add_argument("--name", default="model", help="the model's name (KServe's URL)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port, reported in --port-file")
+    p.add_argument("--port-file", type=Path, default=None)
+    return p.parse_args(argv)
+
+
 def bound_socket(host: str, port: int, port_file: Path | None) -> socket.socket:
+    """A socket bound to (host, port), its port reported in port_file as psn serve reports its own (the
+    launcher reads it there): bound before it is reported, so no race for the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))  # bound before it is reported: no race for the port
+    sock.bind((host, port))
     if port_file is not None:
-        port_file.write_text(str(sock.getsockname()[1]))
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ports": {"http": sock.getsockname()[1]}}))
+        tmp.replace(port_file)
     return sock
 
 
@@ -237,23 +251,18 @@ def sj_app(model_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.peers.servers", description=__doc__.split("\n")[0])
-    p.add_argument("peer", choices=["kserve", "litserve", "fastapi", "sj-stream"])
-    p.add_argument("--model", type=Path, required=True, help="a psn-serve model directory (full.onnx)")
-    p.add_argument("--name", default="model", help="the model's name (KServe's URL)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--port-file", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.peer == "kserve":
-        run_kserve(args)
-    elif args.peer == "litserve":
-        run_litserve(args)
+    args = server_args(
+        "python -m bench.peers.servers", argv, ["kserve", "litserve", "fastapi", "sj-stream"], True
+    )
+    sock = bound_socket(args.host, args.port, args.port_file)
+    if args.kind in ("kserve", "litserve"):  # they bind their port themselves: free it just before
+        args.port = sock.getsockname()[1]
+        sock.close()
+        (run_kserve if args.kind == "kserve" else run_litserve)(args)
     else:
         import uvicorn
 
-        sock = bound_socket(args.host, args.port, args.port_file)
-        app = fastapi_app(args.model) if args.peer == "fastapi" else sj_app(args.model)
+        app = fastapi_app(args.model) if args.kind == "fastapi" else sj_app(args.model)
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0
 

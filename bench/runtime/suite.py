@@ -1,15 +1,7 @@
-"""``psn bench runtime``: psn_runtime overhead and cross-stream step batching, over ONNX Runtime sessions.
-
-- classify: µs per sequence at batch 1 and 64, a raw ``session.run`` of full.onnx vs ``Runtime.classify``
-  (sessions made alike, timed in interleaved rounds; the goal is a ratio <= 1.2).
-- steps: µs per step and steps/s at 1, 16 and 256 concurrent streams, batching on and off. Each stream is
-  a closed-loop client (it sends its next step when the last is answered), as behind a WebSocket. The
-  goal is >= 3x the steps/s with batching at 256 streams. A raw ``session.run`` of step.onnx at batch 1
-  and at max_batch is the reference.
-
-Uses the models under --models-dir (models/) when there are any, else tiny untrained ones exported into a
-temporary folder (``bench.models.export_tiny``; that needs torch). Writes docs/bench-runtime.json.
-"""
+"""``psn bench runtime``: psn_runtime overhead and cross-stream step batching over ONNX Runtime sessions:
+``Runtime.classify`` against a raw ``session.run`` of full.onnx (batch 1, 64; goal ratio <= 1.2), closed-loop
+streams at 1, 16, 256 with batching on and off (goal >= 3x steps/s at 256), raw step.onnx as the reference.
+Models from --models-dir (models/), else tiny untrained ones. Writes docs/bench-runtime.json."""
 
 from __future__ import annotations
 
@@ -211,21 +203,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def goals(result: dict[str, Any]) -> list[common.Goal]:
     out = [
-        common.Goal(
-            f"Runtime.classify / raw, {r['model']}, batch {r['batch']}",
-            f"<= {GOAL_RATIO}",
-            f"{r['ratio']:.2f}",
-            r["ratio"] <= GOAL_RATIO,
+        common.goal(
+            f"Runtime.classify / raw, {r['model']}, batch {r['batch']}", r["ratio"], GOAL_RATIO, at_most=True
         )
         for r in result["classify"]
     ]
     out += [
-        common.Goal(
-            f"batching speed-up, {s['model']}, {s['streams']} streams",
-            f">= {GOAL_BATCHING:g}x",
-            f"{s['speedup']:.2f}x",
-            s["speedup"] >= GOAL_BATCHING,
-        )
+        common.goal(f"batching speed-up, {s['model']}, {s['streams']} streams", s["speedup"], GOAL_BATCHING)
         for s in result["batching_speedup"]
         if s["streams"] == max(STREAM_COUNTS)
     ]
@@ -235,33 +219,28 @@ def goals(result: dict[str, Any]) -> list[common.Goal]:
 def tables(result: dict[str, Any]) -> str:
     classify = (
         f"model | batch | raw ORT us/seq=raw_us_per_seq | Runtime.classify us/seq=runtime_us_per_seq | "
-        f"ratio (goal <= {GOAL_RATIO})=ratio | ratio of minima=ratio_of_minima | overhead "
-        "us/call=overhead_us_per_call"
+        f"ratio (goal <= {GOAL_RATIO})=ratio | ratio of minima=ratio_of_minima | "
+        "overhead us/call=overhead_us_per_call"
     )
-    steps = [r | {"on": "on" if r["batching"] else "off"} for r in result["steps"]]
-    step_columns = (
-        "model | streams | batching=on | us/step=us_per_step | steps/s=steps_per_s | latency p50 "
-        "us=latency_p50_us | "
-        "p99 us=latency_p99_us"
+    steps = (
+        "model | streams | batching=on | us/step=us_per_step | steps/s=steps_per_s | "
+        "latency p50 us=latency_p50_us | p99 us=latency_p99_us"
     )
+    speedup = f"model | streams | speed-up from batching (goal >= {GOAL_BATCHING:g} at 256)=speedup"
     raw_step = "model | raw step.onnx us/step, batch 1=batch1_us | raw us/step at max_batch=max_batch_us"
+    on = [r | {"on": "on" if r["batching"] else "off"} for r in result["steps"]]
+    max_batch = result["config"]["max_batch"]
     return "\n\n".join(
         [
             common.table(
                 result["classify"], classify, "classify: raw session.run vs Runtime.classify, per sequence"
             ),
-            common.table(
-                steps, step_columns, "stream steps: closed-loop clients, one step in flight per stream"
-            ),
-            common.table(
-                result["batching_speedup"],
-                f"model | streams | speed-up from batching (goal >= {GOAL_BATCHING:g} at 256)=speedup",
-                "steps/s with batching / without",
-            ),
+            common.table(on, steps, "stream steps: closed-loop clients, one step in flight per stream"),
+            common.table(result["batching_speedup"], speedup, "steps/s with batching / without"),
             common.table(
                 result["raw_step"],
                 raw_step,
-                f"reference: raw session.run of step.onnx (max_batch = {result['config']['max_batch']})",
+                f"reference: raw session.run of step.onnx (max_batch {max_batch})",
             ),
             common.goals_table([common.Goal(**g) for g in result["goals"]]),
         ]

@@ -1,6 +1,3 @@
-"""``psn bench serving``: the HTTP/WebSocket service under load (``suite.main``), beside the echo ceiling.
-
-Modules: ``suite`` (options, plan, main), ``procs`` (servers started pinned), ``runs`` (the parts: classify,
-streams, first output, profiles), ``wrk`` (classify load), ``ws`` (stream load), ``latency``, ``models``,
-``report``/``output``/``plots`` (tables, JSON, PNG), ``profile`` (py-spy), ``echo_app`` (the ceiling).
-"""
+"""``psn bench serving`` (``suite.main``): the service under load beside its floor. ``procs`` starts the
+servers (server/launcher.py), ``runs`` holds the parts, ``wrk``/``ws``/``openloop``/``latency`` make the
+load, ``report``/``plots`` the output; ``echo_app`` is the floor, ``gctrace``/``profile`` look inside."""

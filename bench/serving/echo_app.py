@@ -1,23 +1,11 @@
-"""The floors of the serving stack: apps that do no model work, run by uvicorn with the options ``psn serve``
-uses (uvloop and httptools when installed, the same WebSocket implementation, no access log, no server
-header).
-
-- ``raw`` (the floor the limit is computed from): a raw ASGI app. ``POST /echo`` reads the whole body and
-  parses it with orjson (a V2 binary request: its JSON header, the Inference-Header-Content-Length bytes),
-  then answers a small JSON; ``WS /stream`` greets, then per message parses a text frame with orjson (a
-  binary frame is taken as it is) and answers a small JSON text about the size of a service step answer.
-- ``fastapi``: the same on FastAPI (``Request.body()``, a ``WebSocket`` route), no parsing: the
-  framework's own cost, a second reference.
-
-Both answer ``GET /readyz`` 200. Run: ``python -m bench.serving.echo_app --kind raw --port 0 --port-file F``.
-"""
+"""The floors of the serving stack, no model work, on uvicorn with psn serve's options: ``raw`` (the floor
+the limit uses), a raw ASGI app that parses each body (a V2 binary request's JSON header) or WebSocket text
+frame with orjson and answers a small JSON; ``fastapi``, the same on FastAPI, parsing nothing.
+``python -m bench.serving.echo_app --kind raw --port 0 --port-file F``."""
 
 from __future__ import annotations
 
-import argparse
-import socket
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -104,22 +92,13 @@ def fastapi_app() -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.serving.echo_app", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--kind", type=Kind, choices=list(Kind), default=Kind.RAW)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001, help="0: any free port (see --port-file)")
-    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to this file")
-    args = parser.parse_args(argv)
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))  # the port is bound before it is reported: no race
-    if args.port_file is not None:
-        args.port_file.write_text(str(sock.getsockname()[1]))
-    app = raw_app if args.kind is Kind.RAW else fastapi_app()
+    from bench.peers.servers import bound_socket, server_args
+
+    args = server_args("python -m bench.serving.echo_app", argv, list(Kind))
+    sock = bound_socket(args.host, args.port, args.port_file)
+    app = raw_app if args.kind == Kind.RAW else fastapi_app()
     config = uvicorn.Config(
         app,
         log_level="warning",

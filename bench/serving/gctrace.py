@@ -1,9 +1,6 @@
-"""Garbage-collection pauses of a server process: ``python -m bench.serving.gctrace FILE -- COMMAND...``
-runs COMMAND (``python -m psn.cli serve ...``, as the launcher builds it) in this process with a
-``gc.callbacks`` hook that times every collection, and keeps FILE up to date with the totals per generation
-(count, summed and largest pause in ms). ``read(FILE)`` gives them; the difference of two reads is what a
-load point cost. The server is otherwise unchanged (same interpreter, same arguments).
-"""
+"""Garbage-collection pauses of psn serve: ``python -m bench.serving.gctrace FILE -- PYTHON -m psn.cli serve
+...`` runs the server in this process with a ``gc.callbacks`` hook and keeps FILE up to date with the totals
+per generation (count, summed and largest pause in ms); two reads apart are what a load point cost."""
 
 from __future__ import annotations
 

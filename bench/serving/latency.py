@@ -1,23 +1,17 @@
-"""Time to first output and time to decision: a sequence streamed at a fixed rate (one step every 2 ms),
-one stream per model kind, in a client process on the load core.
-
-A PSN (full-only) model answers ``ready: false`` until it holds all T steps; masked and sliding PSNs and
-LIF answer every step. For each input step t we record when it was sent and when the first ready answer
-that has seen it came back: for a PSN every input waits for the last one, for the others the output follows
-the input at once.
-"""
+"""Time to first output and to decision: a sequence streamed at one step every 2 ms to each model kind, in a
+client process on the load core; per input step, when it was sent and when the first ready answer that has
+seen it came back (a PSN answers after all T steps, masked and sliding PSNs and LIF after each)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from bench.serving.ws import RESET, open_socket
+from bench.serving.ws import RESET, connect, ws_frame
 
 SPIN_S = 0.0025  # spin (yielding to the receiver) for the last 2.5 ms before a send: the client never sleeps
 
@@ -41,7 +35,7 @@ async def _send_at(deadline: float) -> None:
 
 async def _one_sequence(ws, x: np.ndarray, period_s: float) -> dict[str, list]:
     T = x.shape[0]
-    frames = [row.astype("<f4").tobytes() for row in x]  # T frames of F float32
+    frames = [ws_frame(row.astype("<f4").tobytes()) for row in x]  # T frames of F float32
     sent = [0.0] * T
     got: list[tuple[float, dict]] = []
 
@@ -55,9 +49,9 @@ async def _one_sequence(ws, x: np.ndarray, period_s: float) -> dict[str, list]:
     for t in range(T):
         await _send_at(start + t * period_s)
         sent[t] = time.monotonic()
-        await ws.send(frames[t])
+        ws.send(frames[t])
     await asyncio.wait_for(receiver, timeout=30)
-    await ws.send(RESET)
+    ws.send(ws_frame(RESET))
     await ws.recv()
     t0 = sent[0]
     answers = [a for _, a in got]
@@ -78,7 +72,7 @@ async def stream_sequences(jobs: list[LatencyJob], conn: object = None) -> dict[
     client process: ``conn`` is its pipe, unused)."""
     out: dict[str, list[dict[str, list]]] = {}
     for job in jobs:
-        ws = await open_socket(job.url)
+        ws = await connect(job.url)
         try:
             runs = []
             for x in job.inputs:  # [T, F]
@@ -86,7 +80,7 @@ async def stream_sequences(jobs: list[LatencyJob], conn: object = None) -> dict[
                 await asyncio.sleep(0.01)
             out[job.kind] = runs
         finally:
-            await ws.close()
+            ws.transport.close()
     return out
 
 
@@ -106,9 +100,6 @@ class KindLatency:
     step_rtt_p50_ms: float  # answer time minus send time, every step, every sequence
     input_ms: list[float]  # per input step: when it was sent (median)
     output_ms: list[float]  # per input step: when the first ready answer that has seen it arrived (median)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def summarize(kind: str, model: str, runs: list[dict[str, list]]) -> KindLatency:

@@ -1,32 +1,20 @@
-"""Server processes of the serving suite on 127.0.0.1, pinned to cores, always stopped; CPU time of any
-process.
-
-A server binds its own port: ``psn serve`` through the one launcher (server/launcher.py), the floor apps with
-``--port 0 --port-file FILE``, so no port is chosen before a server binds it. Peers that cannot (KServe,
-LitServe) get a free port and are restarted on another one if it was taken meanwhile. The server runs on
-one core (or a set of cores: ``--workers``) and the load (wrk, WebSocket clients, the profiler) on another.
-"""
+"""The servers of the benchmark suites on 127.0.0.1, each started by the one launcher (server/launcher.py,
+``--port 0 --port-file F``), pinned to cores and always stopped; CPU time of any process."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import http.client
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import BenchError
-from bench.models import REPO_ROOT
+from server.launcher import LaunchError, Server, server_env, start
 
 HOST = "127.0.0.1"
-READY_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 10.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 
@@ -46,7 +34,7 @@ class Pinning:
         return f"server pinned to core(s) {','.join(map(str, self.server))}, load (clients) {where}"
 
     def server_setup(self):
-        return _child_setup(self.server)
+        return _child_setup(self.server, session=True)
 
     def load_setup(self):
         return _child_setup(() if self.load is None else (self.load,))
@@ -60,10 +48,13 @@ def choose_pinning(enabled: bool = True, server_cores: int = 1) -> Pinning:
     return Pinning(tuple(cores[:server_cores]), cores[server_cores] if server_cores < len(cores) else None)
 
 
-def _child_setup(cores: tuple[int, ...]):
-    """In the child before exec: die with the suite (SIGTERM when its parent goes), pin to ``cores``."""
+def _child_setup(cores: tuple[int, ...], session: bool = False):
+    """In the child before exec: die with the suite, pin to ``cores``; a server gets its own process group
+    (``Proc.close`` ends the workers it spawns too)."""
 
     def setup() -> None:
+        if session:
+            os.setsid()
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if cores:
@@ -77,20 +68,13 @@ def pin_self(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def _stat_cpu(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (LitServe's workers, uvicorn's with
-    --workers), all their threads, from /proc."""
+    """User + system CPU seconds of a process and its live children (workers), all threads, from /proc."""
     total = _stat_cpu(Path(f"/proc/{pid}/stat"))
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError):
@@ -132,108 +116,15 @@ def thread_times(pid: int) -> ThreadTimes | None:
     return ThreadTimes(main, other, switches)
 
 
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict | None = None,
-    timeout: float = 30.0,
-) -> tuple[int, bytes, http.client.HTTPResponse]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read(), response
-    finally:
-        conn.close()
+class Proc:
+    """A started server: the launcher's ``Server``, a label, and for psn serve its GC trace file."""
 
+    def __init__(self, label: str, server: Server, gc_file: Path | None = None) -> None:
+        self.label, self.server, self.gc_file = label, server, gc_file
+        self.port, self.pid = server.port, server.pid
 
-class ServerProcess:
-    """One server subprocess: ``with ServerProcess(...) as server:`` starts it and always stops it.
-
-    ``port_file``: the server takes ``--port 0 --port-file FILE`` and reports its port there; else it is
-    given ``--port N`` for a free N (retried on another port if N was taken meanwhile)."""
-
-    def __init__(
-        self,
-        label: str,
-        argv: list[str],
-        log_path: Path,
-        pinning: Pinning,
-        *,
-        ready_path: str = "/readyz",
-        port_file: bool = True,
-        env: dict | None = None,
-    ) -> None:
-        self.label, self.argv, self.log_path, self.pinning = label, argv, log_path, pinning
-        self.ready_path, self.port_file, self.env = ready_path, port_file, env or {}
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError(f"{self.label}: not running")
-        return self.proc.pid
-
-    def command(self) -> list[str]:
-        return [*self.argv, "--port", "0" if self.port_file else str(self.port)]
-
-    def start(self) -> ServerProcess:
-        for attempt in range(3):
-            port_file = self.log_path.with_suffix(".port")
-            port_file.unlink(missing_ok=True)
-            self.port = 0 if self.port_file else free_port()
-            argv = self.command() + (["--port-file", str(port_file)] if self.port_file else [])
-            env = dict(os.environ, **self.env)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-            with self.log_path.open("ab") as log:
-                self.proc = subprocess.Popen(
-                    argv,
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    preexec_fn=self.pinning.server_setup(),
-                    start_new_session=True,  # its own process group: stop() ends the workers it spawns too
-                )
-            try:
-                self._wait_ready(port_file)
-                return self
-            except BenchError:
-                self.stop()
-                if attempt == 2 or "address already in use" not in self.log_tail().lower():
-                    raise
-        raise AssertionError("unreachable")
-
-    def _wait_ready(self, port_file: Path) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"{self.label} exited with status {self.proc.returncode} before it was ready; "
-                    f"its log ({self.log_path}) ends:\n{self.log_tail()}"
-                )
-            if not self.port and port_file.is_file() and port_file.read_text().strip():
-                self.port = int(port_file.read_text().strip())
-            try:
-                if self.port and request(self.port, "GET", self.ready_path, timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise BenchError(
-            f"{self.label} not ready after {READY_TIMEOUT_S:.0f} s; log ends:\n{self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def command(self) -> str:
+        return " ".join(map(str, self.server.process.args))
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
@@ -241,61 +132,54 @@ class ServerProcess:
     def thread_times(self) -> ThreadTimes | None:
         return thread_times(self.pid)
 
-    def stop(self) -> None:
-        """SIGTERM to the server's process group (LitServe's workers, uvicorn's), SIGKILL after a while."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(STOP_TIMEOUT_S)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
-        proc.wait(STOP_TIMEOUT_S)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class PsnServer(ServerProcess):
-    """``psn serve`` started by the one launcher (server/launcher.py): it binds its port itself."""
-
-    def __init__(self, label: str, args: list[str], log_path: Path, pinning: Pinning) -> None:
-        super().__init__(label, ["psn", "serve", *args], log_path, pinning)
-        self.args, self.server = args, None
-        self.gc_file = log_path.with_suffix(".gc.json")  # bench.serving.gctrace keeps its GC pauses here
-
     def gc_totals(self) -> dict | None:
         from bench.serving.gctrace import read
 
         try:
-            return read(self.gc_file)
+            return None if self.gc_file is None else read(self.gc_file)
         except (OSError, ValueError):
             return None
 
-    def command(self) -> list[str]:
-        return [*self.argv, "--port", str(self.port)]
-
-    def start(self) -> PsnServer:
-        from server.launcher import LaunchError, start
-
+    def close(self) -> None:
+        """The launcher's stop (SIGTERM, then SIGKILL), then SIGKILL to whatever is left of its group."""
         try:
-            trace = [sys.executable, "-m", "bench.serving.gctrace", str(self.gc_file), "--"]
-            setup = self.pinning.server_setup()
-            self.server = start(*self.args, host=HOST, log=self.log_path, preexec_fn=setup, prefix=trace)
-        except LaunchError as exc:
-            raise BenchError(f"{self.label}: {exc}") from exc
-        self.proc, self.port = self.server.process, self.server.port
+            self.server.close()
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Proc:
         return self
 
-    def stop(self) -> None:
-        server, self.server, self.proc = self.server, None, None
-        if server is not None:
-            server.close()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def launch(label: str, argv: list[str], log: Path, pinning: Pinning, ready_path: str = "/readyz") -> Proc:
+    """A server that takes ``--port 0 --port-file F`` (the launcher's report format), ready at ready_path."""
+
+    def command(ports: dict[str, int], port_file: Path) -> list[str]:
+        return [*argv, "--host", HOST, "--port", str(ports["http"]), "--port-file", str(port_file)]
+
+    try:
+        server = Server(
+            command,
+            host=HOST,
+            port=0,
+            env=server_env(),
+            log=log,
+            preexec_fn=pinning.server_setup(),
+            name=label,
+        )
+    except LaunchError as exc:
+        raise BenchError(f"{label}: {exc}") from exc
+    proc = Proc(label, server)
+    try:
+        server.wait_ready(path=ready_path)
+    except BaseException as exc:
+        proc.close()
+        raise BenchError(f"{label}: {exc}") from exc
+    return proc
 
 
 def psn_server(
@@ -306,20 +190,34 @@ def psn_server(
     pinning: Pinning,
     providers: list[str] | None = None,
     workers: int = 1,
-) -> PsnServer:
-    """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose."""
-    limits = "--max-streams 4096 --max-stream-steps 100000000 --idle-timeout-s 120"
-    args = ["--models-dir", str(models_dir), "--batching" if batching else "--no-batching"]
-    args += ["--log-level", "warning", *limits.split()]
+) -> Proc:
+    """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose; its
+    garbage collections traced (bench.serving.gctrace)."""
+    args = ["--batching" if batching else "--no-batching", "--log-level", "warning"]
+    args += ["--max-streams", "4096", "--max-stream-steps", "100000000", "--idle-timeout-s", "120"]
     args += ["--providers", ",".join(providers)] if providers else []
     name = "batching-on" if batching else "batching-off"
     if workers > 1:
         args += ["--workers", str(workers)]
         name += f"-{workers}-workers"
-    return PsnServer(f"psn serve ({name})", args, log_dir / f"psn-serve-{name}.log", pinning)
+    log, label = log_dir / f"psn-serve-{name}.log", f"psn serve ({name})"
+    gc_file = log.with_suffix(".gc.json")
+    trace = [sys.executable, "-m", "bench.serving.gctrace", str(gc_file), "--"]
+    try:
+        server = start(
+            *args,
+            models_dir=models_dir,
+            host=HOST,
+            log=log,
+            preexec_fn=pinning.server_setup(),
+            prefix=trace,
+        )
+    except LaunchError as exc:
+        raise BenchError(f"{label}: {exc}") from exc
+    return Proc(label, server, gc_file)
 
 
-def echo_server(log_dir: Path, pinning: Pinning, kind: str = "raw") -> ServerProcess:
+def echo_server(log_dir: Path, pinning: Pinning, kind: str = "raw") -> Proc:
     """The stack's floor (``raw``: a raw ASGI app that parses the body with orjson) or the FastAPI echo."""
-    argv = [sys.executable, "-m", "bench.serving.echo_app", "--kind", kind, "--host", HOST]
-    return ServerProcess(f"echo app ({kind})", argv, log_dir / f"echo-{kind}.log", pinning)
+    argv = [sys.executable, "-m", "bench.serving.echo_app", "--kind", kind]
+    return launch(f"echo app ({kind})", argv, log_dir / f"echo-{kind}.log", pinning)

@@ -1,9 +1,6 @@
-"""Where the server's time goes: py-spy samples the server process during one load run (``--profile DIR``);
-the collapsed stacks and a flame graph are written to DIR, and the busiest functions are summarized.
-
-py-spy is optional (``pip install py-spy``); it needs ptrace rights on the server (root, or
-``kernel.yama.ptrace_scope=0``). Profiled runs are extra runs: their numbers are not the reported ones.
-"""
+"""``--profile DIR``: py-spy samples the server during extra load runs (ptrace rights needed); collapsed
+stacks (and a flame graph when inferno or flamegraph.pl is around) go to DIR, the busiest functions to the
+report."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.serving.procs import Pinning
@@ -25,26 +21,6 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 def py_spy_binary() -> str | None:
     beside = Path(sys.executable).with_name("py-spy")
     return str(beside) if beside.exists() else shutil.which("py-spy")
-
-
-@dataclass
-class Profile:
-    name: str
-    samples: int
-    self_pct: list[tuple[str, float]]  # (function (file), % of samples where it is the innermost frame)
-    total_pct: list[tuple[str, float]]  # (function (file), % of samples where it is on the stack)
-    raw_path: str
-    svg_path: str | None
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "samples": self.samples,
-            "self_pct": [[f, round(p, 2)] for f, p in self.self_pct],
-            "total_pct": [[f, round(p, 2)] for f, p in self.total_pct],
-            "raw": self.raw_path,
-            "svg": self.svg_path,
-        }
 
 
 class Recorder:
@@ -72,7 +48,7 @@ class Recorder:
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pinning.load_setup()
         )
 
-    def finish(self, timeout_s: float = 60.0) -> Profile:
+    def finish(self, timeout_s: float = 60.0) -> dict:
         try:
             _, err = self.proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -94,41 +70,32 @@ def _frame_name(frame: str) -> str:
     return f"{m.group('func')} ({file})"
 
 
-def summarize(name: str, raw: Path, top: int = 15) -> Profile:
+def summarize(name: str, raw: Path, top: int = 15) -> dict:
+    """{name, samples, self_pct / total_pct: [[function (file), % of samples innermost / on the stack]],
+    raw, svg} from py-spy's collapsed stacks."""
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
     samples = 0
     for line in raw.read_text(errors="replace").splitlines():
-        m = _LINE.match(line)
-        if m is None:
+        if (m := _LINE.match(line)) is None:
+            continue
+        frames = [_frame_name(f) for f in m.group(1).split(";") if f]
+        if not (frames := [f for f in frames if not f.startswith(("process ", "thread "))]):
             continue
         count = int(m.group(2))
-        frames = [_frame_name(f) for f in m.group(1).split(";") if f]
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
         samples += count
         self_counts[frames[-1]] += count
         for f in set(frames):
             total_counts[f] += count
-    pct = lambda c: 100.0 * c / max(1, samples)  # noqa: E731
-    svg = _flamegraph(raw)
-    return Profile(
-        name,
-        samples,
-        [(f, pct(c)) for f, c in self_counts.most_common(top)],
-        [(f, pct(c)) for f, c in total_counts.most_common(top * 2)],
-        str(raw),
-        svg,
-    )
 
+    def pct(counts: Counter[str], n: int) -> list:
+        return [[f, round(100.0 * c / max(1, samples), 2)] for f, c in counts.most_common(n)]
 
-def _flamegraph(raw: Path) -> str | None:
-    """An SVG from the collapsed stacks when flamegraph.pl or inferno is around; else None."""
-    tool = shutil.which("inferno-flamegraph") or shutil.which("flamegraph.pl")
-    if tool is None:
-        return None
     svg = raw.with_suffix(".svg")
-    with raw.open("rb") as src, svg.open("wb") as dst:
-        done = subprocess.run([tool], stdin=src, stdout=dst, timeout=60, check=False)
-    return str(svg) if done.returncode == 0 else None
+    tool = shutil.which("inferno-flamegraph") or shutil.which("flamegraph.pl")
+    if tool is not None:  # an SVG from the collapsed stacks when a flame graph tool is around
+        with raw.open("rb") as src, svg.open("wb") as dst:
+            tool = tool if subprocess.run([tool], stdin=src, stdout=dst, timeout=60).returncode == 0 else None
+    svg_path = None if tool is None else str(svg)
+    top_pct = {"self_pct": pct(self_counts, top), "total_pct": pct(total_counts, 2 * top)}
+    return {"name": name, "samples": samples, **top_pct, "raw": str(raw), "svg": svg_path}

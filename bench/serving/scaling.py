@@ -1,16 +1,14 @@
-"""Throughput against worker processes: ``psn serve --workers N`` for each N of ``--workers 1,2``, the
-server on cores 0..N-1, the load (wrk, WebSocket clients) on the next core when there is one, else unpinned
-(sharing the server's cores: the table says so). Measures classify req/s (JSON, batch 1, 32 connections) and
-aggregate steps/s of 64 streams (binary frames), and each against one worker.
-"""
+"""``psn serve --workers N`` for each N of ``--workers 1,2`` on cores 0..N-1, the load on the next core:
+classify req/s (JSON, batch 1, 32 connections) and 64 streams' steps/s, each against one worker."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench.common import BenchError, progress, table
 from bench.serving.procs import HOST, choose_pinning, psn_server
@@ -28,17 +26,13 @@ def wait_for_workers(port: int, n: int, timeout_s: float = 90.0) -> None:
     while len(seen) < n:
         if time.monotonic() > deadline:
             raise BenchError(f"only {len(seen)} of {n} workers answered in {timeout_s:.0f} s")
-        conn = http.client.HTTPConnection(HOST, port, timeout=5)
         try:
-            conn.request("GET", "/readyz")
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200 and response.getheader("x-psn-worker"):
-                seen.add(response.getheader("x-psn-worker"))
-        except OSError:
+            r = httpx.get(f"http://{HOST}:{port}/readyz", timeout=5)
+            seen |= (
+                {r.headers["x-psn-worker"]} if r.status_code == 200 and "x-psn-worker" in r.headers else set()
+            )
+        except httpx.TransportError:
             time.sleep(0.1)
-        finally:
-            conn.close()
 
 
 def run_workers_part(
@@ -46,29 +40,18 @@ def run_workers_part(
 ) -> dict[str, Any]:
     """ctx: a bench.serving.runs.Context (plan, work folder, models, quiet)."""
     classify, stream, plan = ctx.classify_model(), ctx.stream_model(required=False), ctx.plan
-    body, file = classify_body(classify.T, classify.features, 1), ctx.work / "workers.body"
-    path = f"/v1/models/{classify.name}/classify"
+    body, path = classify_body(classify.T, classify.features, 1), f"/v1/models/{classify.name}/classify"
     rows = []
     for n in progress(counts, desc="workers", quiet=ctx.quiet):
         pinning = choose_pinning(pin, server_cores=n)
-        with psn_server(
-            models_dir, batching=True, log_dir=ctx.work, pinning=pinning, providers=providers, workers=n
-        ) as server:
+        serve = {"log_dir": ctx.work, "pinning": pinning, "providers": providers, "workers": n}
+        with psn_server(models_dir, batching=True, **serve) as server:
             if n > 1:
                 wait_for_workers(server.port, n)
-            run_wrk(
-                server, path, body, file, connections=8, duration_s=1, pinning=pinning
-            )  # warm every worker
-            r = run_wrk(
-                server, path, body, file, connections=CONNECTIONS, duration_s=plan.duration_s, pinning=pinning
-            )
-            row: dict[str, Any] = {
-                "workers": n,
-                "pinning": pinning.note,
-                "classify_rps": r.rps,
-                "classify_p99_ms": r.latency_ms["p99"],
-                "classify_errors": sum(r.errors.values()),
-            }
+            run_wrk(server, path, body, 8, 1, pinning)  # warm every worker
+            r = run_wrk(server, path, body, CONNECTIONS, plan.duration_s, pinning)
+            row = {"workers": n, "pinning": pinning.note, "classify_rps": r.rps}
+            row |= {"classify_p99_ms": r.latency_ms["p99"], "classify_errors": sum(r.errors.values())}
             if stream is not None:
                 url = f"ws://{HOST}:{server.port}/v1/models/{stream.name}/stream"
                 load = run_streams(url, STREAMS, Frames.BINARY, stream.features, plan, pinning)
@@ -94,8 +77,7 @@ def run_workers_part(
 def workers_table(part: dict[str, Any]) -> str:
     columns = (
         "workers | req/s=classify_rps:d | p99 ms=classify_p99_ms | x 1 worker=classify_vs_1 | "
-        "steps/s=steps_per_s:d | "
-        "p99 ms=steps_p99_ms | x 1 worker=steps_vs_1 | cores=pinning"
+        "steps/s=steps_per_s:d | p99 ms=steps_p99_ms | x 1 worker=steps_vs_1 | cores=pinning"
     )
     title = (
         f"psn serve --workers N ({part['classify']}; {part['streams']}; {part['cores_available']} cores here)"

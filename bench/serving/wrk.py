@@ -8,13 +8,15 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving.procs import HOST, Pinning, ServerProcess, ThreadTimes, request
+from bench.serving.procs import HOST, Pinning, Proc, ThreadTimes
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "post_json.lua"
 MARKER = "PSN_WRK_JSON "
@@ -83,17 +85,14 @@ def v2_binary_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -
     )
 
 
-def check_answer(server: ServerProcess, path: str, body: Body, expect_key: str) -> dict:
-    """One request before the load: the server must answer 200 with ``expect_key`` in its JSON (the JSON
-    header of a binary answer)."""
-    status, answer, response = request(server.port, "POST", path, body.data, body.all_headers())
-    length = response.getheader("Inference-Header-Content-Length")
-    answer = answer if length is None else answer[: int(length)]
-    if status != 200:
-        raise BenchError(f"{server.label}: POST {path} answered {status}: {answer[:300]!r}")
-    doc = json.loads(answer)
+def check_answer(server: Proc, path: str, body: Body, expect_key: str) -> dict:
+    """One request before the load: 200 with ``expect_key`` in its JSON (a binary answer's JSON header)."""
+    r = httpx.post(f"http://{HOST}:{server.port}{path}", content=body.data, headers=body.all_headers())
+    length = r.headers.get("Inference-Header-Content-Length")
+    answer = r.content if length is None else r.content[: int(length)]
+    doc = json.loads(answer) if r.status_code == 200 else {}
     if expect_key not in doc:
-        raise BenchError(f"{server.label}: POST {path} answer has no {expect_key!r}: {answer[:300]!r}")
+        raise BenchError(f"{server.label}: POST {path} answered {r.status_code}: {answer[:300]!r}")
     return doc
 
 
@@ -108,43 +107,33 @@ class WrkResult:
     server_cpu_s: float  # CPU seconds the server used during the run
     threads: ThreadTimes | None = None  # the server's main thread vs the others, context switches
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
 
 def run_wrk(
-    server: ServerProcess,
-    path: str,
-    body: Body,
-    body_file: Path,
-    *,
-    connections: int,
-    duration_s: float,
-    pinning: Pinning,
+    server: Proc, path: str, body: Body, connections: int, duration_s: float, pinning: Pinning
 ) -> WrkResult:
     """wrk -t1 -cN -dDs against server, pinned to the load core; the server's CPU time is read around it."""
     if shutil.which("wrk") is None:
         raise BenchError(WRK_MISSING)
-    body_file.write_bytes(body.data)
     seconds = max(1, round(duration_s))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA_SCRIPT)]
-    extra = "".join(f"{k}: {v}" for k, v in body.headers)
-    env = dict(os.environ, PSN_WRK_BODY=str(body_file), PSN_WRK_TYPE=body.content_type, PSN_WRK_HEADER=extra)
-    cpu0, threads0 = server.cpu_seconds(), server.thread_times()
-    out = subprocess.run(
-        [*cmd, f"http://{HOST}:{server.port}{path}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=seconds + 60,
-        preexec_fn=pinning.load_setup(),
-    )
-    cpu1, threads1 = server.cpu_seconds(), server.thread_times()
+    with tempfile.NamedTemporaryFile(suffix=".body") as file:
+        file.write(body.data)
+        file.flush()
+        extra = "".join(f"{k}: {v}" for k, v in body.headers)
+        env = dict(os.environ, PSN_WRK_BODY=file.name, PSN_WRK_TYPE=body.content_type, PSN_WRK_HEADER=extra)
+        cpu0, threads0 = server.cpu_seconds(), server.thread_times()
+        out = subprocess.run(
+            [*cmd, f"http://{HOST}:{server.port}{path}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 60,
+            preexec_fn=pinning.load_setup(),
+        )
+        cpu1, threads1 = server.cpu_seconds(), server.thread_times()
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARKER)), None)
     if out.returncode != 0 or line is None:
-        raise BenchError(
-            f"wrk failed (status {out.returncode}): {out.stderr.strip()[-500:] or out.stdout[-500:]}"
-        )
+        raise BenchError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:] or out.stdout[-500:]}")
     doc = json.loads(line[len(MARKER) :])
     duration = doc["duration_us"] / 1e6
     return WrkResult(

@@ -1,27 +1,29 @@
-"""WebSocket load: client processes (multiprocessing, spawned, pinned to the load core), each driving many
-streams with asyncio + the ``websockets`` library (uvloop when installed).
-
-Every stream is closed-loop: it sends one step, waits for the answer, sends the next. All processes connect
-first, then step together in one time window that the parent sets (CLOCK_MONOTONIC is shared by every
-process): a warm-up, then the counted window, during which the parent reads the server's CPU time and each
-client process its own.
-"""
+"""The load generators' core: client processes (spawned, pinned to the load core, uvloop) that connect
+first, then run in one time window the parent sets (``drive``: a warm-up, then the counted window, over
+which the parent reads the server's CPU); a hand-written WebSocket client (``connect``: no library per
+message); closed-loop streams (each sends a step, awaits its answer, sends the next). Open loop:
+``bench.serving.openloop``; HTTP load: ``bench.serving.wrk``."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import multiprocessing as mp
+import os
+import struct
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving.procs import Pinning, ServerProcess, ThreadTimes, pin_self
+from bench.serving.procs import Pinning, Proc, ThreadTimes, pin_self
 
 CONNECT_TIMEOUT_S = 60.0
 CONNECT_PARALLEL = 32  # connections opened at once by one client process
@@ -49,9 +51,6 @@ class StreamLoad:
     client_cpu_s: float
     threads: ThreadTimes | None = None  # the server's, over the counted window
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
     if seconds.size == 0:
@@ -68,29 +67,112 @@ def make_frames(frames: Frames, features: int, seed: int, count: int = 16) -> li
     return [json.dumps({"x": [round(float(v), 4) for v in row]}) for row in x]
 
 
-async def open_socket(url: str):
-    from websockets.asyncio.client import connect
+# ---------------------------------------------------------------------------------------- WebSocket client
 
-    ws = await connect(
-        url,
-        compression=None,
-        ping_interval=None,
-        open_timeout=CONNECT_TIMEOUT_S,
-        close_timeout=2,
-        max_size=1 << 20,
+
+def ws_frame(payload: bytes | str, opcode: int | None = None) -> bytes:
+    """A masked client frame (RFC 6455 5.2): text for str, binary for bytes unless ``opcode``; the mask is
+    fixed: it hides nothing from a server on loopback."""
+    if isinstance(payload, str):
+        payload, opcode = payload.encode(), opcode or 0x1
+    n, opcode = len(payload), opcode or 0x2
+    size = struct.pack(">BH", 0xFE, n) if n < 65536 else struct.pack(">BQ", 0xFF, n)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else size)
+    mask = b"\x11\x22\x33\x44"
+    masked = (np.frombuffer(payload + b"\0" * (-n % 4), "<u4") ^ np.frombuffer(mask, "<u4")).tobytes()[:n]
+    return head + mask + masked
+
+
+class Ws(asyncio.Protocol):
+    """One WebSocket: the upgrade, the server's hello (``opened`` resolves to it), then each text or binary
+    message to ``on_message(self, payload)`` (None: connection lost), by default queued for ``recv()``."""
+
+    def __init__(self, path: str, host: str, on_message: Callable[[Ws, bytes | None], None] | None) -> None:
+        self.path, self.host, self.on_message = path, host, on_message or Ws._queue
+        self.buffer, self.transport, self.upgraded = bytearray(), None, False
+        self.opened = asyncio.get_running_loop().create_future()
+        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.pending: deque[float] = deque()  # open loop: due times of the steps in flight
+
+    def _queue(self, payload: bytes | None) -> None:
+        self.inbox.put_nowait(payload)
+
+    async def recv(self) -> bytes:
+        if (payload := await self.inbox.get()) is None:
+            raise BenchError("WebSocket connection lost")
+        return payload
+
+    def send(self, frame: bytes) -> None:
+        """A frame made by ``ws_frame``."""
+        self.transport.write(frame)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            if (end := self.buffer.find(b"\r\n\r\n")) < 0:
+                return
+            if not self.buffer.startswith(b"HTTP/1.1 101"):
+                refused = BenchError(f"WebSocket upgrade refused: {bytes(self.buffer[:200])!r}")
+                self.opened.set_exception(refused)
+                self.transport.close()
+                return
+            del self.buffer[: end + 4]
+            self.upgraded = True
+        while len(self.buffer) >= 2:
+            opcode, n, at = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
+            if n >= 126:
+                at = 4 if n == 126 else 10
+                n = (
+                    struct.unpack(">H" if at == 4 else ">Q", self.buffer[2:at])[0]
+                    if len(self.buffer) >= at
+                    else None
+                )
+            if n is None or len(self.buffer) < at + n:
+                return
+            payload = bytes(self.buffer[at : at + n])
+            del self.buffer[: at + n]
+            if opcode == 0x9:  # ping: pong with the same payload
+                self.transport.write(ws_frame(payload, 0xA))
+            elif opcode in (0x1, 0x2) and not self.opened.done():
+                self.opened.set_result(payload)
+            elif opcode in (0x1, 0x2):
+                self.on_message(self, payload)
+
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(BenchError(f"WebSocket connection lost before its hello: {exc}"))
+        self.on_message(self, None)
+
+
+async def connect(url: str, on_message: Callable[[Ws, bytes | None], None] | None = None) -> Ws:
+    """A WebSocket to url (ws://HOST:PORT/PATH) once the server's hello is in (an error hello raises)."""
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    _, ws = await loop.create_connection(
+        lambda: Ws(parts.path, parts.netloc, on_message), parts.hostname, parts.port
     )
-    hello = await ws.recv()
-    if '"error"' in hello[:20]:
-        raise BenchError(f"{url}: {hello[:200]}")
+    hello = await asyncio.wait_for(ws.opened, CONNECT_TIMEOUT_S)
+    if hello.startswith(b'{"error"'):
+        raise BenchError(f"{url}: {hello[:200]!r}")
     return ws
 
 
-async def open_sockets(url: str, n: int) -> list:
+async def connect_many(
+    url: str, n: int, on_message: Callable[[Ws, bytes | None], None] | None = None
+) -> list[Ws]:
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
 
-    async def one():
+    async def one() -> Ws:
         async with gate:
-            return await open_socket(url)
+            return await connect(url, on_message)
 
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
@@ -162,24 +244,71 @@ def run_in_client_process(fn: Callable[..., Any], args: tuple, pinning: Pinning,
         return client.results(timeout_s)[0]
 
 
+async def ready_go(conn, connections: int) -> tuple[float, float, float]:
+    """In a client process: report its connections, then (start_at, count_from, end_at) from ``drive``."""
+    conn.send(("ready", connections))
+    message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    return message[1:]
+
+
+@dataclass
+class Driven:
+    results: list[Any]  # each client process's
+    server_cpu_s: float | None  # over the counted window
+    threads: ThreadTimes | None
+
+
+def drive(
+    fn: Callable[..., Any],
+    arg_list: list[tuple],
+    pinning: Pinning,
+    server: Proc | None,
+    warmup_s: float,
+    seconds: float,
+    on_window: Callable[[], None] | None = None,
+    timeout_s: float = 60.0,
+) -> Driven:
+    """``fn(*args, conn)`` in one client process per args; all start together (``ready_go``), warm up for
+    warmup_s, then count for ``seconds``. ``on_window`` is called as the counted window starts."""
+    with ClientProcesses(fn, arg_list, pinning) as clients:
+        for conn in clients.conns:
+            _recv(conn, CONNECT_TIMEOUT_S + 30, "connection report")
+        start_at = time.monotonic() + 0.05
+        count_from, end_at = start_at + warmup_s, start_at + warmup_s + seconds
+        for conn in clients.conns:
+            conn.send(("go", start_at, count_from, end_at))
+        time.sleep(max(0.0, count_from - time.monotonic()))
+        if on_window is not None:
+            on_window()
+        cpu0, threads0 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
+        time.sleep(max(0.0, end_at - time.monotonic()))
+        cpu1, threads1 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
+        results = clients.results(timeout_s)
+    return Driven(
+        results,
+        None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        None if threads0 is None or threads1 is None else threads1.minus(threads0),
+    )
+
+
 # ------------------------------------------------------------------------------------------- closed loop
 
 
-async def _step_loop(ws, frames: list, count_from: float, end_at: float, rtts: list[float]) -> int:
+async def _step_loop(ws: Ws, frames: list[bytes], count_from: float, end_at: float, rtts: list[float]) -> int:
     """Closed loop until end_at; appends the round trips started after count_from; returns error answers."""
-    mono, errors, i, n = time.monotonic, 0, 0, len(frames)
+    mono, errors, i, n, reset = time.monotonic, 0, 0, len(frames), ws_frame(RESET)
     while (t0 := mono()) < end_at:
-        await ws.send(frames[i % n])
+        ws.send(frames[i % n])
         answer = await ws.recv()
         t1 = mono()
         i += 1
-        if answer.startswith('{"error"'):
+        if answer.startswith(b'{"error"'):
             errors += 1
             continue
         if t0 >= count_from:
             rtts.append(t1 - t0)
-        if '"done":true' in answer:  # a bounded model took all its steps: start a new sequence
-            await ws.send(RESET)
+        if b'"done":true' in answer:  # a bounded model took all its steps: start a new sequence
+            ws.send(reset)
             await ws.recv()
     return errors
 
@@ -192,14 +321,10 @@ async def _cpu_window(count_from: float, end_at: float) -> float:
 
 
 async def _closed_loop_client(url: str, streams: int, frames: Frames, features: int, seed: int, conn) -> dict:
-    sockets = await open_sockets(url, streams)
+    sockets = await connect_many(url, streams)
     try:
-        conn.send(("ready", len(sockets)))
-        message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        if message[0] != "go":
-            return {"aborted": True}
-        _, start_at, count_from, end_at = message
-        data = make_frames(frames, features, seed)
+        start_at, count_from, end_at = await ready_go(conn, len(sockets))
+        data = [ws_frame(f) for f in make_frames(frames, features, seed)]
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         rtts: list[list[float]] = [[] for _ in sockets]
         cpu = asyncio.ensure_future(_cpu_window(count_from, end_at))
@@ -211,7 +336,8 @@ async def _closed_loop_client(url: str, streams: int, frames: Frames, features: 
         flat = np.fromiter((r for rs in rtts for r in rs), dtype=np.float64)
         return {"rtts": flat, "errors": int(sum(errors)), "client_cpu_s": await cpu}
     finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        for ws in sockets:
+            ws.transport.close()
 
 
 def run_streams(
@@ -221,41 +347,26 @@ def run_streams(
     features: int,
     plan: Any,
     pinning: Pinning,
-    server: ServerProcess | None = None,
+    server: Proc | None = None,
     on_window: Callable[[], None] | None = None,
 ) -> StreamLoad:
     """S closed-loop streams spread over ``plan.client_procs`` client processes; the steps answered in the
-    counted window (``plan.warmup_s``, then ``plan.duration_s``). ``on_window`` is called when the counted
-    window starts (e.g. to start a profiler)."""
-    duration_s, warmup_s, client_procs = plan.duration_s, plan.warmup_s, plan.client_procs
-    procs = max(1, min(client_procs, streams))
+    counted window (``plan.warmup_s``, then ``plan.duration_s``)."""
+    procs = max(1, min(plan.client_procs, streams))
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     args = [(url, share, frames, features, i) for i, share in enumerate(shares)]
-    with ClientProcesses(_closed_loop_client, args, pinning) as clients:
-        for conn in clients.conns:
-            _recv(conn, CONNECT_TIMEOUT_S + 30, "connection report")
-        start_at = time.monotonic() + 0.05
-        count_from, end_at = start_at + warmup_s, start_at + warmup_s + duration_s
-        for conn in clients.conns:
-            conn.send(("go", start_at, count_from, end_at))
-        time.sleep(max(0.0, count_from - time.monotonic()))
-        if on_window is not None:
-            on_window()
-        cpu0, threads0 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
-        time.sleep(max(0.0, end_at - time.monotonic()))
-        cpu1, threads1 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
-        results = clients.results(60.0)
-    rtts = np.concatenate([r["rtts"] for r in results])
+    run = drive(_closed_loop_client, args, pinning, server, plan.warmup_s, plan.duration_s, on_window)
+    rtts = np.concatenate([r["rtts"] for r in run.results])
     return StreamLoad(
         streams,
         str(frames),
         procs,
-        duration_s,
+        plan.duration_s,
         int(rtts.size),
-        rtts.size / duration_s,
-        sum(r["errors"] for r in results),
+        rtts.size / plan.duration_s,
+        sum(r["errors"] for r in run.results),
         percentiles_ms(rtts),
-        None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
-        sum(r["client_cpu_s"] for r in results),
-        None if threads0 is None or threads1 is None else threads1.minus(threads0),
+        run.server_cpu_s,
+        sum(r["client_cpu_s"] for r in run.results),
+        run.threads,
     )

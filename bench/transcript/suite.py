@@ -1,10 +1,6 @@
 """``psn bench transcript``: stream one test sequence through a PSN, a masked PSN, a sliding PSN and a LIF
-model of the same data set and print, step by step, when each one answers (a markdown table, as in the
-README). It starts its own ``psn serve`` on loopback over the bundled models and stops it afterwards.
-
-The point it shows: a PSN reads all T inputs at once, so a stream gets ``ready: false`` until the last
-one; masked and sliding PSNs (and LIF) answer from the first step on.
-"""
+model of one data set on a psn serve it starts, and print step by step when each answers (a markdown
+table): a PSN only after all T inputs, the others from the first step on."""
 
 from __future__ import annotations
 
@@ -48,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=3, help="print every n-th step (and the last)")
     ap.add_argument("--quick", action="store_true", help="accepted for `psn bench all`")
     ap.add_argument("--quiet", action="store_true", help="accepted for `psn bench all`")
+    ap.add_argument("--out", type=Path, help="accepted for `psn bench all` (the table goes to stdout)")
     args = ap.parse_args(argv)
     if args.every < 1:
         ap.error("--every must be >= 1")
