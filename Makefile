@@ -14,11 +14,12 @@ PYTEST_WORKERS ?= auto
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: bench-peers serve test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
+.PHONY: bench-peers serve test zoo-test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
 	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
+	@echo "make zoo-test    SpikingJelly's deepest model-zoo networks (sew_resnet18, spiking_vgg11_bn; a CI stage)"
 	@echo "make docs        rewrite the generated tables in docs/ (routes, errors, settings) from the code"
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
@@ -103,6 +104,11 @@ lint: $(VENV)/.dev-stamp
 # (tests/conftest.py). PYTEST_WORKERS=0: in this process, one test after another.
 test: lint
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+# SpikingJelly's model zoo with its three deepest networks too (sew_resnet18 twice, spiking_vgg11_bn: their
+# exports take 40-60 s each; make test runs spiking_resnet18 and the CIFAR10Nets); a stage of .ci/run
+zoo-test: $(VENV)/.dev-stamp
+	$(VENV)/bin/pytest tests/test_sj_zoo.py --run-zoo -m zoo -p no:cacheprovider $(PYTEST_ARGS)
 
 soak: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)

@@ -4,6 +4,8 @@ serving-only install can still collect the tests it can run).
 - ``--run-soak``: the long reliability suites marked ``soak`` run only when it is given (``make soak``).
 - ``--run-browser``: the headless-Chromium tests marked ``browser`` run only when it is given
   (``make browser-test``); they fail, not skip, when Chromium is missing.
+- ``--run-zoo``: the deepest SpikingJelly model-zoo networks (marked ``zoo``, 40-60 s of export each) run
+  only when it is given (``make zoo-test``, a stage of .ci/run).
 - One temporary folder per test run, shared by the pytest-xdist workers (``PSNTESTS_SESSION_DIR``): the
   tiny models of tests/fixtures.py are exported there once, whichever worker needs them first.
 """
@@ -22,13 +24,16 @@ _SESSION_DIR = pytest.StashKey[str]()
 # gRPC (default 8001) is off unless a test asks for it (grpc_port=0 or --grpc-port 0: any free port).
 os.environ.setdefault("PSN_GRPC_PORT", "off")
 
-OPT_IN = {"soak": "--run-soak", "browser": "--run-browser"}
+OPT_IN = {"soak": "--run-soak", "browser": "--run-browser", "zoo": "--run-zoo"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-soak", action="store_true", default=False, help="run the tests marked soak")
     parser.addoption(
         "--run-browser", action="store_true", default=False, help="run the tests marked browser (Chromium)"
+    )
+    parser.addoption(
+        "--run-zoo", action="store_true", default=False, help="run the tests marked zoo (deep model-zoo nets)"
     )
 
 
@@ -44,6 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "browser: the demo page in headless Chromium, run only with --run-browser (make browser-test)",
+    )
+    config.addinivalue_line(
+        "markers", "zoo: the deepest SpikingJelly model-zoo networks, run only with --run-zoo (make zoo-test)"
     )
 
 

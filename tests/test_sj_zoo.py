@@ -50,6 +50,8 @@ ZOO = {
     "cifar10net_lif_soft": ("lif", 8, 10),
     "cifar10net_masked_psn": ("masked_psn", 8, 10),
 }
+# the three slowest (40-60 s of export each): marked zoo, run by `make zoo-test` (a stage of .ci/run) and not
+# by `make test`, which keeps spiking_resnet18 and the four CIFAR10Nets
 SLOW = {"sew_resnet18_add_lif", "sew_resnet18_add_sliding_psn", "spiking_vgg11_bn_psn"}
 T, SHAPE = sj_zoo.T, sj_zoo.SHAPE
 SERVED = 6  # sequences classified per network
@@ -82,7 +84,8 @@ def _export(name: str, root: Path) -> Exported:
 
 
 @pytest.fixture(
-    scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO]
+    scope="module",
+    params=[pytest.param(n, marks=(pytest.mark.slow, pytest.mark.zoo)) if n in SLOW else n for n in ZOO],
 )
 def zoo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp(f"sj-zoo-{request.param}")
