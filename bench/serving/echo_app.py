@@ -1,10 +1,14 @@
 """The floors of the serving stack, no model work, on uvicorn with psn serve's options: ``raw`` (the floor
 the limit uses), a raw ASGI app that parses each body (a V2 binary request's JSON header) or WebSocket text
-frame with orjson and answers a small JSON; ``fastapi``, the same on FastAPI, parsing nothing.
+frame with orjson and answers a small JSON; ``fastapi``, the same on FastAPI, parsing nothing; ``busy``, the
+raw app plus a constant busy-wait per POST /echo (``PSN_BENCH_BUSY_US`` µs, default 850: about psn serve's CPU
+per classify), a server of constant cost for ``bench.serving.tailcheck``.
 ``python -m bench.serving.echo_app --kind raw --port 0 --port-file F``."""
 
 from __future__ import annotations
 
+import os
+import time
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +27,10 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 class Kind(StrEnum):
     RAW = "raw"
     FASTAPI = "fastapi"
+    BUSY = "busy"
+
+
+BUSY_US_ENV = "PSN_BENCH_BUSY_US"
 
 
 def _parse_body(body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
@@ -65,6 +73,19 @@ async def raw_app(scope: dict[str, Any], receive, send) -> None:
             t += 1
 
 
+def busy_app(busy_s: float):
+    """The raw app, each POST /echo first spinning busy_s seconds on the CPU (no sleep: the core is busy)."""
+
+    async def app(scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/echo":
+            end = time.perf_counter() + busy_s
+            while time.perf_counter() < end:
+                pass
+        await raw_app(scope, receive, send)
+
+    return app
+
+
 def fastapi_app() -> FastAPI:
     app = FastAPI(title="psn-serve echo (benchmark floor)", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -98,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = server_args("python -m bench.serving.echo_app", argv, list(Kind))
     sock = bound_socket(args.host, args.port, args.port_file)
-    app = raw_app if args.kind == Kind.RAW else fastapi_app()
+    apps = {Kind.RAW: lambda: raw_app, Kind.FASTAPI: fastapi_app}
+    apps[Kind.BUSY] = lambda: busy_app(float(os.environ.get(BUSY_US_ENV, "850")) / 1e6)
+    app = apps[Kind(args.kind)]()
     config = uvicorn.Config(
         app,
         log_level="warning",
