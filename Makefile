@@ -14,12 +14,13 @@ PYTEST_WORKERS ?= auto
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-.PHONY: bench-peers serve test zoo-test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
+.PHONY: bench-peers serve test zoo-test bench-test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
 	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
 	@echo "make zoo-test    SpikingJelly's deepest model-zoo networks (sew_resnet18, spiking_vgg11_bn; a CI stage)"
+	@echo "make bench-test  quick runs of the serving and peers benchmarks (a CI stage; installs wrk)"
 	@echo "make docs        rewrite the generated tables in docs/ (routes, errors, settings) from the code"
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
 	@echo "make image-test  lint the Dockerfile, build the CPU image with podman, run and probe it"
@@ -109,6 +110,13 @@ test: lint
 # exports take 40-60 s each; make test runs spiking_resnet18 and the CIFAR10Nets); a stage of .ci/run
 zoo-test: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest tests/test_sj_zoo.py --run-zoo -m zoo -p no:cacheprovider $(PYTEST_ARGS)
+
+# the quick runs of the serving and peers benchmarks (real servers under wrk and WebSocket load); a stage of
+# .ci/run (installs wrk when missing)
+bench-test: $(VENV)/.dev-stamp
+	@command -v wrk >/dev/null || apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)
+	$(VENV)/bin/pytest tests/test_bench_serving_smoke.py tests/test_bench_peers.py --run-bench -m bench \
+		-p no:cacheprovider $(PYTEST_ARGS)
 
 soak: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest -m soak --run-soak $(PYTEST_ARGS)

@@ -6,6 +6,9 @@ serving-only install can still collect the tests it can run).
   (``make browser-test``); they fail, not skip, when Chromium is missing.
 - ``--run-zoo``: the deepest SpikingJelly model-zoo networks (marked ``zoo``, 40-60 s of export each) run
   only when it is given (``make zoo-test``, a stage of .ci/run).
+- ``--run-bench``: the quick runs of ``psn bench serving`` and ``psn bench peers`` (marked ``bench``: real
+  servers under wrk and WebSocket load for a minute or two) run only when it is given (``make bench-test``,
+  a stage of .ci/run that installs wrk).
 - One temporary folder per test run, shared by the pytest-xdist workers (``PSNTESTS_SESSION_DIR``): the
   tiny models of tests/fixtures.py are exported there once, whichever worker needs them first.
 """
@@ -24,7 +27,7 @@ _SESSION_DIR = pytest.StashKey[str]()
 # gRPC (default 8001) is off unless a test asks for it (grpc_port=0 or --grpc-port 0: any free port).
 os.environ.setdefault("PSN_GRPC_PORT", "off")
 
-OPT_IN = {"soak": "--run-soak", "browser": "--run-browser", "zoo": "--run-zoo"}
+OPT_IN = {"soak": "--run-soak", "browser": "--run-browser", "zoo": "--run-zoo", "bench": "--run-bench"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,6 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addoption(
         "--run-zoo", action="store_true", default=False, help="run the tests marked zoo (deep model-zoo nets)"
+    )
+    parser.addoption(
+        "--run-bench", action="store_true", default=False, help="run the tests marked bench (benchmark runs)"
     )
 
 
@@ -52,6 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "zoo: the deepest SpikingJelly model-zoo networks, run only with --run-zoo (make zoo-test)"
+    )
+    config.addinivalue_line(
+        "markers", "bench: quick serving and peers benchmark runs, only with --run-bench (make bench-test)"
     )
 
 

@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("spikingjelly")
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.bench,
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)"),
 ]

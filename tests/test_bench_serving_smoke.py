@@ -15,6 +15,7 @@ from tests.fixtures import exported_models
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.bench,
     pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)"),
 ]
 
