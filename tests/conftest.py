@@ -27,20 +27,22 @@ _SESSION_DIR = pytest.StashKey[str]()
 # gRPC (default 8001) is off unless a test asks for it (grpc_port=0 or --grpc-port 0: any free port).
 os.environ.setdefault("PSN_GRPC_PORT", "off")
 
-OPT_IN = {"soak": "--run-soak", "browser": "--run-browser", "zoo": "--run-zoo", "bench": "--run-bench"}
+# the suites that run only when asked: marker -> (what its tests are, the make target that asks)
+OPT_IN = {
+    "soak": ("long reliability suites", "make soak"),
+    "browser": ("the demo page in headless Chromium", "make browser-test"),
+    "zoo": ("the deepest SpikingJelly model-zoo networks", "make zoo-test"),
+    "bench": ("quick serving and peers benchmark runs", "make bench-test"),
+}
+
+
+def _option(marker: str) -> str:
+    return f"--run-{marker}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--run-soak", action="store_true", default=False, help="run the tests marked soak")
-    parser.addoption(
-        "--run-browser", action="store_true", default=False, help="run the tests marked browser (Chromium)"
-    )
-    parser.addoption(
-        "--run-zoo", action="store_true", default=False, help="run the tests marked zoo (deep model-zoo nets)"
-    )
-    parser.addoption(
-        "--run-bench", action="store_true", default=False, help="run the tests marked bench (benchmark runs)"
-    )
+    for marker, (what, _) in OPT_IN.items():
+        parser.addoption(_option(marker), action="store_true", help=f"run the tests marked {marker}: {what}")
 
 
 SESSION_DIR_ENV = "PSNTESTS_SESSION_DIR"  # tests/fixtures.py reads it
@@ -51,17 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
         root = tempfile.mkdtemp(prefix="psn-tests-")
         config.stash[_SESSION_DIR] = root
         os.environ[SESSION_DIR_ENV] = root  # inherited by every worker: one export of the tiny models
-    config.addinivalue_line("markers", "soak: long reliability suites, run only with --run-soak (make soak)")
-    config.addinivalue_line(
-        "markers",
-        "browser: the demo page in headless Chromium, run only with --run-browser (make browser-test)",
-    )
-    config.addinivalue_line(
-        "markers", "zoo: the deepest SpikingJelly model-zoo networks, run only with --run-zoo (make zoo-test)"
-    )
-    config.addinivalue_line(
-        "markers", "bench: quick serving and peers benchmark runs, only with --run-bench (make bench-test)"
-    )
+    for marker, (what, target) in OPT_IN.items():
+        config.addinivalue_line("markers", f"{marker}: {what}, run only with {_option(marker)} ({target})")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -76,7 +69,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # at once and the short modules fill the gaps at the end (the same order in every worker)
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.path not in slow)
-    for marker, option in OPT_IN.items():
+    for marker in OPT_IN:
+        option = _option(marker)
         if config.getoption(option):
             continue
         skip = pytest.mark.skip(reason=f"{marker} suite: run with {option}")

@@ -119,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = server_args("python -m bench.serving.echo_app", argv, list(Kind))
     sock = bound_socket(args.host, args.port, args.port_file)
-    apps = {Kind.RAW: lambda: raw_app, Kind.FASTAPI: fastapi_app}
-    apps[Kind.BUSY] = lambda: busy_app(float(os.environ.get(BUSY_US_ENV, "850")) / 1e6)
-    app = apps[Kind(args.kind)]()
+    if args.kind == Kind.FASTAPI:
+        app = fastapi_app()
+    elif args.kind == Kind.BUSY:
+        app = busy_app(float(os.environ.get(BUSY_US_ENV, "850")) / 1e6)
+    else:
+        app = raw_app
     config = uvicorn.Config(
         app,
         log_level="warning",
