@@ -1,8 +1,10 @@
-"""Shared pieces of the suites: the one timing helper, devices, tables, goals, JSON output (no torch import
-at module level: the serving suite needs none)."""
+"""Shared pieces of the suites: the one timing helper, devices, tables, goals, JSON and plots (no torch or
+matplotlib import at module level: the serving suite needs neither)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -14,8 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, astuple, dataclass, field
-from enum import StrEnum
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,17 +25,24 @@ SHARED_MACHINE_NOTE = (
     "CPU timings come from a shared 2-core machine that other people use at the same time: expect noise; "
     "candidates are timed in interleaved rounds so that load hits them alike."
 )
-
 _T = TypeVar("_T")
-
-
-class Device(StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
 
 
 class BenchError(RuntimeError):
     """A benchmark cannot run as asked (a missing device or package, a bad option)."""
+
+
+def arguments(prog: str, doc: str, out: str = "folder for the JSON and PNGs (docs/)"):
+    """The options every suite takes: --quick, --quiet, --out (``psn bench all`` passes them on)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=out)
+    return p
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if present")
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -46,10 +54,9 @@ def resolve_device(name: str) -> Any:
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = Device(name)
-    if kind is Device.CUDA and not torch.cuda.is_available():
+    if name == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
-    return torch.device(kind.value)
+    return torch.device(name)
 
 
 def synchronize(device: Any) -> None:
@@ -60,12 +67,10 @@ def synchronize(device: Any) -> None:
 
 
 def cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
@@ -78,27 +83,17 @@ def load_average() -> list[float] | None:
 
 def environment(device: Any = None, **extra: Any) -> dict[str, Any]:
     """What a reader needs to judge the numbers: versions, device, threads, load."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "loadavg_start": load_average(),
-    }
+    env = {"python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+    env |= {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_start": load_average()}
     if device is not None:
         import torch
 
-        threads = torch.get_num_threads()
-        env |= {
-            "device": device.type,
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}",
-            "torch": torch.__version__,
-            "torch_threads": threads,
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        }
-        if device.type == "cuda":
+        threads, cuda = torch.get_num_threads(), device.type == "cuda"
+        name = f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
+        env |= {"device": device.type, "device_name": torch.cuda.get_device_name(device) if cuda else name}
+        env |= {"torch": torch.__version__, "torch_threads": threads}
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
+        if cuda:
             env |= {"cuda": torch.version.cuda, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     if device is None or device.type == "cpu":
         env["note"] = SHARED_MACHINE_NOTE
@@ -118,8 +113,7 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    int_max = (1 << 31) - 1  # mallopt takes a C int; the heap then keeps at most what the peak needed
+    m_trim_threshold, m_mmap_max, int_max = -1, -4, (1 << 31) - 1  # mallopt takes a C int
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, int_max))
 
 
@@ -163,18 +157,14 @@ def time_interleaved(
     """Median time per call of each function (the one timing helper): after a cold call and an estimate, each
     round times one block (calls lasting ``min_block_s``) of every function in a rotating order, so load from
     other processes falls on all alike, until ``budget_s`` is spent; GC off, CUDA synchronized per block."""
-    names = list(fns)
-    inner: dict[str, int] = {}
-    round_cost = 0.0
+    names, inner, round_cost = list(fns), {}, 0.0
     for name in names:
         est = _block(fns[name], 1, device)  # cold call: allocation, compilation, caches
-        if est < 1.0:  # warm calls for all but the slowest functions
-            est = _block(fns[name], 1, device)
-        if est < 0.2:
-            est = _block(fns[name], 1, device)
-        est = max(est, 1e-7)
-        inner[name] = max(1, min(10_000, math.ceil(min_block_s / est)))
-        round_cost += est * inner[name]
+        for warm_below in (1.0, 0.2):  # warm calls for all but the slowest functions
+            if est < warm_below:
+                est = _block(fns[name], 1, device)
+        inner[name] = max(1, min(10_000, math.ceil(min_block_s / max(est, 1e-7))))
+        round_cost += max(est, 1e-7) * inner[name]
     repeats = max(min_repeats, min(max_repeats, int(budget_s / max(round_cost, 1e-9))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
@@ -188,11 +178,9 @@ def time_interleaved(
             gc.enable()
     out = {}
     for n in names:
-        per_call = sorted(samples[n])
-        q = statistics.quantiles(per_call, n=4) if len(per_call) >= 2 else [per_call[0]] * 3
-        out[n] = Timing(
-            statistics.median(per_call), per_call[0], q[0], q[2], repeats, inner[n], tuple(samples[n])
-        )
+        s = sorted(samples[n])
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        out[n] = Timing(statistics.median(s), s[0], q[0], q[2], repeats, inner[n], tuple(samples[n]))
     return out
 
 
@@ -210,17 +198,24 @@ def progress(iterable: Iterable[_T], total: int | None = None, desc: str = "", q
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value == 0 or 0.01 <= abs(value) < 10_000 else f"{value:.3g}"
+    return str(value)
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> str:
     """A plain-text table with right-aligned columns."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
-    out = [title] if title else []
-    out += [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(out)
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+
+    lines = [line(headers), line(["-" * w for w in widths]), *map(line, cells)]
+    return "\n".join([title, *lines] if title else lines)
 
 
 def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> str:
@@ -237,9 +232,8 @@ def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> s
             return value
         return round(value) if fmt == "d" else format(value, fmt)
 
-    return format_table(
-        [h for h, _, _ in specs], [[cell(r.get(k), f) for _, k, f in specs] for r in rows], title
-    )
+    values = [[cell(r.get(k), f) for _, k, f in specs] for r in rows]
+    return format_table([h for h, _, _ in specs], values, title)
 
 
 def find(rows: Iterable[Mapping[str, Any]], **match: Any) -> Any:
@@ -255,24 +249,12 @@ def group_by(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tup
     return out
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == 0 or 0.01 <= abs(value) < 10_000:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value)
-
-
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f}us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f}ms"
-    return f"{seconds:.2f}s"
+    return f"{seconds * 1e3:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
 @dataclass(frozen=True)
@@ -289,15 +271,7 @@ class Goal:
         return asdict(self)
 
 
-def goal(
-    name: str,
-    value: float | None,
-    bound: float,
-    *,
-    at_most: bool = False,
-    target: str = "",
-    measured: str | None = None,
-) -> Goal:
+def goal(name: str, value: float | None, bound: float, *, at_most=False, target="", measured=None) -> Goal:
     """Met when value >= bound (``at_most``: <=); not measured when value is None. The target and the
     measured text default to ">= 2x" and "2.31x"."""
     met = None if value is None else (value <= bound if at_most else value >= bound)
@@ -308,7 +282,8 @@ def goal(
 
 
 def goals_table(goals: Sequence[Goal], title: str = "goals") -> str:
-    rows = [[*astuple(g)[:3], "-" if g.met is None else ("met" if g.met else "MISSED")] for g in goals]
+    verdict = {None: "-", True: "met", False: "MISSED"}
+    rows = [[g.goal, g.target, g.measured, verdict[g.met]] for g in goals]
     return format_table(["goal", "target", "measured", ""], rows, title)
 
 
@@ -330,24 +305,53 @@ def clean(value: Any, digits: int = 4) -> Any:
     return value
 
 
+def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:
+    """payload as indented JSON (rounded to ``digits`` when given; NaN/inf refused unless rounded away)."""
+    data = payload if digits is None else clean(dict(payload), digits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
 def run_module(module: str, args: list[str], marker: str, timeout: float, core: int | None = None) -> list:
     """``python -m module args`` in a fresh process (pinned to ``core``): the JSON of each stdout line that
     starts with ``marker``; BenchError when it fails or prints none."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
-    cmd = [sys.executable, "-m", module, *args]
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, preexec_fn=pin
-    )
+    cmd, options = [sys.executable, "-m", module, *args], {"env": env, "cwd": root, "timeout": timeout}
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin, **options)
     found = [json.loads(ln[len(marker) :]) for ln in done.stdout.splitlines() if ln.startswith(marker)]
     if done.returncode != 0 or not found:
         raise BenchError(f"{module} {' '.join(args)[:200]} failed ({done.returncode}): {done.stderr[-800:]}")
     return found
 
 
-def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:
-    """payload as indented JSON (rounded to ``digits`` when given; NaN/inf refused unless rounded away)."""
-    data = payload if digits is None else clean(dict(payload), digits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+# ---------------------------------------------------------------------------------------------- plots
+
+
+@contextlib.contextmanager
+def figure(path: Path, title: str, ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 4.5)):
+    """``with figure(path, title, ncols) as (fig, axes):`` axes[row][col], each panel ``size`` inches; the
+    figure is titled, written to path and closed on the way out (matplotlib, headless Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figsize = (size[0] * ncols, size[1] * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, constrained_layout=True, squeeze=False)
+    try:
+        yield fig, axes
+        fig.suptitle(title, fontsize=11)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def bars(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]], colors=None) -> None:
+    """Grouped bars: one group per label, one bar per series (None draws nothing)."""
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, [v or 0.0 for v in values], width, label=name, color=None if colors is None else colors[k])
+    ax.set_xticks(range(len(labels)), labels, fontsize=7 if len(labels) > 4 else None)

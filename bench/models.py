@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "models"
 KINDS = ("psn", "masked_psn", "sliding_psn", "lif")
 TINY_K = 4
+TINY_DIMS = {"T": 28, "features": 28, "classes": 10, "arch": "conv", "channels": 16, "hidden": 64}
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,9 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
     for manifest in sorted(models_dir.glob("*/manifest.json")):
         try:
             m = json.loads(manifest.read_text())
-            ref = ModelRef(
-                m["name"],
-                m["kind"],
-                int(m["T"]),
-                int(m["features"]),
-                m.get("k"),
-                bool(m["streams"]),
-                str(m.get("dataset", "?")),
-                float(m.get("test_accuracy") or 0.0),
-                int(m.get("parameters", 0)),
-                str(manifest.parent),
-            )
+            shape = (m["name"], m["kind"], int(m["T"]), int(m["features"]), m.get("k"), bool(m["streams"]))
+            about = (str(m.get("dataset", "?")), float(m.get("test_accuracy") or 0.0))
+            ref = ModelRef(*shape, *about, int(m.get("parameters", 0)), str(manifest.parent))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a model directory the server would load either; it reports why
         if len(m.get("input_shape") or [ref.features]) != 1:
@@ -60,21 +51,9 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
     return best
 
 
-def export_tiny(
-    dst: Path,
-    *,
-    T: int = 28,
-    features: int = 28,
-    classes: int = 10,
-    arch: str = "conv",
-    channels: int = 16,
-    hidden: int = 64,
-    k: int = TINY_K,
-    kinds: tuple[str, ...] = KINDS,
-    prepare: Callable[[Any], Any] | None = None,
-) -> Path:
+def export_tiny(dst: Path, *, k: int = TINY_K, kinds: tuple[str, ...] = KINDS, **dims: Any) -> Path:
     """One untrained model per kind into dst/<kind> (named ``tiny-<kind>``, masked PSN at λ = 1; k for the
-    masked and sliding PSN); ``prepare(model)`` may change a model before export (e.g. randomize it)."""
+    masked and sliding PSN); ``dims``: NetConfig fields over TINY_DIMS (T, features, classes, arch, ...)."""
     try:
         import torch
 
@@ -86,28 +65,15 @@ def export_tiny(
             "or install the training extras (pip install -e '.[train]')"
         ) from exc
     torch.manual_seed(0)
-    dims = {
-        "T": T,
-        "features": features,
-        "classes": classes,
-        "arch": arch,
-        "channels": channels,
-        "hidden": hidden,
-    }
+    dims = TINY_DIMS | dims
     for kind in kinds:
         order = k if kind in ("masked_psn", "sliding_psn") else None
         cfg = NetConfig(kind=kind, k=order, depth=2, **dims)
         model = SeqClassifier(cfg)
         model.set_lambda(1.0)
-        model = (prepare or (lambda m: m))(model).eval()
-        export_model(
-            model,
-            dst / kind,
-            name=f"tiny-{kind}",
-            dataset="untrained",
-            test_accuracy=0.0,
-            command=f"bench.models.export_tiny (untrained {kind}, T={T}, F={features}, k={order})",
-        )
+        what = f"untrained {kind}, T={dims['T']}, F={dims['features']}, k={order}"
+        info = {"name": f"tiny-{kind}", "dataset": "untrained", "test_accuracy": 0.0}
+        export_model(model.eval(), dst / kind, **info, command=f"bench.models.export_tiny ({what})")
         (dst / kind / "checkpoint").mkdir(exist_ok=True)  # the network's config, as psn train leaves it
         (dst / kind / "checkpoint" / "config.json").write_text(cfg.to_json())
     return dst
@@ -126,10 +92,6 @@ def resolve(models_dir: Path | None, work: Path, quiet: bool) -> tuple[Path, dic
     if not missing:
         return BUNDLED, found, f"{BUNDLED} (bundled)"
     if not quiet:
-        print(
-            f"bundled models/ lacks {', '.join(missing)}: exporting tiny untrained models instead",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"bundled models/ lacks {', '.join(missing)}: exporting tiny untrained models", file=sys.stderr)
     dst = export_tiny(work / "models")
     return dst, scan(dst), "tiny untrained models exported for this run (bundled models/ incomplete)"

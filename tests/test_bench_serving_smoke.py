@@ -125,8 +125,7 @@ def test_workers_part_measures_one_and_two_processes(tmp_path: Path) -> None:
     """``--workers 1,2``: psn serve with 1 then 2 processes, classify req/s and 64 streams' steps/s each."""
     from bench.models import scan
     from bench.serving.procs import choose_pinning
-    from bench.serving.runs import Context
-    from bench.serving.scaling import run_workers_part, workers_table
+    from bench.serving.runs import Context, run_workers_part, workers_table
     from bench.serving.suite import QUICK
 
     models = exported_models()

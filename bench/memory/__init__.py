@@ -1,2 +1,1 @@
-"""``psn bench memory``: training memory with IF neurons vs PSN (paper Table 4); ``net`` builds the
-network."""
+"""``psn bench memory``: training memory with IF neurons vs PSN (paper Table 4)."""

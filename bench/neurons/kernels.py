@@ -6,6 +6,7 @@ inference forms and an ONNX Runtime PSN layer. All give ``psn.neurons.LIF``'s sp
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -58,16 +59,18 @@ def lif_forward_loop(x: Tensor, tau: float, v_th: float) -> Tensor:
 # ------------------------------------------------------------------------------------------- LIF training
 
 
+# One neuron for both the LIF baselines and the memory suite's fused IF: H = V + (X - leak V) / tau
+# (LIF: leak 1, tau 2; IF: leak 0, tau 1), S = Θ(H - V_th), V = H (1 - S) (reset not detached).
+
+
 @_script
-def _bptt_forward(x: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
+def _bptt_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
     """Spikes and membrane H [T, N]; H is all the backward needs."""
-    spikes = torch.empty_like(x)
-    h = torch.empty_like(x)
-    v = torch.zeros_like(x[0])
+    spikes, h, v = torch.empty_like(x), torch.empty_like(x), torch.zeros_like(x[0])
     for t in range(x.shape[0]):
         ht = h[t]
-        torch.sub(x[t], v, out=ht)
-        ht.div_(tau).add_(v)  # H = (X - V) / tau + V
+        torch.sub(x[t], v, alpha=leak, out=ht)
+        ht.div_(tau).add_(v)  # H = (X - leak V) / tau + V
         spike = ht >= v_th
         spikes[t].copy_(spike)
         v = ht.masked_fill(spike, 0.0)
@@ -75,91 +78,75 @@ def _bptt_forward(x: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
 
 
 @_script
-def _bptt_backward(grad_s: Tensor, h: Tensor, tau: float, v_th: float, alpha: float) -> Tensor:
-    """dL/dX from dL/dS, through H = V + (X − V)/τ, S = Θ(H − V_th), V = H (1 − S) (reset not detached)."""
-    grad_x = torch.empty_like(h)
-    grad_v = torch.zeros_like(h[0])
-    k = math.pi / 2.0 * alpha
+def _bptt_backward(grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: float, alpha: float) -> Tensor:
+    """dL/dX from dL/dS through the neuron above."""
+    grad_x, grad_v, k = torch.empty_like(h), torch.zeros_like(h[0]), math.pi / 2.0 * alpha
     for t in range(h.shape[0] - 1, -1, -1):
         ht = h[t]
         u = ht - v_th
         sg = (alpha / 2.0) / (1.0 + (k * u) ** 2)
         grad_h = (grad_s[t] - grad_v * ht) * sg + grad_v * (u < 0)
         grad_x[t] = grad_h / tau
-        grad_v = grad_h * (1.0 - 1.0 / tau)
+        grad_v = grad_h * (1.0 - leak / tau)
     return grad_x
 
 
-def _forward_step(x_t: Tensor, v: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor, Tensor]:
-    h = v + (x_t - v) / tau
+def _forward_step(x_t: Tensor, v: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, ...]:
+    h = v + (x_t - leak * v) / tau
     s = (h >= v_th).to(h.dtype)
     return s, h, h * (1.0 - s)
 
 
-def _backward_step(
-    grad_s: Tensor, h: Tensor, grad_v: Tensor, tau: float, v_th: float, alpha: float
-) -> tuple[Tensor, Tensor]:
+def _backward_step(grad_s: Tensor, h: Tensor, grad_v: Tensor, leak: float, tau: float, v_th: float, alpha):
     u = h - v_th
     sg = (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * u) ** 2)
     grad_h = (grad_s - grad_v * h) * sg + grad_v * (u < 0).to(h.dtype)
-    return grad_h / tau, grad_h * (1.0 - 1.0 / tau)
+    return grad_h / tau, grad_h * (1.0 - leak / tau)
 
 
-class _CompiledSteps:
+@functools.cache
+def _compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """torch.compile'd single steps (dynamic shapes: one compilation serves every N)."""
-
-    forward: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
-    backward: Callable[..., tuple[Tensor, Tensor]] | None = None
-
-    @classmethod
-    def get(cls) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        if cls.forward is None or cls.backward is None:
-            cls.forward = torch.compile(_forward_step, dynamic=True)
-            cls.backward = torch.compile(_backward_step, dynamic=True)
-        return cls.forward, cls.backward
+    return torch.compile(_forward_step, dynamic=True), torch.compile(_backward_step, dynamic=True)
 
 
-def _compiled_forward(x: Tensor, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
-    step, _ = _CompiledSteps.get()
-    v = torch.zeros_like(x[0])
-    spikes, hs = [], []
+def _compiled_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
+    step, v, spikes, hs = _compiled_steps()[0], torch.zeros_like(x[0]), [], []
     for t in range(x.shape[0]):
-        s, h, v = step(x[t], v, tau, v_th)
+        s, h, v = step(x[t], v, leak, tau, v_th)
         spikes.append(s)
         hs.append(h)
     return torch.stack(spikes), torch.stack(hs)  # [T, N] each
 
 
-def _compiled_backward(grad_s: Tensor, h: Tensor, tau: float, v_th: float, alpha: float) -> Tensor:
-    _, step = _CompiledSteps.get()
-    grad_v = torch.zeros_like(h[0])
-    grads: list[Tensor] = []
+def _compiled_backward(grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: float, alpha: float):
+    step, grad_v, grads = _compiled_steps()[1], torch.zeros_like(h[0]), []
     for t in range(h.shape[0] - 1, -1, -1):
-        g, grad_v = step(grad_s[t], h[t], grad_v, tau, v_th, alpha)
+        g, grad_v = step(grad_s[t], h[t], grad_v, leak, tau, v_th, alpha)
         grads.append(g)
     return torch.stack(grads[::-1])  # [T, N]
 
 
 class LIFBPTT(torch.autograd.Function):
-    """Multi-step LIF with hand-written BPTT; saves only H [T, N] for the backward."""
+    """Multi-step LIF (or IF: leak 0, tau 1) with hand-written BPTT; saves only H [T, ...] for the backward
+    (the layout of SpikingJelly's CUDA kernels, which save h_seq)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, compiled: bool) -> Tensor:  # type: ignore[override]
-        run = _compiled_forward if compiled else _bptt_forward
-        spikes, h = run(x, TAU, V_TH)
+    def forward(ctx, x: Tensor, compiled: bool, leak: float, tau: float) -> Tensor:  # type: ignore[override]
+        spikes, h = (_compiled_forward if compiled else _bptt_forward)(x, leak, tau, V_TH)
         ctx.save_for_backward(h)
-        ctx.compiled = compiled
+        ctx.compiled, ctx.leak, ctx.tau = compiled, leak, tau
         return spikes
 
     @staticmethod
     def backward(ctx, grad_s: Tensor):  # type: ignore[override]
         (h,) = ctx.saved_tensors
         run = _compiled_backward if ctx.compiled else _bptt_backward
-        return run(grad_s.contiguous(), h, TAU, V_TH, ALPHA), None
+        return run(grad_s.contiguous(), h, ctx.leak, ctx.tau, V_TH, ALPHA), None, None, None
 
 
-def lif_bptt(x: Tensor, compiled: bool = False) -> Tensor:
-    return LIFBPTT.apply(x, compiled)
+def lif_bptt(x: Tensor, compiled: bool = False, leak: float = 1.0, tau: float = TAU) -> Tensor:
+    return LIFBPTT.apply(x, compiled, leak, tau)
 
 
 # -------------------------------------------------------------------------------------- PSN inference forms
@@ -191,25 +178,14 @@ def psn_onnx_model(weight: np.ndarray, bias: np.ndarray, opset: int = 17) -> byt
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    T = weight.shape[0]
-    inits = [
-        numpy_helper.from_array(weight.astype(np.float32), "W"),
-        numpy_helper.from_array(bias.astype(np.float32).reshape(T, 1), "B"),
-        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["W", "x"], ["wx"]),
-        helper.make_node("Add", ["wx", "B"], ["h"]),
-        helper.make_node("GreaterOrEqual", ["h", "zero"], ["fired"]),
-        helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "psn_layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, "M"])],
-        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [T, "M"])],
-        initializer=inits,
-    )
+    T, f32 = weight.shape[0], np.float32
+    arrays = {"W": weight.astype(f32), "B": bias.astype(f32).reshape(T, 1), "zero": np.zeros((), f32)}
+    nodes = [helper.make_node("MatMul", ["W", "x"], ["wx"]), helper.make_node("Add", ["wx", "B"], ["h"])]
+    nodes.append(helper.make_node("GreaterOrEqual", ["h", "zero"], ["fired"]))
+    nodes.append(helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT))
+    x, s = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [T, "M"]) for name in ("x", "s"))
+    inits = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
+    graph = helper.make_graph(nodes, "psn_layer", [x], [s], initializer=inits)
     # IR 9 (onnx 1.15): onnx may write a newer IR than the installed onnxruntime reads
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     onnx.checker.check_model(model)
@@ -243,15 +219,11 @@ class OrtPSN:
 
     def bind(self, x: Tensor, out: Tensor) -> Callable[[], Tensor]:
         """A no-argument function that runs the layer on x into out (both contiguous float32 [T, M])."""
-        if (
-            not (x.is_contiguous() and out.is_contiguous())
-            or x.dtype != torch.float32
-            or out.shape != x.shape
-        ):
+        contiguous = x.is_contiguous() and out.is_contiguous()
+        if not contiguous or x.dtype != torch.float32 or out.shape != x.shape:
             raise ValueError("OrtPSN.bind needs contiguous float32 x and out of the same shape")
         binding = self.session.io_binding()
-        kind = "cuda" if self.device.type == "cuda" else "cpu"
-        index = self.device.index or 0
+        kind, index = "cuda" if self.device.type == "cuda" else "cpu", self.device.index or 0
         binding.bind_input("x", kind, index, np.float32, list(x.shape), x.data_ptr())
         binding.bind_output("s", kind, index, np.float32, list(out.shape), out.data_ptr())
 

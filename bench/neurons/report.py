@@ -1,4 +1,4 @@
-"""Tables, plots and JSON for the ``neurons`` suite (kept apart from the measuring code)."""
+"""Tables, plots and JSON of the ``neurons`` suite."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import common, plots
+from bench import common
 from bench.common import fmt_seconds, format_table
 
 PARALLEL_TITLES = {"psn": "PSN", "masked_psn": "masked PSN", "sliding_psn": "sliding PSN"}
@@ -34,28 +34,19 @@ def ratio_tables(result: dict[str, Any]) -> str:
             specs.append((mode, f"t_LIF / t_{t}  (> 1: {t} faster)", lambda c, n=n: c["ratio"][n]))
         specs.append((mode, "fastest LIF form (t_LIF)", lambda c: c["lif_form"].removeprefix("lif:")))
     specs.append(("inference", "t_PSN(torch) / t_PSN(ONNX Runtime)", lambda c: c.get("torch_over_ort")))
-    return "\n".join(
-        format_table(
-            headers,
-            [[T, *row] for T, row in zip(Ts, _grid(result, mode, fn), strict=True)],
-            f"\n{mode}: {title}",
-        )
-        for mode, title, fn in specs
-    )
+    grids = ((f"\n{mode}: {title}", _grid(result, mode, fn)) for mode, title, fn in specs)
+    tables = (format_table(headers, [[T, *row] for T, row in zip(Ts, g, strict=True)], t) for t, g in grids)
+    return "\n".join(tables)
 
 
 def time_table(result: dict[str, Any], mode: str) -> str:
     names = ["psn", "masked_psn", "sliding_psn"] + (["psn:ort"] if mode == "inference" else [])
     cells = [c for c in result["cells"] if c["mode"] == mode]
     forms = sorted({k for c in cells for k in c["times"] if k.startswith("lif")}) + names
-    headers = ["T", "N", *[f.removeprefix("lif:") for f in forms]]
-    rows = [
-        [c["T"], _n_label(c["N"]), *[fmt_seconds(c["times"].get(f, {}).get("median_s")) for f in forms]]
-        for c in cells
-    ]
-    return format_table(
-        headers, rows, title=f"\n{mode}: median time per call (LIF forms, then the PSN family)"
-    )
+    medians = [[c["times"].get(f, {}).get("median_s") for f in forms] for c in cells]
+    rows = [[c["T"], _n_label(c["N"]), *map(fmt_seconds, m)] for c, m in zip(cells, medians, strict=True)]
+    title = f"\n{mode}: median time per call (LIF forms, then the PSN family)"
+    return format_table(["T", "N", *[f.removeprefix("lif:") for f in forms]], rows, title)
 
 
 def bandwidth_table(result: dict[str, Any]) -> str:
@@ -73,17 +64,15 @@ def bandwidth_table(result: dict[str, Any]) -> str:
     )
     forms = [f for f in BANDWIDTH_FORMS if any(f in r["forms"] for r in bw["rows"])]
     headers = ["T", "bound", "copy GB/s", *[f"{f}: GB/s (% copy, % roofline)" for f in forms]]
-    rows = []
-    for r in bw["rows"]:
-        cells = []
-        for f in forms:
-            x = r["forms"].get(f)
-            cells.append(
-                "-"
-                if x is None
-                else f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
-            )
-        rows.append([r["T"], r["bound"], r["copy_GBps"], *cells])
+
+    def cell(x: dict | None) -> str:
+        if x is None:
+            return "-"
+        return f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
+
+    rows = [
+        [r["T"], r["bound"], r["copy_GBps"], *(cell(r["forms"].get(f)) for f in forms)] for r in bw["rows"]
+    ]
     return head + "\n" + format_table(headers, rows)
 
 
@@ -96,7 +85,7 @@ def heatmaps(result: dict[str, Any], panels: list[tuple[str, list]], title: str,
     span = max(1.0, max(abs(math.log2(v)) for v in finite)) if finite else 1.0
     norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
     Ts, Ns = result["config"]["T"], result["config"]["N"]
-    with plots.figure(path, title, 2, math.ceil(len(panels) / 2), (4.9, 4.2)) as (fig, axes):
+    with common.figure(path, title, 2, math.ceil(len(panels) / 2), (4.9, 4.2)) as (fig, axes):
         for ax, (name, grid) in zip(axes.flat, panels, strict=False):
             data = np.array([[np.nan if v is None else math.log2(v) for v in row] for row in grid])
             image = ax.imshow(data, cmap="RdYlGn", norm=norm, aspect="auto", origin="lower")
@@ -133,9 +122,9 @@ def plot_all(result: dict[str, Any], out_dir: Path) -> list[Path]:
     series = {"copy (same tensor)": [r["copy_GBps"] for r in bw["rows"]]}
     series |= {f: [r["forms"].get(f, {}).get("GBps") for r in bw["rows"]] for f in forms}
     title = f"PSN forward effective bandwidth at N = {_n_label(bw['N'])}  ({where})"
-    with plots.figure(paths[2], title, size=(8.5, 4.2)) as (_, axes):
+    with common.figure(paths[2], title, size=(8.5, 4.2)) as (_, axes):
         ax, ref = axes[0][0], bw["copy_reference_GBps"]
-        plots.bars(ax, [str(r["T"]) for r in bw["rows"]], series)
+        common.bars(ax, [str(r["T"]) for r in bw["rows"]], series)
         ax.axhline(ref, color="black", linestyle="--", linewidth=1, label=f"DRAM copy {ref:.0f} GB/s")
         ax.set(xlabel="T (time steps)", ylabel="effective GB/s  (read X + write S) / time")
         ax.legend(fontsize=8, ncols=2)

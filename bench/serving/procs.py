@@ -63,11 +63,6 @@ def _child_setup(cores: tuple[int, ...], session: bool = False):
     return setup
 
 
-def pin_self(core: int | None) -> None:
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-
-
 def _stat_cpu(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
@@ -90,18 +85,14 @@ class ThreadTimes:
     other_cpu_s: float
     switches: int  # voluntary + involuntary, every thread
 
-    def minus(self, before: ThreadTimes) -> ThreadTimes:
-        return ThreadTimes(
-            self.main_cpu_s - before.main_cpu_s,
-            self.other_cpu_s - before.other_cpu_s,
-            self.switches - before.switches,
-        )
+    def minus(self, b: ThreadTimes) -> ThreadTimes:
+        main, other = self.main_cpu_s - b.main_cpu_s, self.other_cpu_s - b.other_cpu_s
+        return ThreadTimes(main, other, self.switches - b.switches)
 
 
 def thread_times(pid: int) -> ThreadTimes | None:
     """From /proc/<pid>/task/*; None where /proc is not there. Threads that ended in between drop out."""
-    main = other = 0.0
-    switches = 0
+    main, other, switches = 0.0, 0.0, 0
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
@@ -161,16 +152,9 @@ def launch(label: str, argv: list[str], log: Path, pinning: Pinning, ready_path:
     def command(ports: dict[str, int], port_file: Path) -> list[str]:
         return [*argv, "--host", HOST, "--port", str(ports["http"]), "--port-file", str(port_file)]
 
+    setup = pinning.server_setup()
     try:
-        server = Server(
-            command,
-            host=HOST,
-            port=0,
-            env=server_env(),
-            log=log,
-            preexec_fn=pinning.server_setup(),
-            name=label,
-        )
+        server = Server(command, host=HOST, port=0, env=server_env(), log=log, preexec_fn=setup, name=label)
     except LaunchError as exc:
         raise BenchError(f"{label}: {exc}") from exc
     proc = Proc(label, server)
@@ -182,36 +166,20 @@ def launch(label: str, argv: list[str], log: Path, pinning: Pinning, ready_path:
     return proc
 
 
-def psn_server(
-    models_dir: Path,
-    *,
-    batching: bool,
-    log_dir: Path,
-    pinning: Pinning,
-    providers: list[str] | None = None,
-    workers: int = 1,
-) -> Proc:
+def psn_server(models_dir: Path, *, batching: bool, log_dir: Path, pinning, providers=None, workers=1):
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose; its
     garbage collections traced (bench.serving.gctrace)."""
     args = ["--batching" if batching else "--no-batching", "--log-level", "warning"]
     args += ["--max-streams", "4096", "--max-stream-steps", "100000000", "--idle-timeout-s", "120"]
     args += ["--providers", ",".join(providers)] if providers else []
-    name = "batching-on" if batching else "batching-off"
-    if workers > 1:
-        args += ["--workers", str(workers)]
-        name += f"-{workers}-workers"
+    name = ("batching-on" if batching else "batching-off") + (f"-{workers}-workers" if workers > 1 else "")
+    args += ["--workers", str(workers)] if workers > 1 else []
     log, label = log_dir / f"psn-serve-{name}.log", f"psn serve ({name})"
     gc_file = log.with_suffix(".gc.json")
     trace = [sys.executable, "-m", "bench.serving.gctrace", str(gc_file), "--"]
     try:
-        server = start(
-            *args,
-            models_dir=models_dir,
-            host=HOST,
-            log=log,
-            preexec_fn=pinning.server_setup(),
-            prefix=trace,
-        )
+        setup = pinning.server_setup()
+        server = start(*args, models_dir=models_dir, host=HOST, log=log, preexec_fn=setup, prefix=trace)
     except LaunchError as exc:
         raise BenchError(f"{label}: {exc}") from exc
     return Proc(label, server, gc_file)

@@ -1,13 +1,12 @@
 """The load generators' core: client processes (spawned, pinned to the load core, uvloop) that connect
-first, then run in one time window the parent sets (``drive``: a warm-up, then the counted window, over
-which the parent reads the server's CPU); a hand-written WebSocket client (``connect``: no library per
-message); closed-loop streams (each sends a step, awaits its answer, sends the next). Open loop:
-``bench.serving.openloop``; HTTP load: ``bench.serving.wrk``."""
+first, then run in one time window the parent sets (``drive``); a hand-written WebSocket client (``connect``:
+no library per message); closed-loop streams (each sends a step, awaits its answer, sends the next)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving.procs import Pinning, Proc, ThreadTimes, pin_self
+from bench.serving.procs import Pinning, Proc, ThreadTimes
 
 CONNECT_TIMEOUT_S = 60.0
 CONNECT_PARALLEL = 32  # connections opened at once by one client process
@@ -53,10 +52,10 @@ class StreamLoad:
 
 
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
+    keys = ("p50", "p90", "p99", "p999")
     if seconds.size == 0:
-        return dict.fromkeys(("p50", "p90", "p99", "p999", "mean", "max"), float("nan"))
-    p = np.percentile(seconds, [50, 90, 99, 99.9]) * 1000.0
-    out = {k: float(v) for k, v in zip(("p50", "p90", "p99", "p999"), p, strict=True)}
+        return dict.fromkeys((*keys, "mean", "max"), float("nan"))
+    out = dict(zip(keys, map(float, np.percentile(seconds, [50, 90, 99, 99.9]) * 1000.0), strict=True))
     return out | {"mean": float(seconds.mean() * 1000.0), "max": float(seconds.max() * 1000.0)}
 
 
@@ -75,10 +74,9 @@ def ws_frame(payload: bytes | str, opcode: int | None = None) -> bytes:
     fixed: it hides nothing from a server on loopback."""
     if isinstance(payload, str):
         payload, opcode = payload.encode(), opcode or 0x1
-    n, opcode = len(payload), opcode or 0x2
+    n, opcode, mask = len(payload), opcode or 0x2, b"\x11\x22\x33\x44"
     size = struct.pack(">BH", 0xFE, n) if n < 65536 else struct.pack(">BQ", 0xFF, n)
     head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else size)
-    mask = b"\x11\x22\x33\x44"
     masked = (np.frombuffer(payload + b"\0" * (-n % 4), "<u4") ^ np.frombuffer(mask, "<u4")).tobytes()[:n]
     return head + mask + masked
 
@@ -107,8 +105,7 @@ class Ws(asyncio.Protocol):
         self.transport.write(frame)
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport, key = transport, base64.b64encode(os.urandom(16)).decode()
         transport.write(
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -120,8 +117,8 @@ class Ws(asyncio.Protocol):
             if (end := self.buffer.find(b"\r\n\r\n")) < 0:
                 return
             if not self.buffer.startswith(b"HTTP/1.1 101"):
-                refused = BenchError(f"WebSocket upgrade refused: {bytes(self.buffer[:200])!r}")
-                self.opened.set_exception(refused)
+                refused = f"WebSocket upgrade refused: {bytes(self.buffer[:200])!r}"
+                self.opened.set_exception(BenchError(refused))
                 self.transport.close()
                 return
             del self.buffer[: end + 4]
@@ -130,12 +127,10 @@ class Ws(asyncio.Protocol):
             opcode, n, at = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
             if n >= 126:
                 at = 4 if n == 126 else 10
-                n = (
-                    struct.unpack(">H" if at == 4 else ">Q", self.buffer[2:at])[0]
-                    if len(self.buffer) >= at
-                    else None
-                )
-            if n is None or len(self.buffer) < at + n:
+                if len(self.buffer) < at:
+                    return
+                n = struct.unpack(">H" if at == 4 else ">Q", self.buffer[2:at])[0]
+            if len(self.buffer) < at + n:
                 return
             payload = bytes(self.buffer[at : at + n])
             del self.buffer[: at + n]
@@ -155,8 +150,7 @@ class Ws(asyncio.Protocol):
 async def connect(url: str, on_message: Callable[[Ws, bytes | None], None] | None = None) -> Ws:
     """A WebSocket to url (ws://HOST:PORT/PATH) once the server's hello is in (an error hello raises)."""
     parts = urlsplit(url)
-    loop = asyncio.get_running_loop()
-    _, ws = await loop.create_connection(
+    _, ws = await asyncio.get_running_loop().create_connection(
         lambda: Ws(parts.path, parts.netloc, on_message), parts.hostname, parts.port
     )
     hello = await asyncio.wait_for(ws.opened, CONNECT_TIMEOUT_S)
@@ -165,9 +159,7 @@ async def connect(url: str, on_message: Callable[[Ws, bytes | None], None] | Non
     return ws
 
 
-async def connect_many(
-    url: str, n: int, on_message: Callable[[Ws, bytes | None], None] | None = None
-) -> list[Ws]:
+async def connect_many(url: str, n: int, on_message=None) -> list[Ws]:
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
 
     async def one() -> Ws:
@@ -183,7 +175,8 @@ async def connect_many(
 def _child_main(fn: Callable[..., Any], args: tuple, load_core: int | None, conn) -> None:
     """In a spawned client process: ``await fn(*args, conn)`` on uvloop (when installed), the result or the
     error sent back through ``conn``."""
-    pin_self(load_core)
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})
     try:
         import uvloop
 
@@ -202,35 +195,26 @@ def _child_main(fn: Callable[..., Any], args: tuple, load_core: int | None, conn
 def _recv(conn, timeout: float, what: str):
     if not conn.poll(timeout):
         raise BenchError(f"client process: no {what} after {timeout:.0f} s")
-    message = conn.recv()
-    if message[0] == "error":
+    if (message := conn.recv())[0] == "error":
         raise BenchError(f"client process failed: {message[1]}")
     return message
 
 
-class ClientProcesses:
-    """``with ClientProcesses(fn, [args, ...], pinning) as clients:`` one spawned process per args tuple, each
-    running ``fn(*args, conn)``; ``clients.conns`` talk to them; always joined (then terminated) on exit."""
-
-    def __init__(self, fn: Callable[..., Any], arg_list: list[tuple], pinning: Pinning) -> None:
-        ctx = mp.get_context("spawn")
-        self.children = []
+@contextlib.contextmanager
+def client_processes(fn: Callable[..., Any], arg_list: list[tuple], pinning: Pinning):
+    """``with client_processes(fn, [args, ...], pinning) as conns:`` one spawned process per args tuple, each
+    running ``fn(*args, conn)``, and the pipes to them; always joined (then terminated) on exit."""
+    ctx, children = mp.get_context("spawn"), []
+    try:
         for args in arg_list:
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=_child_main, args=(fn, args, pinning.load, child_end), daemon=True)
             proc.start()
             child_end.close()
-            self.children.append((proc, parent_end))
-        self.conns = [conn for _, conn in self.children]
-
-    def results(self, timeout: float) -> list[Any]:
-        return [_recv(conn, timeout, "result")[1] for conn in self.conns]
-
-    def __enter__(self) -> ClientProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc, conn in self.children:
+            children.append((proc, parent_end))
+        yield [conn for _, conn in children]
+    finally:
+        for proc, conn in children:
             proc.join(10)
             if proc.is_alive():
                 proc.terminate()
@@ -240,15 +224,14 @@ class ClientProcesses:
 
 def run_in_client_process(fn: Callable[..., Any], args: tuple, pinning: Pinning, timeout_s: float) -> Any:
     """``await fn(*args, conn)`` (an async function at module level) in a process pinned to the load core."""
-    with ClientProcesses(fn, [args], pinning) as client:
-        return client.results(timeout_s)[0]
+    with client_processes(fn, [args], pinning) as (conn,):
+        return _recv(conn, timeout_s, "result")[1]
 
 
 async def ready_go(conn, connections: int) -> tuple[float, float, float]:
     """In a client process: report its connections, then (start_at, count_from, end_at) from ``drive``."""
     conn.send(("ready", connections))
-    message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-    return message[1:]
+    return (await asyncio.get_running_loop().run_in_executor(None, conn.recv))[1:]
 
 
 @dataclass
@@ -270,25 +253,24 @@ def drive(
 ) -> Driven:
     """``fn(*args, conn)`` in one client process per args; all start together (``ready_go``), warm up for
     warmup_s, then count for ``seconds``. ``on_window`` is called as the counted window starts."""
-    with ClientProcesses(fn, arg_list, pinning) as clients:
-        for conn in clients.conns:
+    with client_processes(fn, arg_list, pinning) as conns:
+        for conn in conns:
             _recv(conn, CONNECT_TIMEOUT_S + 30, "connection report")
         start_at = time.monotonic() + 0.05
         count_from, end_at = start_at + warmup_s, start_at + warmup_s + seconds
-        for conn in clients.conns:
+        for conn in conns:
             conn.send(("go", start_at, count_from, end_at))
         time.sleep(max(0.0, count_from - time.monotonic()))
         if on_window is not None:
             on_window()
-        cpu0, threads0 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
+        before = server and (server.cpu_seconds(), server.thread_times())
         time.sleep(max(0.0, end_at - time.monotonic()))
-        cpu1, threads1 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
-        results = clients.results(timeout_s)
-    return Driven(
-        results,
-        None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
-        None if threads0 is None or threads1 is None else threads1.minus(threads0),
-    )
+        after = server and (server.cpu_seconds(), server.thread_times())
+        results = [_recv(conn, timeout_s, "result")[1] for conn in conns]
+    if not (before and after):
+        return Driven(results, None, None)
+    threads = None if before[1] is None or after[1] is None else after[1].minus(before[1])
+    return Driven(results, after[0] - before[0], threads)
 
 
 # ------------------------------------------------------------------------------------------- closed loop
@@ -300,8 +282,7 @@ async def _step_loop(ws: Ws, frames: list[bytes], count_from: float, end_at: flo
     while (t0 := mono()) < end_at:
         ws.send(frames[i % n])
         answer = await ws.recv()
-        t1 = mono()
-        i += 1
+        t1, i = mono(), i + 1
         if answer.startswith(b'{"error"'):
             errors += 1
             continue
@@ -356,17 +337,7 @@ def run_streams(
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     args = [(url, share, frames, features, i) for i, share in enumerate(shares)]
     run = drive(_closed_loop_client, args, pinning, server, plan.warmup_s, plan.duration_s, on_window)
-    rtts = np.concatenate([r["rtts"] for r in run.results])
-    return StreamLoad(
-        streams,
-        str(frames),
-        procs,
-        plan.duration_s,
-        int(rtts.size),
-        rtts.size / plan.duration_s,
-        sum(r["errors"] for r in run.results),
-        percentiles_ms(rtts),
-        run.server_cpu_s,
-        sum(r["client_cpu_s"] for r in run.results),
-        run.threads,
-    )
+    rtts, window = np.concatenate([r["rtts"] for r in run.results]), plan.duration_s
+    errors, client_cpu_s = sum(r["errors"] for r in run.results), sum(r["client_cpu_s"] for r in run.results)
+    head = (streams, str(frames), procs, window, int(rtts.size), rtts.size / window, errors)
+    return StreamLoad(*head, percentiles_ms(rtts), run.server_cpu_s, client_cpu_s, run.threads)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         ap.error(f"no model directory for {missing} under {args.models_dir}")
     x, truth = sample(args.dataset, args.index)
-    rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         pinning = choose_pinning(enabled=False)
         with (
@@ -62,15 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             columns = []
             for name in names:
-                steps, first_ready = [], None
                 with client.stream(name) as stream:
-                    t0 = time.perf_counter()
-                    for row in x:
-                        step = stream.step(row)
-                        steps.append(step)
-                        if step.ready and first_ready is None:
-                            first_ready = (step.t, (time.perf_counter() - t0) * 1e3)
-                columns.append((steps, first_ready))
+                    columns.append([stream.step(row) for row in x])
     T = len(x)
     print(f"test sequence {args.index} of {args.dataset} (true label {truth}), T = {T}\n")
     print("| t | " + " | ".join(names) + " |")
@@ -78,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     for t in range(T):
         if t % args.every and t != T - 1 and t > 2:
             continue
-        rows.append([str(t), *(cell(steps[t]) for steps, _ in columns)])
-        print("| " + " | ".join(rows[-1]) + " |")
+        print("| " + " | ".join([str(t), *(cell(steps[t]) for steps in columns)]) + " |")
     print()
-    for name, (_, first) in zip(names, columns, strict=True):
-        when = f"step {first[0]}" if first else "never"
-        print(f"- {name}: first answer at {when}")
+    for name, steps in zip(names, columns, strict=True):
+        first = next((s.t for s in steps if s.ready), None)
+        print(f"- {name}: first answer at {'never' if first is None else f'step {first}'}")
     return 0
 
 
