@@ -33,22 +33,26 @@ SUITES: dict[str, Suite] = {
         False,
     ),
 }
-PASSED_ON = ("--quick", "--quiet", "--out")  # by `psn bench all` to every suite
 
 
 def usage() -> str:
     lines = ["usage: psn bench <suite> [options]   (psn bench <suite> --help for its options)", "", "suites:"]
     lines += [f"  {name:<8} {s.help}" for name, s in SUITES.items()]
-    all_help = "every suite above but peers, with default options (--quick, --quiet, --out pass on)"
-    lines.append(f"  all      {all_help}")
+    lines += [
+        "  all      every suite above but peers, with default options (--quick, --quiet, --out pass on)"
+    ]
     return "\n".join(lines)
 
 
-class SuiteUnavailable(LookupError):
-    """The suite's module is not present, or it needs a package of an optional extra (``package``)."""
+class SuiteMissing(LookupError):
+    """The suite's module is not written (yet) or not installed."""
 
-    def __init__(self, message: str, package: str | None = None) -> None:
-        super().__init__(message)
+
+class SuiteNeeds(LookupError):
+    """The suite needs a package of an optional extra that is not installed (the message says which)."""
+
+    def __init__(self, name: str, package: str) -> None:
+        super().__init__(missing_message(f"psn bench {name}", package, ("bench",)))
         self.package = package
 
 
@@ -58,34 +62,41 @@ def load(name: str):
         return importlib.import_module(suite.module)
     except ModuleNotFoundError as exc:
         if exc.name == suite.module:
-            raise SuiteUnavailable(f"suite {name!r}: module {suite.module} is not present") from exc
-        if (package := missing_package(exc)) is None:
+            raise SuiteMissing(f"suite {name!r}: module {suite.module} is not present") from exc
+        package = missing_package(exc)
+        if package is None:
             raise
-        raise SuiteUnavailable(missing_message(f"psn bench {name}", package, ("bench",)), package) from exc
+        raise SuiteNeeds(name, package) from exc
 
 
 def run_all(rest: list[str]) -> int:
-    unknown = [a for i, a in enumerate(rest) if a not in PASSED_ON and rest[i - 1 : i] != ["--out"]]
-    if unknown or rest[-1:] == ["--out"]:
-        passes = "only --quick, --quiet and --out DIR pass on to every suite"
-        print(f"psn bench all: {passes}, not {unknown}", file=sys.stderr)
+    passthrough, unknown = [], []
+    for i, a in enumerate(rest):
+        if a in ("--quick", "--quiet") or a == "--out" or rest[i - 1 : i] == ["--out"]:
+            passthrough.append(a)
+        else:
+            unknown.append(a)
+    if unknown or passthrough[-1:] == ["--out"]:
+        print(
+            f"psn bench all: only --quick, --quiet and --out DIR pass on to every suite, not {unknown}",
+            file=sys.stderr,
+        )
         return 2
     modules, needs = {}, {}
     for name in (n for n, s in SUITES.items() if s.in_all):
         try:
             modules[name] = load(name)
-        except SuiteUnavailable as exc:
-            if exc.package is None:
-                print(f"psn bench all: skipping {exc}", file=sys.stderr)
-            else:
-                needs[name] = exc.package
+        except SuiteMissing as exc:
+            print(f"psn bench all: skipping {exc}", file=sys.stderr)
+        except SuiteNeeds as exc:
+            needs[name] = exc.package
     if needs:  # say it once, before any suite runs
         print(missing_message("psn bench all", needs.values(), ("bench",)), file=sys.stderr)
         return 2
     worst = 0
     for name, module in modules.items():
         print(f"\n===== psn bench {name} =====", flush=True)
-        worst = max(worst, _run(name, module, list(rest)))
+        worst = max(worst, _run(name, module, list(passthrough)))
     return worst
 
 
@@ -98,7 +109,8 @@ def _run(name: str, module, rest: list[str]) -> int:
         print(f"psn bench {name}: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # a package the suite imports only when it runs
-        if (package := missing_package(exc)) is None:
+        package = missing_package(exc)
+        if package is None:
             raise
         print(missing_message(f"psn bench {name}", package, ("bench",)), file=sys.stderr)
         return 2
@@ -120,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module = load(name)
-    except SuiteUnavailable as exc:
-        if exc.package is not None and ("-h" in rest or "--help" in rest):  # the options are the suite's
+    except SuiteMissing as exc:
+        print(f"psn bench: {exc}", file=sys.stderr)
+        return 2
+    except SuiteNeeds as exc:
+        if "-h" in rest or "--help" in rest:  # the options are the suite's, which cannot load here
             print(f"usage: psn bench {name} [options]\n\n{SUITES[name].help}\n\n{exc}")
             return 0
-        print(exc if exc.package else f"psn bench: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 2
     return _run(name, module, rest)
 

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,14 +26,22 @@ SHARED_MACHINE_NOTE = (
     "CPU timings come from a shared 2-core machine that other people use at the same time: expect noise; "
     "candidates are timed in interleaved rounds so that load hits them alike."
 )
+
 _T = TypeVar("_T")
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
 
 
 class BenchError(RuntimeError):
     """A benchmark cannot run as asked (a missing device or package, a bad option)."""
 
 
-def arguments(prog: str, doc: str, out: str = "folder for the JSON and PNGs (docs/)"):
+def arguments(
+    prog: str, doc: str, out: str = "folder for the JSON and PNGs (docs/)"
+) -> argparse.ArgumentParser:
     """The options every suite takes: --quick, --quiet, --out (``psn bench all`` passes them on)."""
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
@@ -54,9 +63,10 @@ def resolve_device(name: str) -> Any:
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
+    kind = Device(name)
+    if kind is Device.CUDA and not torch.cuda.is_available():
         raise BenchError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
-    return torch.device(name)
+    return torch.device(kind.value)
 
 
 def synchronize(device: Any) -> None:
@@ -67,10 +77,12 @@ def synchronize(device: Any) -> None:
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
+    try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 
@@ -83,17 +95,27 @@ def load_average() -> list[float] | None:
 
 def environment(device: Any = None, **extra: Any) -> dict[str, Any]:
     """What a reader needs to judge the numbers: versions, device, threads, load."""
-    env = {"python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
-    env |= {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_start": load_average()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "loadavg_start": load_average(),
+    }
     if device is not None:
         import torch
 
-        threads, cuda = torch.get_num_threads(), device.type == "cuda"
-        name = f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
-        env |= {"device": device.type, "device_name": torch.cuda.get_device_name(device) if cuda else name}
-        env |= {"torch": torch.__version__, "torch_threads": threads}
-        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
-        if cuda:
+        threads = torch.get_num_threads()
+        env |= {
+            "device": device.type,
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}",
+            "torch": torch.__version__,
+            "torch_threads": threads,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        }
+        if device.type == "cuda":
             env |= {"cuda": torch.version.cuda, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     if device is None or device.type == "cpu":
         env["note"] = SHARED_MACHINE_NOTE
@@ -113,7 +135,8 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max, int_max = -1, -4, (1 << 31) - 1  # mallopt takes a C int
+    m_trim_threshold, m_mmap_max = -1, -4
+    int_max = (1 << 31) - 1  # mallopt takes a C int; the heap then keeps at most what the peak needed
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, int_max))
 
 
@@ -157,14 +180,18 @@ def time_interleaved(
     """Median time per call of each function (the one timing helper): after a cold call and an estimate, each
     round times one block (calls lasting ``min_block_s``) of every function in a rotating order, so load from
     other processes falls on all alike, until ``budget_s`` is spent; GC off, CUDA synchronized per block."""
-    names, inner, round_cost = list(fns), {}, 0.0
+    names = list(fns)
+    inner: dict[str, int] = {}
+    round_cost = 0.0
     for name in names:
         est = _block(fns[name], 1, device)  # cold call: allocation, compilation, caches
-        for warm_below in (1.0, 0.2):  # warm calls for all but the slowest functions
-            if est < warm_below:
-                est = _block(fns[name], 1, device)
-        inner[name] = max(1, min(10_000, math.ceil(min_block_s / max(est, 1e-7))))
-        round_cost += max(est, 1e-7) * inner[name]
+        if est < 1.0:  # warm calls for all but the slowest functions
+            est = _block(fns[name], 1, device)
+        if est < 0.2:
+            est = _block(fns[name], 1, device)
+        est = max(est, 1e-7)
+        inner[name] = max(1, min(10_000, math.ceil(min_block_s / est)))
+        round_cost += est * inner[name]
     repeats = max(min_repeats, min(max_repeats, int(budget_s / max(round_cost, 1e-9))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
@@ -178,9 +205,17 @@ def time_interleaved(
             gc.enable()
     out = {}
     for n in names:
-        s = sorted(samples[n])
-        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
-        out[n] = Timing(statistics.median(s), s[0], q[0], q[2], repeats, inner[n], tuple(samples[n]))
+        per_call = sorted(samples[n])
+        q = statistics.quantiles(per_call, n=4) if len(per_call) >= 2 else [per_call[0]] * 3
+        out[n] = Timing(
+            median_s=statistics.median(per_call),
+            min_s=per_call[0],
+            q1_s=q[0],
+            q3_s=q[2],
+            repeats=repeats,
+            inner=inner[n],
+            samples=tuple(samples[n]),
+        )
     return out
 
 
@@ -198,24 +233,17 @@ def progress(iterable: Iterable[_T], total: int | None = None, desc: str = "", q
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}" if value == 0 or 0.01 <= abs(value) < 10_000 else f"{value:.3g}"
-    return str(value)
-
-
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> str:
     """A plain-text table with right-aligned columns."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
-
-    lines = [line(headers), line(["-" * w for w in widths]), *map(line, cells)]
-    return "\n".join([title, *lines] if title else lines)
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
+    out = [title] if title else []
+    out += [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
 
 
 def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> str:
@@ -232,8 +260,9 @@ def table(rows: Iterable[Mapping[str, Any]], columns: str, title: str = "") -> s
             return value
         return round(value) if fmt == "d" else format(value, fmt)
 
-    values = [[cell(r.get(k), f) for _, k, f in specs] for r in rows]
-    return format_table([h for h, _, _ in specs], values, title)
+    return format_table(
+        [h for h, _, _ in specs], [[cell(r.get(k), f) for _, k, f in specs] for r in rows], title
+    )
 
 
 def find(rows: Iterable[Mapping[str, Any]], **match: Any) -> Any:
@@ -249,12 +278,24 @@ def group_by(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tup
     return out
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 10_000:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f}us"
-    return f"{seconds * 1e3:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
 
 
 @dataclass(frozen=True)
@@ -271,7 +312,15 @@ class Goal:
         return asdict(self)
 
 
-def goal(name: str, value: float | None, bound: float, *, at_most=False, target="", measured=None) -> Goal:
+def goal(
+    name: str,
+    value: float | None,
+    bound: float,
+    *,
+    at_most: bool = False,
+    target: str = "",
+    measured: str | None = None,
+) -> Goal:
     """Met when value >= bound (``at_most``: <=); not measured when value is None. The target and the
     measured text default to ">= 2x" and "2.31x"."""
     met = None if value is None else (value <= bound if at_most else value >= bound)
@@ -282,8 +331,7 @@ def goal(name: str, value: float | None, bound: float, *, at_most=False, target=
 
 
 def goals_table(goals: Sequence[Goal], title: str = "goals") -> str:
-    verdict = {None: "-", True: "met", False: "MISSED"}
-    rows = [[g.goal, g.target, g.measured, verdict[g.met]] for g in goals]
+    rows = [[*astuple(g)[:3], "-" if g.met is None else ("met" if g.met else "MISSED")] for g in goals]
     return format_table(["goal", "target", "measured", ""], rows, title)
 
 
@@ -305,25 +353,27 @@ def clean(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:
-    """payload as indented JSON (rounded to ``digits`` when given; NaN/inf refused unless rounded away)."""
-    data = payload if digits is None else clean(dict(payload), digits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
 def run_module(module: str, args: list[str], marker: str, timeout: float, core: int | None = None) -> list:
     """``python -m module args`` in a fresh process (pinned to ``core``): the JSON of each stdout line that
     starts with ``marker``; BenchError when it fails or prints none."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
-    cmd, options = [sys.executable, "-m", module, *args], {"env": env, "cwd": root, "timeout": timeout}
-    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin, **options)
+    cmd = [sys.executable, "-m", module, *args]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, preexec_fn=pin
+    )
     found = [json.loads(ln[len(marker) :]) for ln in done.stdout.splitlines() if ln.startswith(marker)]
     if done.returncode != 0 or not found:
         raise BenchError(f"{module} {' '.join(args)[:200]} failed ({done.returncode}): {done.stderr[-800:]}")
     return found
+
+
+def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None) -> None:
+    """payload as indented JSON (rounded to ``digits`` when given; NaN/inf refused unless rounded away)."""
+    data = payload if digits is None else clean(dict(payload), digits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -338,8 +388,9 @@ def figure(path: Path, title: str, ncols: int = 1, nrows: int = 1, size: tuple[f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figsize = (size[0] * ncols, size[1] * nrows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), constrained_layout=True, squeeze=False
+    )
     try:
         yield fig, axes
         fig.suptitle(title, fontsize=11)
@@ -353,5 +404,6 @@ def bars(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]], c
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
-        ax.bar(xs, [v or 0.0 for v in values], width, label=name, color=None if colors is None else colors[k])
+        color = None if colors is None else colors[k]
+        ax.bar(xs, [v or 0.0 for v in values], width, label=name, color=color)
     ax.set_xticks(range(len(labels)), labels, fontsize=7 if len(labels) > 4 else None)

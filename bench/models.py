@@ -7,7 +7,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.common import BenchError
 
@@ -15,7 +14,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "models"
 KINDS = ("psn", "masked_psn", "sliding_psn", "lif")
 TINY_K = 4
-TINY_DIMS = {"T": 28, "features": 28, "classes": 10, "arch": "conv", "channels": 16, "hidden": 64}
 
 
 @dataclass(frozen=True)
@@ -39,9 +37,18 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
     for manifest in sorted(models_dir.glob("*/manifest.json")):
         try:
             m = json.loads(manifest.read_text())
-            shape = (m["name"], m["kind"], int(m["T"]), int(m["features"]), m.get("k"), bool(m["streams"]))
-            about = (str(m.get("dataset", "?")), float(m.get("test_accuracy") or 0.0))
-            ref = ModelRef(*shape, *about, int(m.get("parameters", 0)), str(manifest.parent))
+            ref = ModelRef(
+                name=m["name"],
+                kind=m["kind"],
+                T=int(m["T"]),
+                features=int(m["features"]),
+                k=m.get("k"),
+                streams=bool(m["streams"]),
+                dataset=str(m.get("dataset", "?")),
+                test_accuracy=float(m.get("test_accuracy") or 0.0),
+                parameters=int(m.get("parameters", 0)),
+                directory=str(manifest.parent),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a model directory the server would load either; it reports why
         if len(m.get("input_shape") or [ref.features]) != 1:
@@ -51,9 +58,20 @@ def scan(models_dir: Path) -> dict[str, ModelRef]:
     return best
 
 
-def export_tiny(dst: Path, *, k: int = TINY_K, kinds: tuple[str, ...] = KINDS, **dims: Any) -> Path:
+def export_tiny(
+    dst: Path,
+    *,
+    T: int = 28,
+    features: int = 28,
+    classes: int = 10,
+    arch: str = "conv",
+    channels: int = 16,
+    hidden: int = 64,
+    k: int = TINY_K,
+    kinds: tuple[str, ...] = KINDS,
+) -> Path:
     """One untrained model per kind into dst/<kind> (named ``tiny-<kind>``, masked PSN at λ = 1; k for the
-    masked and sliding PSN); ``dims``: NetConfig fields over TINY_DIMS (T, features, classes, arch, ...)."""
+    masked and sliding PSN)."""
     try:
         import torch
 
@@ -65,15 +83,28 @@ def export_tiny(dst: Path, *, k: int = TINY_K, kinds: tuple[str, ...] = KINDS, *
             "or install the training extras (pip install -e '.[train]')"
         ) from exc
     torch.manual_seed(0)
-    dims = TINY_DIMS | dims
+    dims = {
+        "T": T,
+        "features": features,
+        "classes": classes,
+        "arch": arch,
+        "channels": channels,
+        "hidden": hidden,
+    }
     for kind in kinds:
         order = k if kind in ("masked_psn", "sliding_psn") else None
         cfg = NetConfig(kind=kind, k=order, depth=2, **dims)
         model = SeqClassifier(cfg)
         model.set_lambda(1.0)
-        what = f"untrained {kind}, T={dims['T']}, F={dims['features']}, k={order}"
-        info = {"name": f"tiny-{kind}", "dataset": "untrained", "test_accuracy": 0.0}
-        export_model(model.eval(), dst / kind, **info, command=f"bench.models.export_tiny ({what})")
+        model.eval()
+        export_model(
+            model,
+            dst / kind,
+            name=f"tiny-{kind}",
+            dataset="untrained",
+            test_accuracy=0.0,
+            command=f"bench.models.export_tiny (untrained {kind}, T={T}, F={features}, k={order})",
+        )
         (dst / kind / "checkpoint").mkdir(exist_ok=True)  # the network's config, as psn train leaves it
         (dst / kind / "checkpoint" / "config.json").write_text(cfg.to_json())
     return dst
@@ -92,6 +123,10 @@ def resolve(models_dir: Path | None, work: Path, quiet: bool) -> tuple[Path, dic
     if not missing:
         return BUNDLED, found, f"{BUNDLED} (bundled)"
     if not quiet:
-        print(f"bundled models/ lacks {', '.join(missing)}: exporting tiny untrained models", file=sys.stderr)
+        print(
+            f"bundled models/ lacks {', '.join(missing)}: exporting tiny untrained models instead",
+            file=sys.stderr,
+            flush=True,
+        )
     dst = export_tiny(work / "models")
     return dst, scan(dst), "tiny untrained models exported for this run (bundled models/ incomplete)"

@@ -64,18 +64,26 @@ def measure(directory: Path, seconds: float, providers: list[str] | None = None)
     if model.step is not None:
         fns |= {"step_b1": step_call(model, 1), f"step_b{STEP_BATCH}": step_call(model, STEP_BATCH)}
     times = time_interleaved(fns, budget_s=seconds * len(fns), max_repeats=1000)
-    out = {"model": model.manifest.name, "kind": str(model.manifest.kind), "providers": model.providers}
+    out: dict[str, Any] = {
+        "model": model.manifest.name,
+        "kind": str(model.manifest.kind),
+        "providers": model.providers,
+    }
     for name, t in times.items():
-        out |= {f"{name}_us": t.median_s * 1e6, f"{name}_calls": t.repeats * t.inner}
+        out[f"{name}_us"] = t.median_s * 1e6
+        out[f"{name}_calls"] = t.repeats * t.inner
     if model.step is not None:
         out[f"step_b{STEP_BATCH}_per_step_us"] = out[f"step_b{STEP_BATCH}_us"] / STEP_BATCH
     return out
 
 
-def measure_pinned(dirs: list[Path], seconds: float, core: int | None, providers: list[str] | None = None):
+def measure_pinned(
+    dirs: list[Path], seconds: float, core: int | None, providers: list[str] | None = None
+) -> list[dict[str, Any]]:
     """``measure`` for each model directory in a fresh process pinned to ``core`` (the server's)."""
-    args = [*map(str, dirs), "--seconds", str(seconds)]
-    args += ["--providers", ",".join(providers)] if providers else []
+    args = [*map(str, dirs), "--seconds", str(seconds)] + (
+        ["--providers", ",".join(providers)] if providers else []
+    )
     return run_module("bench.raw", args, MARKER, 120 + 10 * seconds * len(dirs), core)[0]
 
 

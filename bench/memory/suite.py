@@ -20,13 +20,14 @@ from bench.common import format_table
 FULL_CONFIGS = ((4, 16), (8, 16), (16, 8), (16, 16))  # (T, N); the paper's are (16, 16), (8, 16), (16, 8)
 QUICK_CONFIGS = ((4, 4),)
 RESULT_TAG = "MEMORY_RESULT "
+V_TH = 1.0
+ALPHA = 2.0
 METHOD = (
     "CPU: each configuration in a fresh subprocess whose glibc allocator returns every block above 64 KiB to "
     "the OS when freed, so the RSS follows live tensors; after a warm-up step the peak-RSS mark is reset "
     "(/proc/self/clear_refs) and M is the peak RSS during one forward + backward minus the RSS before it. "
     "Also the bytes autograd saves for the backward (saved_tensors_hooks, unique storages)."
 )
-V_TH, ALPHA = 1.0, 2.0
 
 
 class Kind(StrEnum):
@@ -58,7 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_network(kind: str, T: int, channels: tuple[int, int], side: int, classes: int = 10) -> Any:
     """VGG-style on [T, N, C, H, W]: [conv-BN-neuron] ×2 (c1), max-pool, [conv-BN-neuron] ×2 (c2), max-pool,
-    linear; the per-step layers with time folded into the batch."""
+    linear; the per-step layers with time folded into the batch (torch is imported only here: the parent
+    process of the suite needs none)."""
     import torch
     from torch import nn
 
@@ -67,36 +69,61 @@ def build_network(kind: str, T: int, channels: tuple[int, int], side: int, class
     from psn.surrogate import heaviside
 
     class TimeDistributed(nn.Module):
+        """Applies a per-step module to [T, N, ...] by folding time into the batch."""
+
         def __init__(self, module: nn.Module) -> None:
             super().__init__()
             self.module = module
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # [T*N, ...] -> [T, N, ...]
+            y = self.module(x.flatten(0, 1))  # [T*N, ...]
+            return y.unflatten(0, x.shape[:2])  # [T, N, ...]
 
     class IFNeuron(nn.Module):
-        """IF, hard reset, autograd over each step (SpikingJelly's default torch backend does the same)."""
+        """IF, hard reset, autograd over each step (SpikingJelly's default torch backend does the same):
+        H[t] = V[t-1] + X[t], S[t] = Θ(H[t] − V_th), V[t] = H[t] (1 − S[t])."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            v, spikes = torch.zeros_like(x[0]), []
+            v = torch.zeros_like(x[0])
+            spikes = []
             for t in range(x.shape[0]):
                 h = v + x[t]
-                spikes.append(heaviside(h - V_TH, ALPHA))
-                v = h * (1.0 - spikes[-1])
+                s = heaviside(h - V_TH, ALPHA)
+                v = h * (1.0 - s)
+                spikes.append(s)
             return torch.stack(spikes)  # [T, N, ...]
 
     class IFFused(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return lif_bptt(x, False, 0.0, 1.0)  # IF: no leak, tau 1
+        """IF over all steps in one function with hand-written BPTT, keeping only H: the LIF kernel of the
+        neurons suite with no leak and tau 1 (H = V + X)."""
 
-    neuron = {"none": nn.Identity, "if": IFNeuron, "if_fused": IFFused, "psn": lambda: PSN(T, ALPHA)}[kind]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return lif_bptt(x, False, leak=0.0, tau=1.0)
+
+    def make_neuron() -> nn.Module:
+        if kind == "none":
+            return nn.Identity()
+        if kind == "if":
+            return IFNeuron()
+        if kind == "if_fused":
+            return IFFused()
+        if kind == "psn":
+            return PSN(T, ALPHA)
+        raise ValueError(f"unknown neuron kind {kind!r}")
+
     if side % 4:
         raise ValueError(f"the input side must be a multiple of 4, got {side}")
-    (c1, c2), c_in, layers = channels, 3, []
+    c1, c2 = channels
+    layers: list[nn.Module] = []
+    c_in = 3
     for c_out, pool in ((c1, False), (c1, True), (c2, False), (c2, True)):
-        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        layers += [TimeDistributed(conv), TimeDistributed(nn.BatchNorm2d(c_out)), neuron()]
-        layers += [TimeDistributed(nn.MaxPool2d(2))] if pool else []
+        layers += [
+            TimeDistributed(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)),
+            TimeDistributed(nn.BatchNorm2d(c_out)),
+            make_neuron(),
+        ]
+        if pool:
+            layers.append(TimeDistributed(nn.MaxPool2d(2)))
         c_in = c_out
     layers += [TimeDistributed(nn.Flatten()), TimeDistributed(nn.Linear(c2 * (side // 4) ** 2, classes))]
     return nn.Sequential(*layers)
@@ -104,7 +131,8 @@ def build_network(kind: str, T: int, channels: tuple[int, int], side: int, class
 
 def hidden_state_numel(channels: tuple[int, int], side: int) -> int:
     """Neurons per sample per step: one hidden state of the whole network is this many floats."""
-    return 2 * channels[0] * side**2 + 2 * channels[1] * (side // 2) ** 2
+    c1, c2 = channels
+    return 2 * c1 * side**2 + 2 * c2 * (side // 2) ** 2
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -117,23 +145,32 @@ def _proc_status_kib(key: str) -> int:
     raise common.BenchError(f"/proc/self/status has no {key}: peak RSS needs Linux")
 
 
+def _return_freed_memory() -> None:
+    """Blocks above 64 KiB come from mmap and go back to the OS on free (no dynamic threshold)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold, m_trim_threshold = -3, -1
+    if not (libc.mallopt(m_mmap_threshold, 64 * 1024) and libc.mallopt(m_trim_threshold, 64 * 1024)):
+        raise common.BenchError("mallopt failed: the RSS method needs glibc")
+
+
 def measure(kind: Kind, T: int, N: int, device_name: str, quick: bool) -> dict[str, Any]:
     """One training step's peak memory above the steady state, and autograd's saved bytes (MiB)."""
-    if device_name == "cpu":  # blocks above 64 KiB come from mmap and go back to the OS on free
-        libc, m_mmap_threshold, m_trim_threshold = ctypes.CDLL("libc.so.6"), -3, -1
-        if not (libc.mallopt(m_mmap_threshold, 64 * 1024) and libc.mallopt(m_trim_threshold, 64 * 1024)):
-            raise common.BenchError("mallopt failed: the RSS method needs glibc")
+    if device_name == "cpu":
+        _return_freed_memory()
     import torch
     from torch.nn import functional as F
 
-    device, side, channels = torch.device(device_name), 16 if quick else 32, (8, 8) if quick else (32, 64)
+    device = torch.device(device_name)
     torch.manual_seed(0)
+    side = 16 if quick else 32
+    channels = (8, 8) if quick else (32, 64)
     net = build_network(kind.value, T, channels, side).to(device)
     x = torch.randn(T, N, 3, side, side, device=device)  # [T, N, C, H, W]
     y = torch.randint(0, 10, (N,), device=device)
 
     def step() -> None:
-        F.cross_entropy(net(x).mean(0), y).backward()  # logits [T, N, 10] -> mean over time
+        loss = F.cross_entropy(net(x).mean(0), y)  # logits [T, N, 10] -> mean over time
+        loss.backward()
 
     step()  # warm-up: parameter gradients, library workspaces, lazy initialisation
     net.zero_grad(set_to_none=False)
@@ -154,14 +191,22 @@ def measure(kind: Kind, T: int, N: int, device_name: str, quick: bool) -> dict[s
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x)
-    mib, hidden = 2.0**20, 4 * T * N * hidden_state_numel(channels, side)
-    out = {"kind": kind.value, "T": T, "N": N, "peak_MiB": peak / mib, "saved_MiB": sum(saved.values()) / mib}
-    return out | {"hidden_state_MiB": hidden / mib}
+        out = net(x)
+    del out
+    mib = 2.0**20
+    return {
+        "kind": kind.value,
+        "T": T,
+        "N": N,
+        "peak_MiB": peak / mib,
+        "saved_MiB": sum(saved.values()) / mib,
+        "hidden_state_MiB": 4 * T * N * hidden_state_numel(channels, side) / mib,
+    }
 
 
 def worker(spec: str) -> int:
@@ -185,21 +230,27 @@ def run_worker(kinds: list[Kind], T: int, N: int, device: str, quick: bool) -> l
 
 
 def summarize(results: list[dict[str, Any]], configs: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    rows, ifs = [], (Kind.IF, Kind.IF_FUSED)
+    rows = []
     for T, N in configs:
         by = {r["kind"]: r for r in results if r["T"] == T and r["N"] == N}
         row: dict[str, Any] = {"T": T, "N": N, "hidden_state_MiB": by[Kind.PSN]["hidden_state_MiB"]}
         for metric in ("peak_MiB", "saved_MiB"):
             m = {k: by[k][metric] for k in by}
             delta = {k: m[k] - m[Kind.NONE] for k in m if k != Kind.NONE}
-            row |= {metric: m, f"delta_{metric}": delta}
-            row[f"ratio_{metric}"] = {k: delta[k] / delta[Kind.PSN] for k in ifs if delta[Kind.PSN] > 0}
-            row[f"per_TN_KiB_{metric}"] = {k: (delta[k] - delta[Kind.PSN]) * 1024 / (T * N) for k in ifs}
+            row[metric] = m
+            row[f"delta_{metric}"] = delta
+            row[f"ratio_{metric}"] = {
+                k: delta[k] / delta[Kind.PSN] for k in (Kind.IF, Kind.IF_FUSED) if delta[Kind.PSN] > 0
+            }
+            row[f"per_TN_KiB_{metric}"] = {
+                k: (delta[k] - delta[Kind.PSN]) * 1024 / (T * N) for k in (Kind.IF, Kind.IF_FUSED)
+            }
         rows.append(row)
     return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+
     device = common.resolve_device(args.device)
     configs = [tuple(c) for c in (args.config or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))]
     if any(T < 1 or N < 1 for T, N in configs):
@@ -215,35 +266,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         done = common.progress(futures, total=len(futures), desc="memory (subprocesses)", quiet=args.quiet)
         results = [r for f in done for r in f.result()]
     env["loadavg_end"] = common.load_average()
-    cuda = "torch.cuda.max_memory_allocated during one step minus memory_allocated before it"
-    network = "quick: conv 8-8, 16x16" if args.quick else "conv 32-32-pool-64-64-pool, 32x32x3"
-    kinds = {k.value: v for k, v in KIND_HELP.items()}
-    config = {"quick": bool(args.quick), "network": network, "kinds": kinds}
-    out = {"suite": "memory", "environment": env, "method": METHOD if device.type == "cpu" else cuda}
-    return out | {"config": config, "results": results, "rows": summarize(results, configs)}
+    return {
+        "suite": "memory",
+        "environment": env,
+        "method": (
+            METHOD
+            if device.type == "cpu"
+            else "torch.cuda.max_memory_allocated during one step minus memory_allocated before it"
+        ),
+        "config": {
+            "quick": bool(args.quick),
+            "network": "quick: conv 8-8, 16x16" if args.quick else "conv 32-32-pool-64-64-pool, 32x32x3",
+            "kinds": {k.value: v for k, v in KIND_HELP.items()},
+        },
+        "results": results,
+        "rows": summarize(results, configs),
+    }
 
 
 def report(result: dict[str, Any], out_dir: Path) -> None:
     """Print the tables, write the JSON and the plot."""
-    env, rows = result["environment"], result["rows"]
+    env = result["environment"]
     json_path, png_path = common.output_paths(out_dir, "bench-memory", env["device"])
     print(f"memory benchmark on {env['device_name']} (torch {env['torch']}), {env['date']}")
     print("method:", result["method"])
     for kind, text in result["config"]["kinds"].items():
         print(f"  {kind:<8} {text}")
-    headers = ["T", "N", "M_NO", "M_IF", "M_IF_fused", "M_PSN", "Δ_IF", "Δ_IF_fused", "Δ_PSN"]
-    headers += ["Δ_IF/Δ_PSN", "Δ_IF_fused/Δ_PSN", "(Δ_IF-Δ_PSN)/TN KiB", "hidden/TN KiB"]
-    what = {"peak_MiB": "peak memory of one training step", "saved_MiB": "bytes saved for backward"}
-    for metric in ("peak_MiB", "saved_MiB"):
-        table = []
-        for r in rows:
+    for metric, what in (
+        ("peak_MiB", "peak memory of one training step"),
+        ("saved_MiB", "bytes saved for backward"),
+    ):
+        headers = ["T", "N", "M_NO", "M_IF", "M_IF_fused", "M_PSN", "Δ_IF", "Δ_IF_fused", "Δ_PSN"]
+        headers += ["Δ_IF/Δ_PSN", "Δ_IF_fused/Δ_PSN", "(Δ_IF-Δ_PSN)/TN KiB", "hidden/TN KiB"]
+        rows = []
+        for r in result["rows"]:
             m, d, q = r[metric], r[f"delta_{metric}"], r[f"ratio_{metric}"]
-            row = [r["T"], r["N"], *(m[k] for k in ("none", "if", "if_fused", "psn"))]
-            row += [*(d[k] for k in ("if", "if_fused", "psn")), q.get("if"), q.get("if_fused")]
-            per_tn = r["hidden_state_MiB"] * 1024 / (r["T"] * r["N"])
-            table.append([*row, r[f"per_TN_KiB_{metric}"]["if"], per_tn])
-        print(format_table(headers, table, title=f"\n{what[metric]} (MiB; Δ = M - M_NO)"))
+            per_tn = r[f"per_TN_KiB_{metric}"]["if"]
+            hidden_per_tn = r["hidden_state_MiB"] * 1024 / (r["T"] * r["N"])
+            ms = [m[k] for k in ("none", "if", "if_fused", "psn")]
+            ds = [d[k] for k in ("if", "if_fused", "psn")]
+            rows.append([r["T"], r["N"], *ms, *ds, q.get("if"), q.get("if_fused"), per_tn, hidden_per_tn])
+        print(format_table(headers, rows, title=f"\n{what} (MiB; Δ = M - M_NO)"))
     common.write_json(json_path, result)
+    rows = result["rows"]
     series = {
         "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
         "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
@@ -267,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
     if args.worker:
         return worker(args.worker)
-    report(run(args), args.out)
+    result = run(args)
+    report(result, args.out)
     return 0
 
 

@@ -66,7 +66,9 @@ def lif_forward_loop(x: Tensor, tau: float, v_th: float) -> Tensor:
 @_script
 def _bptt_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
     """Spikes and membrane H [T, N]; H is all the backward needs."""
-    spikes, h, v = torch.empty_like(x), torch.empty_like(x), torch.zeros_like(x[0])
+    spikes = torch.empty_like(x)
+    h = torch.empty_like(x)
+    v = torch.zeros_like(x[0])
     for t in range(x.shape[0]):
         ht = h[t]
         torch.sub(x[t], v, alpha=leak, out=ht)
@@ -80,7 +82,9 @@ def _bptt_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tens
 @_script
 def _bptt_backward(grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: float, alpha: float) -> Tensor:
     """dL/dX from dL/dS through the neuron above."""
-    grad_x, grad_v, k = torch.empty_like(h), torch.zeros_like(h[0]), math.pi / 2.0 * alpha
+    grad_x = torch.empty_like(h)
+    grad_v = torch.zeros_like(h[0])
+    k = math.pi / 2.0 * alpha
     for t in range(h.shape[0] - 1, -1, -1):
         ht = h[t]
         u = ht - v_th
@@ -91,13 +95,17 @@ def _bptt_backward(grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: flo
     return grad_x
 
 
-def _forward_step(x_t: Tensor, v: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, ...]:
+def _forward_step(
+    x_t: Tensor, v: Tensor, leak: float, tau: float, v_th: float
+) -> tuple[Tensor, Tensor, Tensor]:
     h = v + (x_t - leak * v) / tau
     s = (h >= v_th).to(h.dtype)
     return s, h, h * (1.0 - s)
 
 
-def _backward_step(grad_s: Tensor, h: Tensor, grad_v: Tensor, leak: float, tau: float, v_th: float, alpha):
+def _backward_step(
+    grad_s: Tensor, h: Tensor, grad_v: Tensor, leak: float, tau: float, v_th: float, alpha: float
+) -> tuple[Tensor, Tensor]:
     u = h - v_th
     sg = (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * u) ** 2)
     grad_h = (grad_s - grad_v * h) * sg + grad_v * (u < 0).to(h.dtype)
@@ -111,7 +119,9 @@ def _compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 
 def _compiled_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[Tensor, Tensor]:
-    step, v, spikes, hs = _compiled_steps()[0], torch.zeros_like(x[0]), [], []
+    step, _ = _compiled_steps()
+    v = torch.zeros_like(x[0])
+    spikes, hs = [], []
     for t in range(x.shape[0]):
         s, h, v = step(x[t], v, leak, tau, v_th)
         spikes.append(s)
@@ -119,8 +129,12 @@ def _compiled_forward(x: Tensor, leak: float, tau: float, v_th: float) -> tuple[
     return torch.stack(spikes), torch.stack(hs)  # [T, N] each
 
 
-def _compiled_backward(grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: float, alpha: float):
-    step, grad_v, grads = _compiled_steps()[1], torch.zeros_like(h[0]), []
+def _compiled_backward(
+    grad_s: Tensor, h: Tensor, leak: float, tau: float, v_th: float, alpha: float
+) -> Tensor:
+    _, step = _compiled_steps()
+    grad_v = torch.zeros_like(h[0])
+    grads: list[Tensor] = []
     for t in range(h.shape[0] - 1, -1, -1):
         g, grad_v = step(grad_s[t], h[t], grad_v, leak, tau, v_th, alpha)
         grads.append(g)
@@ -133,9 +147,12 @@ class LIFBPTT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, compiled: bool, leak: float, tau: float) -> Tensor:  # type: ignore[override]
-        spikes, h = (_compiled_forward if compiled else _bptt_forward)(x, leak, tau, V_TH)
+        run = _compiled_forward if compiled else _bptt_forward
+        spikes, h = run(x, leak, tau, V_TH)
         ctx.save_for_backward(h)
-        ctx.compiled, ctx.leak, ctx.tau = compiled, leak, tau
+        ctx.compiled = compiled
+        ctx.leak = leak
+        ctx.tau = tau
         return spikes
 
     @staticmethod
@@ -178,14 +195,25 @@ def psn_onnx_model(weight: np.ndarray, bias: np.ndarray, opset: int = 17) -> byt
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    T, f32 = weight.shape[0], np.float32
-    arrays = {"W": weight.astype(f32), "B": bias.astype(f32).reshape(T, 1), "zero": np.zeros((), f32)}
-    nodes = [helper.make_node("MatMul", ["W", "x"], ["wx"]), helper.make_node("Add", ["wx", "B"], ["h"])]
-    nodes.append(helper.make_node("GreaterOrEqual", ["h", "zero"], ["fired"]))
-    nodes.append(helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT))
-    x, s = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [T, "M"]) for name in ("x", "s"))
-    inits = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
-    graph = helper.make_graph(nodes, "psn_layer", [x], [s], initializer=inits)
+    T = weight.shape[0]
+    inits = [
+        numpy_helper.from_array(weight.astype(np.float32), "W"),
+        numpy_helper.from_array(bias.astype(np.float32).reshape(T, 1), "B"),
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["W", "x"], ["wx"]),
+        helper.make_node("Add", ["wx", "B"], ["h"]),
+        helper.make_node("GreaterOrEqual", ["h", "zero"], ["fired"]),
+        helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "psn_layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, "M"])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [T, "M"])],
+        initializer=inits,
+    )
     # IR 9 (onnx 1.15): onnx may write a newer IR than the installed onnxruntime reads
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     onnx.checker.check_model(model)
@@ -219,11 +247,15 @@ class OrtPSN:
 
     def bind(self, x: Tensor, out: Tensor) -> Callable[[], Tensor]:
         """A no-argument function that runs the layer on x into out (both contiguous float32 [T, M])."""
-        contiguous = x.is_contiguous() and out.is_contiguous()
-        if not contiguous or x.dtype != torch.float32 or out.shape != x.shape:
+        if (
+            not (x.is_contiguous() and out.is_contiguous())
+            or x.dtype != torch.float32
+            or out.shape != x.shape
+        ):
             raise ValueError("OrtPSN.bind needs contiguous float32 x and out of the same shape")
         binding = self.session.io_binding()
-        kind, index = "cuda" if self.device.type == "cuda" else "cpu", self.device.index or 0
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        index = self.device.index or 0
         binding.bind_input("x", kind, index, np.float32, list(x.shape), x.data_ptr())
         binding.bind_output("s", kind, index, np.float32, list(out.shape), out.data_ptr())
 

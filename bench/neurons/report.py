@@ -1,4 +1,4 @@
-"""Tables, plots and JSON of the ``neurons`` suite."""
+"""Tables, plots and JSON for the ``neurons`` suite (kept apart from the measuring code)."""
 
 from __future__ import annotations
 
@@ -34,19 +34,28 @@ def ratio_tables(result: dict[str, Any]) -> str:
             specs.append((mode, f"t_LIF / t_{t}  (> 1: {t} faster)", lambda c, n=n: c["ratio"][n]))
         specs.append((mode, "fastest LIF form (t_LIF)", lambda c: c["lif_form"].removeprefix("lif:")))
     specs.append(("inference", "t_PSN(torch) / t_PSN(ONNX Runtime)", lambda c: c.get("torch_over_ort")))
-    grids = ((f"\n{mode}: {title}", _grid(result, mode, fn)) for mode, title, fn in specs)
-    tables = (format_table(headers, [[T, *row] for T, row in zip(Ts, g, strict=True)], t) for t, g in grids)
-    return "\n".join(tables)
+    return "\n".join(
+        format_table(
+            headers,
+            [[T, *row] for T, row in zip(Ts, _grid(result, mode, fn), strict=True)],
+            f"\n{mode}: {title}",
+        )
+        for mode, title, fn in specs
+    )
 
 
 def time_table(result: dict[str, Any], mode: str) -> str:
     names = ["psn", "masked_psn", "sliding_psn"] + (["psn:ort"] if mode == "inference" else [])
     cells = [c for c in result["cells"] if c["mode"] == mode]
     forms = sorted({k for c in cells for k in c["times"] if k.startswith("lif")}) + names
-    medians = [[c["times"].get(f, {}).get("median_s") for f in forms] for c in cells]
-    rows = [[c["T"], _n_label(c["N"]), *map(fmt_seconds, m)] for c, m in zip(cells, medians, strict=True)]
-    title = f"\n{mode}: median time per call (LIF forms, then the PSN family)"
-    return format_table(["T", "N", *[f.removeprefix("lif:") for f in forms]], rows, title)
+    headers = ["T", "N", *[f.removeprefix("lif:") for f in forms]]
+    rows = [
+        [c["T"], _n_label(c["N"]), *[fmt_seconds(c["times"].get(f, {}).get("median_s")) for f in forms]]
+        for c in cells
+    ]
+    return format_table(
+        headers, rows, title=f"\n{mode}: median time per call (LIF forms, then the PSN family)"
+    )
 
 
 def bandwidth_table(result: dict[str, Any]) -> str:
@@ -64,15 +73,17 @@ def bandwidth_table(result: dict[str, Any]) -> str:
     )
     forms = [f for f in BANDWIDTH_FORMS if any(f in r["forms"] for r in bw["rows"])]
     headers = ["T", "bound", "copy GB/s", *[f"{f}: GB/s (% copy, % roofline)" for f in forms]]
-
-    def cell(x: dict | None) -> str:
-        if x is None:
-            return "-"
-        return f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
-
-    rows = [
-        [r["T"], r["bound"], r["copy_GBps"], *(cell(r["forms"].get(f)) for f in forms)] for r in bw["rows"]
-    ]
+    rows = []
+    for r in bw["rows"]:
+        cells = []
+        for f in forms:
+            x = r["forms"].get(f)
+            cells.append(
+                "-"
+                if x is None
+                else f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
+            )
+        rows.append([r["T"], r["bound"], r["copy_GBps"], *cells])
     return head + "\n" + format_table(headers, rows)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -27,6 +28,16 @@ PARALLEL = ("psn", "masked_psn", "sliding_psn")
 REFERENCE_MAX_NUMEL = 1 << 24
 
 
+class Mode(StrEnum):
+    INFERENCE = "inference"
+    TRAINING = "training"
+
+
+def order_k(T: int) -> int:
+    """The order k used for masked and sliding PSN (their speed does not depend on it: one T×T product)."""
+    return min(T, 4)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = common.arguments("psn bench neurons", __doc__)
     common.add_device(p)
@@ -34,10 +45,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log2n", type=int, nargs="+", help="log2 of the neuron counts (default 8 12 16 20)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile LIF forms")
     p.add_argument("--budget", type=float, help="seconds of timing per group of candidates (default 0.8)")
-    threads = "torch (and ONNX Runtime) CPU threads, default 1: on a busy shared machine a 2-thread "
-    threads += "parallel region waits for a preempted peer and small products time erratically; "
-    threads += "use 2+ on an idle machine"
-    p.add_argument("--threads", type=int, default=1, help=threads)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch (and ONNX Runtime) CPU threads, default 1: on a busy shared machine a 2-thread parallel "
+        "region waits for a preempted peer and small products time erratically; use 2+ on an idle machine",
+    )
     return p.parse_args(argv)
 
 
@@ -45,14 +59,16 @@ class Suite:
     """State shared by all cells: modules per T, compiled functions, ONNX sessions, compile times."""
 
     def __init__(self, device: torch.device, use_compile: bool, notes: list[str]) -> None:
-        self.device, self.notes, self.use_compile = device, notes, use_compile
-        self.bptt_compile_ok = use_compile
+        self.device = device
+        self.notes = notes
         self.compile_s: dict[str, float] = {}
         self.compile_failed: set[str] = set()
         self.modules: dict[int, dict[str, torch.nn.Module]] = {}
         self.ort: dict[int, Any] = {}
         self.tau = torch.tensor(2.0, device=device)
         self.compiled_loop: Callable[..., torch.Tensor] | None = None
+        self.use_compile = use_compile
+        self.bptt_compile_ok = use_compile
         if use_compile:
             if hasattr(torch._dynamo.config, "recompile_limit"):
                 torch._dynamo.config.recompile_limit = 64
@@ -60,9 +76,9 @@ class Suite:
 
     def neurons(self, T: int) -> dict[str, torch.nn.Module]:
         if T not in self.modules:
-            masked = MaskedPSN(T, min(T, 4))  # k = min(T, 4): the speed does not depend on k
+            masked = MaskedPSN(T, order_k(T))
             masked.set_lambda(1.0)
-            mods = {"psn": PSN(T), "masked_psn": masked, "sliding_psn": SlidingPSN(min(T, 4)), "lif": LIF()}
+            mods = {"psn": PSN(T), "masked_psn": masked, "sliding_psn": SlidingPSN(order_k(T)), "lif": LIF()}
             self.modules[T] = {k: m.to(self.device) for k, m in mods.items()}
         return self.modules[T]
 
@@ -96,8 +112,9 @@ class Suite:
     def inference(self, x: torch.Tensor, bandwidth: bool, reference: bool) -> dict[str, Callable[[], object]]:
         T = x.shape[0]
         mods = self.neurons(T)
-        fns: dict[str, Callable[[], object]] = {}
-        fns["lif:script"] = lambda: kernels.lif_forward_script(x, self.tau, 1.0)
+        fns: dict[str, Callable[[], object]] = {
+            "lif:script": lambda: kernels.lif_forward_script(x, self.tau, 1.0),
+        }
         if reference:
             fns["lif:eager"] = lambda: mods["lif"](x)
         loop = self.compiled_loop
@@ -148,20 +165,26 @@ def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def cell_record(mode: str, T: int, N: int, times: dict[str, Timing]) -> dict[str, Any]:
-    lif = {k: v.median_s for k, v in times.items() if k.startswith("lif:")}
-    best = min(lif, key=lif.__getitem__)
-    rec = {"mode": mode, "T": T, "N": N, "times": {k: v.to_json() for k, v in times.items()}}
-    rec["lif_form"] = best
-    rec |= {"t_lif_s": lif[best], "ratio": {name: lif[best] / times[name].median_s for name in PARALLEL}}
+def cell_record(mode: Mode, T: int, N: int, times: dict[str, Timing]) -> dict[str, Any]:
+    lif = {k: v for k, v in times.items() if k.startswith("lif:")}
+    best = min(lif, key=lambda k: lif[k].median_s)
+    t_lif = lif[best].median_s
+    rec: dict[str, Any] = {
+        "mode": mode.value,
+        "T": T,
+        "N": N,
+        "times": {k: v.to_json() for k, v in times.items()},
+        "lif_form": best,
+        "t_lif_s": t_lif,
+        "ratio": {name: t_lif / times[name].median_s for name in PARALLEL},
+    }
     if "psn:ort" in times:
         rec["torch_over_ort"] = times["psn"].median_s / times["psn:ort"].median_s
     return rec
 
 
-def machine_rates(device: torch.device, numel: int, gemm_n: int, budget: float) -> dict[str, Any]:
-    """GB/s of a copy between two buffers of ``numel`` floats (read + write, torch copy_ and numpy) and the
-    FP32 GEMM rate of a gemm_n^3 product."""
+def copy_bandwidth(device: torch.device, numel: int, budget: float) -> dict[str, float]:
+    """GB/s of a copy between two buffers of ``numel`` floats (read + write), torch copy_ and numpy."""
     import numpy as np
 
     src = torch.rand(numel, device=device)
@@ -171,20 +194,34 @@ def machine_rates(device: torch.device, numel: int, gemm_n: int, budget: float) 
         a, b = src.numpy(), dst.numpy()
         fns["numpy_copy"] = lambda: np.copyto(b, a)
     times = time_interleaved(fns, device, budget_s=budget)
-    copy = {k: 2 * 4 * numel / t.median_s / 1e9 for k, t in times.items()}
+    return {k: 2 * 4 * numel / t.median_s / 1e9 for k, t in times.items()}
+
+
+def machine_rates(device: torch.device, numel: int, gemm_n: int, budget: float) -> dict[str, Any]:
+    """Copy bandwidth over ``numel`` floats and the FP32 GEMM rate of a gemm_n^3 product."""
+    copy = copy_bandwidth(device, numel, budget)
     m1, m2 = torch.rand(gemm_n, gemm_n, device=device), torch.rand(gemm_n, gemm_n, device=device)
     gemm = time_interleaved({"mm": lambda: torch.mm(m1, m2)}, device, budget_s=budget)["mm"]
-    gflops = 2 * gemm_n**3 / gemm.median_s / 1e9
-    return {"copy_bytes": 4 * numel, "copy_GBps": copy, "gemm_size": gemm_n, "gemm_GFLOPs": gflops}
+    return {
+        "copy_bytes": 4 * numel,
+        "copy_GBps": copy,
+        "gemm_size": gemm_n,
+        "gemm_GFLOPs": 2 * gemm_n**3 / gemm.median_s / 1e9,
+    }
 
 
 def bandwidth_row(T: int, N: int, times: dict[str, Timing]) -> dict[str, Any]:
     nbytes = 2 * 4 * T * N  # read X, write S (W and B are negligible)
-    copy_gbps, forms = nbytes / times["copy"].median_s / 1e9, {}
-    for name in (n for n in BANDWIDTH_FORMS if n in times):
-        gbps = nbytes / times[name].median_s / 1e9
-        forms[name] = {"time_s": times[name].median_s, "GBps": gbps}
-        forms[name]["percent_of_copy"] = 100 * gbps / copy_gbps
+    copy_gbps = nbytes / times["copy"].median_s / 1e9
+    forms = {
+        name: {
+            "time_s": times[name].median_s,
+            "GBps": nbytes / times[name].median_s / 1e9,
+            "percent_of_copy": 100.0 * nbytes / times[name].median_s / 1e9 / copy_gbps,
+        }
+        for name in BANDWIDTH_FORMS
+        if name in times
+    }
     return {"T": T, "N": N, "bytes": nbytes, "flops": 2 * T * T * N, "copy_GBps": copy_gbps, "forms": forms}
 
 
@@ -209,7 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     copy_numel = max(max(Ts) * max(Ns), 1 << (20 if args.quick else 26))
     gemm_n = 256 if args.quick else (2048 if device.type == "cpu" else 8192)
     rates_before = machine_rates(device, copy_numel, gemm_n, budget)
-    cells, bandwidth, no_reference, jobs = [], [], [], [(T, N) for T in Ts for N in Ns]
+    cells: list[dict[str, Any]] = []
+    bandwidth: list[dict[str, Any]] = []
+    jobs = [(T, N) for T in Ts for N in Ns]
+    no_reference: list[str] = []
     for T, N in common.progress(jobs, total=len(jobs), desc="neurons (T, N)", quiet=args.quiet):
         x = torch.rand(T, N, device=device, generator=gen) * 2.0  # [T, N], LIF fires at times
         is_bw = max(Ns) == N
@@ -217,11 +257,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not reference:
             no_reference.append(f"T={T} N={N}")
         times = time_interleaved(suite.inference(x, is_bw, reference), device, budget_s=budget)
-        cells.append(cell_record("inference", T, N, times))
+        cells.append(cell_record(Mode.INFERENCE, T, N, times))
         if is_bw:
             bandwidth.append(bandwidth_row(T, N, times))
         times = time_interleaved(suite.training(x, reference), device, budget_s=budget)
-        cells.append(cell_record("training", T, N, times))
+        cells.append(cell_record(Mode.TRAINING, T, N, times))
         del x
     if no_reference:
         notes.append(f"reference LIF forms (eager, autograd) not timed above T*N = 2^24: {no_reference}")
@@ -235,23 +275,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for form in row["forms"].values():
             form["percent_of_dram_copy"] = 100.0 * form["GBps"] / copy_ref
             form["roofline_fraction"] = t_roof / form["time_s"]
-    config = {"T": list(Ts), "N": list(Ns), "quick": bool(args.quick)}
-    config["statistic"] = "median of interleaved repeats"
-    config["lif"] = "tau=2, v_threshold=1, hard reset, decay_input (psn.neurons.LIF); surrogate ATan alpha=2"
-    config["order_k"] = "masked and sliding PSN use k = min(T, 4); masked PSN at lambda = 1"
-    config |= {"malloc_reuse": malloc_reuse, "torch_compile": suite.use_compile, "compile_s": suite.compile_s}
-    config |= {"reference_max_numel": REFERENCE_MAX_NUMEL, "budget_s": budget}
-    bw = {"N": max(Ns), "rates_before": rates_before, "rates_after": rates_after}
-    bw |= {"copy_reference_GBps": copy_ref, "gemm_reference_GFLOPs": gemm_ref}
-    bw["bytes_counted"] = "read X + write S, 2*4*T*N (W, B negligible)"
-    bw["percent_of_copy"] = "of a copy_ of the same [T, N] tensor timed in the same interleaved rounds"
-    bw["percent_of_dram_copy"] = "of copy_reference_GBps: 256 MiB buffers, best of before/after the grid"
-    bw["roofline"] = "max(bytes / same-size copy rate, 2 T^2 N flops / GEMM rate) / time"
-    out = {"suite": "neurons", "environment": env, "config": config, "cells": cells}
-    return out | {"bandwidth": bw | {"rows": bandwidth}, "notes": notes}
+    return {
+        "suite": "neurons",
+        "environment": env,
+        "config": {
+            "T": list(Ts),
+            "N": list(Ns),
+            "quick": bool(args.quick),
+            "statistic": "median of interleaved repeats",
+            "lif": "tau=2, v_threshold=1, hard reset, decay_input (psn.neurons.LIF); surrogate ATan alpha=2",
+            "order_k": "masked and sliding PSN use k = min(T, 4); masked PSN at lambda = 1",
+            "malloc_reuse": malloc_reuse,
+            "torch_compile": suite.use_compile,
+            "compile_s": suite.compile_s,
+            "reference_max_numel": REFERENCE_MAX_NUMEL,
+            "budget_s": budget,
+        },
+        "cells": cells,
+        "bandwidth": {
+            "N": max(Ns),
+            "rates_before": rates_before,
+            "rates_after": rates_after,
+            "copy_reference_GBps": copy_ref,
+            "gemm_reference_GFLOPs": gemm_ref,
+            "bytes_counted": "read X + write S, 2*4*T*N (W, B negligible)",
+            "percent_of_copy": "of a copy_ of the same [T, N] tensor timed in the same interleaved rounds",
+            "percent_of_dram_copy": "of copy_reference_GBps: 256 MiB buffers, best of before/after the grid",
+            "roofline": "max(bytes / same-size copy rate, 2 T^2 N flops / GEMM rate) / time",
+            "rows": bandwidth,
+        },
+        "notes": notes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
-    report(run(args), args.out)
+    result = run(args)
+    report(result, args.out)
     return 0

@@ -25,15 +25,20 @@ def session(model_dir: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
     return ort.InferenceSession(str(model_dir / "full.onnx"), options, providers=["CPUExecutionProvider"])
 
 
-def classify(sess, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x [B, T, F] float32 -> (label index [B], probabilities [B, C]: the softmax of the logits)."""
-    logits = sess.run(["logits"], {"x": x})[0]  # [B, C]: the mean over time
+def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return logits.argmax(-1), e / e.sum(axis=-1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classify(sess, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [B, T, F] float32 -> (label index [B], probabilities [B, C])."""
+    logits = sess.run(["logits"], {"x": x})[0]  # [B, C]: the mean over time
+    return logits.argmax(-1), softmax(logits)
 
 
 def server_args(prog: str, argv: list[str] | None, kinds: list[str], model: bool = False):
@@ -230,9 +235,14 @@ def sj_app(model_dir: Path):
                 with torch.no_grad():
                     total += net(x[None])[0]  # [1, F] -> logits [1, C]
                 probs = torch.softmax(total / (t + 1), -1)
-                label = str(int(probs.argmax()))
-                answer = {"t": t, "ready": True, "label": label, "probabilities": probs.tolist()}
-                await websocket.send_json(answer)
+                await websocket.send_json(
+                    {
+                        "t": t,
+                        "ready": True,
+                        "label": str(int(probs.argmax())),
+                        "probabilities": probs.tolist(),
+                    }
+                )
                 t += 1
         except WebSocketDisconnect:
             return
@@ -241,8 +251,9 @@ def sj_app(model_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    kinds = ["kserve", "litserve", "fastapi", "sj-stream"]
-    args = server_args("python -m bench.peers.servers", argv, kinds, True)
+    args = server_args(
+        "python -m bench.peers.servers", argv, ["kserve", "litserve", "fastapi", "sj-stream"], True
+    )
     sock = bound_socket(args.host, args.port, args.port_file)
     if args.kind in ("kserve", "litserve"):  # they bind their port themselves: free it just before
         args.port = sock.getsockname()[1]

@@ -13,8 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import common
-from bench.common import BenchError, Goal, goal, goals_table, progress, table
+from bench.common import (
+    BenchError,
+    Goal,
+    arguments,
+    bars,
+    environment,
+    figure,
+    goal,
+    goals_table,
+    load_average,
+    progress,
+    table,
+    write_json,
+)
 from bench.models import REPO_ROOT, ModelRef, resolve
 from bench.serving import openloop
 from bench.serving.procs import HOST, Pinning, Proc, choose_pinning, launch, psn_server
@@ -46,7 +58,7 @@ def servers(args: argparse.Namespace, models_dir: Path, models: dict, work: Path
     cm, sm = models["psn"], models.get("sliding_psn")
     v1, v2 = classify_body(cm.T, cm.features, 1), v2_json_body(cm.T, cm.features, 1)
 
-    def peer(name: str, python: Path | str, model: ModelRef):
+    def peer(name: str, python: Path, model: ModelRef):
         ready = {"kserve": "/v2/health/ready", "litserve": "/health"}.get(name, "/readyz")
         argv = [str(python), "-m", "bench.peers.servers", "--kind", name, "--model", model.directory]
         return lambda: launch(name, argv, work / f"{name}.log", pinning, ready)
@@ -55,9 +67,11 @@ def servers(args: argparse.Namespace, models_dir: Path, models: dict, work: Path
         Target("psn-serve", "psn-serve v1 JSON", f"/v1/models/{cm.name}/classify", v1, "predictions"),
         Target("psn-serve", "psn-serve V2 JSON", f"/v2/models/{cm.name}/infer", v2, "outputs"),
     ]
-    for f in (Frames.BINARY, Frames.JSON) if sm is not None else ():
-        path = f"/v1/models/{sm.name}/stream"
-        psn.append(Target("psn-serve", f"psn-serve WebSocket, {f} frames", path, frames=f))
+    psn += [
+        Target("psn-serve", f"psn-serve WebSocket, {f} frames", f"/v1/models/{sm.name}/stream", frames=f)
+        for f in (Frames.BINARY, Frames.JSON)
+        if sm is not None
+    ]
     out = [("psn-serve", lambda: psn_server(models_dir, batching=True, log_dir=work, pinning=pinning), psn)]
     if args.peers_python.exists():
         kserve = Target("kserve", "KServe V2 JSON", "/v2/models/model/infer", v2, "outputs")
@@ -65,26 +79,30 @@ def servers(args: argparse.Namespace, models_dir: Path, models: dict, work: Path
         litserve = Target("litserve", "LitServe JSON", "/predict", v1, "label_index")
         out.append(("litserve", peer("litserve", args.peers_python, cm), [litserve]))
     else:
-        missing = f"psn bench peers: {args.peers_python} missing (make bench-peers): no KServe, LitServe"
-        print(missing, file=sys.stderr)
-    fastapi = Target("fastapi", "FastAPI + ORT JSON", "/classify", v1, "label_index")
-    main_python = sys.executable
+        print(
+            f"psn bench peers: {args.peers_python} missing (make bench-peers): no KServe, LitServe",
+            file=sys.stderr,
+        )
+    fastapi, main_python = (
+        Target("fastapi", "FastAPI + ORT JSON", "/classify", v1, "label_index"),
+        Path(sys.executable),
+    )
     out.append(("fastapi", peer("fastapi", main_python, cm), [fastapi]))
     if sm is not None and (Path(sm.directory) / "checkpoint" / "config.json").is_file():
-        label = "FastAPI + SpikingJelly WebSocket, {} frames"
-        sj = [Target("sj", label.format(f), "/stream", frames=f) for f in Frames]
+        sj = [
+            Target("sj", f"FastAPI + SpikingJelly WebSocket, {f} frames", "/stream", frames=f) for f in Frames
+        ]
         out.append(("sj-stream", peer("sj-stream", main_python, sm), sj))
     return out
 
 
-def _ms(latency: dict[str, float]) -> dict[str, float]:
-    return {f"{k}_ms": v for k, v in latency.items()}
-
-
-def _row(t: Target, kind: str, rate: float, errors: int, latency_ms: dict, cpu_us: float, o) -> dict:
-    open_loop = {"offered": o.offered_per_s, "errors": o.errors + o.lost} | _ms(o.latency_ms)
+def _row(
+    t: Target, kind: str, rate: float, errors: int, latency_ms: dict, cpu_us: float, o
+) -> dict[str, Any]:
+    open_loop = {"offered": o.offered_per_s, "errors": o.errors + o.lost}
+    open_loop |= {f"{k}_ms": v for k, v in o.latency_ms.items()}
     row = {"target": t.label, "server": t.server, "kind": kind, "rate": rate, "errors": errors}
-    return row | _ms(latency_ms) | {"server_cpu_us": cpu_us, "open": open_loop}
+    return row | {f"{k}_ms": v for k, v in latency_ms.items()} | {"server_cpu_us": cpu_us, "open": open_loop}
 
 
 def measure_classify(server: Proc, t: Target, duration: float, pinning: Pinning) -> dict:
@@ -127,33 +145,38 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     """Per kind: the rate at saturation (psn-serve green), p50 / p99 at saturation and open loop (log)."""
     kinds = [k for k in ("classify", "streams") if any(r["kind"] == k for r in rows)]
     short = {"FastAPI + SpikingJelly WebSocket": "FastAPI + SJ WS", "psn-serve WebSocket": "psn-serve WS"}
-    with common.figure(path, title, len(kinds), 2, (6.5, 4)) as (_, axes):
+    with figure(path, title, len(kinds), 2, (6.5, 4)) as (_, axes):
         for col, kind in enumerate(kinds):
             group = [r for r in rows if r["kind"] == kind]
-            parts = (r["target"].partition(", ") for r in group)
-            labels = [short.get(n, n) + (f"\n{f}" if f else "") for n, _, f in parts]
+            labels = [
+                short.get(n, n) + (f"\n{f}" if f else "")
+                for n, _, f in (r["target"].partition(", ") for r in group)
+            ]
             colors = ["tab:green" if r["server"] == "psn-serve" else "tab:gray" for r in group]
             ax = axes[0][col]
             ax.bar(range(len(group)), [r["rate"] for r in group], color=colors)
             ax.set_xticks(range(len(group)), labels, fontsize=7)
             what = f"{CONNECTIONS} conns" if kind == "classify" else f"{STREAMS} closed-loop streams"
-            unit = "req/s" if kind == "classify" else "steps/s"
-            ax.set_title(f"{kind}: {unit} at saturation ({what})", fontsize=10)
+            ax.set_title(
+                f"{kind}: {'req/s' if kind == 'classify' else 'steps/s'} at saturation ({what})", fontsize=10
+            )
             ax = axes[1][col]
             series = {f"{p} sat.": [r[f"{p}_ms"] for r in group] for p in ("p50", "p99")}
             series |= {f"{p} open 75%": [r["open"][f"{p}_ms"] for r in group] for p in ("p50", "p99")}
-            common.bars(ax, labels, series)
+            bars(ax, labels, series)
             ax.set(yscale="log", ylabel="latency (ms, log)")
             ax.legend(fontsize=7)
             ax.grid(True, axis="y", alpha=0.3)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.arguments("psn bench peers", __doc__, "folder for the JSON and PNG (docs/)")
+    p = arguments("psn bench peers", __doc__, "folder for the JSON and PNG (docs/)")
     p.add_argument("--models-dir", type=Path, default=None, help="model directories (default: models/)")
     p.add_argument("--duration", type=float, default=None, help="seconds per load point (5; --quick 1)")
-    python, text = PEERS_VENV / "bin" / "python", "the Python of .venv-peers (make bench-peers)"
-    p.add_argument("--peers-python", type=Path, default=python, help=text)
+    python = PEERS_VENV / "bin" / "python"
+    p.add_argument(
+        "--peers-python", type=Path, default=python, help="the Python of .venv-peers (make bench-peers)"
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin the servers and the load to cores")
     return p
 
@@ -162,15 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(list(argv or []))
     duration = args.duration or (1.0 if args.quick else 5.0)
     pinning = choose_pinning(not args.no_pin)
-    env = common.environment(pinning=pinning.note)
+    env = environment(pinning=pinning.note)
     rows, started = [], time.monotonic()
     with tempfile.TemporaryDirectory(prefix="psn-bench-peers-") as tmp:
         work = Path(tmp)
         models_dir, models, source = resolve(args.models_dir, work, args.quiet)
         if "psn" not in models:
             raise BenchError(f"{models_dir}: no PSN model to classify with")
-        started_servers = servers(args, models_dir, models, work, pinning)
-        for name, start, targets in progress(started_servers, desc="servers", quiet=args.quiet):
+        for name, start, targets in progress(
+            servers(args, models_dir, models, work, pinning), desc="servers", quiet=args.quiet
+        ):
             try:
                 server = start()
             except BenchError as exc:
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(measure_classify(server, t, duration, pinning))
                     else:
                         rows.append(measure_stream(server, t, models["sliding_psn"], duration, pinning))
-    env |= {"loadavg_end": common.load_average(), "wall_s": round(time.monotonic() - started, 1)}
+    env |= {"loadavg_end": load_average(), "wall_s": round(time.monotonic() - started, 1)}
     goal_items = goals(rows)
     result = {"suite": "peers", "quick": args.quick, "environment": env, "models": source, "rows": rows}
     result["goals"] = [g.to_json() for g in goal_items]
@@ -199,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     load = f"load average {env['loadavg_start']} -> {env['loadavg_end']}"
     print("\n" + goals_table(goal_items) + f"\n\n{pinning.note}; {load}; {env['wall_s']} s")
     stem = args.out / ("bench-peers-quick" if args.quick else "bench-peers")
-    common.write_json(stem.with_suffix(".json"), result, digits=4)
+    write_json(stem.with_suffix(".json"), result, digits=4)
     plot(rows, f"psn-serve and its peers, server on one core ({env['cpu']})", stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
     return 0

@@ -5,6 +5,7 @@ Models from --models-dir (models/), else tiny untrained ones. Writes docs/bench-
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import statistics
@@ -27,7 +28,7 @@ GOAL_RATIO = 1.2
 GOAL_BATCHING = 3.0
 
 
-def parse_args(argv: list[str]):
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = common.arguments("psn bench runtime", __doc__, "folder for bench-runtime.json")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="model directories (models/)")
     p.add_argument("--model", nargs="+", help="models to run (default: all READY ones)")
@@ -39,18 +40,29 @@ def parse_args(argv: list[str]):
 
 
 def bench_classify(rt: Runtime, name: str, budget: float, config: RuntimeConfig) -> list[dict[str, Any]]:
-    model, rows = raw.load(rt.model(name).directory, config.providers, config.intra_op_threads), []
+    model = raw.load(rt.model(name).directory, config.providers, config.intra_op_threads)
+    rows = []
     for batch in CLASSIFY_BATCHES:
         m = model.manifest
         x = np.random.default_rng(0).random((batch, m.T, *m.input_shape), dtype=np.float32)  # [B, T, *shape]
-        fns = {"raw": raw.full_call(model, batch), "runtime": lambda x=x: rt.classify(name, x)}
-        t = common.time_interleaved(fns, budget_s=budget, max_repeats=400)
+        t = common.time_interleaved(
+            {"raw": raw.full_call(model, batch), "runtime": lambda x=x: rt.classify(name, x)},
+            budget_s=budget,
+            max_repeats=400,
+        )
         ratios = [r / w for r, w in zip(t["runtime"].samples, t["raw"].samples, strict=True)]
-        row = {"model": name, "batch": batch, "raw_us_per_seq": t["raw"].median_s / batch * 1e6}
-        row |= {"runtime_us_per_seq": t["runtime"].median_s / batch * 1e6}
-        row |= {"overhead_us_per_call": (t["runtime"].median_s - t["raw"].median_s) * 1e6}
-        row |= {"ratio": statistics.median(ratios), "ratio_of_minima": t["runtime"].min_s / t["raw"].min_s}
-        rows.append(row | {"rounds": t["raw"].repeats})
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "raw_us_per_seq": t["raw"].median_s / batch * 1e6,
+                "runtime_us_per_seq": t["runtime"].median_s / batch * 1e6,
+                "overhead_us_per_call": (t["runtime"].median_s - t["raw"].median_s) * 1e6,
+                "ratio": statistics.median(ratios),
+                "ratio_of_minima": t["runtime"].min_s / t["raw"].min_s,
+                "rounds": t["raw"].repeats,
+            }
+        )
     return rows
 
 
@@ -60,7 +72,8 @@ async def _closed_loop(rt: Runtime, name: str, streams: int, budget: float) -> d
     ids = [await rt.open_stream(name) for _ in range(streams)]
     limit = rt.stats()["models"][name]["max_steps_per_stream"]
     latencies: list[float] = []
-    counts, taken = [0] * streams, [0] * streams  # taken: per stream, since its last reset
+    counts = [0] * streams
+    taken = [0] * streams  # per stream, since its last reset
 
     async def client(i: int, deadline: float) -> None:
         while time.perf_counter() < deadline:
@@ -79,45 +92,59 @@ async def _closed_loop(rt: Runtime, name: str, streams: int, budget: float) -> d
     counts[:] = [0] * streams
     start = time.perf_counter()
     await asyncio.gather(*(client(i, start + budget) for i in range(streams)))
-    elapsed, total = time.perf_counter() - start, sum(counts)
+    elapsed = time.perf_counter() - start
     for sid in ids:
         rt.close_stream(sid)
-    out = {"steps": total, "seconds": elapsed, "steps_per_s": total / elapsed}
-    out["us_per_step"] = elapsed / total * 1e6
-    p50, p99 = statistics.median(latencies) * 1e6, float(np.percentile(latencies, 99)) * 1e6
-    return out | {"latency_p50_us": p50, "latency_p99_us": p99}
+    total = sum(counts)
+    return {
+        "steps": total,
+        "seconds": elapsed,
+        "steps_per_s": total / elapsed,
+        "us_per_step": elapsed / total * 1e6,
+        "latency_p50_us": statistics.median(latencies) * 1e6,
+        "latency_p99_us": float(np.percentile(latencies, 99)) * 1e6,
+    }
 
 
 def bench_steps(config: RuntimeConfig, name: str, budget: float) -> list[dict[str, Any]]:
-    async def run_all(rt: Runtime, batching: bool) -> list[dict[str, Any]]:
-        out = [{"model": name, "batching": batching, "streams": n} for n in STREAM_COUNTS]
-        out = [row | await _closed_loop(rt, name, row["streams"], budget) for row in out]
-        await rt.close()
-        return out
-
     rows = []
     for batching in (True, False):
         rt = Runtime(config.model_copy(update={"batching": batching, "max_streams": max(STREAM_COUNTS)}))
         rt.load()
-        rows += asyncio.run(run_all(rt, batching))
+
+        async def run_all(rt: Runtime = rt, batching: bool = batching) -> list[dict[str, Any]]:
+            out = [
+                {"model": name, "batching": batching, "streams": n} | await _closed_loop(rt, name, n, budget)
+                for n in STREAM_COUNTS
+            ]
+            await rt.close()
+            return out
+
+        rows += asyncio.run(run_all())
     return rows
 
 
 def bench_raw_step(rt: Runtime, name: str, max_batch: int, budget: float, config: RuntimeConfig) -> dict:
     model = raw.load(rt.model(name).directory, config.providers, config.intra_op_threads)
-    fns = {"b1": raw.step_call(model, 1), "max": raw.step_call(model, max_batch)}
-    t = common.time_interleaved(fns, budget_s=budget)
-    per_step = t["max"].median_s / max_batch * 1e6
-    return {"model": name, "batch1_us": t["b1"].median_s * 1e6, "max_batch_us": per_step}
+    t = common.time_interleaved(
+        {"b1": raw.step_call(model, 1), "max": raw.step_call(model, max_batch)}, budget_s=budget
+    )
+    return {
+        "model": name,
+        "batch1_us": t["b1"].median_s * 1e6,
+        "max_batch_us": t["max"].median_s / max_batch * 1e6,
+    }
 
 
-def run(args) -> dict[str, Any]:
+def _models_dir(models_dir: Path, tmp: Path) -> tuple[Path, str]:
+    if models_dir.is_dir() and any((d / MANIFEST_FILE).is_file() for d in models_dir.iterdir() if d.is_dir()):
+        return models_dir, f"model directories under {models_dir}"
+    return export_tiny(tmp), "untrained export (no models found)"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="psn-bench-runtime-") as tmp:
-        models_dir, source = args.models_dir, f"model directories under {args.models_dir}"
-        dirs = [d for d in models_dir.iterdir() if d.is_dir()] if models_dir.is_dir() else []
-        found = any((d / MANIFEST_FILE).is_file() for d in dirs)
-        if not found:
-            models_dir, source = export_tiny(Path(tmp)), "untrained export (no models found)"
+        models_dir, source = _models_dir(args.models_dir, Path(tmp))
         update: dict[str, Any] = {"models_dir": models_dir, "intra_op_threads": args.threads}
         update |= {"max_batch": args.max_batch} | ({"providers": args.providers} if args.providers else {})
         config = RuntimeConfig(**update)
@@ -128,17 +155,26 @@ def run(args) -> dict[str, Any]:
         if args.quick:
             names, streaming = streaming[:1] or names[:1], streaming[:1]
         budget = min(args.budget, 0.3) if args.quick else args.budget
-        models = {
-            i.name: {"kind": str(i.manifest.kind), "providers": i.providers}
-            for i in rt.models()
-            if i.manifest
+        env = common.environment(
+            onnxruntime=ort.__version__,
+            available_providers=ort.get_available_providers(),
+            numpy=np.__version__,
+            models={
+                i.name: {"kind": str(i.manifest.kind), "providers": i.providers}
+                for i in rt.models()
+                if i.manifest
+            },
+        )
+        result: dict[str, Any] = {
+            "suite": "runtime",
+            "models_source": source,
+            "models_dir": str(args.models_dir),
+            "config": config.model_dump(mode="json"),
+            "environment": env,
+            "classify": [],
+            "steps": [],
+            "raw_step": [],
         }
-        versions = {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
-        env = common.environment(**versions, numpy=np.__version__, models=models)
-        result: dict[str, Any] = {"suite": "runtime", "models_source": source}
-        result["models_dir"] = str(args.models_dir)
-        result |= {"config": config.model_dump(mode="json"), "environment": env, "classify": [], "steps": []}
-        result["raw_step"] = []
         jobs = [("classify", n) for n in names] + [("steps", n) for n in streaming]
         for job, name in common.progress(jobs, desc="runtime bench", quiet=args.quiet):
             if job == "classify":
@@ -148,24 +184,32 @@ def run(args) -> dict[str, Any]:
                 result["raw_step"].append(bench_raw_step(rt, name, args.max_batch, budget, config))
         asyncio.run(rt.close())
     by_key = {(r["model"], r["streams"], r["batching"]): r for r in result["steps"]}
-    rate = {k: r["steps_per_s"] for k, r in by_key.items()}
-    speedup = [
-        {"model": m, "streams": n, "speedup": rate[m, n, True] / rate[m, n, False]} for m, n, b in rate if b
+    result["batching_speedup"] = [
+        {
+            "model": m,
+            "streams": n,
+            "speedup": by_key[(m, n, True)]["steps_per_s"] / by_key[(m, n, False)]["steps_per_s"],
+        }
+        for (m, n, b) in by_key
+        if b
     ]
-    result["batching_speedup"] = speedup
     result["goals"] = [g.to_json() for g in goals(result)]
     env["loadavg_end"] = common.load_average()
     return result
 
 
 def goals(result: dict[str, Any]) -> list[common.Goal]:
-    out = []
-    for r in result["classify"]:
-        name = f"Runtime.classify / raw, {r['model']}, batch {r['batch']}"
-        out.append(common.goal(name, r["ratio"], GOAL_RATIO, at_most=True))
-    for s in (s for s in result["batching_speedup"] if s["streams"] == max(STREAM_COUNTS)):
-        name = f"batching speed-up, {s['model']}, {s['streams']} streams"
-        out.append(common.goal(name, s["speedup"], GOAL_BATCHING))
+    out = [
+        common.goal(
+            f"Runtime.classify / raw, {r['model']}, batch {r['batch']}", r["ratio"], GOAL_RATIO, at_most=True
+        )
+        for r in result["classify"]
+    ]
+    out += [
+        common.goal(f"batching speed-up, {s['model']}, {s['streams']} streams", s["speedup"], GOAL_BATCHING)
+        for s in result["batching_speedup"]
+        if s["streams"] == max(STREAM_COUNTS)
+    ]
     return out
 
 
@@ -182,16 +226,22 @@ def tables(result: dict[str, Any]) -> str:
     speedup = f"model | streams | speed-up from batching (goal >= {GOAL_BATCHING:g} at 256)=speedup"
     raw_step = "model | raw step.onnx us/step, batch 1=batch1_us | raw us/step at max_batch=max_batch_us"
     on = [r | {"on": "on" if r["batching"] else "off"} for r in result["steps"]]
-    raw_title = f"reference: raw session.run of step.onnx (max_batch {result['config']['max_batch']})"
-    classify_title = "classify: raw session.run vs Runtime.classify, per sequence"
-    blocks = [
-        common.table(result["classify"], classify, classify_title),
-        common.table(on, steps, "stream steps: closed-loop clients, one step in flight per stream"),
-        common.table(result["batching_speedup"], speedup, "steps/s with batching / without"),
-        common.table(result["raw_step"], raw_step, raw_title),
-        common.goals_table([common.Goal(**g) for g in result["goals"]]),
-    ]
-    return "\n\n".join(blocks)
+    max_batch = result["config"]["max_batch"]
+    return "\n\n".join(
+        [
+            common.table(
+                result["classify"], classify, "classify: raw session.run vs Runtime.classify, per sequence"
+            ),
+            common.table(on, steps, "stream steps: closed-loop clients, one step in flight per stream"),
+            common.table(result["batching_speedup"], speedup, "steps/s with batching / without"),
+            common.table(
+                result["raw_step"],
+                raw_step,
+                f"reference: raw session.run of step.onnx (max_batch {max_batch})",
+            ),
+            common.goals_table([common.Goal(**g) for g in result["goals"]]),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,10 @@ async def raw_app(scope: dict[str, Any], receive, send) -> None:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if scope["path"] == "/echo":
-            keys = _parse_body(body, scope["headers"])
-            answer, status = orjson.dumps({"ok": True, "keys": keys, "bytes": len(body)}), 200
+            answer = orjson.dumps(
+                {"ok": True, "keys": _parse_body(body, scope["headers"]), "bytes": len(body)}
+            )
+            status = 200
         else:
             answer, status = b'{"status":"ready"}', 200 if scope["path"] == "/readyz" else 404
         headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
@@ -117,10 +119,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = server_args("python -m bench.serving.echo_app", argv, list(Kind))
     sock = bound_socket(args.host, args.port, args.port_file)
-    app = fastapi_app() if args.kind == Kind.FASTAPI else raw_app
-    app = busy_app(float(os.environ.get(BUSY_US_ENV, "850")) / 1e6) if args.kind == Kind.BUSY else app
-    options = dict(log_level="warning", access_log=False, ws_max_size=WS_MAX_SIZE, server_header=False)
-    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=5, **options)
+    if args.kind == Kind.FASTAPI:
+        app = fastapi_app()
+    elif args.kind == Kind.BUSY:
+        app = busy_app(float(os.environ.get(BUSY_US_ENV, "850")) / 1e6)
+    else:
+        app = raw_app
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        ws_max_size=WS_MAX_SIZE,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -45,11 +45,14 @@ def read(path: Path) -> dict:
 
 
 def delta(before: dict, after: dict) -> dict:
-    def gen(b: dict, a: dict) -> dict:
-        counts = {"count": a["count"] - b["count"], "sum_ms": a["sum_ms"] - b["sum_ms"]}
-        return counts | {"max_ms_so_far": a["max_ms"]}
-
-    return {f"gen{g}": gen(before[g], after[g]) for g in after}
+    return {
+        f"gen{g}": {
+            "count": after[g]["count"] - before[g]["count"],
+            "sum_ms": after[g]["sum_ms"] - before[g]["sum_ms"],
+            "max_ms_so_far": after[g]["max_ms"],
+        }
+        for g in after
+    }
 
 
 def main() -> None:

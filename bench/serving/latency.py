@@ -34,15 +34,18 @@ async def _send_at(deadline: float) -> None:
 
 
 async def _one_sequence(ws, x: np.ndarray, period_s: float) -> dict[str, list]:
-    T, sent, got = x.shape[0], [0.0] * x.shape[0], []
+    T = x.shape[0]
     frames = [ws_frame(row.astype("<f4").tobytes()) for row in x]  # T frames of F float32
+    sent = [0.0] * T
+    got: list[tuple[float, dict]] = []
 
     async def receive() -> None:
         while len(got) < T:
             answer = await ws.recv()
             got.append((time.monotonic(), json.loads(answer)))
 
-    receiver, start = asyncio.ensure_future(receive()), time.monotonic() + 0.005
+    receiver = asyncio.ensure_future(receive())
+    start = time.monotonic() + 0.005
     for t in range(T):
         await _send_at(start + t * period_s)
         sent[t] = time.monotonic()
@@ -50,8 +53,10 @@ async def _one_sequence(ws, x: np.ndarray, period_s: float) -> dict[str, list]:
     await asyncio.wait_for(receiver, timeout=30)
     ws.send(ws_frame(RESET))
     await ws.recv()
-    t0, answers = sent[0], [a for _, a in got]
-    if bad := [a for a in answers if "error" in a]:
+    t0 = sent[0]
+    answers = [a for _, a in got]
+    bad = [a for a in answers if "error" in a]
+    if bad:
         raise RuntimeError(f"error answer: {bad[0]}")
     return {
         "sent_ms": [(s - t0) * 1000.0 for s in sent],
@@ -102,25 +107,41 @@ def summarize(kind: str, model: str, runs: list[dict[str, list]]) -> KindLatency
     first, first_step, decision, settled, delay, rtts, outs = [], [], [], [], [], [], []
     for run in runs:
         sent, recv, ready, labels = run["sent_ms"], run["recv_ms"], run["ready"], run["label"]
-        if not (ready_idx := [i for i in range(T) if ready[i]]):
+        ready_idx = [i for i in range(T) if ready[i]]
+        if not ready_idx:
             raise RuntimeError(f"{kind}: no ready answer in {T} steps")
-        since = T - 1  # from here on the label is the final one
-        while since - 1 >= 0 and ready[since - 1] and labels[since - 1] == labels[T - 1]:
-            since -= 1
-        covered, nxt = [0.0] * T, float("nan")  # the first ready answer at or after each input
-        for i in range(T - 1, -1, -1):
-            covered[i] = nxt = recv[i] if ready[i] else nxt
         first.append(recv[ready_idx[0]])
         first_step.append(ready_idx[0])
         decision.append(recv[T - 1])
-        settled.append(recv[since])
         delay.append(recv[T - 1] - sent[T - 1])
+        final = labels[T - 1]
+        since = T - 1
+        while since - 1 >= 0 and ready[since - 1] and labels[since - 1] == final:
+            since -= 1
+        settled.append(recv[since])
         rtts += [recv[i] - sent[i] for i in range(T)]
+        covered = [0.0] * T  # the first ready answer at or after each input
+        nxt = None
+        for i in range(T - 1, -1, -1):
+            if ready[i]:
+                nxt = recv[i]
+            covered[i] = nxt if nxt is not None else float("nan")
         outs.append(covered)
     med = lambda v: float(np.median(v))  # noqa: E731
-    sent_ms = np.median(np.array([r["sent_ms"] for r in runs]), axis=0).tolist()
-    times = (med(first), int(np.median(first_step)), med(decision), med(settled), med(delay), med(rtts))
-    return KindLatency(kind, model, T, len(runs), *times, sent_ms, np.median(np.array(outs), axis=0).tolist())
+    return KindLatency(
+        kind=kind,
+        model=model,
+        T=T,
+        sequences=len(runs),
+        first_output_ms=med(first),
+        first_output_step=int(np.median(first_step)),
+        decision_ms=med(decision),
+        settled_ms=med(settled),
+        last_step_delay_ms=med(delay),
+        step_rtt_p50_ms=med(rtts),
+        input_ms=np.median(np.array([r["sent_ms"] for r in runs]), axis=0).tolist(),
+        output_ms=np.median(np.array(outs), axis=0).tolist(),
+    )
 
 
 def sample_inputs(dataset: str, T: int, F: int, count: int, seed: int = 0) -> tuple[np.ndarray, str]:

@@ -2,7 +2,7 @@
 start + i / rate whether or not earlier ones were answered, and its latency counts from its due time. One
 client process (``bench.serving.ws.drive``), hand-written protocols; the generator's own CPU and lateness
 are reported. HTTP: a due request goes out on an idle keep-alive connection, or a new one (up to
-``MAX_CONNS``). WebSocket: S streams at rate/S each, pipelined (a step goes out when due)."""
+``max_conns``). WebSocket: S streams at rate/S each, pipelined (a step goes out when due)."""
 
 from __future__ import annotations
 
@@ -114,16 +114,26 @@ async def _http_client(url: str, request: bytes, rate: float, seconds: float, ma
     deadline = time.monotonic() + DRAIN_S
     while len(latencies) < total and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-    cpu, sent = time.process_time() - cpu0, len(lags)
-    out = {"latencies": np.array(latencies), "lags": np.array(lags), "errors": errors[0], "sent": sent}
-    return out | {"cpu_s": cpu, "connections": n_conns[0]}
+    cpu = time.process_time() - cpu0
+    return {
+        "latencies": np.array(latencies),
+        "lags": np.array(lags),
+        "errors": errors[0],
+        "sent": len(lags),
+        "cpu_s": cpu,
+        "connections": n_conns[0],
+    }
 
 
 def http_request(url: str, body: bytes, headers: dict[str, str]) -> bytes:
     parts = urlsplit(url)
-    lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}"]
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines + [f"{k}: {v}" for k, v in headers.items()]) + "\r\n\r\n").encode() + body
+    lines = [
+        f"POST {parts.path} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        f"Content-Length: {len(body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def _ws_client(url: str, streams: int, frames: list[bytes], rate: float, seconds: float, conn) -> dict:
@@ -163,21 +173,49 @@ async def _ws_client(url: str, streams: int, frames: list[bytes], rate: float, s
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def run(fn, args: tuple, rate: float, seconds: float, pinning: Pinning, server: Proc | None):
+def run(
+    fn, args: tuple, rate: float, seconds: float, pinning: Pinning, server: Proc | None
+) -> OpenLoopResult:
     """``fn(*args, conn)`` (_http_client or _ws_client) in a client process; the server's CPU read around."""
     run = drive(fn, [args], pinning, server, 0.0, seconds, timeout_s=seconds + DRAIN_S + 60)
     r, answered = run.results[0], int(run.results[0]["latencies"].size)
-    counts = (rate, answered / seconds, r["sent"], answered, r["errors"], int(rate * seconds) - answered)
-    latency, lag, cpu = percentiles_ms(r["latencies"]), percentiles_ms(r["lags"]), r["cpu_s"] / seconds
-    server_cpu = None if run.server_cpu_s is None else run.server_cpu_s / seconds
-    return OpenLoopResult(*counts, latency, lag, cpu, r["connections"], server_cpu)
+    return OpenLoopResult(
+        offered_per_s=rate,
+        achieved_per_s=answered / seconds,
+        sent=r["sent"],
+        answered=answered,
+        errors=r["errors"],
+        lost=int(rate * seconds) - answered,
+        latency_ms=percentiles_ms(r["latencies"]),
+        send_lag_ms=percentiles_ms(r["lags"]),
+        client_cpu_util=r["cpu_s"] / seconds,
+        connections=r["connections"],
+        server_cpu_util=None if run.server_cpu_s is None else run.server_cpu_s / seconds,
+    )
 
 
-def run_http(url: str, body: bytes, headers: dict, rate: float, seconds: float, pinning, server=None):
-    args = (url, http_request(url, body, headers), rate, seconds, MAX_CONNS)
+def run_http(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    rate: float,
+    seconds: float,
+    pinning: Pinning,
+    server: Proc | None = None,
+    max_conns: int = MAX_CONNS,
+) -> OpenLoopResult:
+    args = (url, http_request(url, body, headers), rate, seconds, max_conns)
     return run(_http_client, args, rate, seconds, pinning, server)
 
 
-def run_ws(url: str, streams: int, frames: list, rate: float, seconds: float, pinning, server=None):
+def run_ws(
+    url: str,
+    streams: int,
+    frames: list[bytes | str],
+    rate: float,
+    seconds: float,
+    pinning: Pinning,
+    server: Proc | None = None,
+) -> OpenLoopResult:
     data = [ws_frame(f) for f in frames]
     return run(_ws_client, (url, streams, data, rate, seconds), rate, seconds, pinning, server)

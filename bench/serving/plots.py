@@ -1,40 +1,29 @@
-"""Plots of the serving suite (matplotlib, imported only when the suite plots)."""
+"""Plots of the serving suite (matplotlib, headless Agg backend, imported only when the suite plots)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import bars, figure, group_by
-from bench.serving.report import GOAL_BATCHING_GAIN
-
-KIND_COLORS = {"psn": "tab:red", "masked_psn": "tab:blue", "sliding_psn": "tab:green", "lif": "tab:gray"}
+from bench.serving.report import GOAL_BATCHING_GAIN, KIND_COLORS
 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-SWEEP_P999 = ("p999_ms", "^--", "p99.9")
-_COLORS = {(1, "json"): "tab:blue", (16, "json"): "tab:orange", (1, "v2-binary"): "tab:green"}
-_COLORS |= {(16, "v2-binary"): "tab:olive", "on": "tab:green", "off": "tab:red", "-": "black"}
-
-
-def _style(target: str, mode: str, detail: Any) -> dict[str, Any]:
-    """classify: (target, format, batch); streams: (target, batching, frames)."""
-    name = {"service": "psn serve", "echo": "echo (floor)"}.get(target, target)
-    if mode in ("on", "off", "-"):  # streams
-        label = f"{f'batching {mode}' if target == 'service' else name}, {detail} frames"
-        marker, color = {"binary": "o", "json": "s"}.get(detail, "^"), _COLORS[mode]
-    else:
-        label, marker = f"{name}, {mode}, batch {detail}", "o"
-        color = _COLORS.get((detail, mode), "tab:purple")
-    color = "tab:gray" if target == "fastapi-echo" else color
-    style = {"service": "-", "echo": "--"}.get(target, "-.")
-    return {"label": label, "color": color, "marker": marker, "linestyle": style}
-
-
-def line_panels(rows, keys, x, panels, xlabel: str, title: str, path: Path, limits: dict | None = None):
+def line_panels(
+    rows: list[dict[str, Any]],
+    keys: tuple[str, ...],
+    x: str,
+    panels: Sequence[tuple[str, str, bool]],
+    xlabel: str,
+    title: str,
+    path: Path,
+    limits: dict[str, float] | None = None,
+) -> None:
     """One panel per (y key, y label, log y); a line per group of rows (values of ``keys``: target, then
     format or batching, then batch or frames), x on a log2 axis; p99 panels draw p50 dotted; ``limits`` as
     horizontal lines on the first panel."""
@@ -60,6 +49,30 @@ def line_panels(rows, keys, x, panels, xlabel: str, title: str, path: Path, limi
         axes[0][0].legend(fontsize=7)
 
 
+_COLORS = {(1, "json"): "tab:blue", (16, "json"): "tab:orange", (1, "v2-binary"): "tab:green"}
+_COLORS |= {(16, "v2-binary"): "tab:olive", "on": "tab:green", "off": "tab:red", "-": "black"}
+
+
+def _style(target: str, mode: str, detail: Any) -> dict[str, Any]:
+    """classify: (target, format, batch); streams: (target, batching, frames)."""
+    name = {"service": "psn serve", "echo": "echo (floor)"}.get(target, target)
+    if mode in ("on", "off", "-"):  # streams
+        label = f"{f'batching {mode}' if target == 'service' else name}, {detail} frames"
+        marker, color = {"binary": "o", "json": "s"}.get(detail, "^"), _COLORS[mode]
+    else:
+        label, marker, color = (
+            f"{name}, {mode}, batch {detail}",
+            "o",
+            _COLORS.get((detail, mode), "tab:purple"),
+        )
+    return {
+        "label": label,
+        "color": "tab:gray" if target == "fastapi-echo" else color,
+        "marker": marker,
+        "linestyle": {"service": "-", "echo": "--"}.get(target, "-."),
+    }
+
+
 def limit_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     """One panel per unit (req/s, steps/s, ms): service, echo and limit side by side for each figure, the
     fraction of the limit written over the service's bar."""
@@ -72,8 +85,9 @@ def limit_plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
             bars(ax, labels, {n: [r[n] for r in group] for n in names}, colors)
             for j, r in enumerate(group):
                 if r["fraction"] is not None:
-                    text = f"{r['fraction']:.2f}"
-                    ax.text(j - 0.27, r["service"], text, ha="center", va="bottom", fontsize=8)
+                    ax.text(
+                        j - 0.27, r["service"], f"{r['fraction']:.2f}", ha="center", va="bottom", fontsize=8
+                    )
             ax.tick_params(axis="x", labelsize=7)
             ax.set_ylabel(unit + (" (lower is better)" if unit == "ms" else ""))
             ax.grid(True, axis="y", alpha=0.3)
@@ -116,8 +130,13 @@ def sweep_plot(sweep: dict[str, Any], title: str, path: Path) -> None:
     with figure(path, title, len(workloads)) as (_, axes):
         for ax, workload in zip(axes[0], workloads, strict=True):
             rows = [r for r in sweep["rows"] if r["workload"] == workload]
-            for key, style, label in (("p50_ms", "o:", "p50"), ("p99_ms", "s-", "p99"), SWEEP_P999):
-                ax.plot([100 * r["level"] for r in rows], [r[key] for r in rows], style, label=label)
+            xs = [100 * r["level"] for r in rows]
+            for key, style, label in (
+                ("p50_ms", "o:", "p50"),
+                ("p99_ms", "s-", "p99"),
+                ("p999_ms", "^--", "p99.9"),
+            ):
+                ax.plot(xs, [r[key] for r in rows], style, label=label)
             unit = "req/s" if workload == "classify" else "steps/s"
             xlabel = f"offered load, % of saturation ({sweep['saturation'][workload]:.0f} {unit})"
             ax.set(xlabel=xlabel, ylabel="latency from due time (ms)", yscale="log", title=workload)
@@ -126,8 +145,9 @@ def sweep_plot(sweep: dict[str, Any], title: str, path: Path) -> None:
 
 
 def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
-    env, written = results["environment"], []
+    env = results["environment"]
     where = f"server on 1 core ({env['cpu']}), load avg {env['loadavg_start']}"
+    written = []
 
     def out(name: str) -> Path:
         written.append(out_dir / f"{stem}-{name}.png")
@@ -157,7 +177,8 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     if sweep := results.get("sweep"):
         sweep_plot(sweep, f"open-loop sweep, {where}", out("sweep"))
     if f := results.get("first_output"):
-        title = "first output: a PSN answers after all T steps, masked and sliding PSNs and LIF after "
-        title += "each step"
+        title = (
+            "first output: a PSN answers after all T steps, masked and sliding PSNs and LIF after each step"
+        )
         first_output_plot(f["kinds"], f["period_ms"], f"{title}\n{where}", out("latency"))
     return written

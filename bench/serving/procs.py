@@ -85,14 +85,18 @@ class ThreadTimes:
     other_cpu_s: float
     switches: int  # voluntary + involuntary, every thread
 
-    def minus(self, b: ThreadTimes) -> ThreadTimes:
-        main, other = self.main_cpu_s - b.main_cpu_s, self.other_cpu_s - b.other_cpu_s
-        return ThreadTimes(main, other, self.switches - b.switches)
+    def minus(self, before: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(
+            main_cpu_s=self.main_cpu_s - before.main_cpu_s,
+            other_cpu_s=self.other_cpu_s - before.other_cpu_s,
+            switches=self.switches - before.switches,
+        )
 
 
 def thread_times(pid: int) -> ThreadTimes | None:
     """From /proc/<pid>/task/*; None where /proc is not there. Threads that ended in between drop out."""
-    main, other, switches = 0.0, 0.0, 0
+    main = other = 0.0
+    switches = 0
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
@@ -104,7 +108,7 @@ def thread_times(pid: int) -> ThreadTimes | None:
             continue
         main, other = (main + cpu, other) if task.name == str(pid) else (main, other + cpu)
         switches += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
-    return ThreadTimes(main, other, switches)
+    return ThreadTimes(main_cpu_s=main, other_cpu_s=other, switches=switches)
 
 
 class Proc:
@@ -152,9 +156,16 @@ def launch(label: str, argv: list[str], log: Path, pinning: Pinning, ready_path:
     def command(ports: dict[str, int], port_file: Path) -> list[str]:
         return [*argv, "--host", HOST, "--port", str(ports["http"]), "--port-file", str(port_file)]
 
-    setup = pinning.server_setup()
     try:
-        server = Server(command, host=HOST, port=0, env=server_env(), log=log, preexec_fn=setup, name=label)
+        server = Server(
+            command,
+            host=HOST,
+            port=0,
+            env=server_env(),
+            log=log,
+            preexec_fn=pinning.server_setup(),
+            name=label,
+        )
     except LaunchError as exc:
         raise BenchError(f"{label}: {exc}") from exc
     proc = Proc(label, server)
@@ -166,20 +177,36 @@ def launch(label: str, argv: list[str], log: Path, pinning: Pinning, ready_path:
     return proc
 
 
-def psn_server(models_dir: Path, *, batching: bool, log_dir: Path, pinning, providers=None, workers=1):
+def psn_server(
+    models_dir: Path,
+    *,
+    batching: bool,
+    log_dir: Path,
+    pinning: Pinning,
+    providers: list[str] | None = None,
+    workers: int = 1,
+) -> Proc:
     """``psn serve`` with the service's defaults, except limits that a load test would hit on purpose; its
     garbage collections traced (bench.serving.gctrace)."""
     args = ["--batching" if batching else "--no-batching", "--log-level", "warning"]
     args += ["--max-streams", "4096", "--max-stream-steps", "100000000", "--idle-timeout-s", "120"]
     args += ["--providers", ",".join(providers)] if providers else []
-    name = ("batching-on" if batching else "batching-off") + (f"-{workers}-workers" if workers > 1 else "")
-    args += ["--workers", str(workers)] if workers > 1 else []
+    name = "batching-on" if batching else "batching-off"
+    if workers > 1:
+        args += ["--workers", str(workers)]
+        name += f"-{workers}-workers"
     log, label = log_dir / f"psn-serve-{name}.log", f"psn serve ({name})"
     gc_file = log.with_suffix(".gc.json")
     trace = [sys.executable, "-m", "bench.serving.gctrace", str(gc_file), "--"]
     try:
-        setup = pinning.server_setup()
-        server = start(*args, models_dir=models_dir, host=HOST, log=log, preexec_fn=setup, prefix=trace)
+        server = start(
+            *args,
+            models_dir=models_dir,
+            host=HOST,
+            log=log,
+            preexec_fn=pinning.server_setup(),
+            prefix=trace,
+        )
     except LaunchError as exc:
         raise BenchError(f"{label}: {exc}") from exc
     return Proc(label, server, gc_file)

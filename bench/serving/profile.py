@@ -27,15 +27,26 @@ class Recorder:
     """``py-spy record`` on a pid for a fixed time, started before a load run and awaited after it."""
 
     def __init__(self, pid: int, seconds: float, out_dir: Path, name: str, pinning: Pinning) -> None:
-        if (exe := py_spy_binary()) is None:
+        exe = py_spy_binary()
+        if exe is None:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.name, self.raw = name, out_dir / f"{name}.txt"
-        duration = str(max(1, round(seconds)))
-        cmd = [exe, "record", "--pid", str(pid), "--duration", duration, "--rate", str(RATE_HZ)]
+        self.name = name
+        self.raw = out_dir / f"{name}.txt"
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            str(RATE_HZ),
+        ]
         cmd += ["--nonblocking", "--format", "raw", "-o", str(self.raw)]
-        out = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
-        self.proc = subprocess.Popen(cmd, preexec_fn=pinning.load_setup(), **out)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pinning.load_setup()
+        )
 
     def finish(self, timeout_s: float = 60.0) -> dict:
         try:
@@ -62,7 +73,9 @@ def _frame_name(frame: str) -> str:
 def summarize(name: str, raw: Path, top: int = 15) -> dict:
     """{name, samples, self_pct / total_pct: [[function (file), % of samples innermost / on the stack]],
     raw, svg} from py-spy's collapsed stacks."""
-    self_counts, total_counts, samples = Counter[str](), Counter[str](), 0
+    self_counts: Counter[str] = Counter()
+    total_counts: Counter[str] = Counter()
+    samples = 0
     for line in raw.read_text(errors="replace").splitlines():
         if (m := _LINE.match(line)) is None:
             continue

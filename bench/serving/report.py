@@ -17,6 +17,7 @@ GOAL_RTT_OVER_ECHO = 2.0  # a lone stream's step round trip against the echo's
 GOAL_BATCHING_GAIN = 3.0  # steps/s with batching on / off at 256 streams
 GOAL_TAIL_LEVEL, GOAL_TAIL_RATIO = 0.75, 3.0  # open loop at 75 % of saturation: classify p99 <= 3x its p50
 UNITS = {"rps": "req/s", "steps_per_s": "steps/s", "p50_ms": "ms"}  # of the limit rows
+KIND_COLORS = {"psn": "tab:red", "masked_psn": "tab:blue", "sliding_psn": "tab:green", "lif": "tab:gray"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -38,77 +39,89 @@ def limit_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     (JSON and binary frames), each against its echo and its limit."""
     raw = {r["kind"]: r for r in results.get("raw", {}).get("models", [])}
     classify, streaming = results.get("classify", {}), results.get("streaming", {})
+    crows, srows = classify.get("rows", []), streaming.get("rows", [])
     full_us, step = raw.get(classify.get("kind"), {}).get("full_b1_us"), raw.get(streaming.get("kind"), {})
-    c, n, specs, out = CLASSIFY_CONNECTIONS, LIMIT_STREAMS, [], []
+    c, n = CLASSIFY_CONNECTIONS, LIMIT_STREAMS
+    specs = []
     for fmt, name in (("json", "JSON"), ("v2-binary", "V2 binary")):
-        specs.append((f"classify, {c} conns, batch 1, {name}", "rps", full_us, {"format": fmt, "batch": 1}))
+        match = {"format": fmt, "batch": 1, "connections": c}
+        specs.append((f"classify, {c} conns, batch 1, {name}", "rps", full_us, match))
     b64, b1 = step.get("step_b64_per_step_us"), step.get("step_b1_us")
     specs += [(f"{n} streams, {f} frames", "steps_per_s", b64, {"frames": f}) for f in ("json", "binary")]
     specs += [
         (f"one stream, step round trip p50, {f} frames", "p50_ms", b1, {"frames": f})
         for f in ("json", "binary")
     ]
-    for figure_, key, raw_us, match in specs:
+    out = []
+    for figure, key, raw_us, match in specs:
         unit = UNITS[key]
-        match |= {"connections": c} if unit == "req/s" else {"streams": 1 if unit == "ms" else n}
-        rows, on = (classify, {}) if unit == "req/s" else (streaming, {"batching": "on"})
-        if (service := find(rows.get("rows", []), target="service", **on, **match)) is None:
+        if unit != "req/s":
+            match |= {"streams": 1 if unit == "ms" else n}
+        rows, on = (crows, {}) if unit == "req/s" else (srows, {"batching": "on"})
+        if (service := find(rows, target="service", **on, **match)) is None:
             continue
-        echo = find(rows.get("rows", []), target="echo", **match)
-        s, e, raw_ms = service[key], echo and echo[key], None if raw_us is None else raw_us / 1e3
+        echo = find(rows, target="echo", **match)
+        s, e = service[key], None if echo is None else echo[key]
+        raw_ms = None if raw_us is None else raw_us / 1e3
         if unit == "ms":
             limit = None if e is None or raw_ms is None else e + raw_ms
             fraction, over_echo = _ratio(limit, s), _ratio(s, e)
         else:
             limit = None if not e or raw_ms is None else 1.0 / (1.0 / e + raw_ms / 1e3)
             fraction, over_echo = _ratio(s, limit), _ratio(e, s)
-        row = {"figure": figure_, "unit": unit, "service": s, "echo": e, "raw_ms": raw_ms, "limit": limit}
-        row |= {"fraction": fraction, "service_p99_ms": service.get("p99_ms")}
-        row["echo_p99_ms"] = echo and echo.get("p99_ms")
-        out.append(row | {"over_echo": over_echo})
+        out.append(
+            {
+                "figure": figure,
+                "unit": unit,
+                "service": s,
+                "echo": e,
+                "raw_ms": raw_ms,
+                "limit": limit,
+                "fraction": fraction,
+                "service_p99_ms": service.get("p99_ms"),
+                "echo_p99_ms": None if echo is None else echo.get("p99_ms"),
+                "over_echo": over_echo,
+            }
+        )
     return out
 
 
 def goals(results: dict[str, Any]) -> list[Goal]:
-    specs = []  # (name, value, bound, at most, target, measured)
+    specs = []  # (name, value, bound, at_most, target, measured)
     for r in results["limit"]:
         if r["unit"] == "ms":
-            v, target = r["over_echo"], f"<= {GOAL_RTT_OVER_ECHO:g}x echo's p50"
+            v = r["over_echo"]
+            target = f"<= {GOAL_RTT_OVER_ECHO:g}x echo's p50"
             measured = None if v is None else f"{v:.2f}x echo ({r['service']:.3f} ms)"
             specs.append((r["figure"], v, GOAL_RTT_OVER_ECHO, True, target, measured))
         else:
-            v, target = r["fraction"], f">= {GOAL_FRACTION:g}x limit"
+            v = r["fraction"]
+            target = f">= {GOAL_FRACTION:g}x limit"
             measured = None if v is None else f"{v:.2f}x, p99 {r['service_p99_ms']:.1f} ms"
             specs.append((r["figure"], v, GOAL_FRACTION, False, target, measured))
     srows = results.get("streaming", {}).get("rows", [])
     for frames in sorted({r["frames"] for r in srows}):
         on, off = (find(srows, batching=b, frames=frames, streams=256) for b in ("on", "off"))
         gain = _ratio(on and on["steps_per_s"], off and off["steps_per_s"])
-        specs.append(
-            (f"256 streams, batching on / off ({frames} frames)", gain, GOAL_BATCHING_GAIN, False, "", None)
-        )
+        name = f"256 streams, batching on / off ({frames} frames)"
+        specs.append((name, gain, GOAL_BATCHING_GAIN, False, "", None))
     for r in results.get("sweep", {}).get("rows", []):
         if r["workload"] == "classify" and r["level"] == GOAL_TAIL_LEVEL:
             name = f"classify, open loop at {GOAL_TAIL_LEVEL:.0%} of saturation: p99 / p50"
-            ratio, target = r["p99_ms"] / r["p50_ms"], f"<= {GOAL_TAIL_RATIO:g}"
+            ratio = r["p99_ms"] / r["p50_ms"]
+            target = f"<= {GOAL_TAIL_RATIO:g}"
             measured = f"{ratio:.2f} (p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)"
             specs.append((name, ratio, GOAL_TAIL_RATIO, True, target, measured))
-    return [goal(n, v, b, at_most=a, target=t, measured=m) for n, v, b, a, t, m in specs]
+    return [
+        goal(name, value, bound, at_most=at_most, target=target, measured=measured)
+        for name, value, bound, at_most, target, measured in specs
+    ]
 
 
 def _server(r: dict[str, Any]) -> str:
     if r["target"] != "service":
         return r["target"]
     return "psn serve" + (f", batching {r['batching']}" if "batching" in r else "")
-
-
-def gc_columns(row: dict[str, Any]) -> dict[str, Any]:
-    """The server's garbage collections during a load point (bench.serving.gctrace), when traced."""
-    if not (gc := row.get("gc")):
-        return {}
-    n, ms = sum(g["count"] for g in gc.values()), sum(g["sum_ms"] for g in gc.values())
-    gc_max = max(g["max_ms_so_far"] for g in gc.values())
-    return {"gc_n": n, "gc_ms": ms, "gc_gen2": gc["gen2"]["count"], "gc_max": gc_max}
 
 
 CLASSIFY_COLUMNS = (
@@ -130,8 +143,10 @@ STREAMS_COLUMNS = (
     "on/off | echo steps/s=e.steps_per_s:d | us/step=e.server_cpu_us_per_step:d | on/echo | "
     "cli us/step=on.client_cpu_us_per_step:d | fastapi steps/s=f.steps_per_s:d"
 )
-CPU_COLUMNS = "server | load | cpu us=cpu:d | main thread us=main_thread_us:d | "
-CPU_COLUMNS += "other threads us=other_threads_us:d | switches"
+CPU_COLUMNS = (
+    "server | load | cpu us=cpu:d | main thread us=main_thread_us:d | other threads us=other_threads_us:d | "
+    "switches"
+)
 FIRST_COLUMNS = (
     "kind | model | T | first out ms=first_output_ms | after step=first_output_step | "
     "decision ms=decision_ms | settled ms=settled_ms | after last step ms=last_step_delay_ms | "
@@ -150,23 +165,28 @@ LIMIT_COLUMNS = (
 
 
 def tables(results: dict[str, Any]) -> list[str]:
-    crows, srows = results.get("classify", {}).get("rows", []), results.get("streaming", {}).get("rows", [])
+    crows = results.get("classify", {}).get("rows", [])
+    srows = results.get("streaming", {}).get("rows", [])
     blocks = []
     if crows:
         sides = {"s": {"target": "service"}, "e": {"target": "echo"}, "f": {"target": "fastapi-echo"}}
         rows = _beside(crows, ("format", "batch", "connections"), **sides)
-        rows = [r | {"svc/echo": _ratio(r["s.rps"], r.get("e.rps"))} for r in rows]
-        c, title = results["classify"], "classify (wrk) vs the raw ASGI echo (the floor) and the FastAPI echo"
-        body = f"\n(model {c['model']}, body bytes {c['body_bytes']})"
-        blocks.append(table(rows, CLASSIFY_COLUMNS, title + ", same body") + body)
+        for r in rows:
+            r["svc/echo"] = _ratio(r["s.rps"], r.get("e.rps"))
+        c = results["classify"]
+        title = "classify (wrk) vs the raw ASGI echo (the floor) and the FastAPI echo, same body"
+        about = f"\n(model {c['model']}, body bytes {c['body_bytes']})"
+        blocks.append(table(rows, CLASSIFY_COLUMNS, title) + about)
     if srows:
-        ones = [r | {"server": _server(r)} for r in srows if r["streams"] == 1]
-        ones.sort(key=lambda r: (r["frames"], r["server"]))
+        ones = sorted((r for r in srows if r["streams"] == 1), key=lambda r: (r["frames"], _server(r)))
+        s = results["streaming"]
         title = "one stream: per-step WebSocket round trip"
-        blocks.append(table(ones, ONE_STREAM_COLUMNS, title) + f"\n(model {results['streaming']['model']})")
-        on, off = ({"target": "service", "batching": b} for b in ("on", "off"))
-        e, f = {"target": "echo"}, {"target": "fastapi-echo"}
-        rows = _beside(srows, ("frames", "streams"), on=on, off=off, e=e, f=f)
+        rows = [r | {"server": _server(r)} for r in ones]
+        blocks.append(table(rows, ONE_STREAM_COLUMNS, title) + f"\n(model {s['model']})")
+        on, off = {"target": "service", "batching": "on"}, {"target": "service", "batching": "off"}
+        rows = _beside(
+            srows, ("frames", "streams"), on=on, off=off, e={"target": "echo"}, f={"target": "fastapi-echo"}
+        )
         for r in rows:
             r["on/off"] = _ratio(r.get("on.steps_per_s"), r.get("off.steps_per_s"))
             r["on/echo"] = _ratio(r.get("on.steps_per_s"), r.get("e.steps_per_s"))
@@ -180,20 +200,30 @@ def tables(results: dict[str, Any]) -> list[str]:
             for r in crows
         ]
         rows += [r | {"load": f"streams {r['frames']}, {r['streams']} streams"} for r in srows]
-        for r in rows:
-            r |= {
+        rows = [
+            r
+            | {
                 "server": _server(r),
                 "cpu": r.get("server_cpu_us_per_request", r.get("server_cpu_us_per_step")),
             }
-        rows.sort(key=lambda r: (r["server"], r["load"]))
+            for r in rows
+        ]
         title = "server CPU per request or step by thread, context switches (all threads) per request or step"
-        blocks.append(table(rows, CPU_COLUMNS, title))
+        blocks.append(table(sorted(rows, key=lambda r: (r["server"], r["load"])), CPU_COLUMNS, title))
     if first := results.get("first_output"):
         title = f"time to first output and to decision, one step every {first['period_ms']:g} ms (medians)"
         blocks.append(table(first["kinds"], FIRST_COLUMNS, title) + f"\n(inputs: {first['inputs']})")
     if sweep := results.get("sweep"):
-        rows = [r | {"of": f"{r['level']:.0%}", "p99/p50": r["p99_ms"] / r["p50_ms"]} for r in sweep["rows"]]
-        rows = [r | {"lag p99": r["send_lag_ms"]["p99"]} | gc_columns(r) for r in rows]
+        rows = [
+            r
+            | {
+                "of": f"{r['level']:.0%}",
+                "p99/p50": r["p99_ms"] / r["p50_ms"],
+                "lag p99": r["send_lag_ms"]["p99"],
+                **gc_columns(r),
+            }
+            for r in sweep["rows"]
+        ]
         sat = sweep["saturation"]
         title = (
             f"open-loop sweep, latency from each request's due time; saturation {sat['classify']:.0f} req/s, "
@@ -202,15 +232,29 @@ def tables(results: dict[str, Any]) -> list[str]:
         blocks.append(table(rows, SWEEP_COLUMNS, title))
     if results["limit"]:
         digits = {"ms": 3, "req/s": None, "steps/s": None}
-        keys = ("service", "echo", "limit")
-        rows = [r | {k: r[k] and round(r[k], digits[r["unit"]]) for k in keys} for r in results["limit"]]
+        rows = [
+            r | {k: r[k] and round(r[k], digits[r["unit"]]) for k in ("service", "echo", "limit")}
+            for r in results["limit"]
+        ]
+        title = "the service against its limit ('of limit' 1.0 = at it)"
         raw = "; ".join(
             ", ".join(f"{k} {v:.1f}" for k, v in m.items() if k.endswith("_us")) + f" ({m['model']})"
             for m in results["raw"]["models"]
         )
-        title = "the service against its limit ('of limit' 1.0 = at it)"
         blocks.append(table(rows, LIMIT_COLUMNS, title) + f"\n(raw ORT us: {raw})")
     return blocks
+
+
+def gc_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """The server's garbage collections during a load point (bench.serving.gctrace), when traced."""
+    if not (gc := row.get("gc")):
+        return {}
+    return {
+        "gc_n": sum(g["count"] for g in gc.values()),
+        "gc_ms": sum(g["sum_ms"] for g in gc.values()),
+        "gc_gen2": gc["gen2"]["count"],
+        "gc_max": max(g["max_ms_so_far"] for g in gc.values()),
+    }
 
 
 def report(results: dict[str, Any], out_dir: Path, stem: str, extra_blocks: Sequence[str] = ()) -> list[Path]:
@@ -226,7 +270,11 @@ def report(results: dict[str, Any], out_dir: Path, stem: str, extra_blocks: Sequ
     blocks.append(goals_table(goal_items, "goals (server on one core)"))
     for p in results.get("profile") or []:
         rows = [{"f": f, "pct": pct} for f, pct in p.get("self_pct", [])[:12]]
-        title = f"profile {p['name']}" + (f": {p['error']}" if "error" in p else f" ({p['samples']} samples)")
+        title = (
+            f"profile {p['name']}: {p['error']}"
+            if "error" in p
+            else f"profile {p['name']} ({p['samples']} samples)"
+        )
         blocks.append(table(rows, "function (self time)=f | %=pct", title) if rows else title)
     env = results["environment"]
     load = f"load average {env['loadavg_start']} -> {env.get('loadavg_end')}"

@@ -16,14 +16,15 @@ import httpx
 
 from bench.common import BenchError, find, group_by, progress, table
 from bench.models import KINDS, ModelRef
-from bench.serving import openloop
 from bench.serving.latency import LatencyJob, sample_inputs, stream_sequences, summarize
 from bench.serving.procs import HOST, Pinning, Proc, ThreadTimes, choose_pinning, psn_server
 from bench.serving.wrk import check_answer, classify_body, run_wrk, v2_binary_body
-from bench.serving.ws import Frames, make_frames, run_in_client_process, run_streams
+from bench.serving.ws import Frames, run_in_client_process, run_streams
 
 SWEEP_STREAMS = 64
-WORKERS_CONNECTIONS, WORKERS_STREAMS = 32, 64
+# the --workers part: wrk connections for classify, closed-loop streams for steps
+WORKERS_CONNECTIONS = 32
+WORKERS_STREAMS = 64
 STREAM_KIND_ORDER = ("sliding_psn", "lif", "masked_psn")  # the unbounded kinds first: no resets needed
 # psn_step_batch_size_sum{model="m",version="1"} 123.0 (any further labels)
 _BATCH_METRIC = re.compile(r'^psn_step_batch_size_(sum|count)\{model="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
@@ -47,10 +48,6 @@ class Context:
     def classify_model(self) -> ModelRef:
         return self.models.get("psn") or next(iter(self.models.values()))
 
-    def classify_path(self) -> tuple[ModelRef, str]:
-        m = self.classify_model()
-        return m, f"/v1/models/{m.name}/classify"
-
     def stream_model(self, required: bool = True) -> ModelRef | None:
         for kind in STREAM_KIND_ORDER:
             if kind in self.models and self.models[kind].streams:
@@ -70,13 +67,15 @@ def ws_url(server: Proc, model: ModelRef) -> str:
 def best_rounds(rows: list[dict[str, Any]], keys: tuple[str, ...], rate: str) -> list[dict[str, Any]]:
     """Per configuration, the round with the highest rate (the least disturbed by other load on the shared
     cores), with every round's rate beside it."""
-    out = []
-    for g in group_by(rows, keys).values():
-        out.append(max(g, key=lambda r: r[rate]) | {"rounds": len(g), f"{rate}_rounds": [r[rate] for r in g]})
-    return out
+    return [
+        {**max(g, key=lambda r: r[rate]), "rounds": len(g), f"{rate}_rounds": [r[rate] for r in g]}
+        for g in group_by(rows, keys).values()
+    ]
 
 
-def server_costs(count: int, seconds: float, cpu_s: float | None, threads: ThreadTimes | None, unit: str):
+def server_costs(
+    count: int, seconds: float, cpu_s: float | None, threads: ThreadTimes | None, unit: str
+) -> dict:
     """The server's CPU over a run: share of a core, CPU us per request or step, its main (event loop) thread
     against its other threads (ORT worker, executor), and context switches per request or step."""
     per = (lambda v: None) if not count else (lambda v: v * 1e6 / count)
@@ -106,25 +105,31 @@ def run_raw(ctx: Context, providers: list[str] | None = None) -> dict[str, Any]:
     the stream model's step graph (batch 1 and 64); see bench.raw."""
     from bench.raw import measure_pinned
 
-    models = (ctx.classify_model(), ctx.stream_model(False))
-    dirs = list(dict.fromkeys(Path(m.directory) for m in models if m))
+    dirs = list(
+        dict.fromkeys(Path(m.directory) for m in (ctx.classify_model(), ctx.stream_model(False)) if m)
+    )
     seconds = min(2.0, max(0.3, ctx.plan.duration_s / 2))
     if not ctx.quiet:
         print(f"raw ORT cost: {len(dirs)} model(s), {seconds:g} s per graph ...", file=sys.stderr, flush=True)
     core = ctx.pinning.server[0] if ctx.pinning.server else None
-    method = "session.run in a process pinned to the server's core, sessions made as the runtime makes them; "
-    method += "median per call (full graph batch 1; step graph batch 1 and 64, per step = call / 64)"
-    models = measure_pinned(dirs, seconds, core, providers)
-    return {"method": method, "seconds_per_graph": seconds, "models": models}
+    return {
+        "method": "session.run in a process pinned to the server's core, sessions made as the runtime makes "
+        "them; median per call (full graph batch 1; step graph batch 1 and 64, per step = call / 64)",
+        "seconds_per_graph": seconds,
+        "models": measure_pinned(dirs, seconds, core, providers),
+    }
 
 
 def run_classify(ctx: Context) -> dict[str, Any]:
-    plan, (model, v1_path) = ctx.plan, ctx.classify_path()
+    plan, model = ctx.plan, ctx.classify_model()
     targets = {}  # (target, format, batch) -> (server, path, body)
     for batch in plan.batches:
         for fmt in plan.formats:
             if fmt == "json":
-                body, path = classify_body(model.T, model.features, batch), v1_path
+                body, path = (
+                    classify_body(model.T, model.features, batch),
+                    f"/v1/models/{model.name}/classify",
+                )
             else:
                 body, path = v2_binary_body(model.T, model.features, batch), f"/v2/models/{model.name}/infer"
             targets[("service", fmt, batch)] = (ctx.on, path, body)
@@ -145,12 +150,20 @@ def run_classify(ctx: Context) -> dict[str, Any]:
         r = ctx.wrk(server, path, body, conns)
         if errors := sum(r.errors.values()):
             print(f"warning: {target} {fmt} batch {batch}, {conns} conns: errors {r.errors}", file=sys.stderr)
-        row = {"round": rnd, "target": target, "format": fmt, "batch": batch, "connections": conns}
-        row["rps"] = r.rps
-        row |= {"seq_per_s": r.rps * batch, **_ms(r.latency_ms), "errors": errors, "error_kinds": r.errors}
-        row |= {"requests": r.requests, "duration_s": r.duration_s}
-        costs = server_costs(r.requests, r.duration_s, r.server_cpu_s, r.threads, "request")
-        rows.append(row | costs | gc_cost(server, mark))
+        rows.append(
+            {
+                "round": rnd,
+                "target": target,
+                "format": fmt,
+                "batch": batch,
+                "connections": conns,
+                "rps": r.rps,
+            }
+            | {"seq_per_s": r.rps * batch, **_ms(r.latency_ms), "errors": errors, "error_kinds": r.errors}
+            | {"requests": r.requests, "duration_s": r.duration_s}
+            | server_costs(r.requests, r.duration_s, r.server_cpu_s, r.threads, "request")
+            | gc_cost(server, mark)
+        )
     return {
         "model": model.name,
         "kind": model.kind,
@@ -176,22 +189,25 @@ def run_streams_part(ctx: Context) -> dict[str, Any]:
     targets = [("service", "on", ctx.on, ws_url(ctx.on, model))]
     targets += [("service", "off", ctx.off, ws_url(ctx.off, model))] if ctx.off is not None else []
     targets += [(name, "-", server, f"ws://{HOST}:{server.port}/stream") for name, server in ctx.echoes()]
-    points = [(r, f, n) for r in range(plan.rounds) for f in plan.frames for n in plan.streams]
-    points = [(*p, t) for p in points for t in targets]
+    points = [
+        (r, f, n, t) for r in range(plan.rounds) for f in plan.frames for n in plan.streams for t in targets
+    ]
     rows = []
     for rnd, frames, n, (target, batching, server, url) in progress(points, desc="streams", quiet=ctx.quiet):
         service = target == "service"
         before, mark = _batch_totals(server, model.name) if service else (0.0, 0.0), server.gc_totals()
         load = run_streams(url, n, Frames(frames), model.features, plan, ctx.pinning, server)
         after = _batch_totals(server, model.name) if service else (0.0, 0.0)
-        batches, steps, cpu = after[1] - before[1], load.steps, load.client_cpu_s
-        row = {"round": rnd, "target": target, "batching": batching, "frames": frames, "streams": n}
-        row |= {"steps_per_s": load.steps_per_s, **_ms(load.rtt_ms), "steps": steps, "errors": load.errors}
-        row |= {"client_cpu_util": cpu / load.window_s, "client_procs": load.client_procs}
-        row |= {"mean_batch": (after[0] - before[0]) / batches if batches else None}
-        row |= {"client_cpu_us_per_step": cpu * 1e6 / steps if steps else None}
-        costs = server_costs(steps, load.window_s, load.server_cpu_s, load.threads, "step")
-        rows.append(row | costs | gc_cost(server, mark))
+        batches, steps = after[1] - before[1], load.steps
+        rows.append(
+            {"round": rnd, "target": target, "batching": batching, "frames": frames, "streams": n}
+            | {"steps_per_s": load.steps_per_s, **_ms(load.rtt_ms), "steps": steps, "errors": load.errors}
+            | {"client_cpu_util": load.client_cpu_s / load.window_s, "client_procs": load.client_procs}
+            | {"mean_batch": (after[0] - before[0]) / batches if batches else None}
+            | {"client_cpu_us_per_step": load.client_cpu_s * 1e6 / steps if steps else None}
+            | server_costs(steps, load.window_s, load.server_cpu_s, load.threads, "step")
+            | gc_cost(server, mark)
+        )
     return {
         "model": model.name,
         "kind": model.kind,
@@ -210,7 +226,9 @@ def run_first_output(ctx: Context) -> dict[str, Any]:
         raise BenchError("no model to stream to")
     budget = 60.0 + sum(len(j.inputs) * (j.inputs.shape[1] * j.period_s + 0.5) for j in jobs)
     if not ctx.quiet:
-        print(f"first output: streaming {plan.sequences} sequence(s) per kind ...", file=sys.stderr)
+        print(
+            f"first output: streaming {plan.sequences} sequence(s) per kind ...", file=sys.stderr, flush=True
+        )
     raw = run_in_client_process(stream_sequences, (jobs,), ctx.pinning, timeout_s=budget)
     kinds = [asdict(summarize(j.kind, j.model, raw[j.kind])) for j in jobs]
     return {"period_ms": plan.period_ms, "inputs": sources, "batching": "on", "kinds": kinds, "raw": raw}
@@ -225,22 +243,22 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
         return [{"name": "all", "error": "py-spy not installed"}]
     seconds, out, scenarios = max(2.0, ctx.plan.duration_s), [], []
     if "classify" in parts:
-        m, path = ctx.classify_path()
-        body = classify_body(m.T, m.features, 1)
-
-        def wrk(start) -> None:
-            start()
-            ctx.wrk(ctx.on, path, body, 32, seconds)
-
-        scenarios.append(("classify-b1-c32", ctx.on, wrk))
+        m = ctx.classify_model()
+        body, path = classify_body(m.T, m.features, 1), f"/v1/models/{m.name}/classify"
+        scenarios.append(
+            ("classify-b1-c32", ctx.on, lambda start: (start(), ctx.wrk(ctx.on, path, body, 32, seconds)))
+        )
     if "streams" in parts:
         m, plan = ctx.stream_model(), replace(ctx.plan, duration_s=seconds, warmup_s=0.5)
-        runs = [("stream-1-json-on", ctx.on, 1, Frames.JSON)]
-        runs.append(("stream-256-binary-on", ctx.on, 256, Frames.BINARY))
+        runs = [
+            ("stream-1-json-on", ctx.on, 1, Frames.JSON),
+            ("stream-256-binary-on", ctx.on, 256, Frames.BINARY),
+        ]
         runs += [("stream-256-binary-off", ctx.off, 256, Frames.BINARY)] if ctx.off is not None else []
         for name, server, n, frames in runs:
+            url = ws_url(server, m)
 
-            def action(start, url=ws_url(server, m), n=n, frames=frames, server=server) -> None:
+            def action(start, url=url, n=n, frames=frames, server=server) -> None:
                 run_streams(url, n, frames, m.features, plan, ctx.pinning, server, on_window=start)
 
             scenarios.append((name, server, action))
@@ -258,14 +276,22 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
     return out
 
 
-def run_sweep(ctx: Context, classify: dict | None, streaming: dict | None) -> dict[str, Any]:
+def run_sweep(
+    ctx: Context, classify: dict[str, Any] | None, streaming: dict[str, Any] | None
+) -> dict[str, Any]:
     """Open-loop constant-rate load at fractions of saturation (the closed-loop rate: wrk at 32 connections
     for classify, 64 closed-loop streams for steps, measured here when those parts did not run)."""
-    plan, on, rows, (cmodel, path) = ctx.plan, ctx.on, [], ctx.classify_path()
-    smodel = ctx.stream_model(False)
-    body = classify_body(cmodel.T, cmodel.features, 1)
-    service = find((classify or {}).get("rows", []), target="service", format="json", batch=1, connections=32)
-    sat = {"classify": (service or {}).get("rps") or ctx.wrk(on, path, body, 32).rps}
+    from bench.serving.openloop import run_http, run_ws
+    from bench.serving.ws import make_frames
+
+    plan, on, rows = ctx.plan, ctx.on, []
+    cmodel, smodel = ctx.classify_model(), ctx.stream_model(required=False)
+    body, path = classify_body(cmodel.T, cmodel.features, 1), f"/v1/models/{cmodel.name}/classify"
+    crows = (classify or {}).get("rows", [])
+    sat = {
+        "classify": (find(crows, target="service", format="json", batch=1, connections=32) or {}).get("rps")
+    }
+    sat["classify"] = sat["classify"] or ctx.wrk(on, path, body, 32).rps
     jobs = [("classify", level) for level in plan.levels]
     if smodel is not None:
         url, frames = ws_url(on, smodel), make_frames(Frames.BINARY, smodel.features, 0)
@@ -279,17 +305,25 @@ def run_sweep(ctx: Context, classify: dict | None, streaming: dict | None) -> di
         rate, mark = level * sat[workload], on.gc_totals()
         if workload == "classify":
             curl = f"http://{HOST}:{on.port}{path}"
-            r = openloop.run_http(curl, body.data, body.all_headers(), rate, plan.duration_s, ctx.pinning, on)
+            r = run_http(curl, body.data, body.all_headers(), rate, plan.duration_s, ctx.pinning, on)
         else:
-            r = openloop.run_ws(url, SWEEP_STREAMS, frames, rate, plan.duration_s, ctx.pinning, on)
-        row = {"workload": workload, "level": level, **asdict(r), **_ms(r.latency_ms)}
-        rows.append(row | gc_cost(on, mark))
-    load = "open loop at a constant rate (latency from each request's due time, wrk2's way): classify = "
-    load += f"v1 JSON batch 1; streams = {SWEEP_STREAMS} WebSocket streams, binary frames, steps pipelined"
-    sat |= {"classify_from": "closed loop, wrk 32 connections"}
-    sat["streams_from"] = f"closed loop, {SWEEP_STREAMS} streams"
-    out = {"load": load, "saturation": sat, "classify_model": cmodel.name}
-    return out | {"stream_model": None if smodel is None else smodel.name, "rows": rows}
+            r = run_ws(url, SWEEP_STREAMS, frames, rate, plan.duration_s, ctx.pinning, on)
+        rows.append(
+            {"workload": workload, "level": level, **asdict(r), **_ms(r.latency_ms), **gc_cost(on, mark)}
+        )
+    return {
+        "load": "open loop at a constant rate (latency from each request's due time, wrk2's way): classify = "
+        f"v1 JSON batch 1; streams = {SWEEP_STREAMS} WebSocket streams, binary frames, steps pipelined",
+        "saturation": sat
+        | {"classify_from": "closed loop, wrk 32 connections"}
+        | {"streams_from": f"closed loop, {SWEEP_STREAMS} streams"},
+        "classify_model": cmodel.name,
+        "stream_model": None if smodel is None else smodel.name,
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------ --workers N
 
 
 def wait_for_workers(port: int, n: int, timeout_s: float = 90.0) -> None:
@@ -307,11 +341,14 @@ def wait_for_workers(port: int, n: int, timeout_s: float = 90.0) -> None:
             time.sleep(0.1)
 
 
-def run_workers_part(counts, models_dir: Path, ctx: Context, pin: bool, providers: list[str] | None) -> dict:
-    """``psn serve --workers N`` for each N on cores 0..N-1, the load on the next core: classify req/s (JSON,
-    batch 1, 32 connections) and 64 streams' steps/s, each against one worker."""
-    (classify, path), stream, plan, rows = ctx.classify_path(), ctx.stream_model(required=False), ctx.plan, []
-    body = classify_body(classify.T, classify.features, 1)
+def run_workers_part(
+    counts: tuple[int, ...], models_dir: Path, ctx: Context, pin: bool, providers: list[str] | None
+) -> dict[str, Any]:
+    """``psn serve --workers N`` for each N of ``--workers 1,2`` on cores 0..N-1, the load on the next core:
+    classify req/s (JSON, batch 1, 32 connections) and 64 streams' steps/s, each against one worker."""
+    classify, stream, plan = ctx.classify_model(), ctx.stream_model(required=False), ctx.plan
+    body, path = classify_body(classify.T, classify.features, 1), f"/v1/models/{classify.name}/classify"
+    rows = []
     for n in progress(counts, desc="workers", quiet=ctx.quiet):
         pinning = choose_pinning(pin, server_cores=n)
         serve = {"log_dir": ctx.work, "pinning": pinning, "providers": providers, "workers": n}
@@ -320,26 +357,42 @@ def run_workers_part(counts, models_dir: Path, ctx: Context, pin: bool, provider
                 wait_for_workers(server.port, n)
             run_wrk(server, path, body, 8, 1, pinning)  # warm every worker
             r = run_wrk(server, path, body, WORKERS_CONNECTIONS, plan.duration_s, pinning)
-            row = {"workers": n, "pinning": pinning.note, "classify_rps": r.rps}
-            row |= {"classify_p99_ms": r.latency_ms["p99"], "classify_errors": sum(r.errors.values())}
+            row = {
+                "workers": n,
+                "pinning": pinning.note,
+                "classify_rps": r.rps,
+                "classify_p99_ms": r.latency_ms["p99"],
+                "classify_errors": sum(r.errors.values()),
+            }
             if stream is not None:
                 url = f"ws://{HOST}:{server.port}/v1/models/{stream.name}/stream"
                 load = run_streams(url, WORKERS_STREAMS, Frames.BINARY, stream.features, plan, pinning)
-                row |= {"steps_per_s": load.steps_per_s, "steps_p99_ms": load.rtt_ms["p99"]}
-                row["steps_errors"] = load.errors
+                row |= {
+                    "steps_per_s": load.steps_per_s,
+                    "steps_p99_ms": load.rtt_ms["p99"],
+                    "steps_errors": load.errors,
+                }
             rows.append(row)
     one = next((r for r in rows if r["workers"] == 1), None)
     for r in rows:
         r["classify_vs_1"] = None if one is None else r["classify_rps"] / one["classify_rps"]
         if one is not None and "steps_per_s" in r and one.get("steps_per_s"):
             r["steps_vs_1"] = r["steps_per_s"] / one["steps_per_s"]
-    streams = stream and f"{stream.name}, {WORKERS_STREAMS} closed-loop streams, binary frames"
-    part = {"classify": f"{classify.name}, JSON, batch 1, {WORKERS_CONNECTIONS} connections (wrk)"}
-    return part | {"streams": streams, "cores_available": len(os.sched_getaffinity(0)), "rows": rows}
+    streams = None
+    if stream is not None:
+        streams = f"{stream.name}, {WORKERS_STREAMS} closed-loop streams, binary frames"
+    return {
+        "classify": f"{classify.name}, JSON, batch 1, {WORKERS_CONNECTIONS} connections (wrk)",
+        "streams": streams,
+        "cores_available": len(os.sched_getaffinity(0)),
+        "rows": rows,
+    }
 
 
 def workers_table(part: dict[str, Any]) -> str:
-    columns = "workers | req/s=classify_rps:d | p99 ms=classify_p99_ms | x 1 worker=classify_vs_1 | "
-    columns += "steps/s=steps_per_s:d | p99 ms=steps_p99_ms | x 1 worker=steps_vs_1 | cores=pinning"
+    columns = (
+        "workers | req/s=classify_rps:d | p99 ms=classify_p99_ms | x 1 worker=classify_vs_1 | "
+        "steps/s=steps_per_s:d | p99 ms=steps_p99_ms | x 1 worker=steps_vs_1 | cores=pinning"
+    )
     where = f"{part['classify']}; {part['streams']}; {part['cores_available']} cores here"
     return table(part["rows"], columns, f"psn serve --workers N ({where})")

@@ -24,13 +24,23 @@ from typing import Any
 
 from bench.common import BenchError, arguments, environment, load_average
 from bench.models import REPO_ROOT, resolve
-from bench.serving import runs
 from bench.serving.procs import HOST, choose_pinning, echo_server, psn_server
-from bench.serving.report import report
+from bench.serving.runs import (
+    Context,
+    run_classify,
+    run_first_output,
+    run_profiles,
+    run_raw,
+    run_streams_part,
+    run_sweep,
+    run_workers_part,
+    workers_table,
+)
 from bench.serving.wrk import WRK_MISSING, wrk_version
 
-PACKAGES = "fastapi starlette uvicorn uvloop httptools websockets orjson onnxruntime-gpu onnxruntime numpy"
-PACKAGES += " py-spy"
+PACKAGES = (
+    "fastapi starlette uvicorn uvloop httptools websockets orjson onnxruntime-gpu onnxruntime numpy py-spy"
+)
 
 
 class Part(StrEnum):
@@ -67,8 +77,11 @@ def _list(kind: type, choices: tuple[str, ...] = ()):
             values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
         except ValueError:
             values = ()
-        positive = kind not in (int, float) or (values and min(values) > 0)
-        if not values or (choices and not set(values) <= set(choices)) or not positive:
+        if (
+            not values
+            or (choices and not set(values) <= set(choices))
+            or (kind in (int, float) and min(values) <= 0)
+        ):
             want = f"a subset of {','.join(choices)}" if choices else "comma-separated positive numbers"
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return values
@@ -76,8 +89,11 @@ def _list(kind: type, choices: tuple[str, ...] = ()):
     return parse
 
 
-FRAMES, FORMATS = ("binary", "json"), ("json", "v2-binary")
-OPTIONS = {  # flag: (type, help)
+FRAMES = ("binary", "json")
+FORMATS = ("json", "v2-binary")
+OPTIONS = {  # flag: (type, help); --quick, --quiet, --out come from bench.common.arguments
+    "--stem": (str, "file name stem (bench-serving; --quick: bench-serving-quick), e.g. bench-serving-short"),
+    "--models-dir": (Path, "models to serve (default: models/ if it has every kind, else tiny ones)"),
     "--parts": (_list(Part, tuple(Part)), f"a subset of {','.join(Part)}"),
     "--duration": (float, "seconds counted per load point"),
     "--connections": (_list(int), "wrk connection counts (1,8,32,64)"),
@@ -89,19 +105,16 @@ OPTIONS = {  # flag: (type, help)
     "--rounds": (int, "times each load point is run, interleaved; the best is reported (1)"),
     "--levels": (_list(float), "open-loop sweep: fractions of saturation (0.25,0.5,0.75,0.9)"),
     "--workers": (_list(int), "also measure psn serve --workers N on cores 0..N-1"),
-    "--stem": (str, "file name stem (bench-serving; --quick: bench-serving-quick), e.g. bench-serving-short"),
-    "--models-dir": (Path, "models to serve (default: models/ if it has every kind, else tiny ones)"),
     "--profile": (Path, "profile the server with py-spy in extra runs; stacks to DIR"),
 }
-
+DESTS = {"--duration": "duration_s"}
 METAVARS = {"--workers": "N,N", "--profile": "DIR"}
 
 
 def parser() -> argparse.ArgumentParser:
     p = arguments("psn bench serving", __doc__)
     for flag, (kind, text) in OPTIONS.items():
-        names = {"dest": "duration_s"} if flag == "--duration" else {"metavar": METAVARS.get(flag)}
-        p.add_argument(flag, type=kind, help=text, **names)
+        p.add_argument(flag, type=kind, help=text, dest=DESTS.get(flag), metavar=METAVARS.get(flag))
     p.set_defaults(parts=tuple(Part))
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to cores")
     return p
@@ -163,9 +176,13 @@ def run(args: argparse.Namespace) -> int:
     pinning, providers = choose_pinning(not args.no_pin), list(args.providers or []) or None
     cores = len(os.sched_getaffinity(0))
     env = environment(cores_available=cores, pinning=pinning.note, versions=_versions(), git=_git_state())
-    plan_json = asdict(plan) | {"parts": [str(p) for p in parts], "providers": providers}
-    results: dict[str, Any] = {"suite": "serving", "quick": args.quick, "environment": env, "plan": plan_json}
-    results["skipped"] = skipped
+    results: dict[str, Any] = {
+        "suite": "serving",
+        "quick": args.quick,
+        "environment": env,
+        "plan": asdict(plan) | {"parts": [str(p) for p in parts], "providers": providers},
+        "skipped": skipped,
+    }
     started, extra = time.monotonic(), []
     with tempfile.TemporaryDirectory(prefix="psn-bench-serving-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
@@ -176,26 +193,30 @@ def run(args: argparse.Namespace) -> int:
         echo, fastapi = (stack.enter_context(echo_server(work, pinning, k)) for k in ("raw", "fastapi"))
         serve = {"log_dir": work, "pinning": pinning, "providers": providers}
         on = stack.enter_context(psn_server(models_dir, batching=True, **serve))
-        off = None if Part.STREAMS not in parts else psn_server(models_dir, batching=False, **serve)
-        off = off and stack.enter_context(off)
+        off = (
+            stack.enter_context(psn_server(models_dir, batching=False, **serve))
+            if Part.STREAMS in parts
+            else None
+        )
         results["servers"] = {s.label: s.command() for s in (echo, fastapi, on, off) if s is not None}
-        ctx = runs.Context(plan, pinning, work, models, args.quiet, echo, on, off, fastapi)
+        ctx = Context(plan, pinning, work, models, args.quiet, echo, on, off, fastapi)
         if Part.CLASSIFY in parts or Part.STREAMS in parts:
-            results["raw"] = runs.run_raw(ctx, providers)
+            results["raw"] = run_raw(ctx, providers)
         if Part.CLASSIFY in parts:
-            results["classify"] = runs.run_classify(ctx)
+            results["classify"] = run_classify(ctx)
         if Part.STREAMS in parts:
-            results["streaming"] = runs.run_streams_part(ctx)
+            results["streaming"] = run_streams_part(ctx)
         if Part.LATENCY in parts:
-            results["first_output"] = runs.run_first_output(ctx)
+            results["first_output"] = run_first_output(ctx)
         if Part.SWEEP in parts:
-            results["sweep"] = runs.run_sweep(ctx, results.get("classify"), results.get("streaming"))
+            results["sweep"] = run_sweep(ctx, results.get("classify"), results.get("streaming"))
         if args.workers:
-            pin = not args.no_pin
-            results["workers"] = runs.run_workers_part(args.workers, models_dir, ctx, pin, providers)
-            extra.append(runs.workers_table(results["workers"]))
+            results["workers"] = run_workers_part(args.workers, models_dir, ctx, not args.no_pin, providers)
+            extra.append(workers_table(results["workers"]))
         if args.profile is not None:
-            results["profile"] = runs.run_profiles(ctx, args.profile, parts)
+            results["profile"] = run_profiles(ctx, args.profile, parts)
     env |= {"loadavg_end": load_average(), "wall_s": round(time.monotonic() - started, 1)}
+    from bench.serving.report import report
+
     report(results, args.out, stem, extra)
     return 0

@@ -22,7 +22,9 @@ MODEL = "smnist-psn"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.serving.tailcheck", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.serving.tailcheck", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rates", default="282,563,845", help="offered requests/s, comma-separated")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per point")
     p.add_argument("--rounds", type=int, default=2)
@@ -34,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[BUSY_US_ENV] = str(args.busy_us)  # inherited by the busy echo
     with tempfile.TemporaryDirectory(prefix="psn-tailcheck-") as tmp:
         logs = Path(tmp)
-        psn = psn_server(args.models_dir, batching=True, log_dir=logs, pinning=pinning)
         servers = {
             "echo": (echo_server(logs, pinning), "/echo"),
             f"echo + {args.busy_us:g} us busy": (echo_server(logs, pinning, "busy"), "/echo"),
-            "psn serve": (psn, f"/v1/models/{MODEL}/classify"),
+            "psn serve": (
+                psn_server(args.models_dir, batching=True, log_dir=logs, pinning=pinning),
+                f"/v1/models/{MODEL}/classify",
+            ),
         }
         try:
             for round_ in range(args.rounds):
@@ -46,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                     for name, (server, path) in servers.items():
                         url = f"http://{HOST}:{server.port}{path}"
                         r = run_http(url, body.data, body.all_headers(), rate, args.seconds, pinning, server)
-                        row = {"round": round_, "rate": rate, "server": name, **r.latency_ms}
-                        row |= {"ratio": r.latency_ms["p99"] / r.latency_ms["p50"], "conns": r.connections}
-                        row |= {"srv": r.server_cpu_util, "lag": r.send_lag_ms["p99"], "errors": r.errors}
-                        rows.append(row)
+                        rows.append(
+                            {"round": round_, "rate": rate, "server": name, **r.latency_ms}
+                            | {"ratio": r.latency_ms["p99"] / r.latency_ms["p50"], "conns": r.connections}
+                            | {"srv": r.server_cpu_util, "lag": r.send_lag_ms["p99"], "errors": r.errors}
+                        )
                         print(table(rows[-1:], COLUMNS), file=sys.stderr)
         finally:
             for server, _ in servers.values():

@@ -59,21 +59,30 @@ def classify_body(T: int, F: int, batch: int, seed: int = 0) -> Body:
 def v2_json_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
     """An Open Inference Protocol (KServe V2) JSON infer request: one FP32 input [B, T, F], its data flat,
     numbers with four decimals (the same values as ``classify_body``)."""
-    data = ",".join(f"{v:.4f}" for v in np.random.default_rng(seed).random((batch, T, F)).reshape(-1))
-    tensor = f'{{"name":"{name}","shape":[{batch},{T},{F}],"datatype":"FP32","data":[{data}]}}'
-    return Body(f'{{"inputs":[{tensor}]}}'.encode())
+    x = np.random.default_rng(seed).random((batch, T, F))  # [B, T, F]
+    data = ",".join(f"{v:.4f}" for v in x.reshape(-1))
+    return Body(
+        f'{{"inputs":[{{"name":"{name}","shape":[{batch},{T},{F}],"datatype":"FP32","data":[{data}]}}]}}'.encode()
+    )
 
 
 def v2_binary_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
     """A KServe V2 infer request with the binary tensor extension: a JSON header naming the input
     [B, T, F] FP32 and asking for label_index as binary, then the little-endian float32 values."""
     data = np.random.default_rng(seed).random((batch, T, F)).astype("<f4").tobytes()  # [B, T, F]
-    tensor = {"name": name, "shape": [batch, T, F], "datatype": "FP32"}
-    tensor["parameters"] = {"binary_data_size": len(data)}
-    outputs = [{"name": "label_index", "parameters": {"binary_data": True}}]
-    header = json.dumps({"inputs": [tensor], "outputs": outputs}, separators=(",", ":")).encode()
-    length = (("Inference-Header-Content-Length", str(len(header))),)
-    return Body(header + data, "application/octet-stream", length)
+    tensor = {
+        "name": name,
+        "shape": [batch, T, F],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = json.dumps(
+        {"inputs": [tensor], "outputs": [{"name": "label_index", "parameters": {"binary_data": True}}]},
+        separators=(",", ":"),
+    ).encode()
+    return Body(
+        header + data, "application/octet-stream", (("Inference-Header-Content-Length", str(len(header))),)
+    )
 
 
 def check_answer(server: Proc, path: str, body: Body, expect_key: str) -> dict:
@@ -99,7 +108,9 @@ class WrkResult:
     threads: ThreadTimes | None = None  # the server's main thread vs the others, context switches
 
 
-def run_wrk(server: Proc, path: str, body: Body, connections: int, duration_s: float, pinning: Pinning):
+def run_wrk(
+    server: Proc, path: str, body: Body, connections: int, duration_s: float, pinning: Pinning
+) -> WrkResult:
     """wrk -t1 -cN -dDs against server, pinned to the load core; the server's CPU time is read around it."""
     if shutil.which("wrk") is None:
         raise BenchError(WRK_MISSING)
@@ -111,16 +122,27 @@ def run_wrk(server: Proc, path: str, body: Body, connections: int, duration_s: f
         extra = "".join(f"{k}: {v}" for k, v in body.headers)
         env = dict(os.environ, PSN_WRK_BODY=file.name, PSN_WRK_TYPE=body.content_type, PSN_WRK_HEADER=extra)
         cpu0, threads0 = server.cpu_seconds(), server.thread_times()
-        cmd.append(f"http://{HOST}:{server.port}{path}")
-        setup = pinning.load_setup()
-        options = {"env": env, "timeout": seconds + 60, "preexec_fn": setup}
-        out = subprocess.run(cmd, capture_output=True, text=True, **options)
+        out = subprocess.run(
+            [*cmd, f"http://{HOST}:{server.port}{path}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 60,
+            preexec_fn=pinning.load_setup(),
+        )
         cpu1, threads1 = server.cpu_seconds(), server.thread_times()
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARKER)), None)
     if out.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:] or out.stdout[-500:]}")
     doc = json.loads(line[len(MARKER) :])
-    duration, latency = doc["duration_us"] / 1e6, {k: v / 1000.0 for k, v in doc["latency_us"].items()}
-    threads = None if threads0 is None or threads1 is None else threads1.minus(threads0)
-    n = doc["requests"]
-    return WrkResult(connections, duration, n, n / duration, doc["errors"], latency, cpu1 - cpu0, threads)
+    duration = doc["duration_us"] / 1e6
+    return WrkResult(
+        connections=connections,
+        duration_s=duration,
+        requests=doc["requests"],
+        rps=doc["requests"] / duration,
+        errors=doc["errors"],
+        latency_ms={k: v / 1000.0 for k, v in doc["latency_us"].items()},
+        server_cpu_s=cpu1 - cpu0,
+        threads=None if threads0 is None or threads1 is None else threads1.minus(threads0),
+    )

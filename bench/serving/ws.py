@@ -1,6 +1,8 @@
 """The load generators' core: client processes (spawned, pinned to the load core, uvloop) that connect
-first, then run in one time window the parent sets (``drive``); a hand-written WebSocket client (``connect``:
-no library per message); closed-loop streams (each sends a step, awaits its answer, sends the next)."""
+first, then run in one time window the parent sets (``drive``: a warm-up, then the counted window, over
+which the parent reads the server's CPU); a hand-written WebSocket client (``connect``: no library per
+message); closed-loop streams (each sends a step, awaits its answer, sends the next). Open loop:
+``bench.serving.openloop``; HTTP load: ``bench.serving.wrk``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -52,10 +54,10 @@ class StreamLoad:
 
 
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
-    keys = ("p50", "p90", "p99", "p999")
     if seconds.size == 0:
-        return dict.fromkeys((*keys, "mean", "max"), float("nan"))
-    out = dict(zip(keys, map(float, np.percentile(seconds, [50, 90, 99, 99.9]) * 1000.0), strict=True))
+        return dict.fromkeys(("p50", "p90", "p99", "p999", "mean", "max"), float("nan"))
+    p = np.percentile(seconds, [50, 90, 99, 99.9]) * 1000.0
+    out = {k: float(v) for k, v in zip(("p50", "p90", "p99", "p999"), p, strict=True)}
     return out | {"mean": float(seconds.mean() * 1000.0), "max": float(seconds.max() * 1000.0)}
 
 
@@ -74,9 +76,10 @@ def ws_frame(payload: bytes | str, opcode: int | None = None) -> bytes:
     fixed: it hides nothing from a server on loopback."""
     if isinstance(payload, str):
         payload, opcode = payload.encode(), opcode or 0x1
-    n, opcode, mask = len(payload), opcode or 0x2, b"\x11\x22\x33\x44"
+    n, opcode = len(payload), opcode or 0x2
     size = struct.pack(">BH", 0xFE, n) if n < 65536 else struct.pack(">BQ", 0xFF, n)
     head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else size)
+    mask = b"\x11\x22\x33\x44"
     masked = (np.frombuffer(payload + b"\0" * (-n % 4), "<u4") ^ np.frombuffer(mask, "<u4")).tobytes()[:n]
     return head + mask + masked
 
@@ -105,7 +108,8 @@ class Ws(asyncio.Protocol):
         self.transport.write(frame)
 
     def connection_made(self, transport) -> None:
-        self.transport, key = transport, base64.b64encode(os.urandom(16)).decode()
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
         transport.write(
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -117,8 +121,8 @@ class Ws(asyncio.Protocol):
             if (end := self.buffer.find(b"\r\n\r\n")) < 0:
                 return
             if not self.buffer.startswith(b"HTTP/1.1 101"):
-                refused = f"WebSocket upgrade refused: {bytes(self.buffer[:200])!r}"
-                self.opened.set_exception(BenchError(refused))
+                refused = BenchError(f"WebSocket upgrade refused: {bytes(self.buffer[:200])!r}")
+                self.opened.set_exception(refused)
                 self.transport.close()
                 return
             del self.buffer[: end + 4]
@@ -150,7 +154,8 @@ class Ws(asyncio.Protocol):
 async def connect(url: str, on_message: Callable[[Ws, bytes | None], None] | None = None) -> Ws:
     """A WebSocket to url (ws://HOST:PORT/PATH) once the server's hello is in (an error hello raises)."""
     parts = urlsplit(url)
-    _, ws = await asyncio.get_running_loop().create_connection(
+    loop = asyncio.get_running_loop()
+    _, ws = await loop.create_connection(
         lambda: Ws(parts.path, parts.netloc, on_message), parts.hostname, parts.port
     )
     hello = await asyncio.wait_for(ws.opened, CONNECT_TIMEOUT_S)
@@ -159,7 +164,9 @@ async def connect(url: str, on_message: Callable[[Ws, bytes | None], None] | Non
     return ws
 
 
-async def connect_many(url: str, n: int, on_message=None) -> list[Ws]:
+async def connect_many(
+    url: str, n: int, on_message: Callable[[Ws, bytes | None], None] | None = None
+) -> list[Ws]:
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
 
     async def one() -> Ws:
@@ -195,16 +202,18 @@ def _child_main(fn: Callable[..., Any], args: tuple, load_core: int | None, conn
 def _recv(conn, timeout: float, what: str):
     if not conn.poll(timeout):
         raise BenchError(f"client process: no {what} after {timeout:.0f} s")
-    if (message := conn.recv())[0] == "error":
+    message = conn.recv()
+    if message[0] == "error":
         raise BenchError(f"client process failed: {message[1]}")
     return message
 
 
 @contextlib.contextmanager
-def client_processes(fn: Callable[..., Any], arg_list: list[tuple], pinning: Pinning):
+def client_processes(fn: Callable[..., Any], arg_list: list[tuple], pinning: Pinning) -> Iterator[list[Any]]:
     """``with client_processes(fn, [args, ...], pinning) as conns:`` one spawned process per args tuple, each
     running ``fn(*args, conn)``, and the pipes to them; always joined (then terminated) on exit."""
-    ctx, children = mp.get_context("spawn"), []
+    ctx = mp.get_context("spawn")
+    children = []
     try:
         for args in arg_list:
             parent_end, child_end = ctx.Pipe()
@@ -231,7 +240,8 @@ def run_in_client_process(fn: Callable[..., Any], args: tuple, pinning: Pinning,
 async def ready_go(conn, connections: int) -> tuple[float, float, float]:
     """In a client process: report its connections, then (start_at, count_from, end_at) from ``drive``."""
     conn.send(("ready", connections))
-    return (await asyncio.get_running_loop().run_in_executor(None, conn.recv))[1:]
+    message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    return message[1:]
 
 
 @dataclass
@@ -263,14 +273,15 @@ def drive(
         time.sleep(max(0.0, count_from - time.monotonic()))
         if on_window is not None:
             on_window()
-        before = server and (server.cpu_seconds(), server.thread_times())
+        cpu0, threads0 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
         time.sleep(max(0.0, end_at - time.monotonic()))
-        after = server and (server.cpu_seconds(), server.thread_times())
+        cpu1, threads1 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
         results = [_recv(conn, timeout_s, "result")[1] for conn in conns]
-    if not (before and after):
-        return Driven(results, None, None)
-    threads = None if before[1] is None or after[1] is None else after[1].minus(before[1])
-    return Driven(results, after[0] - before[0], threads)
+    return Driven(
+        results=results,
+        server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        threads=None if threads0 is None or threads1 is None else threads1.minus(threads0),
+    )
 
 
 # ------------------------------------------------------------------------------------------- closed loop
@@ -282,7 +293,8 @@ async def _step_loop(ws: Ws, frames: list[bytes], count_from: float, end_at: flo
     while (t0 := mono()) < end_at:
         ws.send(frames[i % n])
         answer = await ws.recv()
-        t1, i = mono(), i + 1
+        t1 = mono()
+        i += 1
         if answer.startswith(b'{"error"'):
             errors += 1
             continue
@@ -337,7 +349,17 @@ def run_streams(
     shares = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     args = [(url, share, frames, features, i) for i, share in enumerate(shares)]
     run = drive(_closed_loop_client, args, pinning, server, plan.warmup_s, plan.duration_s, on_window)
-    rtts, window = np.concatenate([r["rtts"] for r in run.results]), plan.duration_s
-    errors, client_cpu_s = sum(r["errors"] for r in run.results), sum(r["client_cpu_s"] for r in run.results)
-    head = (streams, str(frames), procs, window, int(rtts.size), rtts.size / window, errors)
-    return StreamLoad(*head, percentiles_ms(rtts), run.server_cpu_s, client_cpu_s, run.threads)
+    rtts = np.concatenate([r["rtts"] for r in run.results])
+    return StreamLoad(
+        streams=streams,
+        frames=str(frames),
+        client_procs=procs,
+        window_s=plan.duration_s,
+        steps=int(rtts.size),
+        steps_per_s=rtts.size / plan.duration_s,
+        errors=sum(r["errors"] for r in run.results),
+        rtt_ms=percentiles_ms(rtts),
+        server_cpu_s=run.server_cpu_s,
+        client_cpu_s=sum(r["client_cpu_s"] for r in run.results),
+        threads=run.threads,
+    )

@@ -69,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     for t in range(T):
         if t % args.every and t != T - 1 and t > 2:
             continue
-        print("| " + " | ".join([str(t), *(cell(steps[t]) for steps in columns)]) + " |")
+        row = [str(t), *(cell(steps[t]) for steps in columns)]
+        print("| " + " | ".join(row) + " |")
     print()
     for name, steps in zip(names, columns, strict=True):
         first = next((s.t for s in steps if s.ready), None)
-        print(f"- {name}: first answer at {'never' if first is None else f'step {first}'}")
+        when = "never" if first is None else f"step {first}"
+        print(f"- {name}: first answer at {when}")
     return 0
 
 
