@@ -15,6 +15,8 @@ Both graphs also produce ``spikes_<i>`` (the i-th spiking neuron layer's spikes,
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -102,7 +104,7 @@ def _export(
     for f in forms:
         f.exporting = True
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_logs():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_logs(), _torchlib_ops_once():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper,
@@ -135,6 +137,35 @@ def _export(
     model.producer_name = "psn-serve exporters (torch.onnx)"
     model.doc_string = doc
     return model
+
+
+# torch.onnx builds its operator registry anew for every export, and onnxscript re-parses the source of each
+# of its ~1,000 torchlib functions to list them (1.3 s of a tiny network's 2.5 s per graph on a 2-core VM).
+# The list depends only on the installed onnxscript: made once per process here, and lent to torch.onnx
+# while an export runs. The module torch.onnx reads it from (torch/onnx/_internal/_lazy_import.py):
+_TORCHLIB_APIS = "onnxscript._framework_apis.torch_2_11"
+
+
+@functools.cache
+def _torchlib_ops(get_torchlib_ops):
+    return get_torchlib_ops()
+
+
+@contextlib.contextmanager
+def _torchlib_ops_once():
+    """torch.onnx's ``get_torchlib_ops()`` answered from the process's first answer during an export;
+    where this torch and onnxscript lay it out otherwise, nothing changes."""
+    try:
+        apis = importlib.import_module(_TORCHLIB_APIS)
+        original = apis.get_torchlib_ops
+    except (ImportError, AttributeError):
+        yield
+        return
+    apis.get_torchlib_ops = lambda: _torchlib_ops(original)
+    try:
+        yield
+    finally:
+        apis.get_torchlib_ops = original
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ refusals, and the ``psn export`` command line."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -88,6 +89,18 @@ def test_variable_length_full_graph(kind: str, k: int | None) -> None:
     if kind == "sliding_psn":  # the Toeplitz matrix is built for T: a longer input is refused
         with pytest.raises(Exception, match=r"MatMul|Slice|Reshape"):
             sess.run(None, {"x": np.zeros((1, T + 1, model.cfg.features), np.float32)})
+
+
+def test_torchlib_ops_are_listed_once_and_lent_only_during_an_export() -> None:
+    """build._torchlib_ops_once: torch.onnx's list of torchlib functions is made once per process (onnxscript
+    re-parses ~1,000 functions' source for it on every export) and the module's own function is back after."""
+    apis = importlib.import_module(build._TORCHLIB_APIS)
+    original = apis.get_torchlib_ops
+    with build._torchlib_ops_once():
+        first, again = apis.get_torchlib_ops(), apis.get_torchlib_ops()
+    assert apis.get_torchlib_ops is original
+    assert again is first and len(first) > 500
+    assert [m.qualified_name for m in first] == [m.qualified_name for m in original()]
 
 
 def test_fixed_length_full_graph_refuses_other_T() -> None:
