@@ -19,7 +19,7 @@ export PSN_SOAK_SECONDS
 help:
 	@echo "make serve       serve the bundled models on http://$(HOST):$(PORT) (creates .venv)"
 	@echo "make test        lint + tests (creates .venv with torch==2.13.0 CPU)"
-	@echo "make zoo-test    SpikingJelly's deepest model-zoo networks (sew_resnet18, spiking_vgg11_bn; a CI stage)"
+	@echo "make zoo-test    SpikingJelly's deep model-zoo networks (the ResNet-18s, spiking_vgg11_bn; a CI stage)"
 	@echo "make bench-test  quick runs of the serving and peers benchmarks (a CI stage; installs wrk)"
 	@echo "make docs        rewrite the generated tables in docs/ (routes, errors, settings) from the code"
 	@echo "make soak        long reliability suites (fuzzing, churn, 5-minute soak)"
@@ -63,30 +63,32 @@ $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
 	@touch $@
 endif
 
-# torch is pinned to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA)
-$(VENV)/.dev-stamp: pyproject.toml | $(PY)
-	$(PIP) install -U pip
-	$(PIP) install torch==2.13.0
+# The dev install is uv's (https://docs.astral.sh/uv): one resolve for every requirement, downloads and
+# byte-compilation in parallel: ~70 s on a fresh 2-core machine where pip took ~180 s. The package sources
+# stay pip's to say (pip.conf, PIP_*): docker/pip_to_uv.py passes them on. torch is pinned to 2.13.0 so the
+# CPU build on this machine's disk is taken (an unpinned torch pulls CUDA).
+UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode $$($(PY) docker/pip_to_uv.py $(PY))
+$(VENV)/.dev-stamp: pyproject.toml docker/pip_to_uv.py | $(PY)
+	$(PIP) install --no-compile "uv>=0.5"
 	@# a venv that `make serve` made with the CPU onnxruntime: the dev extras bring pyproject's build instead
 	@# (the two builds share the onnxruntime package folder: never leave both installed)
 	@if $(PIP) show onnxruntime >/dev/null 2>&1; then $(PIP) uninstall -y onnxruntime onnxruntime-gpu; fi
-	$(PIP) install -e ".[train,bench,dev]"
-	# SpikingJelly without its declared deps: they pull torchvision/torchaudio builds that do not load with
-	# the CPU torch; its activation_based modules need only torch, numpy, tqdm and loguru (train extra)
-	$(PIP) install --no-deps spikingjelly==2.0.0
-	# SpikingJelly's model zoo (spikingjelly.activation_based.model, tests/test_sj_zoo.py) imports torchvision
-	# and h5py (dev extra). PyPI has no torchvision that loads with the CPU torch: 0.28.0 is the release built
-	# for torch 2.13, but its C ops link the CUDA torch, and its import then fails on two unguarded op
-	# registrations; tests/torchvision_without_ops.py guards them as torchvision guards its others (its
-	# Python code works, its C ops such as nms stay unavailable; docs/export.md)
-	$(PIP) install --no-deps torchvision==0.28.0
+	$(UV_INSTALL) torch==2.13.0 -e ".[train,bench,dev]"
+	# --no-deps, each for its reason:
+	# - SpikingJelly: its declared deps pull torchvision/torchaudio builds that do not load with the CPU torch;
+	#   its activation_based modules need only torch, numpy, tqdm and loguru (train extra)
+	# - torchvision, for SpikingJelly's model zoo (spikingjelly.activation_based.model, tests/test_sj_zoo.py,
+	#   with h5py from the dev extra): PyPI has no torchvision that loads with the CPU torch: 0.28.0 is the
+	#   release built for torch 2.13, but its C ops link the CUDA torch, and its import then fails on two
+	#   unguarded op registrations; tests/torchvision_without_ops.py guards them as torchvision guards its
+	#   others (its Python code works, its C ops such as nms stay unavailable; docs/export.md)
+	# - KServe, for its gRPC client (tests/test_grpc_kserve.py), without its server's dependency tree (the dev
+	#   extra has what its client imports)
+	# - snnTorch and NIR's torch bridges, for the tests of snnTorch networks and NIR round trips: norse and
+	#   nirtorch declare an unpinned torch (and torchvision); norse builds from its sdist
+	$(UV_INSTALL) --no-deps spikingjelly==2.0.0 torchvision==0.28.0 kserve==0.21.0 snntorch==1.0.0 \
+		nirtorch==2.6 norse==1.1.0
 	$(PY) tests/torchvision_without_ops.py
-	# KServe's client for tests/test_grpc_kserve.py, without its server's dependency tree (the dev extra has what
-	# its client imports)
-	$(PIP) install --no-deps kserve==0.21.0
-	# snnTorch and NIR's torch bridges, for the tests of snnTorch networks and NIR round trips: --no-deps, as
-	# norse and nirtorch declare an unpinned torch (and torchvision); norse builds from its sdist
-	$(PIP) install --no-deps snntorch==1.0.0 nirtorch==2.6 norse==1.1.0
 	@touch $(VENV)/.serve-stamp $@
 
 serve: $(VENV)/.serve-stamp
@@ -106,8 +108,8 @@ lint: $(VENV)/.dev-stamp
 test: lint
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
-# SpikingJelly's model zoo with its three deepest networks too (sew_resnet18 twice, spiking_vgg11_bn: their
-# exports take 40-60 s each; make test runs spiking_resnet18 and the CIFAR10Nets); a stage of .ci/run
+# SpikingJelly's model zoo with its four deep networks too (spiking_resnet18, sew_resnet18 twice,
+# spiking_vgg11_bn: their exports take 20-60 s each; make test runs the CIFAR10Nets); a stage of .ci/run
 zoo-test: $(VENV)/.dev-stamp
 	$(VENV)/bin/pytest tests/test_sj_zoo.py --run-zoo -m zoo -p no:cacheprovider $(PYTEST_ARGS)
 
