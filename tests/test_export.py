@@ -3,6 +3,7 @@ refusals, and the ``psn export`` command line."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -42,12 +43,17 @@ def _ops(model: onnx.ModelProto) -> Counter:
 # ------------------------------------------------------------------------------------------ structure
 
 
-def _graphs(model: SeqClassifier):
-    """(full, step or None) of a tiny SeqClassifier, as export_model builds them."""
-    kind = model.cfg.kind.value
-    p = prepare(model, (model.cfg.features,), model.cfg.T)
-    full = build_full(p, kind in ("sliding_psn", "lif"))
-    return full, (build_step(p) if kind != "psn" else None)
+@functools.cache
+def _full(kind: str, T: int, k: int | None, arch: str) -> tuple[SeqClassifier, onnx.ModelProto]:
+    """A tiny SeqClassifier and its full graph as export_model builds it, once per module for each."""
+    model = tiny_model(kind, T, k, arch)
+    p = prepare(model, (model.cfg.features,), T)
+    return model, build_full(p, kind in ("sliding_psn", "lif"))
+
+
+def _step(kind: str, T: int, k: int | None, arch: str) -> build.StepGraph:
+    model = tiny_model(kind, T, k, arch)
+    return build_step(prepare(model, (model.cfg.features,), T))
 
 
 @pytest.mark.slow
@@ -56,9 +62,7 @@ def test_node_count_does_not_grow_with_T(kind: str, k: int | None) -> None:
     """The full graph (the only one holding T-sized constants) has the same nodes at T = 6 and 28."""
     counts = []
     for T in (6, 28):
-        model = tiny_model(kind, T, k, "conv")
-        p = prepare(model, (model.cfg.features,), T)
-        full = build_full(p, kind in ("sliding_psn", "lif"))
+        model, full = _full(kind, T, k, "conv")
         counts.append(count_nodes(full.graph))
         ops = _ops(full)
         layers = len(model.neurons())
@@ -74,9 +78,9 @@ def test_node_count_does_not_grow_with_T(kind: str, k: int | None) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,k", [("sliding_psn", 3), ("lif", None)])
 def test_variable_length_full_graph(kind: str, k: int | None) -> None:
-    T = 10
-    model = tiny_model(kind, T, k, "conv")
-    sess = session(_graphs(model)[0])
+    T = 28  # the graph of test_node_count_does_not_grow_with_T
+    model, full = _full(kind, T, k, "conv")
+    sess = session(full)
     rng = np.random.default_rng(0)
     for steps in (1, 3, 7, T):
         x = rng.standard_normal((3, steps, model.cfg.features)).astype(np.float32)
@@ -104,16 +108,16 @@ def test_torchlib_ops_are_listed_once_and_lent_only_during_an_export() -> None:
 
 
 def test_fixed_length_full_graph_refuses_other_T() -> None:
-    model = tiny_model("psn", 8, None, "conv")
-    sess = session(_graphs(model)[0])
+    model, full = _full("psn", 6, None, "conv")
+    sess = session(full)
     with pytest.raises(Exception, match=r"dimensions|Got invalid"):
         sess.run(None, {"x": np.zeros((2, 4, model.cfg.features), np.float32)})
 
 
 @pytest.mark.slow
 def test_graph_io() -> None:
-    model = tiny_model("masked_psn", 8, 3, "conv")
-    full, step = _graphs(model)
+    _, full = _full("masked_psn", 6, 3, "conv")
+    step = _step("masked_psn", 6, 3, "conv")
 
     def io(values) -> dict:
         return {
@@ -125,8 +129,8 @@ def test_graph_io() -> None:
         }
 
     f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    assert io(full.graph.input) == {"x": (f, ["N", 8, 8])}
-    assert io(full.graph.output) == {"logits": (f, ["N", 5]), "step_logits": (f, ["N", 8, 5])}
+    assert io(full.graph.input) == {"x": (f, ["N", 6, 8])}
+    assert io(full.graph.output) == {"logits": (f, ["N", 5]), "step_logits": (f, ["N", 6, 5])}
     assert io(step.model.graph.input) == {
         "x": (f, ["N", 8]),
         "state_0": (f, ["N", 2, 4, 8]),
@@ -148,7 +152,7 @@ def test_graph_io() -> None:
         ("t", "t_out", (), "int64"),
     ]
     assert full.opset_import[0].version == OPSET
-    lif_step = _graphs(tiny_model("lif", 8, None, "mlp"))[1]
+    lif_step = _step("lif", 6, None, "mlp")
     assert [(s.input, s.shape) for s in lif_step.states] == [("state_0", (16,)), ("state_1", (16,))]
 
 

@@ -15,16 +15,18 @@ from exporters.prepare import prepare
 from psn.network import SeqClassifier
 from tests.nets import tiny_model
 
-KINDS = [
-    ("psn", None),
-    ("masked_psn", 2),
-    ("masked_psn", 5),
-    ("sliding_psn", 2),
-    ("sliding_psn", 5),
-    ("lif", None),
+# each kind and k once, both architectures and both T across them (conv at T=6, mlp at T=12), every case at
+# three batch sizes; tests/test_export_nets.py runs the exporter's own parity checks (the same comparisons at
+# batch 1, 3, 64) over mixed kinds, SpikingJelly's neurons and input ranks 1-3
+CASES = [
+    ("psn", None, "conv", 6),
+    ("masked_psn", 2, "conv", 6),
+    ("sliding_psn", 5, "conv", 6),
+    ("masked_psn", 5, "mlp", 12),
+    ("sliding_psn", 2, "mlp", 12),
+    ("lif", None, "mlp", 12),
 ]
-# each kind at both architectures and both T (conv at T=6, mlp at T=12): exports take seconds each
-CASES = [(kind, k, arch, T) for kind, k in KINDS for arch, T in (("conv", 6), ("mlp", 12))]
+STREAMING = [case for case in CASES if case[0] != "psn" and case[2] == "mlp"]
 
 
 def _id(case: tuple) -> str:
@@ -76,11 +78,11 @@ def test_torch_full_step_agree(case: tuple, batch: int) -> None:
     np.testing.assert_allclose(stepped.step_logits, ref.step_logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind,k", KINDS, ids=[f"{a}-{b}" for a, b in KINDS])
-def test_plain_forward_matches(kind: str, k: int | None) -> None:
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_plain_forward_matches(case: tuple) -> None:
     """The same, with nothing but model(x) and session.run (no helper of the checks module)."""
-    model, _, full, _, _ = exported(kind, k, "conv", 6)
-    x = np.random.default_rng(7).standard_normal((5, 6, model.cfg.features)).astype(np.float32)
+    model, _, full, _, _ = exported(*case)
+    x = np.random.default_rng(7).standard_normal((5, case[3], model.cfg.features)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x).transpose(0, 1)).transpose(0, 1).numpy()  # [N, T, C]
     logits, step_logits = full.run(["logits", "step_logits"], {"x": x})
@@ -90,11 +92,11 @@ def test_plain_forward_matches(kind: str, k: int | None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,k", [("masked_psn", 3), ("sliding_psn", 3), ("lif", None)])
-def test_streams_at_different_steps_batch_together(kind: str, k: int | None) -> None:
+@pytest.mark.parametrize("case", STREAMING, ids=_id)
+def test_streams_at_different_steps_batch_together(case: tuple) -> None:
     """Two streams, the second 4 steps behind, stepped in one batch: each equals its own full run."""
-    T, lag = 12, 4
-    model, _, full, step_sess, step = exported(kind, k, "mlp", T)
+    kind, T, lag = case[0], case[3], 4
+    model, _, full, step_sess, step = exported(*case)
     x = np.random.default_rng(3).standard_normal((2, T, model.cfg.features)).astype(np.float32)
     _, ref = full.run(["logits", "step_logits"], {"x": x})  # [2, T, C]
     names = ["logits"] + [s.output for s in step.states]
