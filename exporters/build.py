@@ -191,13 +191,20 @@ def build_full(p: Prepared, variable_length: bool) -> onnx.ModelProto:
     kinds = ", ".join(f.info.kind for f in p.forms)
     t: int | str = "T" if variable_length else p.T
     shapes = {
-        INPUT_NAME: ["N", t, *p.input_shape], LOGITS_NAME: ["N", p.classes],
+        INPUT_NAME: ["N", t, *p.input_shape],
+        LOGITS_NAME: ["N", p.classes],
         STEP_LOGITS_NAME: ["N", t, p.classes],
-    }  # fmt: skip
+    }
     return _export(
-        _Full(p), (x,), [INPUT_NAME], [LOGITS_NAME, STEP_LOGITS_NAME, *spikes], (dims,), shapes,
-        f"psn-serve full graph: T={p.T}, input {list(p.input_shape)}, neurons [{kinds}]", p.forms,
-    )  # fmt: skip
+        _Full(p),
+        (x,),
+        [INPUT_NAME],
+        [LOGITS_NAME, STEP_LOGITS_NAME, *spikes],
+        (dims,),
+        shapes,
+        f"psn-serve full graph: T={p.T}, input {list(p.input_shape)}, neurons [{kinds}]",
+        p.forms,
+    )
 
 
 def build_step(p: Prepared) -> StepGraph:
@@ -238,12 +245,15 @@ def build_step(p: Prepared) -> StepGraph:
         shapes = {INPUT_NAME: ["N", *p.input_shape], LOGITS_NAME: ["N", p.classes]}
         shapes |= {s.input: ["N", *s.shape] for s in states} | {s.output: ["N", *s.shape] for s in states}
         model = _export(
-            _Step(p, counts, masked), (x, *example),
+            _Step(p, counts, masked),
+            (x, *example),
             [INPUT_NAME, *(s.input for s in states)],
             [LOGITS_NAME, *(s.output for s in states), *spikes],
-            dynamic, shapes,
-            f"psn-serve step graph: input {list(p.input_shape)}, neurons [{', '.join(kinds)}]", p.forms,
-        )  # fmt: skip
+            dynamic,
+            shapes,
+            f"psn-serve step graph: input {list(p.input_shape)}, neurons [{', '.join(kinds)}]",
+            p.forms,
+        )
     finally:
         p.set_mode(Mode.FULL)
         for f in p.forms:

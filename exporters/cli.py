@@ -172,9 +172,16 @@ def main(argv: list[str] | None = None) -> int:
                 net = from_module(load_network(args.module, args.weights), args.readout)
             labels = args.labels.split(",") if args.labels else None
             manifest = export_module(
-                net, args.out, input_shape=input_shape, T=T, name=args.name, labels=labels,
-                command=_command(argv), report=report, **ties,
-            )  # fmt: skip
+                net,
+                args.out,
+                input_shape=input_shape,
+                T=T,
+                name=args.name,
+                labels=labels,
+                command=_command(argv),
+                report=report,
+                **ties,
+            )
         else:
             manifest = export_checkpoint(args.checkpoint, args.out, args.name, report=report, **ties)
     except ExportCheckFailed as exc:

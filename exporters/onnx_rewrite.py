@@ -51,9 +51,15 @@ def cell_body(cell: Cell, step_shape: tuple[int, ...], spikes: bool, prefix: str
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Body(cell, spikes).eval(), args, buf, dynamo=False, opset_version=OPSET, input_names=inputs,
-            output_names=outputs, dynamic_axes={name: {0: "N"} for name in inputs + outputs},
-        )  # fmt: skip
+            _Body(cell, spikes).eval(),
+            args,
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "N"} for name in inputs + outputs},
+        )
     graph = onnx.load_from_string(buf.getvalue()).graph
     _prefix_names(graph, prefix)
     return graph
@@ -106,10 +112,16 @@ def _scan(node: onnx.NodeProto, index: int, forms: Mapping[str, object]) -> list
     last = [f"{prefix}last{j}" for j in range(len(inits))]
     nodes.append(
         helper.make_node(
-            "Scan", [*inits, x], [*last, *node.output], name=f"{prefix}Scan", body=body,
-            num_scan_inputs=1, scan_input_axes=[0], scan_output_axes=[0] * len(node.output),
+            "Scan",
+            [*inits, x],
+            [*last, *node.output],
+            name=f"{prefix}Scan",
+            body=body,
+            num_scan_inputs=1,
+            scan_input_axes=[0],
+            scan_output_axes=[0] * len(node.output),
         )
-    )  # fmt: skip
+    )
     return nodes
 
 

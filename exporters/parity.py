@@ -126,9 +126,11 @@ def compare(
             explained = tie | (diff & ((np.cumsum(tie, axis=1) - tie) > 0))
         real = diff & ~explained
         layer = LayerParity(
-            spikes=int(live.sum()) * a[0].size, differ=int(diff.sum()), ties=int(tie.sum()),
+            spikes=int(live.sum()) * a[0].size,
+            differ=int(diff.sum()),
+            ties=int(tie.sum()),
             spike_rate=float(a.mean()),
-        )  # fmt: skip
+        )
         p.layers.append(layer)
         if real.any():
             worst = float(np.abs(m[real]).max())

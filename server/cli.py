@@ -211,9 +211,13 @@ def _serve(settings: Settings, listeners: Listeners) -> int:
     fast_http = importlib.util.find_spec("httptools") is not None
     log.info(
         "serving %s on http://%s:%d (event loop %s, HTTP parser %s, %d worker(s))",
-        settings.models_dir, settings.host, port,
-        "uvloop" if fast_loop else "asyncio", "httptools" if fast_http else "h11", settings.workers,
-    )  # fmt: skip
+        settings.models_dir,
+        settings.host,
+        port,
+        "uvloop" if fast_loop else "asyncio",
+        "httptools" if fast_http else "h11",
+        settings.workers,
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": port,

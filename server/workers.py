@@ -154,8 +154,11 @@ class Supervisor:
                     continue
                 self._forget(proc.pid)
                 if not ready.is_set():
-                    log.error("worker %d exited with status %s before its app started: stopping", proc.pid,
-                              proc.exitcode)  # fmt: skip
+                    log.error(
+                        "worker %d exited with status %s before its app started: stopping",
+                        proc.pid,
+                        proc.exitcode,
+                    )
                     return 1
                 log.warning("worker %d exited with status %s: starting another", proc.pid, proc.exitcode)
                 self.procs[i] = self._start(env)

@@ -177,10 +177,14 @@ async def sampler(server: ServerProcess, tally: Tally, deadline: float) -> None:
                 if line.startswith("psn_streams_open{")
             )
             tally.samples.append(
-                {"t": round(time.monotonic() - tally.start, 2), "rss_mb": round(server.rss_mb(), 2),
-                 "streams_open": open_streams, "server_cpu_s": round(cpu_seconds(server.pid), 2),
-                 "load1": float(Path("/proc/loadavg").read_text().split()[0])}
-            )  # fmt: skip
+                {
+                    "t": round(time.monotonic() - tally.start, 2),
+                    "rss_mb": round(server.rss_mb(), 2),
+                    "streams_open": open_streams,
+                    "server_cpu_s": round(cpu_seconds(server.pid), 2),
+                    "load1": float(Path("/proc/loadavg").read_text().split()[0]),
+                }
+            )
             await asyncio.sleep(1.0)
 
 

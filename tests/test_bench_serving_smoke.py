@@ -90,9 +90,11 @@ def test_quick_run_writes_numbers_and_plots(tmp_path: Path) -> None:
     assert step["step_b64_per_step_us"] == pytest.approx(step["step_b64_us"] / 64, abs=1e-3)
     limits = {r["figure"]: r for r in doc["limit"]}
     assert set(limits) == {
-        "classify, 32 conns, batch 1, JSON", "classify, 32 conns, batch 1, V2 binary",
-        "64 streams, binary frames", "one stream, step round trip p50, binary frames",
-    }  # fmt: skip
+        "classify, 32 conns, batch 1, JSON",
+        "classify, 32 conns, batch 1, V2 binary",
+        "64 streams, binary frames",
+        "one stream, step round trip p50, binary frames",
+    }
     json32 = limits["classify, 32 conns, batch 1, JSON"]
     echo32 = next(r for r in classify if (r["target"], r["format"], r["connections"]) == ("echo", "json", 32))
     expected = 1 / (1 / echo32["rps"] + raw[doc["classify"]["kind"]]["full_b1_us"] / 1e6)

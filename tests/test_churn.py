@@ -75,8 +75,14 @@ def run_churn(server: ServerProcess, n: int) -> dict:
         assert server.gauge("psn_step_queue", model=m.name) == 0, m.name
     after = server.rss_mb()
     closed = server.gauge("psn_streams_closed_total")
-    report = {"streams": n, "seconds": round(seconds, 1), "rss_before_mb": round(before, 1),
-              "rss_after_mb": round(after, 1), "closed_total": closed, **tally}  # fmt: skip
+    report = {
+        "streams": n,
+        "seconds": round(seconds, 1),
+        "rss_before_mb": round(before, 1),
+        "rss_after_mb": round(after, 1),
+        "closed_total": closed,
+        **tally,
+    }
     print("churn", report)
     assert after - before < RSS_BUDGET_MB, report
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200

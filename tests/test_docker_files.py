@@ -409,9 +409,12 @@ def test_gpu_check_with_a_gpu_but_no_cuda_stops_before_measuring(tmp_path: Path)
     fake.write_text('#!/bin/sh\ncase "$*" in *driver_version*) echo 999.1;; *) echo "Fake GPU X1";; esac\n')
     fake.chmod(0o755)
     env = {
-        **os.environ, "PSN_NVIDIA_SMI": str(fake), "PSN_GPU_VENV": sys.prefix,
-        "PSN_GPU_CHECK_SKIP_INSTALL": "1", "PSN_GPU_CHECK_OUT": str(tmp_path / "gpu"),
-    }  # fmt: skip
+        **os.environ,
+        "PSN_NVIDIA_SMI": str(fake),
+        "PSN_GPU_VENV": sys.prefix,
+        "PSN_GPU_CHECK_SKIP_INSTALL": "1",
+        "PSN_GPU_CHECK_OUT": str(tmp_path / "gpu"),
+    }
     done = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     out = tmp_path / "gpu" / "fake-gpu-x1"

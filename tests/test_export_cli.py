@@ -82,9 +82,19 @@ def test_spikingjelly_round_trip_through_the_cli(tmp_path: Path, capsys: pytest.
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
     out = tmp_path / "models" / "gestures"
     argv = [
-        "--module", f"{path}:build", "--weights", str(weights), "--input-shape", "5,3,5,7",
-        "--name", "gestures", "--out", str(out), "--labels", "up,down,left,right",
-    ]  # fmt: skip
+        "--module",
+        f"{path}:build",
+        "--weights",
+        str(weights),
+        "--input-shape",
+        "5,3,5,7",
+        "--name",
+        "gestures",
+        "--out",
+        str(out),
+        "--labels",
+        "up,down,left,right",
+    ]
     assert export_cli.main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "step_vs_full" in printed and "gestures (sliding_psn, T=5, k=3, input [3, 5, 7]" in printed
@@ -130,8 +140,19 @@ def test_pt_weights_and_package_module(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.syspath_prepend(str(tmp_path / "pkgroot"))
     torch.save(net.state_dict(), tmp_path / "net.pt")
     out = tmp_path / "m"
-    argv = ["--module", "nets.gesture:build", "--weights", str(tmp_path / "net.pt"), "--input-shape",
-            "5,3,5,7", "--name", "g", "--out", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "--module",
+        "nets.gesture:build",
+        "--weights",
+        str(tmp_path / "net.pt"),
+        "--input-shape",
+        "5,3,5,7",
+        "--name",
+        "g",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert export_cli.main(argv) == 0
     assert Manifest.load(out).input_shape == SHAPE
 
@@ -150,8 +171,18 @@ def test_weights_only_refuses_pickled_code(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(ExportError, match="weights_only=True"):
         load_weights(tmp_path / "evil.pt")
     _, path = _write_net(tmp_path)
-    argv = ["--module", f"{path}:build", "--weights", str(tmp_path / "evil.pt"), "--input-shape", "5,3,5,7",
-            "--name", "g", "--out", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "--module",
+        f"{path}:build",
+        "--weights",
+        str(tmp_path / "evil.pt"),
+        "--input-shape",
+        "5,3,5,7",
+        "--name",
+        "g",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert export_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "pickled code is refused" in err and len(err.strip().splitlines()) == 1

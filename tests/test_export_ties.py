@@ -193,9 +193,14 @@ def _export(tmp_path: Path, **kw) -> tuple[Manifest, CheckReport]:
     kinds, rank, steps, source = NET
     report = CheckReport()
     manifest = export_module(
-        tiny_net(kinds, rank, steps, source), tmp_path / "m", input_shape=INPUT_SHAPES[rank], T=steps,
-        name="m", report=report, **kw,
-    )  # fmt: skip
+        tiny_net(kinds, rank, steps, source),
+        tmp_path / "m",
+        input_shape=INPUT_SHAPES[rank],
+        T=steps,
+        name="m",
+        report=report,
+        **kw,
+    )
     return manifest, report
 
 
@@ -290,8 +295,18 @@ def test_cli_flag_and_report(tmp_path: Path, inject_ties, capsys: pytest.Capture
     import torch
 
     torch.save(tiny_net(kinds, rank, steps, source).state_dict(), tmp_path / "w.pt")
-    argv = ["--module", f"{net_py}:build", "--weights", str(tmp_path / "w.pt"), "--input-shape", "6,6",
-            "--name", "m", "--out", str(tmp_path / "m")]  # fmt: skip
+    argv = [
+        "--module",
+        f"{net_py}:build",
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--input-shape",
+        "6,6",
+        "--name",
+        "m",
+        "--out",
+        str(tmp_path / "m"),
+    ]
     assert export_cli.main(argv) == 2
     assert "25 of 324 samples had a spike on the threshold" in capsys.readouterr().err
     assert export_cli.main([*argv, "--max-tie-samples", "1/8"]) == 0

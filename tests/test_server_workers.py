@@ -137,10 +137,22 @@ def test_workers_refuse_a_port_that_is_taken(tmp_path: Path) -> None:
     port = taken.getsockname()[1]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "server.cli", "--workers", "2", "--port", str(port),
-             "--models-dir", str(served().models_dir)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PSN_LOG_LEVEL": "info"},
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                "--models-dir",
+                str(served().models_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PSN_LOG_LEVEL": "info"},
+        )
     finally:
         taken.close()
     assert done.returncode == 1, done.stderr

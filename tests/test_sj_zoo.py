@@ -72,9 +72,17 @@ def _export(name: str, root: Path) -> Exported:
     torch.save(net.state_dict(), weights)
     out = root / "models" / name.replace("_", "-")
     argv = [
-        "--module", f"{Path(sj_zoo.__file__)}:{name}", "--weights", str(weights),
-        "--input-shape", ",".join(str(d) for d in (T, *SHAPE)), "--name", out.name, "--out", str(out),
-    ]  # fmt: skip
+        "--module",
+        f"{Path(sj_zoo.__file__)}:{name}",
+        "--weights",
+        str(weights),
+        "--input-shape",
+        ",".join(str(d) for d in (T, *SHAPE)),
+        "--name",
+        out.name,
+        "--out",
+        str(out),
+    ]
     printed, errors = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         code = export_cli.main(argv)

@@ -91,9 +91,11 @@ class Layer(nn.Module):
             dims = 1 if self.op == "Conv1d" else 2
             one = (lambda v: int(np.atleast_1d(_arr(v)).ravel()[0])) if dims == 1 else _pair
             self.conv = {
-                "stride": one(node.stride), "padding": _padding(node.padding, dims),
-                "dilation": one(node.dilation), "groups": int(node.groups),
-            }  # fmt: skip
+                "stride": one(node.stride),
+                "padding": _padding(node.padding, dims),
+                "dilation": one(node.dilation),
+                "groups": int(node.groups),
+            }
         elif self.op == "Flatten":
             self.start, self.end = int(node.start_dim), int(node.end_dim)
         else:  # SumPool2d, AvgPool2d
