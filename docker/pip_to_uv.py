@@ -28,21 +28,19 @@ _MAPPED = {
 
 def pip_settings(python: str) -> dict[str, list[str]]:
     """pip's settings as ``pip config list`` prints them (``global.find-links='a b'``,
-    ``:env:.find-links='a'``), each option's values in order, environment variables last (they win)."""
+    ``:env:.find-links='a'``): each option's values, taken as pip takes them: a ``PIP_*`` variable over any
+    file, and a file listed later over an earlier one."""
     out = subprocess.run(
         [python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
     ).stdout
-    settings: dict[str, list[str]] = {}
+    files: dict[str, list[str]] = {}
+    env: dict[str, list[str]] = {}
     for line in out.splitlines():
         key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        option = key.rsplit(".", 1)[-1]
-        values = shlex.split(value)
-        values = [v for item in values for v in item.split()]  # one quoted value may hold several
-        settings.setdefault(option, [])
-        settings[option] += [v for v in values if v not in settings[option]]
-    return settings
+        if sep:
+            source, _, option = key.rpartition(".")
+            (env if source == ":env:" else files)[option] = " ".join(shlex.split(value)).split()
+    return files | env
 
 
 def uv_args(settings: dict[str, list[str]]) -> list[str]:
