@@ -14,6 +14,12 @@ PYTEST_WORKERS ?= auto
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
+# The venvs are installed without byte-compiling every package (torch's alone: ~40 s on 2 cores); Python
+# compiles each module the first time it is imported and keeps the .pyc. Where the environment says not to
+# keep them (PYTHONDONTWRITEBYTECODE, set on some CI images), every test process would compile torch's
+# imports anew (~7 s each): the targets here keep them (__pycache__ is git- and docker-ignored).
+export PYTHONDONTWRITEBYTECODE :=
+
 .PHONY: bench-peers serve test zoo-test bench-test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
 
 help:
@@ -63,11 +69,11 @@ $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
 	@touch $@
 endif
 
-# The dev install is uv's (https://docs.astral.sh/uv): one resolve for every requirement, downloads and
-# byte-compilation in parallel: ~70 s on a fresh 2-core machine where pip took ~180 s. The package sources
-# stay pip's to say (pip.conf, PIP_*): docker/pip_to_uv.py passes them on. torch is pinned to 2.13.0 so the
-# CPU build on this machine's disk is taken (an unpinned torch pulls CUDA).
-UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode $$($(PY) docker/pip_to_uv.py $(PY))
+# The dev install is uv's (https://docs.astral.sh/uv): one resolve for every requirement, downloads in
+# parallel, no byte-compilation (above): ~25 s on a fresh 2-core machine where pip took ~180 s. The package
+# sources stay pip's to say (pip.conf, PIP_*): docker/pip_to_uv.py passes them on. torch is pinned to 2.13.0
+# so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA).
+UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) -q $$($(PY) docker/pip_to_uv.py $(PY))
 $(VENV)/.dev-stamp: pyproject.toml docker/pip_to_uv.py | $(PY)
 	$(PIP) install --no-compile "uv>=0.5"
 	@# a venv that `make serve` made with the CPU onnxruntime: the dev extras bring pyproject's build instead

@@ -15,7 +15,7 @@ Both graphs also produce ``spikes_<i>`` (the i-th spiking neuron layer's spikes,
 from __future__ import annotations
 
 import contextlib
-import functools
+import copy
 import importlib
 import logging
 import warnings
@@ -104,7 +104,7 @@ def _export(
     for f in forms:
         f.exporting = True
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_logs(), _torchlib_ops_once():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_logs(), _registry_once():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper,
@@ -139,33 +139,43 @@ def _export(
     return model
 
 
-# torch.onnx builds its operator registry anew for every export, and onnxscript re-parses the source of each
-# of its ~1,000 torchlib functions to list them (1.3 s of a tiny network's 2.5 s per graph on a 2-core VM).
-# The list depends only on the installed onnxscript: made once per process here, and lent to torch.onnx
-# while an export runs. The module torch.onnx reads it from (torch/onnx/_internal/_lazy_import.py):
-_TORCHLIB_APIS = "onnxscript._framework_apis.torch_2_11"
-
-
-@functools.cache
-def _torchlib_ops(get_torchlib_ops):
-    return get_torchlib_ops()
+# torch.onnx builds its operator registry anew for every export (ONNXRegistry.from_torchlib): onnxscript
+# re-parses the source of each of its ~1,000 torchlib functions to list them, then each is matched to its
+# ATen overload (1.5 s of a tiny network's ~2.5 s per graph on a 2-core VM). The registry depends only on the
+# installed torch and onnxscript and on the opset: built once per process here, and a copy of it lent to
+# torch.onnx while an export runs (the copy: an export that registers its own ops changes only its own).
+_REGISTRATION = "torch.onnx._internal.exporter._registration"
+_REGISTRIES: dict[tuple, object] = {}
 
 
 @contextlib.contextmanager
-def _torchlib_ops_once():
-    """torch.onnx's ``get_torchlib_ops()`` answered from the process's first answer during an export;
-    where this torch and onnxscript lay it out otherwise, nothing changes."""
+def _registry_once():
+    """``ONNXRegistry.from_torchlib()`` answered with a copy of the process's first answer (per opset) during
+    an export; where this torch lays the registry out otherwise, nothing changes."""
     try:
-        apis = importlib.import_module(_TORCHLIB_APIS)
-        original = apis.get_torchlib_ops
-    except (ImportError, AttributeError):
+        cls = importlib.import_module(_REGISTRATION).ONNXRegistry
+        original = cls.__dict__["from_torchlib"]  # the classmethod itself, put back afterwards
+    except (ImportError, AttributeError, KeyError):
         yield
         return
-    apis.get_torchlib_ops = lambda: _torchlib_ops(original)
+    build = original.__get__(None, cls)
+
+    def lent(_cls, *args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = build(*args, **kwargs)
+        cached = _REGISTRIES[key]
+        if not isinstance(getattr(cached, "functions", None), dict):
+            return build(*args, **kwargs)
+        registry = copy.copy(cached)
+        registry.functions = {target: list(metas) for target, metas in cached.functions.items()}
+        return registry
+
+    cls.from_torchlib = classmethod(lent)
     try:
         yield
     finally:
-        apis.get_torchlib_ops = original
+        cls.from_torchlib = original
 
 
 @contextlib.contextmanager

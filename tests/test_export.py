@@ -95,16 +95,34 @@ def test_variable_length_full_graph(kind: str, k: int | None) -> None:
             sess.run(None, {"x": np.zeros((1, T + 1, model.cfg.features), np.float32)})
 
 
-def test_torchlib_ops_are_listed_once_and_lent_only_during_an_export() -> None:
-    """build._torchlib_ops_once: torch.onnx's list of torchlib functions is made once per process (onnxscript
-    re-parses ~1,000 functions' source for it on every export) and the module's own function is back after."""
-    apis = importlib.import_module(build._TORCHLIB_APIS)
-    original = apis.get_torchlib_ops
-    with build._torchlib_ops_once():
-        first, again = apis.get_torchlib_ops(), apis.get_torchlib_ops()
-    assert apis.get_torchlib_ops is original
-    assert again is first and len(first) > 500
-    assert [m.qualified_name for m in first] == [m.qualified_name for m in original()]
+def test_the_operator_registry_is_built_once_and_lent_only_during_an_export(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """build._registry_once: torch.onnx's registry of torchlib functions is built once per process and opset
+    (onnxscript re-parses ~1,000 functions' source for it on every export); each export gets its own copy,
+    and the class's own method is back afterwards."""
+    cls = importlib.import_module(build._REGISTRATION).ONNXRegistry
+    built: list[dict] = []
+
+    def counting(c, *args, **kwargs):
+        built.append(kwargs)
+        return torch_builds(*args, **kwargs)
+
+    torch_builds = cls.from_torchlib
+    monkeypatch.setattr(cls, "from_torchlib", classmethod(counting))
+    monkeypatch.setattr(build, "_REGISTRIES", {})
+    own = cls.__dict__["from_torchlib"]
+    with build._registry_once():
+        first, again = cls.from_torchlib(opset_version=OPSET), cls().from_torchlib(opset_version=OPSET)
+    assert cls.__dict__["from_torchlib"] is own
+    assert built == [{"opset_version": OPSET}]
+    assert first is not again and first.functions is not again.functions  # copies: one export's own
+    assert first.opset_version == again.opset_version == OPSET
+    fresh = cls.from_torchlib(opset_version=OPSET)
+    assert len(first.functions) > 400
+    assert {t: [m.onnx_function for m in ms] for t, ms in first.functions.items()} == {
+        t: [m.onnx_function for m in ms] for t, ms in fresh.functions.items()
+    }
 
 
 def test_fixed_length_full_graph_refuses_other_T() -> None:
