@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import onnx
 import pydantic
@@ -51,6 +51,18 @@ def check_sha256(directory: Path, manifest: Manifest) -> None:
         path = Path(directory) / name
         if not path.is_file() or sha256_file(path) != digest:
             raise ExportCheckFailed("sha256", f"{name} does not match the sha256 in the manifest")
+
+
+def check_metadata(**fields: Any) -> None:
+    """The manifest fields the caller gives (name, dataset, test_accuracy, command), each checked as the
+    manifest checks it, before the graphs are built (a deep network's export takes a minute)."""
+    for key, value in fields.items():
+        info = Manifest.model_fields[key]
+        try:
+            pydantic.TypeAdapter(Annotated[info.annotation, info]).validate_python(value)
+        except pydantic.ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise ExportError(f"invalid manifest: {key}={value!r}: {reason}") from exc
 
 
 def _install(staged: Path, out_dir: Path, graphs: list[str]) -> None:
@@ -100,6 +112,7 @@ def export_module(
     input_shape = tuple(int(d) for d in input_shape)
     if not 0.0 <= max_tie_samples < 1.0:
         raise ExportError(f"max_tie_samples={max_tie_samples!r}: expected a share in [0, 1)")
+    check_metadata(name=name, dataset=dataset, test_accuracy=test_accuracy, command=command)
     was_training = module.training
     module.eval()
     try:

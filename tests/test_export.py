@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from exporters import ExportCheckFailed, ExportError, build, export_checkpoint, export_model
 from exporters import cli as export_cli
+from exporters import export as export_mod
 from exporters.build import build_full, build_step
 from exporters.checks import session
 from exporters.graph import OPSET, count_nodes
@@ -24,6 +26,7 @@ from exporters.prepare import prepare
 from psn.checkpoint import save_checkpoint
 from psn.network import SeqClassifier, count_parameters
 from psn_runtime.manifest import Manifest
+from tests.fixtures import exported_models
 from tests.nets import tiny_model
 
 KINDS = [("psn", None), ("masked_psn", 3), ("sliding_psn", 3), ("lif", None)]
@@ -237,6 +240,7 @@ def test_export_checkpoint_into_its_model_dir(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    existing = exported_models() / "lif"  # exported (once per session) before the patch below
     model = tiny_model("lif", 6, None, "mlp")
     out = tmp_path / "model"
     original = build._Full.forward  # the graph's logits drift from the module's
@@ -247,8 +251,7 @@ def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not out.exists()
 
     # an existing model directory is left exactly as it was
-    monkeypatch.setattr(build._Full, "forward", original)
-    export_model(model, out, **META)
+    shutil.copytree(existing, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(build._Full, "forward", lambda self, x: _shift(original(self, x), 0.01))
     with pytest.raises(ExportCheckFailed):
@@ -256,10 +259,19 @@ def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.slow
-def test_bad_name_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="invalid manifest"):
-        export_model(tiny_model("psn", 4, None, "mlp"), tmp_path / "m", **(META | {"name": "no spaces"}))
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [("name", "no spaces", "should match pattern"), ("test_accuracy", 1.5, "less than or equal to 1")],
+)
+def test_bad_metadata_is_refused_before_any_graph_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: object, reason: str
+) -> None:
+    def built(*args):
+        raise AssertionError("a graph was built")
+
+    monkeypatch.setattr(export_mod, "build_full", built)
+    with pytest.raises(ExportError, match=rf"invalid manifest: {field}={value!r}: .*{reason}"):
+        export_model(tiny_model("psn", 4, None, "mlp"), tmp_path / "m", **(META | {field: value}))
     assert not (tmp_path / "m").exists()
 
 

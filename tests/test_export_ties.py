@@ -189,6 +189,30 @@ def inject_ties(monkeypatch: pytest.MonkeyPatch):
     return install
 
 
+@pytest.fixture(scope="module")
+def built() -> dict:
+    return {}
+
+
+@pytest.fixture
+def graphs_once(monkeypatch: pytest.MonkeyPatch, built: dict) -> None:
+    """NET's full and step graphs built once for this module's tests that change only what the checks see
+    (tiny_net is seeded: every export of NET builds the same graphs); the others build their own."""
+
+    def once(name: str):
+        build = getattr(export_mod, name)
+
+        def cached(p, *args):
+            if (name, args) not in built:
+                built[name, args] = build(p, *args)
+            return built[name, args]
+
+        return cached
+
+    for name in ("build_full", "build_step"):
+        monkeypatch.setattr(export_mod, name, once(name))
+
+
 def _export(tmp_path: Path, **kw) -> tuple[Manifest, CheckReport]:
     kinds, rank, steps, source = NET
     report = CheckReport()
@@ -204,7 +228,7 @@ def _export(tmp_path: Path, **kw) -> tuple[Manifest, CheckReport]:
     return manifest, report
 
 
-def test_tie_only_differences_pass_and_are_reported(tmp_path: Path, inject_ties) -> None:
+def test_tie_only_differences_pass_and_are_reported(tmp_path: Path, inject_ties, graphs_once) -> None:
     inject_ties()
     manifest, report = _export(tmp_path)
     assert manifest.streams and (tmp_path / "m" / "step.onnx").is_file()
@@ -226,7 +250,7 @@ def test_tie_only_differences_pass_and_are_reported(tmp_path: Path, inject_ties)
     ]
 
 
-def test_too_many_ties_are_refused_unless_allowed(tmp_path: Path, inject_ties) -> None:
+def test_too_many_ties_are_refused_unless_allowed(tmp_path: Path, inject_ties, graphs_once) -> None:
     inject_ties((0, 8, 16, 24, 32))  # 5 of every 64: 5 of 68, then 4 more batches of 64 drawn: 25 of 324
     with pytest.raises(ExportCheckFailed, match=r"25 of 324 samples had a spike on the threshold"):
         _export(tmp_path)
@@ -236,7 +260,7 @@ def test_too_many_ties_are_refused_unless_allowed(tmp_path: Path, inject_ties) -
         _export(tmp_path, max_tie_samples=1.5)
 
 
-def test_more_samples_are_drawn_when_ties_exceed_the_share(tmp_path: Path, inject_ties) -> None:
+def test_more_samples_are_drawn_when_ties_exceed_the_share(tmp_path: Path, inject_ties, graphs_once) -> None:
     """5 of the first 68 samples tie (over 1/16): one more batch of 64 is drawn at each length, and the
     check passes on all 132 (5 ≤ 8); the report says so."""
     inject_ties((0, 8, 16, 24, 32), first_only=True)
@@ -284,7 +308,7 @@ def test_a_wrong_reset_is_refused_even_with_ties(
         _export(tmp_path)
 
 
-def test_cli_flag_and_report(tmp_path: Path, inject_ties, capsys: pytest.CaptureFixture) -> None:
+def test_cli_flag_and_report(tmp_path: Path, inject_ties, graphs_once, capsys: pytest.CaptureFixture) -> None:
     inject_ties((0, 8, 16, 24, 32))  # 5 of 68: refused by default, passes at 1/8
     kinds, rank, steps, source = NET
     net_py = tmp_path / "net.py"
