@@ -14,10 +14,11 @@ PYTEST_WORKERS ?= auto
 PSN_SOAK_SECONDS ?= 300
 export PSN_SOAK_SECONDS
 
-# The venvs are installed without byte-compiling every package (torch's alone: ~40 s on 2 cores); Python
+# The venvs are installed without byte-compiling every package (~50 s of the dev venv on 2 cores); Python
 # compiles each module the first time it is imported and keeps the .pyc. Where the environment says not to
-# keep them (PYTHONDONTWRITEBYTECODE, set on some CI images), every test process would compile torch's
-# imports anew (~7 s each): the targets here keep them (__pycache__ is git- and docker-ignored).
+# keep them (PYTHONDONTWRITEBYTECODE, which this project's CI machine sets), every test process would
+# compile torch's imports anew (~7 s each) and pytest would rewrite every test module's asserts anew: the
+# targets here keep them (__pycache__ is git- and docker-ignored).
 export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: bench-peers serve test zoo-test bench-test docs lint soak image-test cluster-test browser-test bench gpu-check clean help
