@@ -128,16 +128,23 @@ def calm_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def reuse_freed_memory() -> bool:
-    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA: else each large
-    tensor is a fresh mapping whose page faults can cost more than the op. Whether it took effect."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def mallopt(settings: Mapping[int, int]) -> bool:
+    """Set glibc malloc parameters (``{M_*: value}``, each a C int); whether every one took effect."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    int_max = (1 << 31) - 1  # mallopt takes a C int; the heap then keeps at most what the peak needed
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, int_max))
+    return all(libc.mallopt(param, value) for param, value in settings.items())  # stops at a failure
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA: else each large
+    tensor is a fresh mapping whose page faults can cost more than the op. Whether it took effect."""
+    int_max = (1 << 31) - 1  # the heap then keeps at most what the peak needed
+    return mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: int_max})
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -374,6 +381,26 @@ def write_json(path: Path, payload: Mapping[str, Any], digits: int | None = None
     data = payload if digits is None else clean(dict(payload), digits)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def write_outputs(
+    json_path: Path,
+    result: Mapping[str, Any],
+    plots: Callable[[], list[Path]] = list,
+    digits: int | None = None,
+) -> list[Path]:
+    """Every suite's last act: the JSON, then the plots (``plots()`` draws them and returns their paths; none
+    where matplotlib is missing, said on stderr), then one line naming the files written."""
+    write_json(json_path, result, digits)
+    written = [json_path]
+    try:
+        written += plots()
+    except ModuleNotFoundError as exc:  # matplotlib is a bench/train extra; the serving suite runs without
+        if exc.name != "matplotlib":
+            raise
+        print(f"no plots ({exc})", file=sys.stderr)
+    print("\nwrote " + ", ".join(map(str, written)), flush=True)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------- plots

@@ -31,21 +31,21 @@ def load(directory: Path, providers: list[str] | None = None, threads: int | Non
     return load_model(Path(directory), read_manifest(Path(directory)), RuntimeConfig(**fields))
 
 
-def full_call(model: Any, batch: int, seed: int = 0) -> Callable[[], object]:
+def full_call(model: Any, batch: int) -> Callable[[], object]:
     """One ``session.run`` of the full graph on a random [batch, T, *shape] input."""
     from psn_runtime.manifest import INPUT_NAME
 
     m = model.manifest
-    x = np.random.default_rng(seed).random((batch, m.T, *m.input_shape), dtype=np.float32)  # [B, T, *shape]
+    x = np.random.default_rng(0).random((batch, m.T, *m.input_shape), dtype=np.float32)  # [B, T, *shape]
     return lambda: model.full.run(None, {INPUT_NAME: x})
 
 
-def step_call(model: Any, batch: int, seed: int = 0) -> Callable[[], object]:
+def step_call(model: Any, batch: int) -> Callable[[], object]:
     """One ``session.run`` of the step graph on [batch, *shape], the new states fed back each call."""
     from psn_runtime.manifest import INPUT_NAME
 
     m = model.manifest
-    x = np.random.default_rng(seed).random((batch, *m.input_shape), dtype=np.float32)  # [B, *shape]
+    x = np.random.default_rng(0).random((batch, *m.input_shape), dtype=np.float32)  # [B, *shape]
     states = {s.input: np.full((batch, *s.shape), s.init, dtype=s.dtype) for s in m.states}
     outputs = [o.name for o in model.step.get_outputs()]
     feed_back = {s.output: s.input for s in m.states}

@@ -5,7 +5,6 @@ of the neurons' hidden states (the paper expects Δ_IF / Δ_PSN ≈ 2)."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import sys
@@ -145,18 +144,12 @@ def _proc_status_kib(key: str) -> int:
     raise common.BenchError(f"/proc/self/status has no {key}: peak RSS needs Linux")
 
 
-def _return_freed_memory() -> None:
-    """Blocks above 64 KiB come from mmap and go back to the OS on free (no dynamic threshold)."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_mmap_threshold, m_trim_threshold = -3, -1
-    if not (libc.mallopt(m_mmap_threshold, 64 * 1024) and libc.mallopt(m_trim_threshold, 64 * 1024)):
-        raise common.BenchError("mallopt failed: the RSS method needs glibc")
-
-
 def measure(kind: Kind, T: int, N: int, device_name: str, quick: bool) -> dict[str, Any]:
     """One training step's peak memory above the steady state, and autograd's saved bytes (MiB)."""
-    if device_name == "cpu":
-        _return_freed_memory()
+    # CPU: blocks above 64 KiB come from mmap and go back to the OS on free (no dynamic threshold)
+    freed = {common.M_MMAP_THRESHOLD: 64 * 1024, common.M_TRIM_THRESHOLD: 64 * 1024}
+    if device_name == "cpu" and not common.mallopt(freed):
+        raise common.BenchError("mallopt failed: the RSS method needs glibc")
     import torch
     from torch.nn import functional as F
 
@@ -284,6 +277,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def plot(result: dict[str, Any], png_path: Path) -> list[Path]:
+    """Δ per kind and one hidden state's size, a group of bars per (T, N), Δ_IF / Δ_PSN written above."""
+    rows = result["rows"]
+    series = {
+        "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
+        "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
+        "Δ PSN": [r["delta_peak_MiB"]["psn"] for r in rows],
+        "one hidden state (4 B × neurons × T × N)": [r["hidden_state_MiB"] for r in rows],
+    }
+    title = f"Peak training memory above no-neuron network ({result['environment']['device_name']})"
+    with common.figure(png_path, title, size=(8.5, 4.2)) as (_, axes):
+        ax, top = axes[0][0], max((max(v) for v in series.values() if v), default=1.0)
+        common.bars(ax, [f"T={r['T']}, N={r['N']}" for r in rows], series)
+        for i, r in enumerate(rows):
+            ratio = r["ratio_peak_MiB"].get("if", 0.0)
+            ax.text(i, top * 1.03, f"ΔIF/ΔPSN = {ratio:.2f}", ha="center", fontsize=9)
+        ax.set_ylim(0, top * 1.45)
+        ax.set_ylabel("Δ = M - M_NO (MiB)")
+        ax.legend(fontsize=8, ncols=2, loc="upper left")
+    return [png_path]
+
+
 def report(result: dict[str, Any], out_dir: Path) -> None:
     """Print the tables, write the JSON and the plot."""
     env = result["environment"]
@@ -307,25 +322,7 @@ def report(result: dict[str, Any], out_dir: Path) -> None:
             ds = [d[k] for k in ("if", "if_fused", "psn")]
             rows.append([r["T"], r["N"], *ms, *ds, q.get("if"), q.get("if_fused"), per_tn, hidden_per_tn])
         print(format_table(headers, rows, title=f"\n{what} (MiB; Δ = M - M_NO)"))
-    common.write_json(json_path, result)
-    rows = result["rows"]
-    series = {
-        "Δ IF (autograd per step)": [r["delta_peak_MiB"]["if"] for r in rows],
-        "Δ IF (fused BPTT)": [r["delta_peak_MiB"]["if_fused"] for r in rows],
-        "Δ PSN": [r["delta_peak_MiB"]["psn"] for r in rows],
-        "one hidden state (4 B × neurons × T × N)": [r["hidden_state_MiB"] for r in rows],
-    }
-    title = f"Peak training memory above no-neuron network ({env['device_name']})"
-    with common.figure(png_path, title, size=(8.5, 4.2)) as (_, axes):
-        ax, top = axes[0][0], max((max(v) for v in series.values() if v), default=1.0)
-        common.bars(ax, [f"T={r['T']}, N={r['N']}" for r in rows], series)
-        for i, r in enumerate(rows):
-            ratio = r["ratio_peak_MiB"].get("if", 0.0)
-            ax.text(i, top * 1.03, f"ΔIF/ΔPSN = {ratio:.2f}", ha="center", fontsize=9)
-        ax.set_ylim(0, top * 1.45)
-        ax.set_ylabel("Δ = M - M_NO (MiB)")
-        ax.legend(fontsize=8, ncols=2, loc="upper left")
-    print("\nwrote", json_path, png_path)
+    common.write_outputs(json_path, result, lambda: plot(result, png_path))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,6 +162,4 @@ def report(result: dict[str, Any], out_dir: Path) -> None:
     print(bandwidth_table(result))
     for note in result["notes"]:
         print("note:", note)
-    common.write_json(json_path, result)
-    paths = plot_all(result, out_dir)
-    print("\nwrote", json_path, *paths)
+    common.write_outputs(json_path, result, lambda: plot_all(result, out_dir))

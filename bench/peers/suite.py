@@ -25,7 +25,7 @@ from bench.common import (
     load_average,
     progress,
     table,
-    write_json,
+    write_outputs,
 )
 from bench.models import REPO_ROOT, ModelRef, resolve
 from bench.serving import openloop
@@ -83,10 +83,8 @@ def servers(args: argparse.Namespace, models_dir: Path, models: dict, work: Path
             f"psn bench peers: {args.peers_python} missing (make bench-peers): no KServe, LitServe",
             file=sys.stderr,
         )
-    fastapi, main_python = (
-        Target("fastapi", "FastAPI + ORT JSON", "/classify", v1, "label_index"),
-        Path(sys.executable),
-    )
+    main_python = Path(sys.executable)  # FastAPI and SpikingJelly: the main venv's
+    fastapi = Target("fastapi", "FastAPI + ORT JSON", "/classify", v1, "label_index")
     out.append(("fastapi", peer("fastapi", main_python, cm), [fastapi]))
     if sm is not None and (Path(sm.directory) / "checkpoint" / "config.json").is_file():
         sj = [
@@ -110,7 +108,7 @@ def measure_classify(server: Proc, t: Target, duration: float, pinning: Pinning)
     run_wrk(server, t.path, t.body, 8, 1, pinning)  # warm
     r = run_wrk(server, t.path, t.body, CONNECTIONS, duration, pinning)
     url, rate = f"http://{HOST}:{server.port}{t.path}", OPEN_LOOP_LEVEL * r.rps
-    o = openloop.run_http(url, t.body.data, t.body.all_headers(), rate, duration, pinning, server)
+    o = openloop.run_http(url, t.body, rate, duration, pinning, server)
     cpu_us = r.server_cpu_s * 1e6 / max(1, r.requests)
     return _row(t, "classify", r.rps, sum(r.errors.values()), r.latency_ms, cpu_us, o)
 
@@ -141,7 +139,7 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
     return out
 
 
-def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+def plot(rows: list[dict[str, Any]], title: str, path: Path) -> list[Path]:
     """Per kind: the rate at saturation (psn-serve green), p50 / p99 at saturation and open loop (log)."""
     kinds = [k for k in ("classify", "streams") if any(r["kind"] == k for r in rows)]
     short = {"FastAPI + SpikingJelly WebSocket": "FastAPI + SJ WS", "psn-serve WebSocket": "psn-serve WS"}
@@ -167,6 +165,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
             ax.set(yscale="log", ylabel="latency (ms, log)")
             ax.legend(fontsize=7)
             ax.grid(True, axis="y", alpha=0.3)
+    return [path]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -223,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     load = f"load average {env['loadavg_start']} -> {env['loadavg_end']}"
     print("\n" + goals_table(goal_items) + f"\n\n{pinning.note}; {load}; {env['wall_s']} s")
     stem = args.out / ("bench-peers-quick" if args.quick else "bench-peers")
-    write_json(stem.with_suffix(".json"), result, digits=4)
-    plot(rows, f"psn-serve and its peers, server on one core ({env['cpu']})", stem.with_suffix(".png"))
-    print(f"wrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
+    title = f"psn-serve and its peers, server on one core ({env['cpu']})"
+    write_outputs(stem.with_suffix(".json"), result, lambda: plot(rows, title, stem.with_suffix(".png")), 4)
     return 0

@@ -251,7 +251,5 @@ def main(argv: list[str] | None = None) -> int:
     ort.set_default_logger_severity(4)  # and ORT's own log of that fallback, once per session
     result = run(args)
     print(tables(result))
-    path = args.out / "bench-runtime.json"
-    common.write_json(path, result)
-    print(f"\nwrote {path}")
+    common.write_outputs(args.out / "bench-runtime.json", result)
     return 0

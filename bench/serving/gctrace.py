@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from server.listen import write_atomically
+
 WRITE_EVERY_S = 0.2
 
 
@@ -19,9 +21,7 @@ def install(path: Path) -> None:
     state = {"t0": 0.0, "written": 0.0}
 
     def write() -> None:  # atomically: the suite reads it while the server runs
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"generations": totals}))
-        tmp.replace(path)
+        write_atomically(path, json.dumps({"generations": totals}))
 
     def hook(phase: str, info: dict) -> None:
         now = time.perf_counter()

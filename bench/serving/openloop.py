@@ -2,7 +2,7 @@
 start + i / rate whether or not earlier ones were answered, and its latency counts from its due time. One
 client process (``bench.serving.ws.drive``), hand-written protocols; the generator's own CPU and lateness
 are reported. HTTP: a due request goes out on an idle keep-alive connection, or a new one (up to
-``max_conns``). WebSocket: S streams at rate/S each, pipelined (a step goes out when due)."""
+``MAX_CONNS``). WebSocket: S streams at rate/S each, pipelined (a step goes out when due)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.common import BenchError
 from bench.serving.procs import Pinning, Proc
+from bench.serving.wrk import Body
 from bench.serving.ws import Ws, connect, drive, percentiles_ms, ready_go, ws_frame
 
 MAX_CONNS = 256
@@ -69,7 +70,7 @@ class _Http(asyncio.Protocol):
             self.done(None, self.pending.popleft(), False)
 
 
-async def _http_client(url: str, request: bytes, rate: float, seconds: float, max_conns: int, conn) -> dict:
+async def _http_client(url: str, request: bytes, rate: float, seconds: float, conn) -> dict:
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     idle: list[_Http] = []
@@ -99,7 +100,7 @@ async def _http_client(url: str, request: bytes, rate: float, seconds: float, ma
             due_times.append(start_at + i / rate)
             waiting.append(i)
             i += 1
-        while waiting and (idle or n_conns[0] < max_conns):
+        while waiting and (idle or n_conns[0] < MAX_CONNS):
             proto = idle.pop() if idle else await connect()
             if proto.transport.is_closing():  # the server closed an idle keep-alive connection
                 continue
@@ -195,16 +196,9 @@ def run(
 
 
 def run_http(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    rate: float,
-    seconds: float,
-    pinning: Pinning,
-    server: Proc | None = None,
-    max_conns: int = MAX_CONNS,
+    url: str, body: Body, rate: float, seconds: float, pinning: Pinning, server: Proc | None = None
 ) -> OpenLoopResult:
-    args = (url, http_request(url, body, headers), rate, seconds, max_conns)
+    args = (url, http_request(url, body.data, body.all_headers()), rate, seconds)
     return run(_http_client, args, rate, seconds, pinning, server)
 
 

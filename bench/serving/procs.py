@@ -121,12 +121,6 @@ class Proc:
     def command(self) -> str:
         return " ".join(map(str, self.server.process.args))
 
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def thread_times(self) -> ThreadTimes | None:
-        return thread_times(self.pid)
-
     def gc_totals(self) -> dict | None:
         from bench.serving.gctrace import read
 

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from bench.models import REPO_ROOT
 from bench.serving.procs import Pinning
 
 RATE_HZ = 250
@@ -64,7 +65,7 @@ def _frame_name(frame: str) -> str:
     if m is None:
         return frame.strip()
     file = m.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{REPO_ROOT}/", "lib/python3"):
         if marker in file:
             file = file.split(marker, 1)[1]
     return f"{m.group('func')} ({file})"

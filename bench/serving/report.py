@@ -3,12 +3,11 @@ The limit (docs/benchmarks.md): 1 / (1 / echo rate + raw ORT cost) for rates, ec
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import Goal, find, goal, goals_table, table, write_json
+from bench.common import Goal, find, goal, goals_table, table, write_outputs
 
 CLASSIFY_CONNECTIONS = 32
 LIMIT_STREAMS = 64
@@ -87,35 +86,27 @@ def limit_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def goals(results: dict[str, Any]) -> list[Goal]:
-    specs = []  # (name, value, bound, at_most, target, measured)
+    out = []
     for r in results["limit"]:
         if r["unit"] == "ms":
-            v = r["over_echo"]
-            target = f"<= {GOAL_RTT_OVER_ECHO:g}x echo's p50"
+            v, bound, target = r["over_echo"], GOAL_RTT_OVER_ECHO, f"<= {GOAL_RTT_OVER_ECHO:g}x echo's p50"
             measured = None if v is None else f"{v:.2f}x echo ({r['service']:.3f} ms)"
-            specs.append((r["figure"], v, GOAL_RTT_OVER_ECHO, True, target, measured))
         else:
-            v = r["fraction"]
-            target = f">= {GOAL_FRACTION:g}x limit"
+            v, bound, target = r["fraction"], GOAL_FRACTION, f">= {GOAL_FRACTION:g}x limit"
             measured = None if v is None else f"{v:.2f}x, p99 {r['service_p99_ms']:.1f} ms"
-            specs.append((r["figure"], v, GOAL_FRACTION, False, target, measured))
+        out.append(goal(r["figure"], v, bound, at_most=r["unit"] == "ms", target=target, measured=measured))
     srows = results.get("streaming", {}).get("rows", [])
     for frames in sorted({r["frames"] for r in srows}):
         on, off = (find(srows, batching=b, frames=frames, streams=256) for b in ("on", "off"))
         gain = _ratio(on and on["steps_per_s"], off and off["steps_per_s"])
-        name = f"256 streams, batching on / off ({frames} frames)"
-        specs.append((name, gain, GOAL_BATCHING_GAIN, False, "", None))
+        out.append(goal(f"256 streams, batching on / off ({frames} frames)", gain, GOAL_BATCHING_GAIN))
     for r in results.get("sweep", {}).get("rows", []):
         if r["workload"] == "classify" and r["level"] == GOAL_TAIL_LEVEL:
             name = f"classify, open loop at {GOAL_TAIL_LEVEL:.0%} of saturation: p99 / p50"
-            ratio = r["p99_ms"] / r["p50_ms"]
-            target = f"<= {GOAL_TAIL_RATIO:g}"
+            ratio, target = r["p99_ms"] / r["p50_ms"], f"<= {GOAL_TAIL_RATIO:g}"
             measured = f"{ratio:.2f} (p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)"
-            specs.append((name, ratio, GOAL_TAIL_RATIO, True, target, measured))
-    return [
-        goal(name, value, bound, at_most=at_most, target=target, measured=measured)
-        for name, value, bound, at_most, target, measured in specs
-    ]
+            out.append(goal(name, ratio, GOAL_TAIL_RATIO, at_most=True, target=target, measured=measured))
+    return out
 
 
 def _server(r: dict[str, Any]) -> str:
@@ -280,13 +271,6 @@ def report(results: dict[str, Any], out_dir: Path, stem: str, extra_blocks: Sequ
     load = f"load average {env['loadavg_start']} -> {env.get('loadavg_end')}"
     blocks.append(f"{env['pinning']}; {load}; {env.get('wall_s')} s")
     print("\n\n".join(blocks), flush=True)
-    written = [out_dir / f"{stem}.json"]
-    write_json(written[0], results, digits=4)
-    try:
-        from bench.serving.plots import plots
+    from bench.serving.plots import plots
 
-        written += plots(results, out_dir, stem)
-    except ModuleNotFoundError as exc:  # matplotlib is a bench/train extra
-        print(f"psn bench serving: no plots ({exc})", file=sys.stderr)
-    print("wrote " + ", ".join(str(p) for p in written))
-    return written
+    return write_outputs(out_dir / f"{stem}.json", results, lambda: plots(results, out_dir, stem), 4)

@@ -18,7 +18,7 @@ from bench.common import BenchError, find, group_by, progress, table
 from bench.models import KINDS, ModelRef
 from bench.serving.latency import LatencyJob, sample_inputs, stream_sequences, summarize
 from bench.serving.procs import HOST, Pinning, Proc, ThreadTimes, choose_pinning, psn_server
-from bench.serving.wrk import check_answer, classify_body, run_wrk, v2_binary_body
+from bench.serving.wrk import Body, check_answer, classify_body, run_wrk, v2_binary_body
 from bench.serving.ws import Frames, run_in_client_process, run_streams
 
 SWEEP_STREAMS = 64
@@ -62,6 +62,11 @@ class Context:
 
 def ws_url(server: Proc, model: ModelRef) -> str:
     return f"ws://{HOST}:{server.port}/v1/models/{model.name}/stream"
+
+
+def v1_classify(model: ModelRef, batch: int = 1) -> tuple[Body, str]:
+    """A v1 JSON classify request for model: (the body, the path)."""
+    return classify_body(model.T, model.features, batch), f"/v1/models/{model.name}/classify"
 
 
 def best_rounds(rows: list[dict[str, Any]], keys: tuple[str, ...], rate: str) -> list[dict[str, Any]]:
@@ -126,10 +131,7 @@ def run_classify(ctx: Context) -> dict[str, Any]:
     for batch in plan.batches:
         for fmt in plan.formats:
             if fmt == "json":
-                body, path = (
-                    classify_body(model.T, model.features, batch),
-                    f"/v1/models/{model.name}/classify",
-                )
+                body, path = v1_classify(model, batch)
             else:
                 body, path = v2_binary_body(model.T, model.features, batch), f"/v2/models/{model.name}/infer"
             targets[("service", fmt, batch)] = (ctx.on, path, body)
@@ -244,7 +246,7 @@ def run_profiles(ctx: Context, out_dir: Path, parts: list[str]) -> list[dict[str
     seconds, out, scenarios = max(2.0, ctx.plan.duration_s), [], []
     if "classify" in parts:
         m = ctx.classify_model()
-        body, path = classify_body(m.T, m.features, 1), f"/v1/models/{m.name}/classify"
+        body, path = v1_classify(m)
         scenarios.append(
             ("classify-b1-c32", ctx.on, lambda start: (start(), ctx.wrk(ctx.on, path, body, 32, seconds)))
         )
@@ -286,7 +288,7 @@ def run_sweep(
 
     plan, on, rows = ctx.plan, ctx.on, []
     cmodel, smodel = ctx.classify_model(), ctx.stream_model(required=False)
-    body, path = classify_body(cmodel.T, cmodel.features, 1), f"/v1/models/{cmodel.name}/classify"
+    body, path = v1_classify(cmodel)
     crows = (classify or {}).get("rows", [])
     sat = {
         "classify": (find(crows, target="service", format="json", batch=1, connections=32) or {}).get("rps")
@@ -305,7 +307,7 @@ def run_sweep(
         rate, mark = level * sat[workload], on.gc_totals()
         if workload == "classify":
             curl = f"http://{HOST}:{on.port}{path}"
-            r = run_http(curl, body.data, body.all_headers(), rate, plan.duration_s, ctx.pinning, on)
+            r = run_http(curl, body, rate, plan.duration_s, ctx.pinning, on)
         else:
             r = run_ws(url, SWEEP_STREAMS, frames, rate, plan.duration_s, ctx.pinning, on)
         rows.append(
@@ -347,7 +349,7 @@ def run_workers_part(
     """``psn serve --workers N`` for each N of ``--workers 1,2`` on cores 0..N-1, the load on the next core:
     classify req/s (JSON, batch 1, 32 connections) and 64 streams' steps/s, each against one worker."""
     classify, stream, plan = ctx.classify_model(), ctx.stream_model(required=False), ctx.plan
-    body, path = classify_body(classify.T, classify.features, 1), f"/v1/models/{classify.name}/classify"
+    body, path = v1_classify(classify)
     rows = []
     for n in progress(counts, desc="workers", quiet=ctx.quiet):
         pinning = choose_pinning(pin, server_cores=n)

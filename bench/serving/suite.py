@@ -89,8 +89,6 @@ def _list(kind: type, choices: tuple[str, ...] = ()):
     return parse
 
 
-FRAMES = ("binary", "json")
-FORMATS = ("json", "v2-binary")
 OPTIONS = {  # flag: (type, help); --quick, --quiet, --out come from bench.common.arguments
     "--stem": (str, "file name stem (bench-serving; --quick: bench-serving-quick), e.g. bench-serving-short"),
     "--models-dir": (Path, "models to serve (default: models/ if it has every kind, else tiny ones)"),
@@ -99,8 +97,8 @@ OPTIONS = {  # flag: (type, help); --quick, --quiet, --out come from bench.commo
     "--connections": (_list(int), "wrk connection counts (1,8,32,64)"),
     "--batches": (_list(int), "sequences per classify request (1,16)"),
     "--streams": (_list(int), "concurrent stream counts (1,16,64,256)"),
-    "--frames": (_list(str, FRAMES), "WebSocket frame kinds: binary,json"),
-    "--formats": (_list(str, FORMATS), "classify bodies: json (v1), v2-binary (V2)"),
+    "--frames": (_list(str, FULL.frames), "WebSocket frame kinds: binary,json"),
+    "--formats": (_list(str, FULL.formats), "classify bodies: json (v1), v2-binary (V2)"),
     "--providers": (_list(str), "execution providers of the server and the raw ORT measurement"),
     "--rounds": (int, "times each load point is run, interleaved; the best is reported (1)"),
     "--levels": (_list(float), "open-loop sweep: fractions of saturation (0.25,0.5,0.75,0.9)"),

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rate in rates:
                     for name, (server, path) in servers.items():
                         url = f"http://{HOST}:{server.port}{path}"
-                        r = run_http(url, body.data, body.all_headers(), rate, args.seconds, pinning, server)
+                        r = run_http(url, body, rate, args.seconds, pinning, server)
                         rows.append(
                             {"round": round_, "rate": rate, "server": name, **r.latency_ms}
                             | {"ratio": r.latency_ms["p99"] / r.latency_ms["p50"], "conns": r.connections}

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving.procs import HOST, Pinning, Proc, ThreadTimes
+from bench.serving.procs import HOST, Pinning, Proc, ThreadTimes, cpu_seconds, thread_times
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "post_json.lua"
 MARKER = "PSN_WRK_JSON "
@@ -46,32 +46,32 @@ class Body:
         return {"Content-Type": self.content_type, **dict(self.headers)}
 
 
-def classify_body(T: int, F: int, batch: int, seed: int = 0) -> Body:
+def classify_body(T: int, F: int, batch: int) -> Body:
     """A v1 classify request: one sequence [T, F] (batch 1) or a batch [B, T, F], numbers in [0, 1) with four
     decimals, as a client would send pixels."""
-    x = np.random.default_rng(seed).random((batch, T, F))  # [B, T, F]
+    x = np.random.default_rng(0).random((batch, T, F))  # [B, T, F]
     rows = [",".join(f"{v:.4f}" for v in row) for row in x.reshape(-1, F)]  # [B*T] rows of F numbers
     seqs = ["[" + "],[".join(rows[b * T : (b + 1) * T]) + "]" for b in range(batch)]
     inputs = "[" + seqs[0] + "]" if batch == 1 else "[" + ",".join("[" + s + "]" for s in seqs) + "]"
     return Body(('{"inputs":' + inputs + "}").encode())
 
 
-def v2_json_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
+def v2_json_body(T: int, F: int, batch: int) -> Body:
     """An Open Inference Protocol (KServe V2) JSON infer request: one FP32 input [B, T, F], its data flat,
     numbers with four decimals (the same values as ``classify_body``)."""
-    x = np.random.default_rng(seed).random((batch, T, F))  # [B, T, F]
+    x = np.random.default_rng(0).random((batch, T, F))  # [B, T, F]
     data = ",".join(f"{v:.4f}" for v in x.reshape(-1))
     return Body(
-        f'{{"inputs":[{{"name":"{name}","shape":[{batch},{T},{F}],"datatype":"FP32","data":[{data}]}}]}}'.encode()
+        f'{{"inputs":[{{"name":"x","shape":[{batch},{T},{F}],"datatype":"FP32","data":[{data}]}}]}}'.encode()
     )
 
 
-def v2_binary_body(T: int, F: int, batch: int, seed: int = 0, name: str = "x") -> Body:
+def v2_binary_body(T: int, F: int, batch: int) -> Body:
     """A KServe V2 infer request with the binary tensor extension: a JSON header naming the input
     [B, T, F] FP32 and asking for label_index as binary, then the little-endian float32 values."""
-    data = np.random.default_rng(seed).random((batch, T, F)).astype("<f4").tobytes()  # [B, T, F]
+    data = np.random.default_rng(0).random((batch, T, F)).astype("<f4").tobytes()  # [B, T, F]
     tensor = {
-        "name": name,
+        "name": "x",
         "shape": [batch, T, F],
         "datatype": "FP32",
         "parameters": {"binary_data_size": len(data)},
@@ -121,7 +121,7 @@ def run_wrk(
         file.flush()
         extra = "".join(f"{k}: {v}" for k, v in body.headers)
         env = dict(os.environ, PSN_WRK_BODY=file.name, PSN_WRK_TYPE=body.content_type, PSN_WRK_HEADER=extra)
-        cpu0, threads0 = server.cpu_seconds(), server.thread_times()
+        cpu0, threads0 = cpu_seconds(server.pid), thread_times(server.pid)
         out = subprocess.run(
             [*cmd, f"http://{HOST}:{server.port}{path}"],
             capture_output=True,
@@ -130,7 +130,7 @@ def run_wrk(
             timeout=seconds + 60,
             preexec_fn=pinning.load_setup(),
         )
-        cpu1, threads1 = server.cpu_seconds(), server.thread_times()
+        cpu1, threads1 = cpu_seconds(server.pid), thread_times(server.pid)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARKER)), None)
     if out.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:] or out.stdout[-500:]}")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from bench.common import BenchError
-from bench.serving.procs import Pinning, Proc, ThreadTimes
+from bench.serving.procs import Pinning, Proc, ThreadTimes, cpu_seconds, thread_times
 
 CONNECT_TIMEOUT_S = 60.0
 CONNECT_PARALLEL = 32  # connections opened at once by one client process
@@ -61,8 +61,8 @@ def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
     return out | {"mean": float(seconds.mean() * 1000.0), "max": float(seconds.max() * 1000.0)}
 
 
-def make_frames(frames: Frames, features: int, seed: int, count: int = 16) -> list[bytes | str]:
-    x = np.random.default_rng(seed).random((count, features)).astype("<f4")  # [count, F] in [0, 1)
+def make_frames(frames: Frames, features: int, seed: int) -> list[bytes | str]:
+    x = np.random.default_rng(seed).random((16, features)).astype("<f4")  # [16, F] in [0, 1)
     if frames is Frames.BINARY:
         return [row.tobytes() for row in x]
     return [json.dumps({"x": [round(float(v), 4) for v in row]}) for row in x]
@@ -273,9 +273,9 @@ def drive(
         time.sleep(max(0.0, count_from - time.monotonic()))
         if on_window is not None:
             on_window()
-        cpu0, threads0 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
+        cpu0, threads0 = (cpu_seconds(server.pid), thread_times(server.pid)) if server else (None, None)
         time.sleep(max(0.0, end_at - time.monotonic()))
-        cpu1, threads1 = (server.cpu_seconds(), server.thread_times()) if server else (None, None)
+        cpu1, threads1 = (cpu_seconds(server.pid), thread_times(server.pid)) if server else (None, None)
         results = [_recv(conn, timeout_s, "result")[1] for conn in conns]
     return Driven(
         results=results,
