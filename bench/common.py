@@ -363,12 +363,12 @@ def clean(value: Any, digits: int = 4) -> Any:
 def run_module(module: str, args: list[str], marker: str, timeout: float, core: int | None = None) -> list:
     """``python -m module args`` in a fresh process (pinned to ``core``): the JSON of each stdout line that
     starts with ``marker``; BenchError when it fails or prints none."""
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    from server.launcher import REPO, server_env  # a server's environment: this checkout on PYTHONPATH
+
     pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
-    cmd = [sys.executable, "-m", module, *args]
+    cmd, env = [sys.executable, "-m", module, *args], server_env()
     done = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, preexec_fn=pin
+        cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, preexec_fn=pin
     )
     found = [json.loads(ln[len(marker) :]) for ln in done.stdout.splitlines() if ln.startswith(marker)]
     if done.returncode != 0 or not found:

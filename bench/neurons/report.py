@@ -73,17 +73,15 @@ def bandwidth_table(result: dict[str, Any]) -> str:
     )
     forms = [f for f in BANDWIDTH_FORMS if any(f in r["forms"] for r in bw["rows"])]
     headers = ["T", "bound", "copy GB/s", *[f"{f}: GB/s (% copy, % roofline)" for f in forms]]
-    rows = []
-    for r in bw["rows"]:
-        cells = []
-        for f in forms:
-            x = r["forms"].get(f)
-            cells.append(
-                "-"
-                if x is None
-                else f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
-            )
-        rows.append([r["T"], r["bound"], r["copy_GBps"], *cells])
+
+    def cell(x: dict[str, float] | None) -> str:
+        if x is None:
+            return "-"
+        return f"{x['GBps']:.1f} ({x['percent_of_copy']:.0f}%, {100 * x['roofline_fraction']:.0f}%)"
+
+    rows = [
+        [r["T"], r["bound"], r["copy_GBps"], *(cell(r["forms"].get(f)) for f in forms)] for r in bw["rows"]
+    ]
     return head + "\n" + format_table(headers, rows)
 
 

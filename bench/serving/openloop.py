@@ -88,10 +88,9 @@ async def _http_client(url: str, request: bytes, rate: float, seconds: float, co
         return proto
 
     idle += [await connect() for _ in range(4)]
-    start_at = (await ready_go(conn, len(idle)))[0]
     waiting: deque[int] = deque()
     total = int(rate * seconds)
-    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    start_at = (await ready_go(conn, len(idle)))[0]
     cpu0 = time.process_time()
     i = 0
     while i < total or waiting:
@@ -149,9 +148,8 @@ async def _ws_client(url: str, streams: int, frames: list[bytes], rate: float, s
             errors[0] += payload.startswith(b'{"error"')
 
     sockets = [await connect(url, on_message) for _ in range(streams)]
-    start_at = (await ready_go(conn, streams))[0]
     total, lags = int(rate * seconds), []
-    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    start_at = (await ready_go(conn, streams))[0]
     cpu0 = time.process_time()
     for i in range(total):  # step i: stream i % S, its (i // S)-th step, due at start + i / rate
         due = start_at + i / rate

@@ -238,10 +238,12 @@ def run_in_client_process(fn: Callable[..., Any], args: tuple, pinning: Pinning,
 
 
 async def ready_go(conn, connections: int) -> tuple[float, float, float]:
-    """In a client process: report its connections, then (start_at, count_from, end_at) from ``drive``."""
+    """In a client process: report its connections, wait for ``drive``'s (start_at, count_from, end_at), then
+    until start_at; returns them."""
     conn.send(("ready", connections))
-    message = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-    return message[1:]
+    start_at, count_from, end_at = (await asyncio.get_running_loop().run_in_executor(None, conn.recv))[1:]
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    return start_at, count_from, end_at
 
 
 @dataclass
@@ -316,9 +318,8 @@ async def _cpu_window(count_from: float, end_at: float) -> float:
 async def _closed_loop_client(url: str, streams: int, frames: Frames, features: int, seed: int, conn) -> dict:
     sockets = await connect_many(url, streams)
     try:
-        start_at, count_from, end_at = await ready_go(conn, len(sockets))
         data = [ws_frame(f) for f in make_frames(frames, features, seed)]
-        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        _, count_from, end_at = await ready_go(conn, len(sockets))
         rtts: list[list[float]] = [[] for _ in sockets]
         cpu = asyncio.ensure_future(_cpu_window(count_from, end_at))
         loops = (
