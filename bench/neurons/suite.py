@@ -68,7 +68,6 @@ class Suite:
         self.tau = torch.tensor(2.0, device=device)
         self.compiled_loop: Callable[..., torch.Tensor] | None = None
         self.use_compile = use_compile
-        self.bptt_compile_ok = use_compile
         if use_compile:
             if hasattr(torch._dynamo.config, "recompile_limit"):
                 torch._dynamo.config.recompile_limit = 64
@@ -148,10 +147,8 @@ class Suite:
         if reference:
             fns["lif:autograd"] = step(mods["lif"], [])
         bptt_c = step(lambda v: kernels.lif_bptt(v, True), [])
-        if self.bptt_compile_ok and self.prime("lif:bptt_compile", bptt_c):
+        if self.use_compile and self.prime("lif:bptt_compile", bptt_c):  # False from its first failure on
             fns["lif:bptt_compile"] = bptt_c
-        else:
-            self.bptt_compile_ok = False
         for name in PARALLEL:
             fns[name] = step(mods[name], list(mods[name].parameters()))
         return fns
