@@ -7,6 +7,7 @@ server core, at the same constant offered rates, interleaved over rounds (docs/b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -34,31 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     pinning, body, rows = choose_pinning(), classify_body(28, 28, 1), []
     os.environ[BUSY_US_ENV] = str(args.busy_us)  # inherited by the busy echo
-    with tempfile.TemporaryDirectory(prefix="psn-tailcheck-") as tmp:
-        logs = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="psn-tailcheck-") as tmp, contextlib.ExitStack() as stack:
+        logs, start = Path(tmp), stack.enter_context  # every server started is stopped on the way out
+        psn = start(psn_server(args.models_dir, batching=True, log_dir=logs, pinning=pinning))
         servers = {
-            "echo": (echo_server(logs, pinning), "/echo"),
-            f"echo + {args.busy_us:g} us busy": (echo_server(logs, pinning, "busy"), "/echo"),
-            "psn serve": (
-                psn_server(args.models_dir, batching=True, log_dir=logs, pinning=pinning),
-                f"/v1/models/{MODEL}/classify",
-            ),
+            "echo": (start(echo_server(logs, pinning)), "/echo"),
+            f"echo + {args.busy_us:g} us busy": (start(echo_server(logs, pinning, "busy")), "/echo"),
+            "psn serve": (psn, f"/v1/models/{MODEL}/classify"),
         }
-        try:
-            for round_ in range(args.rounds):
-                for rate in rates:
-                    for name, (server, path) in servers.items():
-                        url = f"http://{HOST}:{server.port}{path}"
-                        r = run_http(url, body, rate, args.seconds, pinning, server)
-                        rows.append(
-                            {"round": round_, "rate": rate, "server": name, **r.latency_ms}
-                            | {"ratio": r.latency_ms["p99"] / r.latency_ms["p50"], "conns": r.connections}
-                            | {"srv": r.server_cpu_util, "lag": r.send_lag_ms["p99"], "errors": r.errors}
-                        )
-                        print(table(rows[-1:], COLUMNS), file=sys.stderr)
-        finally:
-            for server, _ in servers.values():
-                server.close()
+        for round_ in range(args.rounds):
+            for rate in rates:
+                for name, (server, path) in servers.items():
+                    url = f"http://{HOST}:{server.port}{path}"
+                    r = run_http(url, body, rate, args.seconds, pinning, server)
+                    rows.append(
+                        {"round": round_, "rate": rate, "server": name, **r.latency_ms}
+                        | {"ratio": r.latency_ms["p99"] / r.latency_ms["p50"], "conns": r.connections}
+                        | {"srv": r.server_cpu_util, "lag": r.send_lag_ms["p99"], "errors": r.errors}
+                    )
+                    print(table(rows[-1:], COLUMNS), file=sys.stderr)
     print(table(rows, COLUMNS, f"open-loop classify, {pinning.note}"))
     return 0
 

@@ -4,12 +4,12 @@ table): a PSN only after all T inputs, the others from the first step on."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import arguments
 from bench.models import BUNDLED
 from bench.serving.procs import choose_pinning, psn_server
 from server.client import PSNClient
@@ -36,11 +36,14 @@ def cell(step) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = arguments("psn bench transcript", __doc__, "accepted for `psn bench all` (the table goes to stdout)")
+    ap = argparse.ArgumentParser(prog="psn bench transcript", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="smnist", help="model name prefix in models/ (smnist, mnist1d)")
     ap.add_argument("--index", type=int, default=0, help="which test sequence")
     ap.add_argument("--models-dir", type=Path, default=BUNDLED)
     ap.add_argument("--every", type=int, default=3, help="print every n-th step (and the last)")
+    for flag in ("--quick", "--quiet"):
+        ap.add_argument(flag, action="store_true", help="accepted for `psn bench all` (no effect here)")
+    ap.add_argument("--out", type=Path, help="accepted for `psn bench all` (the table goes to stdout)")
     args = ap.parse_args(argv)
     if args.every < 1:
         ap.error("--every must be >= 1")
