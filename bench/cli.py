@@ -70,18 +70,15 @@ def load(name: str):
 
 
 def run_all(rest: list[str]) -> int:
-    passthrough, unknown = [], []
-    for i, a in enumerate(rest):
-        if a in ("--quick", "--quiet") or a == "--out" or rest[i - 1 : i] == ["--out"]:
-            passthrough.append(a)
-        else:
-            unknown.append(a)
-    if unknown or passthrough[-1:] == ["--out"]:
-        print(
-            f"psn bench all: only --quick, --quiet and --out DIR pass on to every suite, not {unknown}",
-            file=sys.stderr,
-        )
-        return 2
+    from bench.common import arguments
+
+    doc = "every suite but peers, with default options but these, which pass on to each"
+    args = arguments("psn bench all", doc).parse_args(rest)  # anything else: a usage error, exit 2
+    passthrough = ["--out", str(args.out)]
+    if args.quick:
+        passthrough.append("--quick")
+    if args.quiet:
+        passthrough.append("--quiet")
     modules, needs = {}, {}
     for name in (n for n, s in SUITES.items() if s.in_all):
         try:
