@@ -18,7 +18,7 @@ import numpy as np
 from bench.common import BenchError
 from bench.serving.procs import Pinning, Proc
 from bench.serving.wrk import Body
-from bench.serving.ws import Ws, connect, drive, percentiles_ms, ready_go, ws_frame
+from bench.serving.ws import Ws, connect_many, drive, percentiles_ms, ready_go, ws_frame
 
 MAX_CONNS = 256
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
@@ -147,7 +147,7 @@ async def _ws_client(url: str, streams: int, frames: list[bytes], rate: float, s
             latencies.append(time.monotonic() - ws.pending.popleft())
             errors[0] += payload.startswith(b'{"error"')
 
-    sockets = [await connect(url, on_message) for _ in range(streams)]
+    sockets = await connect_many(url, streams, on_message)
     total, lags = int(rate * seconds), []
     start_at = (await ready_go(conn, streams))[0]
     cpu0 = time.process_time()
