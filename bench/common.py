@@ -140,13 +140,6 @@ def mallopt(settings: Mapping[int, int]) -> bool:
     return all(libc.mallopt(param, value) for param, value in settings.items())  # stops at a failure
 
 
-def reuse_freed_memory() -> bool:
-    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA: else each large
-    tensor is a fresh mapping whose page faults can cost more than the op. Whether it took effect."""
-    int_max = (1 << 31) - 1  # the heap then keeps at most what the peak needed
-    return mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: int_max})
-
-
 # ---------------------------------------------------------------------------------------------- timing
 
 
@@ -293,16 +286,6 @@ def _cell(value: Any) -> str:
             return f"{value:.2f}"
         return f"{value:.3g}"
     return str(value)
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f}us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f}ms"
-    return f"{seconds:.2f}s"
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import fmt_seconds, format_table
+from bench.common import format_table
 
 PARALLEL_TITLES = {"psn": "PSN", "masked_psn": "masked PSN", "sliding_psn": "sliding PSN"}
 MODES = ("inference", "training")
 BANDWIDTH_FORMS = ("psn", "psn:inplace", "psn:blocked", "psn:ort")
 MODE_TITLES = {"inference": "forward (inference)", "training": "forward + backward (training)"}
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
 
 
 def _n_label(n: int) -> str:

@@ -180,6 +180,13 @@ def cell_record(mode: Mode, T: int, N: int, times: dict[str, Timing]) -> dict[st
     return rec
 
 
+def reuse_freed_memory() -> bool:
+    """Keep freed heap memory in the process (glibc), as a caching allocator does on CUDA: else each large
+    tensor is a fresh mapping whose page faults can cost more than the op. Whether it took effect."""
+    int_max = (1 << 31) - 1  # the heap then keeps at most what the peak needed
+    return common.mallopt({common.M_MMAP_MAX: 0, common.M_TRIM_THRESHOLD: int_max})
+
+
 def copy_bandwidth(device: torch.device, numel: int, budget: float) -> dict[str, float]:
     """GB/s of a copy between two buffers of ``numel`` floats (read + write), torch copy_ and numpy."""
     import numpy as np
@@ -228,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--threads must be >= 1")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    malloc_reuse = device.type == "cpu" and common.reuse_freed_memory()
+    malloc_reuse = device.type == "cpu" and reuse_freed_memory()
     Ts = tuple(args.T or (T_QUICK if args.quick else T_FULL))
     Ns = tuple(1 << e for e in (args.log2n or (LOG2N_QUICK if args.quick else LOG2N_FULL)))
     budget = args.budget if args.budget is not None else (0.03 if args.quick else 0.8)
