@@ -15,7 +15,7 @@ import pytest
 
 from psn import cli, extras
 
-HIDDEN = ("torch", "onnx", "onnxscript", "mlxtend", "mnist1d", "matplotlib", "safetensors", "psutil", "tqdm")
+HIDDEN = ("torch", "onnx", "onnxscript", "mlxtend", "mnist1d", "matplotlib", "safetensors", "tqdm")
 KEEP = ("psn", "psn.cli", "psn.extras")
 
 
@@ -90,8 +90,8 @@ def test_a_command_that_needs_an_extra_says_which_in_one_line(
 
 
 def test_the_message_names_each_package_and_its_extra() -> None:
-    line = extras.missing_message("psn bench all", ["torch", "psutil", "torch"], ("bench",))
-    assert line.startswith("psn bench all: needs psutil, torch, from the bench and train extras: ")
+    line = extras.missing_message("psn bench all", ["torch", "py-spy", "torch"], ("bench",))
+    assert line.startswith("psn bench all: needs py-spy, torch, from the bench and train extras: ")
     assert "pip install -e '.[bench,train]'" in line
     assert "--no-deps spikingjelly==2.0.0" in extras.missing_message("psn export", "spikingjelly")
 
