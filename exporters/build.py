@@ -141,8 +141,8 @@ def _export(
 
 # torch.onnx builds its operator registry anew for every export (ONNXRegistry.from_torchlib): onnxscript
 # re-parses the source of each of its ~1,000 torchlib functions to list them, then each is matched to its
-# ATen overload (1.5 s of a tiny network's ~2.5 s per graph on a 2-core VM). The registry depends only on the
-# installed torch and onnxscript and on the opset: built once per process here, and a copy of it lent to
+# ATen overload (1.0-1.7 s of a tiny network's ~3 s per graph on a 2-core VM). The registry depends only on
+# the installed torch and onnxscript and on the opset: built once per process here, and a copy of it lent to
 # torch.onnx while an export runs (the copy: an export that registers its own ops changes only its own).
 _REGISTRATION = "torch.onnx._internal.exporter._registration"
 _REGISTRIES: dict[tuple, object] = {}
