@@ -71,9 +71,9 @@ $(VENV)/.serve-stamp: pyproject.toml docker/serve_requirements.py | $(PY)
 endif
 
 # The dev install is uv's (https://docs.astral.sh/uv): one resolve for every requirement, downloads in
-# parallel, no byte-compilation (above): ~25 s on a fresh 2-core machine where pip took ~180 s. The package
-# sources stay pip's to say (pip.conf, PIP_*): docker/pip_to_uv.py passes them on. torch is pinned to 2.13.0
-# so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA).
+# parallel, no byte-compilation (above): 39-45 s on a fresh 2-core machine where pip took ~180 s. The
+# package sources stay pip's to say (pip.conf, PIP_*): docker/pip_to_uv.py passes them on. torch is pinned
+# to 2.13.0 so the CPU build on this machine's disk is taken (an unpinned torch pulls CUDA).
 UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) -q $$($(PY) docker/pip_to_uv.py $(PY))
 $(VENV)/.dev-stamp: pyproject.toml docker/pip_to_uv.py | $(PY)
 	$(PIP) install --no-compile "uv>=0.5"

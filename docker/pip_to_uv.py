@@ -1,8 +1,8 @@
 """Print the ``uv pip install`` options that carry this machine's pip settings over to uv.
 
-``make test`` installs its venv with uv (parallel downloads and byte-compilation, one resolve for every
-requirement) but the machine's package sources are pip's to say: its config files and ``PIP_*``
-variables (``pip config list`` shows both). This maps the ones that choose where packages come from:
+``make test`` installs its venv with uv (parallel downloads, one resolve for every requirement) but the
+machine's package sources are pip's to say: its config files and ``PIP_*`` variables (``pip config list``
+shows both). This maps the ones that choose where packages come from:
 
     index-url -> --default-index     extra-index-url -> --extra-index-url     find-links -> --find-links
     constraint -> --constraints      no-index -> --no-index

@@ -162,11 +162,12 @@ def _registry_once():
 
     def lent(_cls, *args, **kwargs):
         key = (args, tuple(sorted(kwargs.items())))
-        if key not in _REGISTRIES:
-            _REGISTRIES[key] = build(*args, **kwargs)
-        cached = _REGISTRIES[key]
-        if not isinstance(getattr(cached, "functions", None), dict):
-            return build(*args, **kwargs)
+        cached = _REGISTRIES.get(key)
+        if cached is None:
+            cached = build(*args, **kwargs)
+            if not isinstance(getattr(cached, "functions", None), dict):
+                return cached  # laid out otherwise: not kept, as it could not be copied
+            _REGISTRIES[key] = cached
         registry = copy.copy(cached)
         registry.functions = {target: list(metas) for target, metas in cached.functions.items()}
         return registry
